@@ -13,6 +13,13 @@
 //! | [`cache`] | `strata-cache` | cache keys and cache stores |
 //! | [`sandbox`] | `strata-sandbox` | running a RUN step inside Linux namespaces |
 
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 pub use strata_cache as cache;
 pub use strata_dockerfile as dockerfile;
 pub use strata_layer as layer;

@@ -20,6 +20,13 @@
 //! # Ok::<(), strata_testkit::Error>(())
 //! ```
 
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod busybox;
 mod client;
 mod context;
