@@ -1,0 +1,194 @@
+//! The syntax tree: what the text says, with line numbers, before any meaning is given to it.
+//!
+//! Each [`Node`] is one instruction with its flags as written and its arguments split the way
+//! BuildKit's parser splits them into its node chain: JSON arrays element by element, `ENV` and
+//! `LABEL` as `key, value, separator` triples (`"="` for `k=v`, `""` for the legacy `ENV k v`),
+//! `HEALTHCHECK` as the type (`CMD`/`NONE`) then the command, whitespace-separated words for
+//! `FROM`, `EXPOSE` and the shell forms of `COPY`, `ADD` and `VOLUME`, the whole rest of the
+//! line for everything else.
+
+use serde::Serialize;
+
+/// The parser directives at the top of a Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Directives {
+    /// `# syntax=` — the frontend image the file asks for (recorded, not acted on).
+    pub syntax: Option<String>,
+    /// `# escape=` — the escape character, `\` unless the file says `` ` ``.
+    pub escape: char,
+    /// `# check=` — the build-check settings (recorded, not acted on).
+    pub check: Option<String>,
+}
+
+impl Default for Directives {
+    fn default() -> Self {
+        Directives {
+            syntax: None,
+            escape: '\\',
+            check: None,
+        }
+    }
+}
+
+/// A here-document attached to a `RUN`, `COPY` or `ADD` instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Heredoc {
+    /// The delimiter word, quotes removed (`EOF` for `<<"EOF"`).
+    pub name: String,
+    /// The lines between the instruction and the delimiter, each with its newline, exactly as
+    /// written (leading tabs are still there for `<<-`; see [`Heredoc::text`]).
+    pub content: String,
+    /// Whether variables in the content are expanded (false when the delimiter is quoted).
+    pub expand: bool,
+    /// Whether leading tabs are stripped (`<<-`).
+    pub chomp: bool,
+    /// The file descriptor before `<<` (`3<<EOF`), 0 when none was written.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub file_descriptor: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Heredoc {
+    /// The content as the instruction uses it: with leading tabs removed from every line when
+    /// the heredoc was written `<<-`.
+    pub fn text(&self) -> String {
+        if !self.chomp {
+            return self.content.clone();
+        }
+        self.content
+            .split_inclusive('\n')
+            .map(|line| line.trim_start_matches('\t'))
+            .collect()
+    }
+}
+
+/// One instruction of the syntax tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// The instruction name in lower case (`run`, `copy`, ...), as written otherwise; names
+    /// BuildKit does not know are kept here and rejected by the typed layer.
+    pub instruction: String,
+    /// The flags (`--name=value`) before the arguments, exactly as written.
+    pub flags: Vec<String>,
+    /// The arguments, split as BuildKit's parser splits them (see the module documentation).
+    pub args: Vec<String>,
+    /// Whether the arguments were written in exec (JSON array) form.
+    pub json: bool,
+    /// The here-documents of the instruction, in order (for `ONBUILD`, those of its trigger).
+    pub heredocs: Vec<Heredoc>,
+    /// The line where the instruction starts (1-based).
+    pub start_line: usize,
+    /// The line where it ends, continuation lines and heredocs included.
+    pub end_line: usize,
+    /// For `ONBUILD`, the trigger instruction.
+    pub onbuild: Option<Box<Node>>,
+    /// The instruction's text with continuation lines joined, comments inside it removed.
+    #[serde(skip)]
+    pub original: String,
+}
+
+/// A parsed Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dockerfile {
+    /// The parser directives.
+    pub directives: Directives,
+    /// The instructions in order.
+    pub nodes: Vec<Node>,
+    /// Things BuildKit warns about but accepts, with their lines.
+    pub warnings: Vec<Warning>,
+}
+
+/// Something the parser accepted but a user would want to know about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// The line the warning is about.
+    pub line: usize,
+    /// What it is.
+    pub message: String,
+}
+
+impl Node {
+    /// Writes the instruction back as Dockerfile text that parses to the same node (lines
+    /// aside), heredoc bodies and terminators included, ending with a newline.
+    pub fn to_dockerfile(&self) -> String {
+        let mut out = String::new();
+        self.write_line(&mut out);
+        out.push('\n');
+        for heredoc in &self.heredocs {
+            out.push_str(&heredoc.content);
+            if heredoc.chomp {
+                out.push('\t');
+            }
+            out.push_str(&heredoc.name);
+            out.push('\n');
+        }
+        out
+    }
+
+    fn write_line(&self, out: &mut String) {
+        out.push_str(&self.instruction.to_uppercase());
+        for flag in &self.flags {
+            out.push(' ');
+            out.push_str(flag);
+        }
+        if let Some(inner) = &self.onbuild {
+            out.push(' ');
+            inner.write_line(out);
+            return;
+        }
+        if self.json {
+            out.push(' ');
+            if self.instruction == "healthcheck" {
+                if let Some((kind, rest)) = self.args.split_first() {
+                    out.push_str(kind);
+                    out.push(' ');
+                    out.push_str(&serde_json::to_string(rest).unwrap_or_default());
+                }
+            } else {
+                out.push_str(&serde_json::to_string(&self.args).unwrap_or_default());
+            }
+            return;
+        }
+        match self.instruction.as_str() {
+            "env" | "label" => {
+                for triple in self.args.chunks(3) {
+                    if let [key, value, sep] = triple {
+                        out.push(' ');
+                        out.push_str(key);
+                        out.push_str(if sep.is_empty() { " " } else { sep });
+                        out.push_str(value);
+                    }
+                }
+            }
+            _ => {
+                for arg in &self.args {
+                    out.push(' ');
+                    out.push_str(arg);
+                }
+            }
+        }
+    }
+}
+
+impl Dockerfile {
+    /// Writes the whole file back as Dockerfile text: directives, then every instruction.
+    pub fn to_dockerfile(&self) -> String {
+        let mut out = String::new();
+        if let Some(syntax) = &self.directives.syntax {
+            out.push_str(&format!("# syntax={syntax}\n"));
+        }
+        if self.directives.escape != '\\' {
+            out.push_str(&format!("# escape={}\n", self.directives.escape));
+        }
+        if let Some(check) = &self.directives.check {
+            out.push_str(&format!("# check={check}\n"));
+        }
+        for node in &self.nodes {
+            out.push_str(&node.to_dockerfile());
+        }
+        out
+    }
+}
