@@ -1,8 +1,10 @@
 //! The Dockerfile language as BuildKit's `docker/dockerfile:1` frontend defines it.
 //!
 //! Three stages, as in BuildKit: [`parse`] turns text into a syntax tree ([`Dockerfile`] of
-//! [`Node`]s with line numbers; the parser knows nothing of meaning), and the [`shell`] lexer
-//! expands variables with BuildKit's rules.
+//! [`Node`]s with line numbers; the parser knows nothing of meaning); a [`Plan`] resolves the
+//! stages for one build (global `ARG`s, `FROM` bases, the dependency graph, the stages the
+//! target needs) and types each stage's instructions ([`Instruction`]: flags checked, words
+//! expanded by the [`shell`] lexer with BuildKit's rules, `ARG`/`ENV` scoping applied).
 //!
 //! ```
 //! let file = strata_dockerfile::parse("FROM busybox\nENV GREETING=\"hello world\"\nCMD [\"sh\"]\n")?;
@@ -12,8 +14,8 @@
 //! # Ok::<(), strata_dockerfile::Error>(())
 //! ```
 //!
-//! Status (issue 3): the parser and the shell lexer are here; typed instructions, stages and
-//! `.dockerignore` are being built.
+//! Status (issue 3): parser, lexer, typed instructions and stages are here; `.dockerignore`
+//! matching is being built.
 
 #![warn(
     clippy::unwrap_used,
@@ -24,10 +26,20 @@
 
 mod ast;
 mod error;
+mod flags;
+mod instructions;
+mod mount;
 mod parser;
 mod pattern;
 pub mod shell;
+mod stages;
 
 pub use ast::{Directives, Dockerfile, Heredoc, Node, Warning};
 pub use error::{Error, Result};
+pub use instructions::{
+    Add, ArgDecl, CommandLine, Copy, Healthcheck, InlineFile, Instruction, Located, Network, Run,
+    Security,
+};
+pub use mount::{Mount, MountType, Sharing};
 pub use parser::{parse, parse_bytes};
+pub use stages::{Base, PROXY_ARGS, Plan, PlanOptions, Platform, Stage};

@@ -1,0 +1,609 @@
+//! Stages, their dependency graph, and the scoping of `ARG` and `ENV` within them.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::ast::{Dockerfile, Node};
+use crate::error::{Error, Result};
+use crate::instructions::{ArgDecl, Context, Instruction, Located};
+use crate::shell::{Env, Lexer};
+
+/// Build args that every build accepts without an `ARG` and that `RUN` sees, as in BuildKit.
+pub const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// An OS/architecture/variant triple, as in `linux/arm64/v8`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// GOARCH spelling: `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `v7`, `v8`, ... when there is one.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform of the machine this runs on.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: "linux".to_owned(),
+            architecture: architecture.to_owned(),
+            variant: None,
+        }
+    }
+
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(text: &str) -> Option<Platform> {
+        let mut parts = text.split('/');
+        let os = parts.next().filter(|s| !s.is_empty())?;
+        let architecture = parts.next().filter(|s| !s.is_empty())?;
+        let variant = parts.next().map(str::to_owned);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Platform {
+            os: os.to_owned(),
+            architecture: architecture.to_owned(),
+            variant,
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a build asks of a Dockerfile: build args, target stage, platforms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// The stage to build (`--target`); the last stage when `None`.
+    pub target: Option<String>,
+    /// The platform the image is for.
+    pub target_platform: Platform,
+    /// The platform the build runs on.
+    pub build_platform: Platform,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            build_args: BTreeMap::new(),
+            target: None,
+            target_platform: Platform::host(),
+            build_platform: Platform::host(),
+        }
+    }
+}
+
+/// What a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "ref", rename_all = "lowercase")]
+pub enum Base {
+    /// `FROM scratch`: an empty filesystem.
+    Scratch,
+    /// An image reference, expanded, as written (not yet normalised).
+    Image(String),
+    /// An earlier stage, by index.
+    Stage(usize),
+}
+
+/// One stage: `FROM ...` and the instructions up to the next `FROM`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stage {
+    /// Its position among the stages, from 0.
+    pub index: usize,
+    /// `AS name`, lower-cased.
+    pub name: Option<String>,
+    /// What it starts from.
+    pub base: Base,
+    /// `FROM --platform`, expanded.
+    pub platform: Option<String>,
+    /// The line of its `FROM`.
+    pub line: usize,
+    /// The stages it needs: its base stage, and stages named by `COPY --from` and
+    /// `RUN --mount from=`.
+    pub dependencies: Vec<usize>,
+    /// Its instructions as syntax nodes (see [`Plan::instructions`] for the typed ones).
+    #[serde(skip)]
+    pub nodes: Vec<Node>,
+}
+
+/// A Dockerfile resolved for one build: global args, stages, their graph, and the stages the
+/// target needs, in an order where every stage comes after those it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The `ARG`s before the first `FROM`, with their values.
+    pub global_args: Vec<ArgDecl>,
+    /// Every stage of the file.
+    pub stages: Vec<Stage>,
+    /// The index of the target stage.
+    pub target: usize,
+    /// The stages to build, dependencies first; stages the target does not need are absent.
+    pub needed: Vec<usize>,
+    /// Build args given but declared nowhere in the needed stages.
+    pub unused_build_args: Vec<String>,
+    #[serde(skip)]
+    escape: char,
+    #[serde(skip)]
+    options: PlanOptions,
+    #[serde(skip)]
+    builtin: Vec<(String, String)>,
+}
+
+/// Variables visible during expansion inside a stage: `ENV` (base image's and the stage's)
+/// wins over `ARG`.
+struct Scope<'a> {
+    env: &'a [(String, String)],
+    args: &'a [(String, String)],
+}
+
+impl Env for Scope<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        Env::get(self.env, name).or_else(|| Env::get(self.args, name))
+    }
+}
+
+/// Name/value pairs in order; the last definition of a name wins.
+type EnvList = Vec<(String, String)>;
+
+fn stage_error(line: usize, message: String) -> Error {
+    Error::Stage { line, message }
+}
+
+fn valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Plan {
+    /// Resolves `file` for a build with `options`.
+    ///
+    /// ```
+    /// use strata_dockerfile::{Base, Plan, PlanOptions, parse};
+    ///
+    /// let file = parse("ARG V=1\nFROM busybox:$V AS one\nFROM scratch AS two\nFROM one\nCOPY --from=two / /\n")?;
+    /// let plan = Plan::new(&file, &PlanOptions::default())?;
+    /// assert_eq!(plan.stages[0].base, Base::Image("busybox:1".into()));
+    /// assert_eq!(plan.stages[2].base, Base::Stage(0));
+    /// assert_eq!(plan.needed, [0, 1, 2]);
+    /// # Ok::<(), strata_dockerfile::Error>(())
+    /// ```
+    pub fn new(file: &Dockerfile, options: &PlanOptions) -> Result<Plan> {
+        let escape = file.directives.escape;
+        let lexer = Lexer::new(escape);
+        let builtin = builtin_args(options);
+        let mut global_args = Vec::new();
+        let mut global_values: Vec<(String, String)> = Vec::new();
+        let mut nodes = file.nodes.iter().peekable();
+
+        // Global scope: only ARG before the first FROM.
+        while let Some(node) = nodes.next_if(|n| n.instruction != "from") {
+            if node.instruction != "arg" {
+                return Err(stage_error(
+                    node.start_line,
+                    format!(
+                        "{} is not allowed before the first FROM (no build stage in current context)",
+                        node.instruction.to_uppercase()
+                    ),
+                ));
+            }
+            let mut scope_values = builtin.clone();
+            scope_values.extend(global_values.iter().cloned());
+            let context = Context {
+                escape,
+                env: &scope_values,
+                build_args: Vec::new(),
+            };
+            let lookup = |name: &str, default: Option<String>| {
+                options.build_args.get(name).cloned().or(default)
+            };
+            let Instruction::Arg { args } = context.instruction(node, &lookup)? else {
+                continue;
+            };
+            for arg in args {
+                if let Some(value) = &arg.value {
+                    global_values.push((arg.name.clone(), value.clone()));
+                }
+                global_args.push(arg);
+            }
+        }
+
+        let mut from_env = builtin.clone();
+        from_env.extend(global_values.iter().cloned());
+        let mut stages: Vec<Stage> = Vec::new();
+        while let Some(from) = nodes.next() {
+            let flags =
+                crate::flags::Flags::parse(&from.flags, crate::flags::FROM).map_err(|message| {
+                    Error::Instruction {
+                        line: from.start_line,
+                        column: 1,
+                        instruction: "FROM".to_owned(),
+                        message,
+                    }
+                })?;
+            let expand = |word: &str| {
+                lexer
+                    .process_word(word, &from_env)
+                    .map_err(|e| Error::Expansion {
+                        line: from.start_line,
+                        message: format!("FROM: expanding `{word}`: {e}"),
+                    })
+            };
+            let (image, name) = match from.args.as_slice() {
+                [image] => (image, None),
+                [image, as_, name] if as_.eq_ignore_ascii_case("as") => {
+                    (image, Some(name.to_lowercase()))
+                }
+                _ => {
+                    return Err(Error::Instruction {
+                        line: from.start_line,
+                        column: 1,
+                        instruction: "FROM".to_owned(),
+                        message:
+                            "FROM requires either one or three arguments (`FROM image [AS name]`)"
+                                .to_owned(),
+                    });
+                }
+            };
+            if let Some(name) = &name {
+                if !valid_stage_name(name) {
+                    return Err(stage_error(
+                        from.start_line,
+                        format!(
+                            "invalid name for build stage: \"{name}\", name can't start with a number or contain symbols"
+                        ),
+                    ));
+                }
+                if stages.iter().any(|s| s.name.as_deref() == Some(name)) {
+                    return Err(stage_error(
+                        from.start_line,
+                        format!("duplicate stage name \"{name}\""),
+                    ));
+                }
+            }
+            let image = expand(image)?;
+            if image.is_empty() {
+                return Err(stage_error(
+                    from.start_line,
+                    "base name (FROM) should not be blank".to_owned(),
+                ));
+            }
+            let lowered = image.to_lowercase();
+            let base = if lowered == "scratch" {
+                Base::Scratch
+            } else if let Some(stage) = stages
+                .iter()
+                .find(|s| s.name.as_deref() == Some(lowered.as_str()))
+            {
+                Base::Stage(stage.index)
+            } else {
+                Base::Image(image)
+            };
+            let platform = flags.string("platform").map(|p| expand(&p)).transpose()?;
+            let mut body = Vec::new();
+            while let Some(node) = nodes.next_if(|n| n.instruction != "from") {
+                body.push(node.clone());
+            }
+            stages.push(Stage {
+                index: stages.len(),
+                name,
+                base,
+                platform,
+                line: from.start_line,
+                dependencies: Vec::new(),
+                nodes: body,
+            });
+        }
+        if stages.is_empty() {
+            let line = file.nodes.last().map_or(1, |n| n.start_line);
+            return Err(stage_error(
+                line,
+                "the Dockerfile has no FROM: there is no stage to build".to_owned(),
+            ));
+        }
+
+        let target = match &options.target {
+            None => stages.len() - 1,
+            Some(name) => {
+                let lowered = name.to_lowercase();
+                stages
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(lowered.as_str()))
+                    .ok_or_else(|| {
+                        stage_error(0, format!("target stage \"{name}\" could not be found"))
+                    })?
+            }
+        };
+        let mut plan = Plan {
+            global_args,
+            stages,
+            target,
+            needed: Vec::new(),
+            unused_build_args: Vec::new(),
+            escape,
+            options: options.clone(),
+            builtin,
+        };
+        plan.resolve_dependencies()?;
+        plan.needed = plan.order()?;
+        plan.unused_build_args = plan.find_unused_args()?;
+        Ok(plan)
+    }
+
+    /// Finds each stage's dependencies by typing its instructions (with the env of its base
+    /// stages; an image base contributes no env here).
+    fn resolve_dependencies(&mut self) -> Result<()> {
+        for index in 0..self.stages.len() {
+            let inherited = self.inherited_env(index)?;
+            let (instructions, _) = self.simulate(index, &inherited)?;
+            let mut dependencies = Vec::new();
+            if let Base::Stage(base) = self.stages[index].base {
+                dependencies.push(base);
+            }
+            for located in &instructions {
+                let mut froms = Vec::new();
+                match &located.value {
+                    Instruction::Copy(copy) => froms.extend(copy.from.clone()),
+                    Instruction::Run(run) => {
+                        froms.extend(run.mounts.iter().filter_map(|m| m.from.clone()))
+                    }
+                    _ => {}
+                }
+                for from in froms {
+                    if let Some(stage) = self.stage_by_reference(&from) {
+                        if stage == index {
+                            return Err(stage_error(
+                                located.start_line,
+                                format!(
+                                    "circular dependency detected on stage: {}",
+                                    self.stage_label(index)
+                                ),
+                            ));
+                        }
+                        if !dependencies.contains(&stage) {
+                            dependencies.push(stage);
+                        }
+                    }
+                }
+            }
+            self.stages[index].dependencies = dependencies;
+        }
+        Ok(())
+    }
+
+    /// The stage a `--from` value names (by name or index), or `None` for an image.
+    pub fn stage_by_reference(&self, reference: &str) -> Option<usize> {
+        let lowered = reference.to_lowercase();
+        if let Some(stage) = self
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lowered.as_str()))
+        {
+            return Some(stage.index);
+        }
+        reference
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i < self.stages.len())
+    }
+
+    fn stage_label(&self, index: usize) -> String {
+        self.stages[index]
+            .name
+            .clone()
+            .unwrap_or_else(|| index.to_string())
+    }
+
+    /// Depth-first from the target; a stage is emitted after its dependencies.
+    fn order(&self) -> Result<Vec<usize>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        let mut marks = vec![Mark::New; self.stages.len()];
+        let mut order = Vec::new();
+        // An explicit stack: a hostile file with thousands of chained stages cannot overflow.
+        let mut stack = vec![(self.target, 0usize)];
+        marks[self.target] = Mark::Active;
+        while let Some((stage, next)) = stack.last_mut() {
+            let stage = *stage;
+            if let Some(&dep) = self.stages[stage].dependencies.get(*next) {
+                *next += 1;
+                match marks[dep] {
+                    Mark::Done => {}
+                    Mark::Active => {
+                        return Err(stage_error(
+                            self.stages[stage].line,
+                            format!(
+                                "circular dependency detected on stage: {}",
+                                self.stage_label(dep)
+                            ),
+                        ));
+                    }
+                    Mark::New => {
+                        marks[dep] = Mark::Active;
+                        stack.push((dep, 0));
+                    }
+                }
+            } else {
+                marks[stage] = Mark::Done;
+                order.push(stage);
+                stack.pop();
+            }
+        }
+        Ok(order)
+    }
+
+    fn find_unused_args(&self) -> Result<Vec<String>> {
+        let mut declared: Vec<String> = self.global_args.iter().map(|a| a.name.clone()).collect();
+        for &index in &self.needed {
+            for node in &self.stages[index].nodes {
+                if node.instruction == "arg" {
+                    declared.extend(
+                        node.args
+                            .iter()
+                            .map(|w| w.split('=').next().unwrap_or(w).to_owned()),
+                    );
+                }
+            }
+        }
+        Ok(self
+            .options
+            .build_args
+            .keys()
+            .filter(|k| !declared.contains(k) && !PROXY_ARGS.contains(&k.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    /// The environment a stage inherits from the stages it is based on (their `ENV`s, down the
+    /// chain of stage bases); empty for a stage based on an image or `scratch`. Add the base
+    /// image's own `Env` in front of it when it is known.
+    pub fn inherited_env(&self, index: usize) -> Result<Vec<(String, String)>> {
+        // Walk down the chain of stage bases first, without recursion.
+        let mut chain = vec![index];
+        while let Some(&last) = chain.last() {
+            match self.stages[last].base {
+                Base::Stage(base) if !chain.contains(&base) => chain.push(base),
+                _ => break,
+            }
+        }
+        let mut env = Vec::new();
+        for &stage in chain.iter().skip(1).rev() {
+            env = self.simulate(stage, &env)?.1;
+        }
+        Ok(env)
+    }
+
+    /// The typed, expanded instructions of stage `index`, given the environment its base image
+    /// provides (`Env` of the base image config; for a stage based on another stage, that
+    /// stage's final environment, which the engine knows once it has built it).
+    pub fn instructions(
+        &self,
+        index: usize,
+        base_env: &[(String, String)],
+    ) -> Result<Vec<Located<Instruction>>> {
+        Ok(self.simulate(index, base_env)?.0)
+    }
+
+    /// Types every instruction of a stage in order, tracking `ENV` and `ARG`; returns them with
+    /// the final environment.
+    fn simulate(
+        &self,
+        index: usize,
+        base_env: &[(String, String)],
+    ) -> Result<(Vec<Located<Instruction>>, EnvList)> {
+        let stage = self
+            .stages
+            .get(index)
+            .ok_or_else(|| stage_error(0, format!("no stage {index}")))?;
+        let mut env: Vec<(String, String)> = base_env.to_vec();
+        let mut args: Vec<(String, String)> = Vec::new();
+        let mut out = Vec::with_capacity(stage.nodes.len());
+        let globals: Vec<(String, String)> = self
+            .global_args
+            .iter()
+            .filter_map(|a| a.value.clone().map(|v| (a.name.clone(), v)))
+            .collect();
+        for node in &stage.nodes {
+            let mut run_args = args.clone();
+            for proxy in PROXY_ARGS {
+                if let Some(value) = self.options.build_args.get(proxy)
+                    && !run_args.iter().any(|(k, _)| k == proxy)
+                {
+                    run_args.push((proxy.to_owned(), value.clone()));
+                }
+            }
+            let scope = Scope {
+                env: &env,
+                args: &args,
+            };
+            let context = Context {
+                escape: self.escape,
+                env: &scope,
+                build_args: run_args,
+            };
+            let lookup = |name: &str, default: Option<String>| {
+                self.options
+                    .build_args
+                    .get(name)
+                    .cloned()
+                    .or(default)
+                    .or_else(|| Env::get(globals.as_slice(), name).map(str::to_owned))
+                    .or_else(|| Env::get(self.builtin.as_slice(), name).map(str::to_owned))
+            };
+            let instruction = context.instruction(node, &lookup)?;
+            match &instruction {
+                Instruction::Env { vars } => env.extend(vars.iter().cloned()),
+                Instruction::Arg { args: decls } => {
+                    for decl in decls {
+                        args.retain(|(k, _)| *k != decl.name);
+                        if let Some(value) = &decl.value {
+                            args.push((decl.name.clone(), value.clone()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            out.push(Located {
+                start_line: node.start_line,
+                end_line: node.end_line,
+                value: instruction,
+            });
+        }
+        Ok((out, env))
+    }
+
+    /// The escape character of the file.
+    pub fn escape(&self) -> char {
+        self.escape
+    }
+}
+
+fn builtin_args(options: &PlanOptions) -> Vec<(String, String)> {
+    let mut args = Vec::new();
+    for (prefix, platform) in [
+        ("BUILD", &options.build_platform),
+        ("TARGET", &options.target_platform),
+    ] {
+        args.push((format!("{prefix}PLATFORM"), platform.to_string()));
+        args.push((format!("{prefix}OS"), platform.os.clone()));
+        args.push((format!("{prefix}ARCH"), platform.architecture.clone()));
+        args.push((
+            format!("{prefix}VARIANT"),
+            platform.variant.clone().unwrap_or_default(),
+        ));
+    }
+    args
+}
