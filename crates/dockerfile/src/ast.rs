@@ -113,9 +113,24 @@ pub struct Warning {
 impl Node {
     /// Writes the instruction back as Dockerfile text that parses to the same node (lines
     /// aside), heredoc bodies and terminators included, ending with a newline.
+    ///
+    /// Written for the default escape character `\\`; a whole [`Dockerfile`] is written with its
+    /// own.
     pub fn to_dockerfile(&self) -> String {
         let mut out = String::new();
-        self.write_line(&mut out);
+        self.write(&mut out, '\\');
+        out
+    }
+
+    fn write(&self, out: &mut String, escape: char) {
+        let start = out.len();
+        self.write_line(out);
+        // A line ending in the escape character would read as a continuation. The parser only
+        // leaves one there when other blanks followed it (a form feed, a lone carriage return
+        // at the end of the file); a form feed keeps it what it was.
+        if out[start..].trim_end_matches([' ', '\t']).ends_with(escape) {
+            out.push('\u{c}');
+        }
         out.push('\n');
         for heredoc in &self.heredocs {
             out.push_str(&heredoc.content);
@@ -125,14 +140,13 @@ impl Node {
             out.push_str(&heredoc.name);
             out.push('\n');
         }
-        out
     }
 
     fn write_line(&self, out: &mut String) {
         out.push_str(&self.instruction.to_uppercase());
         for flag in &self.flags {
             out.push(' ');
-            out.push_str(flag);
+            write_flag(out, flag);
         }
         if let Some(inner) = &self.onbuild {
             out.push(' ');
@@ -173,8 +187,31 @@ impl Node {
     }
 }
 
+/// Writes a flag so that the parser reads it back unchanged: its body quoted, with `"` and
+/// `\\` escaped, when it holds blanks, quotes or backslashes.
+fn write_flag(out: &mut String, flag: &str) {
+    let body = flag.strip_prefix("--").unwrap_or(flag);
+    if !body.contains(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '\\')) {
+        out.push_str(flag);
+        return;
+    }
+    out.push_str("--\"");
+    for ch in body.chars() {
+        if matches!(ch, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('"');
+}
+
 impl Dockerfile {
     /// Writes the whole file back as Dockerfile text: directives, then every instruction.
+    ///
+    /// Parsing the text gives the same tree (lines aside) whenever every instruction's quotes
+    /// balance and no instruction's text ends in the escape character; an instruction that
+    /// does (the file ended inside a line continuation) is written so that it still parses,
+    /// but a here-document marker just before that escape may then read differently.
     pub fn to_dockerfile(&self) -> String {
         let mut out = String::new();
         if let Some(syntax) = &self.directives.syntax {
@@ -187,7 +224,12 @@ impl Dockerfile {
             out.push_str(&format!("# check={check}\n"));
         }
         for node in &self.nodes {
-            out.push_str(&node.to_dockerfile());
+            node.write(&mut out, self.directives.escape);
+        }
+        // A byte-order mark at the very start would be dropped by the parser; one that was
+        // part of an instruction's text keeps its place behind a blank.
+        if out.starts_with('\u{feff}') {
+            out.insert(0, ' ');
         }
         out
     }

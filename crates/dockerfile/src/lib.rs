@@ -14,8 +14,7 @@
 //! # Ok::<(), strata_dockerfile::Error>(())
 //! ```
 //!
-//! Status (issue 3): parser, lexer, typed instructions and stages are here; `.dockerignore`
-//! matching is being built.
+//! [`Dockerignore`] implements `.dockerignore` matching with moby's semantics.
 
 #![warn(
     clippy::unwrap_used,
@@ -27,6 +26,7 @@
 mod ast;
 mod error;
 mod flags;
+mod ignore;
 mod instructions;
 mod mount;
 mod parser;
@@ -36,6 +36,7 @@ mod stages;
 
 pub use ast::{Directives, Dockerfile, Heredoc, Node, Warning};
 pub use error::{Error, Result};
+pub use ignore::{Dockerignore, IgnorePattern, ignore_file_for};
 pub use instructions::{
     Add, ArgDecl, CommandLine, Copy, Healthcheck, InlineFile, Instruction, Located, Network, Run,
     Security,

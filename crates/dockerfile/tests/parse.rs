@@ -266,3 +266,38 @@ fn printing_back_parses_to_the_same_tree() {
     assert_eq!(strip(&first), strip(&second), "printed:\n{printed}");
     assert_eq!(first.directives, second.directives);
 }
+
+#[test]
+fn flags_with_blanks_and_quotes_print_back_unchanged() {
+    let file = parse("COPY --chown=\"a b\" --x=\"q\\\"\\\\\" a b\n").unwrap();
+    assert_eq!(file.nodes[0].flags, ["--chown=a b", "--x=q\"\\"]);
+    let again = parse(&file.to_dockerfile()).unwrap();
+    assert_eq!(again.nodes[0].flags, file.nodes[0].flags);
+}
+
+/// Found by the `dockerfile` fuzz target: a byte-order mark that is not at the very start is
+/// text, and printing must not move it there.
+#[test]
+fn a_byte_order_mark_inside_the_text_survives_printing() {
+    let file = parse(" \u{feff}").unwrap();
+    assert_eq!(file.nodes[0].instruction, "\u{feff}");
+    let again = parse(&file.to_dockerfile()).unwrap();
+    assert_eq!(again.nodes[0].instruction, "\u{feff}");
+}
+
+/// Found by the `dockerfile` fuzz target: an instruction whose text ends with the escape
+/// character (the file ended inside a continuation) must not print as a continuation.
+#[test]
+fn text_ending_in_the_escape_character_survives_printing() {
+    for text in ["#\n\\\\ ", "RUN a\\\u{c}\nRUN b\n", "# escape=`\nRUN a``"] {
+        let file = parse(text).unwrap();
+        let again = parse(&file.to_dockerfile()).unwrap();
+        let args = |f: &strata_dockerfile::Dockerfile| {
+            f.nodes
+                .iter()
+                .map(|n| (n.instruction.clone(), n.args.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(args(&file), args(&again), "{text:?}");
+    }
+}
