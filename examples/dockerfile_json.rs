@@ -92,7 +92,7 @@ fn render(bytes: &[u8], options: &PlanOptions) -> Result<Value, strata::dockerfi
     let plan = Plan::new(&file, options)?;
     let mut stages = Vec::new();
     for stage in &plan.stages {
-        let instructions = plan.instructions(stage.index, &plan.inherited_env(stage.index)?)?;
+        let instructions = plan.instructions(stage.index, plan.inherited_env(stage.index))?;
         let mut value = serde_json::to_value(stage).unwrap_or(Value::Null);
         value["needed"] = json!(plan.needed.contains(&stage.index));
         value["instructions"] = serde_json::to_value(&instructions).unwrap_or(Value::Null);

@@ -1,9 +1,11 @@
-//! Parse a generated 5,000-line Dockerfile (every instruction kind, continuations, heredocs).
+//! Parse a generated 5,000-line Dockerfile (every instruction kind, continuations, heredocs),
+//! and parse + plan + type and expand every instruction of it.
 
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use strata_dockerfile::{Plan, PlanOptions};
 
 /// A Dockerfile of about `lines` lines that uses every instruction kind.
 fn generated(lines: usize) -> String {
@@ -32,6 +34,16 @@ fn bench(c: &mut Criterion) {
     let text = generated(5_000);
     c.bench_function("parse 5000-line Dockerfile", |b| {
         b.iter(|| strata_dockerfile::parse(std::hint::black_box(&text)))
+    });
+    c.bench_function("parse + expand 5000-line Dockerfile", |b| {
+        b.iter(|| {
+            let file = strata_dockerfile::parse(std::hint::black_box(&text))
+                .expect("the generated file parses");
+            let plan = Plan::new(&file, &PlanOptions::default()).expect("the generated file plans");
+            plan.instructions(plan.target, plan.inherited_env(plan.target))
+                .expect("the generated file expands")
+                .len()
+        })
     });
 }
 

@@ -124,7 +124,7 @@ impl Node {
 
     fn write(&self, out: &mut String, escape: char) {
         let start = out.len();
-        self.write_line(out);
+        self.write_line(out, escape);
         // A line ending in the escape character would read as a continuation. The parser only
         // leaves one there when other blanks followed it (a form feed, a lone carriage return
         // at the end of the file); a form feed keeps it what it was.
@@ -142,7 +142,7 @@ impl Node {
         }
     }
 
-    fn write_line(&self, out: &mut String) {
+    fn write_line(&self, out: &mut String, escape: char) {
         out.push_str(&self.instruction.to_uppercase());
         for flag in &self.flags {
             out.push(' ');
@@ -150,7 +150,7 @@ impl Node {
         }
         if let Some(inner) = &self.onbuild {
             out.push(' ');
-            inner.write_line(out);
+            inner.write_line(out, escape);
             return;
         }
         if self.json {
@@ -172,7 +172,13 @@ impl Node {
                     if let [key, value, sep] = triple {
                         out.push(' ');
                         out.push_str(key);
-                        out.push_str(if sep.is_empty() { " " } else { sep });
+                        // In the legacy `KEY value` form, a key ending in the escape character
+                        // would escape a single blank and swallow the value into the key.
+                        out.push_str(match sep.as_str() {
+                            "" if key.ends_with(escape) => "  ",
+                            "" => " ",
+                            sep => sep,
+                        });
                         out.push_str(value);
                     }
                 }

@@ -35,6 +35,9 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Dockerfile> {
     }
 }
 
+/// How many `ONBUILD`s the parser nests before it refuses (BuildKit then rejects any nesting).
+const MAX_ONBUILD_DEPTH: usize = 8;
+
 /// Instructions whose arguments may hold here-documents.
 const HEREDOC_INSTRUCTIONS: [&str; 3] = ["run", "copy", "add"];
 
@@ -231,6 +234,18 @@ impl<'a> Parser<'a> {
     }
 
     fn node_from_line(&self, line: &str, number: usize, first_line: &str) -> Result<Node> {
+        self.node_from_line_at(line, number, first_line, 0)
+    }
+
+    /// `depth` counts enclosing `ONBUILD`s: BuildKit rejects `ONBUILD ONBUILD` later, but the
+    /// parser must not recurse without bound on `ONBUILD ONBUILD ONBUILD ...`.
+    fn node_from_line_at(
+        &self,
+        line: &str,
+        number: usize,
+        first_line: &str,
+        depth: usize,
+    ) -> Result<Node> {
         let trimmed = line.trim();
         let (name, rest) = match trimmed.find(is_blank) {
             Some(at) => (&trimmed[..at], trimmed[at..].trim_start_matches(is_blank)),
@@ -272,7 +287,16 @@ impl<'a> Parser<'a> {
                 if rest.is_empty() {
                     (Vec::new(), false, None)
                 } else {
-                    let inner = self.node_from_line(rest, number, first_line)?;
+                    if depth >= MAX_ONBUILD_DEPTH {
+                        return Err(Error::Syntax {
+                            line: number,
+                            column: 1,
+                            message: format!(
+                                "ONBUILD nested more than {MAX_ONBUILD_DEPTH} levels deep"
+                            ),
+                        });
+                    }
+                    let inner = self.node_from_line_at(rest, number, first_line, depth + 1)?;
                     (Vec::new(), false, Some(Box::new(inner)))
                 }
             }

@@ -155,6 +155,9 @@ pub struct Plan {
     options: PlanOptions,
     #[serde(skip)]
     builtin: Vec<(String, String)>,
+    /// Per stage, the environment it inherits from its base stages.
+    #[serde(skip)]
+    inherited: Vec<EnvList>,
 }
 
 /// Variables visible during expansion inside a stage: `ENV` (base image's and the stage's)
@@ -352,6 +355,7 @@ impl Plan {
             escape,
             options: options.clone(),
             builtin,
+            inherited: Vec::new(),
         };
         plan.resolve_dependencies()?;
         plan.needed = plan.order()?;
@@ -359,12 +363,19 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Finds each stage's dependencies by typing its instructions (with the env of its base
-    /// stages; an image base contributes no env here).
+    /// Finds each stage's dependencies by typing its instructions, in file order, so that a
+    /// stage based on another (always an earlier one) starts from that stage's final
+    /// environment; an image base contributes no environment here.
     fn resolve_dependencies(&mut self) -> Result<()> {
+        let mut final_envs: Vec<EnvList> = Vec::with_capacity(self.stages.len());
         for index in 0..self.stages.len() {
-            let inherited = self.inherited_env(index)?;
-            let (instructions, _) = self.simulate(index, &inherited)?;
+            let inherited = match self.stages[index].base {
+                Base::Stage(base) => final_envs.get(base).cloned().unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let (instructions, final_env) = self.simulate(index, &inherited)?;
+            self.inherited.push(inherited);
+            final_envs.push(final_env);
             let mut dependencies = Vec::new();
             if let Base::Stage(base) = self.stages[index].base {
                 dependencies.push(base);
@@ -490,20 +501,8 @@ impl Plan {
     /// The environment a stage inherits from the stages it is based on (their `ENV`s, down the
     /// chain of stage bases); empty for a stage based on an image or `scratch`. Add the base
     /// image's own `Env` in front of it when it is known.
-    pub fn inherited_env(&self, index: usize) -> Result<Vec<(String, String)>> {
-        // Walk down the chain of stage bases first, without recursion.
-        let mut chain = vec![index];
-        while let Some(&last) = chain.last() {
-            match self.stages[last].base {
-                Base::Stage(base) if !chain.contains(&base) => chain.push(base),
-                _ => break,
-            }
-        }
-        let mut env = Vec::new();
-        for &stage in chain.iter().skip(1).rev() {
-            env = self.simulate(stage, &env)?.1;
-        }
-        Ok(env)
+    pub fn inherited_env(&self, index: usize) -> &[(String, String)] {
+        self.inherited.get(index).map_or(&[], Vec::as_slice)
     }
 
     /// The typed, expanded instructions of stage `index`, given the environment its base image

@@ -146,3 +146,53 @@ fn the_dockerfile_specific_ignore_file_takes_precedence() {
         Some(context.join("docker/app.Dockerfile.dockerignore"))
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+    use strata_dockerfile::Dockerignore;
+
+    fn pattern() -> impl Strategy<Value = String> {
+        (
+            any::<bool>(),
+            prop::collection::vec(
+                prop_oneof![
+                    Just("a".to_owned()),
+                    Just("b".to_owned()),
+                    Just("*".to_owned()),
+                    Just("**".to_owned()),
+                    Just("?".to_owned()),
+                    Just("[ab]".to_owned()),
+                    Just("x.log".to_owned()),
+                ],
+                1..4,
+            ),
+        )
+            .prop_map(|(negate, parts)| {
+                format!("{}{}", if negate { "!" } else { "" }, parts.join("/"))
+            })
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![Just("a"), Just("b"), Just("c"), Just("x.log"), Just("ab")],
+            1..5,
+        )
+        .prop_map(|parts| parts.join("/"))
+    }
+
+    proptest! {
+        /// Skipping a directory never loses a file that the patterns keep.
+        #[test]
+        fn a_skippable_directory_hides_nothing_included(
+            patterns in prop::collection::vec(pattern(), 1..6),
+            dir in path(),
+            below in path(),
+        ) {
+            let ignore = Dockerignore::from_patterns(&patterns).unwrap();
+            if ignore.can_skip_dir(&dir) {
+                let child = format!("{dir}/{below}");
+                prop_assert!(ignore.is_excluded(&child), "{patterns:?}: {dir} skippable, {child} included");
+            }
+        }
+    }
+}

@@ -301,3 +301,29 @@ fn text_ending_in_the_escape_character_survives_printing() {
         assert_eq!(args(&file), args(&again), "{text:?}");
     }
 }
+
+#[test]
+fn enormous_and_deeply_nested_input_gets_an_answer_not_a_crash() {
+    let nested = "ONBUILD ".repeat(100_000) + "RUN x\n";
+    let err = parse(&nested).unwrap_err();
+    assert!(
+        err.to_string().contains("ONBUILD nested more than"),
+        "{err}"
+    );
+
+    let many = "FROM scratch\n".to_owned() + &"RUN echo step\n".repeat(100_000);
+    assert_eq!(parse(&many).unwrap().nodes.len(), 100_001);
+
+    let long_line = format!("RUN {}\n", "x".repeat(10 << 20));
+    assert_eq!(parse(&long_line).unwrap().nodes[0].args[0].len(), 10 << 20);
+}
+
+/// Found by the `dockerfile` fuzz target: in the legacy `LABEL key value` form a key that ends
+/// in the escape character must keep its value apart when printed.
+#[test]
+fn a_legacy_key_ending_in_the_escape_character_survives_printing() {
+    let file = parse("LABEL key\\   value=x\n").unwrap();
+    assert_eq!(file.nodes[0].args, ["key\\", "value=x", ""]);
+    let again = parse(&file.to_dockerfile()).unwrap();
+    assert_eq!(again.nodes[0].args, file.nodes[0].args);
+}

@@ -399,3 +399,21 @@ fn stages_inherit_the_env_of_their_base_stage() {
         }
     );
 }
+
+#[test]
+fn a_long_chain_of_stages_resolves_in_linear_work() {
+    let mut text = String::from("FROM scratch AS s0\nENV V0=0\n");
+    for i in 1..2_000 {
+        text.push_str(&format!("FROM s{} AS s{i}\nENV V{i}=$V{}\n", i - 1, i - 1));
+    }
+    let plan = plan(&text);
+    assert_eq!(plan.needed.len(), 2_000);
+    assert_eq!(plan.inherited_env(1999).len(), 1_999);
+    let last = plan.instructions(1999, plan.inherited_env(1999)).unwrap();
+    assert_eq!(
+        last[0].value,
+        Instruction::Env {
+            vars: vec![("V1999".into(), "0".into())]
+        }
+    );
+}
