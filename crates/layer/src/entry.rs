@@ -1,0 +1,199 @@
+//! What goes into a layer: entries with a path inside the image, a kind and metadata.
+
+use std::cmp::Ordering;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// When a file was last modified: seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Mtime {
+    /// Whole seconds (negative before 1970).
+    pub secs: i64,
+    /// Nanoseconds, below 1,000,000,000.
+    pub nanos: u32,
+}
+
+impl Mtime {
+    /// A time in whole seconds.
+    pub fn from_secs(secs: i64) -> Mtime {
+        Mtime { secs, nanos: 0 }
+    }
+}
+
+/// Ownership, permissions and times of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Metadata {
+    /// Permission bits including setuid (0o4000), setgid (0o2000) and sticky (0o1000).
+    pub mode: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// User name, where known.
+    pub uname: Option<String>,
+    /// Group name, where known.
+    pub gname: Option<String>,
+    /// Modification time.
+    pub mtime: Mtime,
+    /// Extended attributes (`security.capability`, `user.*`, ...), sorted by name when written.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A regular file whose contents are streamed from `source` on disk; `size` is checked
+    /// against the file when it is read.
+    File {
+        /// Where the contents are read from.
+        source: PathBuf,
+        /// The size in bytes.
+        size: u64,
+    },
+    /// A regular file with inline contents (small files: heredocs, generated configs).
+    Bytes(Vec<u8>),
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink {
+        /// The link's target, as written.
+        target: String,
+    },
+    /// A hard link to another entry of the same layer (its path inside the image).
+    Hardlink {
+        /// The path of the entry it links to.
+        target: String,
+    },
+    /// A character device.
+    CharDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    BlockDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
+    /// The path was deleted: written as `dir/.wh.name`.
+    Whiteout,
+    /// The directory's lower contents are hidden: written as `dir/.wh..wh..opq`.
+    OpaqueDir,
+}
+
+/// One entry of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// The path inside the image, relative (`etc/passwd`), `/`-separated, no `.` or `..`.
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Its metadata (ignored for whiteouts, which are written as empty root-owned files).
+    pub metadata: Metadata,
+}
+
+/// The prefix of whiteout file names.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// The name of the opaque-directory marker.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+impl Entry {
+    /// The name this entry has in the tar stream (whiteouts get their `.wh.` name).
+    pub(crate) fn tar_name(&self) -> String {
+        match self.kind {
+            EntryKind::Whiteout => match self.path.rsplit_once('/') {
+                Some((dir, name)) => format!("{dir}/{WHITEOUT_PREFIX}{name}"),
+                None => format!("{WHITEOUT_PREFIX}{}", self.path),
+            },
+            EntryKind::OpaqueDir => format!("{}/{OPAQUE_MARKER}", self.path),
+            _ => self.path.clone(),
+        }
+    }
+}
+
+/// Checks that `path` is a clean relative path inside the image.
+pub(crate) fn validate_path(path: &str) -> Result<()> {
+    let fail = |message: &str| {
+        Err(Error::InvalidEntry {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        })
+    };
+    if path.is_empty() {
+        return fail("empty path");
+    }
+    if path.starts_with('/') {
+        return fail("absolute path (paths inside a layer are relative to the root)");
+    }
+    if path.contains('\0') {
+        return fail("path contains a NUL byte");
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return fail("empty path component (`//` or a trailing `/`)"),
+            "." | ".." => return fail("`.` or `..` component"),
+            c if c.len() > 255 => return fail("a path component is longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where an entry sorts within its directory: the opaque marker first, then whiteouts, then
+/// everything else by name.
+fn rank(entry: &Entry) -> u8 {
+    match entry.kind {
+        EntryKind::OpaqueDir => 0,
+        EntryKind::Whiteout => 1,
+        _ => 2,
+    }
+}
+
+/// The deterministic order of a layer: component by component (so parents come before their
+/// children), and within a directory the opaque marker, then whiteouts, then names in byte
+/// order.
+pub(crate) fn compare(a: &Entry, b: &Entry) -> Ordering {
+    // An opaque marker belongs inside its directory: compare it as `path/` + rank 0.
+    let parent_and_name = |e: &Entry| -> (Vec<String>, u8, String) {
+        let mut parts: Vec<String> = e.path.split('/').map(str::to_owned).collect();
+        match e.kind {
+            EntryKind::OpaqueDir => (parts, 0, String::new()),
+            _ => {
+                let name = parts.pop().unwrap_or_default();
+                (parts, rank(e), name)
+            }
+        }
+    };
+    let (pa, ra, na) = parent_and_name(a);
+    let (pb, rb, nb) = parent_and_name(b);
+    // Walk the common directory prefix.
+    let common = pa.iter().zip(&pb).take_while(|(x, y)| x == y).count();
+    match (pa.len() == common, pb.len() == common) {
+        (true, true) => (ra, na.as_bytes()).cmp(&(rb, nb.as_bytes())),
+        // `a` is directly in a directory that is an ancestor of `b`'s parent: compare `a`'s
+        // name with `b`'s next component.
+        (true, false) => {
+            let next = pb[common].as_bytes();
+            if ra < 2 {
+                Ordering::Less
+            } else {
+                na.as_bytes().cmp(next).then(Ordering::Less)
+            }
+        }
+        (false, true) => {
+            let next = pa[common].as_bytes();
+            if rb < 2 {
+                Ordering::Greater
+            } else {
+                next.cmp(nb.as_bytes()).then(Ordering::Greater)
+            }
+        }
+        (false, false) => pa[common].as_bytes().cmp(pb[common].as_bytes()),
+    }
+}

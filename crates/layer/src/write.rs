@@ -1,0 +1,411 @@
+//! Writing a layer: entries → sorted PAX tar → compression → any `Write`, with the `diff_id`
+//! and the compressed digest computed in the same pass.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::str::FromStr;
+
+use oci_spec::image::{Descriptor, Sha256Digest};
+
+use crate::compression::Compression;
+use crate::digest::{HashingWriter, finish};
+use crate::entry::{Entry, EntryKind, Mtime, compare, validate_path};
+use crate::error::{Error, Result};
+use crate::gzip::ParallelGzip;
+use crate::tar_format::{BLOCK, HeaderFields, encode_header, kind};
+
+/// What a written layer is: its descriptor (media type, compressed digest and size) and its
+/// `diff_id` (digest of the uncompressed tar).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// The descriptor for the image manifest.
+    pub descriptor: Descriptor,
+    /// `sha256:<hex>` of the uncompressed tar, for the image config's `rootfs.diff_ids`.
+    pub diff_id: String,
+    /// Size of the uncompressed tar in bytes.
+    pub uncompressed_size: u64,
+    /// Number of entries written.
+    pub entries: usize,
+}
+
+/// Writes OCI layers. Configure once, write many layers.
+///
+/// ```
+/// use strata_layer::{Entry, EntryKind, LayerWriter, Metadata};
+///
+/// let entries = vec![
+///     Entry { path: "etc".into(), kind: EntryKind::Dir, metadata: Metadata { mode: 0o755, ..Default::default() } },
+///     Entry { path: "etc/motd".into(), kind: EntryKind::Bytes(b"hello\n".to_vec()), metadata: Metadata { mode: 0o644, ..Default::default() } },
+///     Entry { path: "tmp/old".into(), kind: EntryKind::Whiteout, metadata: Metadata::default() },
+/// ];
+/// let mut out = Vec::new();
+/// let layer = LayerWriter::new().write(entries, &mut out)?;
+/// assert_eq!(layer.descriptor.size(), out.len() as u64);
+/// assert!(layer.diff_id.starts_with("sha256:"));
+/// # Ok::<(), strata_layer::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LayerWriter {
+    compression: Compression,
+    threads: usize,
+    clamp_mtime: Option<i64>,
+    nanos: bool,
+    owner: Option<(u32, u32)>,
+}
+
+impl Default for LayerWriter {
+    fn default() -> Self {
+        LayerWriter::new()
+    }
+}
+
+impl LayerWriter {
+    /// gzip level 6 on every core, times as given (seconds only), ownership as given.
+    pub fn new() -> Self {
+        LayerWriter {
+            compression: Compression::default(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            clamp_mtime: None,
+            nanos: false,
+            owner: None,
+        }
+    }
+
+    /// The compression.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// How many threads compress (default: every core).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Clamps every mtime to at most `epoch` seconds (`SOURCE_DATE_EPOCH`), for reproducible
+    /// layers.
+    pub fn clamp_mtime(mut self, epoch: Option<i64>) -> Self {
+        self.clamp_mtime = epoch;
+        self
+    }
+
+    /// Writes nanosecond mtimes as PAX records (off by default: whole seconds are what Docker
+    /// writes and what keeps layers reproducible across filesystems).
+    pub fn nanosecond_times(mut self, nanos: bool) -> Self {
+        self.nanos = nanos;
+        self
+    }
+
+    /// Overrides the owner of every entry (as `COPY --chown` does); user and group names are
+    /// dropped.
+    pub fn owner(mut self, owner: Option<(u32, u32)>) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// Writes `entries` as one layer into `out`, in a deterministic order, and returns what
+    /// it wrote. Entries may come in any order; paths must be unique.
+    pub fn write<W: Write>(&self, mut entries: Vec<Entry>, out: W) -> Result<LayerInfo> {
+        for entry in &entries {
+            validate_path(&entry.path)?;
+        }
+        entries.sort_by(compare);
+        let mut names = std::collections::HashSet::with_capacity(entries.len());
+        for entry in &entries {
+            if !names.insert(entry.tar_name()) {
+                return Err(Error::InvalidEntry {
+                    path: entry.path.clone(),
+                    message: "appears twice".to_owned(),
+                });
+            }
+        }
+        resolve_hardlinks(&mut entries)?;
+
+        let compressed = HashingWriter::new(out);
+        let (compressed, tar) =
+            match self.compression {
+                Compression::Gzip { level } => {
+                    let gzip = ParallelGzip::new(compressed, level.min(9), self.threads)
+                        .map_err(Error::io("<gzip>"))?;
+                    let tar = self.write_tar(&entries, gzip)?;
+                    let gzip = tar.inner;
+                    (
+                        gzip.finish().map_err(Error::io("<output>"))?,
+                        (tar.hasher, tar.count),
+                    )
+                }
+                Compression::Zstd { level } => {
+                    let mut encoder = zstd::stream::write::Encoder::new(compressed, level)
+                        .map_err(|e| Error::Codec {
+                            codec: "zstd",
+                            message: e.to_string(),
+                        })?;
+                    if self.threads > 1 {
+                        encoder
+                            .multithread(self.threads as u32)
+                            .map_err(|e| Error::Codec {
+                                codec: "zstd",
+                                message: e.to_string(),
+                            })?;
+                    }
+                    let tar = self.write_tar(&entries, encoder)?;
+                    let encoder = tar.inner;
+                    (
+                        encoder.finish().map_err(Error::io("<output>"))?,
+                        (tar.hasher, tar.count),
+                    )
+                }
+                Compression::None => {
+                    let tar = self.write_tar(&entries, compressed)?;
+                    let uncompressed = (tar.hasher.clone(), tar.count);
+                    (tar.inner, uncompressed)
+                }
+            };
+        let (tar_hasher, uncompressed_size) = tar;
+        let diff_id = finish(tar_hasher);
+        let mut compressed = compressed;
+        compressed.flush().map_err(Error::io("<output>"))?;
+        let size = compressed.count;
+        let digest = finish(compressed.hasher);
+        let hex = digest.trim_start_matches("sha256:");
+        let descriptor = Descriptor::new(
+            self.compression.media_type(),
+            size,
+            Sha256Digest::from_str(hex).map_err(|e| Error::Descriptor(e.to_string()))?,
+        );
+        Ok(LayerInfo {
+            descriptor,
+            diff_id,
+            uncompressed_size,
+            entries: entries.len(),
+        })
+    }
+
+    fn write_tar<W: Write>(&self, entries: &[Entry], sink: W) -> Result<HashingWriter<W>> {
+        let mut tar = HashingWriter::new(sink);
+        let mut header = Vec::with_capacity(2 * BLOCK);
+        let mut buffer = vec![0u8; 256 * 1024];
+        for entry in entries {
+            header.clear();
+            let name = entry.tar_name();
+            let m = &entry.metadata;
+            let mtime = match self.clamp_mtime {
+                Some(epoch)
+                    if m.mtime.secs > epoch || (m.mtime.secs == epoch && m.mtime.nanos > 0) =>
+                {
+                    Mtime::from_secs(epoch)
+                }
+                _ => m.mtime,
+            };
+            let (uid, gid, uname, gname) = match self.owner {
+                Some((uid, gid)) => (uid, gid, "", ""),
+                None => (
+                    m.uid,
+                    m.gid,
+                    m.uname.as_deref().unwrap_or(""),
+                    m.gname.as_deref().unwrap_or(""),
+                ),
+            };
+            let mut fields = HeaderFields {
+                name: &name,
+                mode: m.mode,
+                uid: u64::from(uid),
+                gid: u64::from(gid),
+                mtime_secs: mtime.secs,
+                mtime_nanos: mtime.nanos,
+                uname,
+                gname,
+                xattrs: &m.xattrs,
+                nanos: self.nanos,
+                ..HeaderFields::default()
+            };
+            let dir_name;
+            let mut source = None;
+            match &entry.kind {
+                EntryKind::File { source: path, size } => {
+                    fields.kind = kind::FILE;
+                    fields.size = *size;
+                    source = Some(path);
+                }
+                EntryKind::Bytes(bytes) => {
+                    fields.kind = kind::FILE;
+                    fields.size = bytes.len() as u64;
+                }
+                EntryKind::Dir => {
+                    fields.kind = kind::DIR;
+                    dir_name = format!("{name}/");
+                    fields.name = &dir_name;
+                }
+                EntryKind::Symlink { target } => {
+                    fields.kind = kind::SYMLINK;
+                    fields.linkname = target;
+                }
+                EntryKind::Hardlink { target } => {
+                    fields.kind = kind::HARDLINK;
+                    fields.linkname = target;
+                }
+                EntryKind::CharDevice { major, minor } => {
+                    fields.kind = kind::CHAR;
+                    (fields.devmajor, fields.devminor) = (*major, *minor);
+                }
+                EntryKind::BlockDevice { major, minor } => {
+                    fields.kind = kind::BLOCK;
+                    (fields.devmajor, fields.devminor) = (*major, *minor);
+                }
+                EntryKind::Fifo => fields.kind = kind::FIFO,
+                EntryKind::Whiteout | EntryKind::OpaqueDir => {
+                    fields.kind = kind::FILE;
+                    fields.mode = 0o644;
+                    fields.xattrs = &[];
+                    (fields.uid, fields.gid, fields.uname, fields.gname) = (0, 0, "", "");
+                }
+            }
+            encode_header(&fields, &mut header);
+            tar.write_all(&header).map_err(Error::io("<output>"))?;
+            let written = match (&entry.kind, source) {
+                (EntryKind::Bytes(bytes), _) => {
+                    tar.write_all(bytes).map_err(Error::io("<output>"))?;
+                    bytes.len() as u64
+                }
+                (_, Some(path)) => {
+                    let file = File::open(path).map_err(Error::io(path))?;
+                    copy_exact(file, &mut tar, fields.size, &mut buffer).map_err(|e| match e {
+                        CopyError::Read(source) => Error::Io {
+                            path: path.clone(),
+                            source,
+                        },
+                        CopyError::Write(source) => Error::Io {
+                            path: "<output>".into(),
+                            source,
+                        },
+                        CopyError::Size(found) => Error::InvalidEntry {
+                            path: entry.path.clone(),
+                            message: format!(
+                                "{} changed while being read: {} bytes announced, {found}",
+                                path.display(),
+                                fields.size
+                            ),
+                        },
+                    })?;
+                    fields.size
+                }
+                _ => 0,
+            };
+            let padding = (BLOCK - (written as usize % BLOCK)) % BLOCK;
+            tar.write_all(&[0u8; BLOCK][..padding])
+                .map_err(Error::io("<output>"))?;
+        }
+        tar.write_all(&[0u8; 2 * BLOCK])
+            .map_err(Error::io("<output>"))?;
+        Ok(tar)
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+    Size(String),
+}
+
+/// Copies exactly `size` bytes; a source that is shorter or longer is an error.
+fn copy_exact(
+    mut from: File,
+    to: &mut impl Write,
+    size: u64,
+    buffer: &mut [u8],
+) -> std::result::Result<(), CopyError> {
+    let mut left = size;
+    while left > 0 {
+        let want = buffer
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = from.read(&mut buffer[..want]).map_err(CopyError::Read)?;
+        if n == 0 {
+            return Err(CopyError::Size(format!(
+                "only {} could be read",
+                size - left
+            )));
+        }
+        to.write_all(&buffer[..n]).map_err(CopyError::Write)?;
+        left -= n as u64;
+    }
+    let mut probe = [0u8; 1];
+    if from.read(&mut probe).map_err(CopyError::Read)? != 0 {
+        return Err(CopyError::Size("more could be read".to_owned()));
+    }
+    Ok(())
+}
+
+/// Makes every hardlink group write its contents once, at the first of its members in layer
+/// order, and link the others to it.
+fn resolve_hardlinks(entries: &mut [Entry]) -> Result<()> {
+    let index: HashMap<String, usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !matches!(e.kind, EntryKind::Whiteout | EntryKind::OpaqueDir))
+        .map(|(i, e)| (e.path.clone(), i))
+        .collect();
+    // The primary (non-link) entry of each link, following chains of links.
+    let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let EntryKind::Hardlink { .. } = entry.kind else {
+            continue;
+        };
+        let mut at = i;
+        let mut hops = 0;
+        while let EntryKind::Hardlink { target } = &entries[at].kind {
+            at = *index.get(target).ok_or_else(|| Error::InvalidEntry {
+                path: entry.path.clone(),
+                message: format!("hard link to `{target}`, which is not in the layer"),
+            })?;
+            hops += 1;
+            if hops > entries.len() {
+                return Err(Error::InvalidEntry {
+                    path: entry.path.clone(),
+                    message: "hard links form a cycle".to_owned(),
+                });
+            }
+        }
+        if !matches!(
+            entries[at].kind,
+            EntryKind::File { .. } | EntryKind::Bytes(_)
+        ) {
+            return Err(Error::InvalidEntry {
+                path: entry.path.clone(),
+                message: format!(
+                    "hard link to `{}`, which is not a regular file",
+                    entries[at].path
+                ),
+            });
+        }
+        groups.entry(at).or_default().push(i);
+    }
+    for (primary, links) in groups {
+        let first = links
+            .iter()
+            .copied()
+            .chain([primary])
+            .min()
+            .unwrap_or(primary);
+        if first != primary {
+            // The earliest member carries the contents; the primary becomes a link to it.
+            let contents = entries[primary].kind.clone();
+            entries[first].kind = contents;
+            entries[first].metadata = entries[primary].metadata.clone();
+            entries[primary].kind = EntryKind::Hardlink {
+                target: entries[first].path.clone(),
+            };
+        }
+        let first_path = entries[first].path.clone();
+        for link in links {
+            if link != first {
+                entries[link].kind = EntryKind::Hardlink {
+                    target: first_path.clone(),
+                };
+            }
+        }
+    }
+    Ok(())
+}
