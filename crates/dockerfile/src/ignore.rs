@@ -321,6 +321,10 @@ impl Dockerignore {
     /// Whether `path` (relative to the context, `/`-separated) is left out of the build.
     pub fn is_excluded(&self, path: &str) -> bool {
         let path = clean_path(path.trim_start_matches('/'));
+        // The context's root is never excluded: only what is below it.
+        if path == "." {
+            return false;
+        }
         let parents: Vec<&str> = path.match_indices('/').map(|(i, _)| &path[..i]).collect();
         let mut excluded = false;
         for pattern in &self.patterns {

@@ -196,3 +196,14 @@ mod properties {
         }
     }
 }
+
+/// Found by the `dockerignore` fuzz target: a `.` pattern must not make the context's root
+/// skippable while the files below it stay included.
+#[test]
+fn the_context_root_is_never_excluded_or_skipped() {
+    let i = ignore(".\n");
+    assert!(!i.is_excluded("."));
+    assert!(!i.can_skip_dir("."));
+    assert!(!i.can_skip_dir("./"));
+    assert!(!i.is_excluded("x"));
+}

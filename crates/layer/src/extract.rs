@@ -141,6 +141,10 @@ struct Applier<'a> {
     as_root: bool,
     created: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, u32, i64, u32)>,
+    /// Directories of lower layers whose contents this layer changed, with their mtime
+    /// before, restored at the end: a layer that does not list a directory leaves its times
+    /// as the lower layer had them, as the merged view of an overlay shows them.
+    touched: std::collections::HashMap<PathBuf, SystemTime>,
     cache: Option<(Vec<OsString>, PathBuf)>,
     report: ExtractReport,
     buffer: Vec<u8>,
@@ -208,6 +212,7 @@ impl Applier<'_> {
                     if !create {
                         return Ok(None);
                     }
+                    self.note_parent(&self.join(&real));
                     fs::create_dir(&path).map_err(Error::io(&path))?;
                     self.created.insert(path.clone());
                     real.push(component);
@@ -218,6 +223,16 @@ impl Applier<'_> {
         let resolved = self.join(&real);
         self.cache = Some((components.to_vec(), resolved.clone()));
         Ok(Some(resolved))
+    }
+
+    /// Records the mtime of an existing directory before this layer changes its contents.
+    fn note_parent(&mut self, dir: &Path) {
+        if self.created.contains(dir) || self.touched.contains_key(dir) {
+            return;
+        }
+        if let Ok(modified) = fs::symlink_metadata(dir).and_then(|m| m.modified()) {
+            self.touched.insert(dir.to_owned(), modified);
+        }
     }
 
     fn join(&self, components: &[OsString]) -> PathBuf {
@@ -264,6 +279,7 @@ impl Applier<'_> {
             .resolve_dir(header, parent, true)?
             .ok_or_else(|| refused(header, "parent could not be created"))?;
         let target = dir.join(name);
+        self.note_parent(&dir);
         let existing = fs::symlink_metadata(&target).ok();
         match header.kind {
             ReadKind::Dir => {
@@ -519,6 +535,17 @@ impl Applier<'_> {
 
     /// Directory modes and times, deepest first, once nothing more is written into them.
     fn finish_dirs(&mut self) -> Result<()> {
+        // Lower directories first: an explicit entry of this layer for the same directory (the
+        // root's `./`) then wins.
+        for (path, modified) in std::mem::take(&mut self.touched) {
+            if self.created.contains(&path) {
+                continue;
+            }
+            // A directory removed later in the layer has nothing to restore.
+            if let Ok(dir) = File::open(&path) {
+                dir.set_modified(modified).map_err(Error::io(&path))?;
+            }
+        }
         for (path, mode, secs, nanos) in self.dirs.drain(..).rev() {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                 .map_err(Error::io(&path))?;
@@ -619,6 +646,7 @@ impl Extractor {
             as_root,
             created: HashSet::new(),
             dirs: Vec::new(),
+            touched: std::collections::HashMap::new(),
             cache: None,
             report: ExtractReport::default(),
             buffer: vec![0u8; 256 * 1024],

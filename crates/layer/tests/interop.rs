@@ -231,3 +231,113 @@ fn the_zstd_cli_and_gnu_tar_read_our_zstd_layer() {
     );
     assert_eq!(describe(source.path()), describe(&target));
 }
+
+/// The layers of the image tagged `tag` in an OCI layout, in order: (media type, blob path).
+fn layout_layers(layout: &Path, tag: &str) -> Vec<(String, std::path::PathBuf)> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let blob = |digest: &serde_json::Value| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(&manifest["digest"])).unwrap()).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mediaType"].as_str().unwrap().to_owned(),
+                blob(&l["digest"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn we_apply_layers_umoci_writes_whiteouts_included() {
+    let umoci = find_program("umoci", "umoci").unwrap();
+    let source = tempfile::tempdir().unwrap();
+    sample_tree(source.path());
+    let mut blob = Vec::new();
+    let layer = LayerWriter::new()
+        .write(tree_entries(source.path()), &mut blob)
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("image");
+    write_layout(
+        &layout,
+        &blob,
+        layer.descriptor.media_type().as_ref(),
+        &layer.diff_id,
+    );
+    let bundle = work.path().join("bundle");
+    let run = |args: &[&str]| {
+        let output = Command::new(&umoci).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "umoci {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "unpack",
+        "--image",
+        &format!("{}:latest", layout.display()),
+        bundle.to_str().unwrap(),
+    ]);
+
+    // Change the tree the way a build step would, and let umoci write the diff as a layer.
+    let rootfs = bundle.join("rootfs");
+    fs::remove_file(rootfs.join("usr/data-link")).unwrap();
+    fs::remove_dir_all(rootfs.join("l".repeat(90))).unwrap();
+    fs::write(rootfs.join("usr/bin/tool"), "#!/bin/sh\necho changed\n").unwrap();
+    fs::create_dir(rootfs.join("etc")).unwrap();
+    fs::write(rootfs.join("etc/new"), "added").unwrap();
+    // umoci rounds times to the second when it writes; give the changed paths whole seconds.
+    for changed in ["etc/new", "etc", "usr/bin/tool", "usr", ""] {
+        let time = rustix::fs::Timespec {
+            tv_sec: 1_700_000_000,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: time,
+            last_modification: time,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            rootfs.join(changed),
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+    run(&[
+        "repack",
+        "--image",
+        &format!("{}:next", layout.display()),
+        bundle.to_str().unwrap(),
+    ]);
+
+    // Applying umoci's layers in order gives umoci's tree.
+    let layers = layout_layers(&layout, "next");
+    assert_eq!(layers.len(), 2);
+
+    let target = work.path().join("ours");
+    fs::create_dir(&target).unwrap();
+    for (media_type, path) in &layers {
+        Extractor::new()
+            .media_type(Some(media_type.clone()))
+            .apply(fs::File::open(path).unwrap(), &target)
+            .unwrap();
+    }
+    assert_eq!(describe(&rootfs), describe(&target));
+}
