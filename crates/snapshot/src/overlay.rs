@@ -1,0 +1,333 @@
+//! Overlayfs: the upper directory of a mount is the change set, read directly.
+//!
+//! A step runs on a merged view of the stage's layers (lower directories, read-only) and a
+//! fresh upper directory; everything the step changes lands in the upper directory, deletions
+//! as whiteouts (character devices 0/0) and replaced directories marked opaque
+//! (`trusted.overlay.opaque` or, in a user namespace, `user.overlay.opaque`). Reading the upper
+//! directory costs what the step changed, not the size of the root filesystem.
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::diff::{Change, ChangeKind, ChangeSet, changed};
+use crate::error::{Error, Result};
+use crate::scan::{FileInfo, Kind, file_info};
+
+/// The xattrs overlayfs keeps for itself; never part of a change.
+fn is_overlay_xattr(name: &str) -> bool {
+    name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
+}
+
+/// Whether overlayfs can be used here, and why not when it cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlaySupport {
+    /// A test mount succeeded.
+    pub usable: bool,
+    /// Why it did not, in words a user can act on.
+    pub reason: Option<String>,
+}
+
+/// Tries a small overlay mount in a temporary directory.
+pub fn probe() -> OverlaySupport {
+    let unusable = |reason: String| OverlaySupport {
+        usable: false,
+        reason: Some(reason),
+    };
+    match fs::read_to_string("/proc/filesystems") {
+        Ok(list)
+            if list
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay")) => {}
+        Ok(_) => {
+            return unusable("the kernel has no overlay filesystem (modprobe overlay)".to_owned());
+        }
+        Err(e) => return unusable(format!("/proc/filesystems: {e}")),
+    }
+    let dir = match tempfile_dir() {
+        Ok(dir) => dir,
+        Err(e) => return unusable(format!("no temporary directory: {e}")),
+    };
+    let result = (|| -> Result<()> {
+        let [lower, upper, work, merged] =
+            ["lower", "upper", "work", "merged"].map(|d| dir.join(d));
+        for d in [&lower, &upper, &work, &merged] {
+            fs::create_dir(d).map_err(Error::io(d))?;
+        }
+        let mount = OverlayMount::mount(&[lower], &upper, &work, &merged)?;
+        drop(mount);
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    match result {
+        Ok(()) => OverlaySupport {
+            usable: true,
+            reason: None,
+        },
+        Err(Error::OverlayUnavailable { reason }) => unusable(reason),
+        Err(e) => unusable(e.to_string()),
+    }
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let dir = base.join(format!(
+            "strata-overlay-probe-{}-{attempt}",
+            std::process::id()
+        ));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("could not create a probe directory"))
+}
+
+/// Escapes a path for overlay mount options (`,` and `:` separate options and lower dirs).
+fn escape(path: &Path) -> Result<String> {
+    let text = path.to_str().ok_or_else(|| Error::NotUtf8 {
+        path: path.display().to_string(),
+    })?;
+    Ok(text
+        .replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace(':', "\\:"))
+}
+
+/// A mounted overlay, unmounted when dropped.
+#[derive(Debug)]
+pub struct OverlayMount {
+    merged: PathBuf,
+    mounted: bool,
+}
+
+impl OverlayMount {
+    /// Mounts `lowers` (the top-most first) under `upper` at `merged`, with `work` as the
+    /// work directory (same filesystem as `upper`, empty).
+    pub fn mount(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        merged: &Path,
+    ) -> Result<OverlayMount> {
+        if lowers.is_empty() {
+            return Err(Error::OverlayUnavailable {
+                reason: "an overlay needs at least one lower directory".to_owned(),
+            });
+        }
+        let lowerdir = lowers
+            .iter()
+            .map(|l| escape(l))
+            .collect::<Result<Vec<_>>>()?
+            .join(":");
+        let options = format!(
+            "lowerdir={lowerdir},upperdir={},workdir={}",
+            escape(upper)?,
+            escape(work)?
+        );
+        if options.len() >= 4096 {
+            return Err(Error::OverlayUnavailable {
+                reason: format!(
+                    "{} lower directories make mount options longer than a page",
+                    lowers.len()
+                ),
+            });
+        }
+        let data = std::ffi::CString::new(options).map_err(|_| Error::OverlayUnavailable {
+            reason: "a directory path contains a NUL byte".to_owned(),
+        })?;
+        rustix::mount::mount(
+            "overlay",
+            merged,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .map_err(|e| Error::OverlayUnavailable {
+            reason: match e {
+                rustix::io::Errno::PERM | rustix::io::Errno::ACCESS => {
+                    "mounting needs root, or a user namespace on Linux 5.11 or later".to_owned()
+                }
+                other => format!("mount at {}: {other}", merged.display()),
+            },
+        })?;
+        Ok(OverlayMount {
+            merged: merged.to_owned(),
+            mounted: true,
+        })
+    }
+
+    /// The merged view.
+    pub fn merged(&self) -> &Path {
+        &self.merged
+    }
+
+    /// Unmounts now, reporting failure (dropping unmounts too, ignoring failure).
+    pub fn unmount(mut self) -> Result<()> {
+        self.mounted = false;
+        rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty())
+            .map_err(|e| Error::io(&self.merged)(e.into()))
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// The version of `path` the merged view of `lowers` (top first) shows, if any: the top-most
+/// lower that has it, unless a whiteout, a non-directory or an opaque directory on its way
+/// hides it.
+fn in_lowers(lowers: &[PathBuf], path: &str) -> Result<Option<(PathBuf, FileInfo)>> {
+    for lower in lowers {
+        let candidate = lower.join(path);
+        match fs::symlink_metadata(&candidate) {
+            Ok(meta) => {
+                if meta.file_type().is_char_device() && meta.rdev() == 0 {
+                    return Ok(None);
+                }
+                return Ok(Some((candidate.clone(), file_info(&candidate, false)?)));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                if hidden_below(lower, path)? {
+                    return Ok(None);
+                }
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    path: candidate,
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether something in `lower` on the way to `path` hides the layers below it: a whiteout,
+/// a non-directory, or an opaque directory.
+fn hidden_below(lower: &Path, path: &str) -> Result<bool> {
+    let mut at = lower.to_owned();
+    let components: Vec<&str> = path.split('/').collect();
+    for component in &components[..components.len().saturating_sub(1)] {
+        at.push(component);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {
+                if is_opaque(&file_info(&at, false)?) {
+                    return Ok(true);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: at,
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn is_opaque(info: &FileInfo) -> bool {
+    info.xattrs.iter().any(|(name, value)| {
+        (name == "trusted.overlay.opaque" || name == "user.overlay.opaque") && value == b"y"
+    })
+}
+
+/// The change set an overlay's upper directory holds, relative to its lower directories (top
+/// first). Costs a walk of the upper directory and one lookup in the lowers per changed path.
+pub fn upper_changes(upper: &Path, lowers: &[PathBuf]) -> Result<ChangeSet> {
+    let mut changes = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = if relative.is_empty() {
+            upper.to_owned()
+        } else {
+            upper.join(&relative)
+        };
+        for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let entry = entry.map_err(Error::io(&dir))?;
+            let name = entry.file_name();
+            let name = name.to_str().ok_or_else(|| Error::NotUtf8 {
+                path: entry.path().display().to_string(),
+            })?;
+            let path = if relative.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{relative}/{name}")
+            };
+            let full = entry.path();
+            let mut info = file_info(&full, false)?;
+            if info.kind == Kind::CharDevice && info.rdev == (0, 0) {
+                // A whiteout: deleted, unless nothing below had it (created and removed again).
+                if in_lowers(lowers, &path)?.is_some() {
+                    changes.push(Change {
+                        path,
+                        kind: ChangeKind::Deleted,
+                        info: None,
+                        source: None,
+                        hardlink_to: None,
+                    });
+                }
+                continue;
+            }
+            let opaque = info.kind == Kind::Dir && is_opaque(&info);
+            info.xattrs.retain(|(name, _)| !is_overlay_xattr(name));
+            let lower = in_lowers(lowers, &path)?;
+            let replaced = opaque
+                && lower
+                    .as_ref()
+                    .is_some_and(|(_, before)| before.kind == Kind::Dir);
+            let kind = match &lower {
+                None => Some(ChangeKind::Added),
+                Some(_) if replaced => Some(ChangeKind::Modified),
+                Some((_, before)) => {
+                    // Copy-up leaves lower metadata on parents of changed paths and on files
+                    // whose metadata was set to what it was: those did not change.
+                    let mut comparable = info.clone();
+                    (
+                        comparable.ino,
+                        comparable.dev,
+                        comparable.nlink,
+                        comparable.birth,
+                    ) = (before.ino, before.dev, before.nlink, before.birth);
+                    changed(before, &comparable).then_some(ChangeKind::Modified)
+                }
+            };
+            if replaced {
+                changes.push(Change {
+                    path: path.clone(),
+                    kind: ChangeKind::Opaque,
+                    info: None,
+                    source: None,
+                    hardlink_to: None,
+                });
+            }
+            if info.kind == Kind::Dir {
+                stack.push(path.clone());
+            }
+            let Some(kind) = kind else { continue };
+            changes.push(Change {
+                source: (info.kind == Kind::File).then(|| full.clone()),
+                path,
+                kind,
+                info: Some(info),
+                hardlink_to: None,
+            });
+        }
+    }
+    Ok(ChangeSet { changes }.finish())
+}

@@ -1,0 +1,264 @@
+//! Every kind of change, found by the walk-based diff and by reading an overlay's upper
+//! directory: both must give the same change set for the same operations.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use strata_snapshot::overlay::{OverlayMount, probe, upper_changes};
+use strata_snapshot::{ChangeKind, ChangeSet, Scanner, diff};
+
+use ChangeKind::{Added, Deleted, Modified, Opaque};
+
+/// The lower layer every scenario starts from.
+fn lower(root: &Path) {
+    fs::create_dir_all(root.join("d/sub")).unwrap();
+    fs::write(root.join("d/f"), "content").unwrap();
+    fs::write(root.join("d/sub/deep"), "deep").unwrap();
+    fs::write(root.join("top"), "top").unwrap();
+    symlink("top", root.join("l")).unwrap();
+    // Times in the past, so that any change moves them.
+    for path in ["d/sub/deep", "d/sub", "d/f", "d", "top", "l"] {
+        let time = rustix::fs::Timespec {
+            tv_sec: 1_600_000_000,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: time,
+            last_modification: time,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            root.join(path),
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+}
+
+fn walk_mode(ops: fn(&Path)) -> ChangeSet {
+    let dir = tempfile::tempdir().unwrap();
+    lower(dir.path());
+    let before = Scanner::new(dir.path()).scan().unwrap();
+    ops(dir.path());
+    let after = Scanner::new(dir.path()).scan().unwrap();
+    diff(&before, &after)
+}
+
+fn overlay_mode(ops: fn(&Path)) -> Option<ChangeSet> {
+    let support = probe();
+    if !support.usable {
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "overlay unusable while running as root: {:?}",
+            support.reason
+        );
+        eprintln!("overlay mode not checked: {:?}", support.reason);
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let [l, u, w, m]: [PathBuf; 4] =
+        ["lower", "upper", "work", "merged"].map(|d| dir.path().join(d));
+    for d in [&l, &u, &w, &m] {
+        fs::create_dir(d).unwrap();
+    }
+    lower(&l);
+    let mount = OverlayMount::mount(std::slice::from_ref(&l), &u, &w, &m).unwrap();
+    ops(mount.merged());
+    mount.unmount().unwrap();
+    Some(upper_changes(&u, &[l]).unwrap())
+}
+
+fn check(ops: fn(&Path), expected: &[(&str, ChangeKind)]) {
+    let expected: Vec<(String, ChangeKind)> =
+        expected.iter().map(|(p, k)| (p.to_string(), *k)).collect();
+    assert_eq!(walk_mode(ops).summary(), expected, "walk mode");
+    if let Some(overlay) = overlay_mode(ops) {
+        assert_eq!(overlay.summary(), expected, "overlay mode");
+    }
+}
+
+#[test]
+fn add_a_file() {
+    check(
+        |r| fs::write(r.join("d/new"), "new").unwrap(),
+        &[("d", Modified), ("d/new", Added)],
+    );
+}
+
+#[test]
+fn modify_contents() {
+    check(
+        |r| fs::write(r.join("d/f"), "changed").unwrap(),
+        &[("d/f", Modified)],
+    );
+}
+
+#[test]
+fn modify_metadata_only() {
+    check(
+        |r| fs::set_permissions(r.join("d/f"), fs::Permissions::from_mode(0o600)).unwrap(),
+        &[("d/f", Modified)],
+    );
+}
+
+#[test]
+fn delete_a_file() {
+    check(
+        |r| fs::remove_file(r.join("d/f")).unwrap(),
+        &[("d", Modified), ("d/f", Deleted)],
+    );
+}
+
+#[test]
+fn delete_a_directory_is_one_whiteout() {
+    check(
+        |r| fs::remove_dir_all(r.join("d")).unwrap(),
+        &[("d", Deleted)],
+    );
+}
+
+#[test]
+fn replace_a_file_by_a_directory() {
+    check(
+        |r| {
+            fs::remove_file(r.join("d/f")).unwrap();
+            fs::create_dir(r.join("d/f")).unwrap();
+            fs::write(r.join("d/f/x"), "x").unwrap();
+        },
+        &[("d", Modified), ("d/f", Modified), ("d/f/x", Added)],
+    );
+}
+
+#[test]
+fn replace_a_directory_by_a_file() {
+    check(
+        |r| {
+            fs::remove_dir_all(r.join("d")).unwrap();
+            fs::write(r.join("d"), "file now").unwrap();
+        },
+        &[("d", Modified)],
+    );
+}
+
+#[test]
+fn replace_a_directory_by_a_new_directory_is_opaque() {
+    check(
+        |r| {
+            fs::remove_dir_all(r.join("d")).unwrap();
+            fs::create_dir(r.join("d")).unwrap();
+            fs::write(r.join("d/fresh"), "fresh").unwrap();
+        },
+        &[("d", Modified), ("d", Opaque), ("d/fresh", Added)],
+    );
+}
+
+#[test]
+fn retarget_a_symlink() {
+    check(
+        |r| {
+            fs::remove_file(r.join("l")).unwrap();
+            symlink("d/f", r.join("l")).unwrap();
+        },
+        &[("l", Modified)],
+    );
+}
+
+#[test]
+fn add_a_hardlink() {
+    check(
+        |r| fs::hard_link(r.join("d/f"), r.join("d/g")).unwrap(),
+        &[("d", Modified), ("d/g", Added)],
+    );
+}
+
+#[test]
+fn set_an_xattr() {
+    check(
+        |r| {
+            rustix::fs::lsetxattr(
+                r.join("d/f"),
+                "user.k",
+                b"v",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap()
+        },
+        &[("d/f", Modified)],
+    );
+}
+
+#[test]
+fn a_temporary_file_leaves_only_its_directory_changed() {
+    check(
+        |r| {
+            fs::write(r.join("d/sub/tmp"), "tmp").unwrap();
+            fs::remove_file(r.join("d/sub/tmp")).unwrap();
+        },
+        &[("d/sub", Modified)],
+    );
+}
+
+#[test]
+fn new_hardlinked_files_link_to_the_first() {
+    let changes = walk_mode(|r| {
+        fs::write(r.join("a1"), "same").unwrap();
+        fs::hard_link(r.join("a1"), r.join("a2")).unwrap();
+    });
+    let links: Vec<_> = changes
+        .changes
+        .iter()
+        .map(|c| (c.path.as_str(), c.hardlink_to.as_deref()))
+        .collect();
+    assert_eq!(links, [("a1", None), ("a2", Some("a1"))]);
+    assert_eq!(
+        changes.changes[0]
+            .source
+            .as_deref()
+            .map(|p| p.ends_with("a1")),
+        Some(true)
+    );
+}
+
+#[test]
+fn ignore_lists_cover_paths_and_below_but_not_similar_names() {
+    let dir = tempfile::tempdir().unwrap();
+    for p in ["proc/1", "procfoo", "sys/x", "run/secrets/token"] {
+        fs::create_dir_all(dir.path().join(p)).unwrap();
+    }
+    let snapshot = Scanner::new(dir.path())
+        .ignore(["/proc", "sys/", "run/secrets"])
+        .scan()
+        .unwrap();
+    let paths: Vec<_> = snapshot.entries.keys().cloned().collect();
+    assert_eq!(paths, ["procfoo", "run"]);
+}
+
+#[test]
+fn content_hashes_catch_same_size_same_time_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), "aaaa").unwrap();
+    let before = Scanner::new(dir.path()).hash_contents(true).scan().unwrap();
+    let meta = fs::metadata(dir.path().join("f")).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("f"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, b"bbbb", 0).unwrap();
+    file.set_modified(meta.modified().unwrap()).unwrap();
+    let after = Scanner::new(dir.path()).hash_contents(true).scan().unwrap();
+    assert_eq!(
+        diff(&before, &after).summary(),
+        [("f".to_owned(), Modified)]
+    );
+}
+
+#[test]
+fn the_overlay_probe_explains_itself() {
+    let support = probe();
+    assert_eq!(support.usable, support.reason.is_none());
+    if rustix::process::geteuid().is_root() {
+        assert!(support.usable, "{:?}", support.reason);
+    }
+}

@@ -1,0 +1,172 @@
+//! Build-context digests: sensitive to what a COPY would copy, blind to the rest.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use strata_snapshot::{HashMemo, Visit, hash_context};
+
+fn context(root: &Path) {
+    fs::create_dir_all(root.join("src/nested")).unwrap();
+    fs::write(root.join("src/main.rs"), "fn main() {}").unwrap();
+    fs::write(root.join("src/nested/lib.rs"), "pub fn f() {}").unwrap();
+    fs::write(root.join("README.md"), "docs").unwrap();
+    fs::create_dir_all(root.join("target/debug")).unwrap();
+    fs::write(root.join("target/debug/app"), "binary").unwrap();
+    symlink("src/main.rs", root.join("entry")).unwrap();
+}
+
+fn visit(path: &str, _is_dir: bool) -> Visit {
+    if path == "target" {
+        Visit::Prune
+    } else if path.ends_with(".md") {
+        Visit::Exclude
+    } else {
+        Visit::Include
+    }
+}
+
+fn digest(root: &Path) -> String {
+    hash_context(root, &[String::new()], &visit, &mut HashMemo::new())
+        .unwrap()
+        .digest
+}
+
+fn changed_by(change: fn(&Path)) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    context(dir.path());
+    let before = digest(dir.path());
+    change(dir.path());
+    before != digest(dir.path())
+}
+
+#[test]
+fn contents_names_modes_and_link_targets_change_the_digest() {
+    assert!(changed_by(|r| fs::write(
+        r.join("src/main.rs"),
+        "fn main() { }"
+    )
+    .unwrap()));
+    assert!(changed_by(|r| fs::rename(
+        r.join("src/main.rs"),
+        r.join("src/start.rs")
+    )
+    .unwrap()));
+    assert!(changed_by(|r| fs::set_permissions(
+        r.join("src/main.rs"),
+        fs::Permissions::from_mode(0o755)
+    )
+    .unwrap()));
+    assert!(changed_by(|r| {
+        fs::remove_file(r.join("entry")).unwrap();
+        symlink("src/nested/lib.rs", r.join("entry")).unwrap();
+    }));
+    assert!(changed_by(|r| fs::write(r.join("src/new.rs"), "").unwrap()));
+    assert!(changed_by(|r| fs::create_dir(r.join("src/empty")).unwrap()));
+}
+
+#[test]
+fn times_owners_and_excluded_files_do_not() {
+    assert!(!changed_by(|r| {
+        let file = fs::File::options()
+            .write(true)
+            .open(r.join("src/main.rs"))
+            .unwrap();
+        file.set_modified(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap();
+    }));
+    assert!(!changed_by(|r| std::os::unix::fs::lchown(
+        r.join("src/main.rs"),
+        Some(4242),
+        Some(4242)
+    )
+    .unwrap()));
+    assert!(!changed_by(|r| fs::write(
+        r.join("README.md"),
+        "other docs"
+    )
+    .unwrap()));
+    assert!(!changed_by(|r| fs::write(
+        r.join("target/debug/app"),
+        "rebuilt"
+    )
+    .unwrap()));
+}
+
+#[test]
+fn the_walk_order_does_not_matter() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for name in ["x", "y", "z"] {
+        fs::write(a.path().join(name), name).unwrap();
+    }
+    for name in ["z", "y", "x"] {
+        fs::write(b.path().join(name), name).unwrap();
+    }
+    assert_eq!(digest(a.path()), digest(b.path()));
+}
+
+#[test]
+fn per_file_digests_name_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    context(dir.path());
+    let before = hash_context(
+        dir.path(),
+        &["src".to_owned()],
+        &visit,
+        &mut HashMemo::new(),
+    )
+    .unwrap();
+    fs::write(dir.path().join("src/nested/lib.rs"), "pub fn g() {}").unwrap();
+    let after = hash_context(
+        dir.path(),
+        &["src".to_owned()],
+        &visit,
+        &mut HashMemo::new(),
+    )
+    .unwrap();
+    let differing: Vec<_> = before
+        .files
+        .iter()
+        .zip(&after.files)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    assert_eq!(differing, ["src/nested/lib.rs"]);
+}
+
+#[test]
+fn the_memo_makes_an_unchanged_context_cost_a_metadata_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    context(dir.path());
+    let state = tempfile::tempdir().unwrap();
+    let memo_path = state.path().join("memo.json");
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    let first = hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
+    assert_eq!(memo.stats(), (0, 2));
+    memo.save(&memo_path).unwrap();
+
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    let second = hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(memo.stats(), (2, 0), "nothing hashed again");
+
+    // Same size, same mtime, new contents: the ctime gives it away.
+    let meta = fs::metadata(dir.path().join("src/main.rs")).unwrap();
+    fs::write(dir.path().join("src/main.rs"), "fn main() {-}").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(dir.path().join("src/main.rs"))
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+    let third = hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
+    assert_ne!(second.digest, third.digest);
+    assert_eq!(memo.stats(), (3, 1));
+
+    fs::write(&memo_path, "not json").unwrap();
+    assert_eq!(
+        HashMemo::load(&memo_path).unwrap(),
+        HashMemo::new(),
+        "a damaged memo starts over"
+    );
+}
