@@ -144,7 +144,7 @@ impl Lexer {
 
     /// Expands `word` into one string: quotes removed, variables replaced, whitespace kept.
     pub fn process_word(&self, word: &str, env: &(impl Env + ?Sized)) -> ShellResult<String> {
-        let mut scan = Scanner::new(self, word, env);
+        let mut scan = Scanner::new(self, word, env, false);
         let (text, _, _) = scan.process_until(&[], self.raw_escapes)?;
         Ok(text)
     }
@@ -152,7 +152,7 @@ impl Lexer {
     /// Expands `word` and splits the result into words as a shell would: unquoted whitespace,
     /// including whitespace that came from a variable's value, separates words.
     pub fn process_words(&self, word: &str, env: &(impl Env + ?Sized)) -> ShellResult<Vec<String>> {
-        let mut scan = Scanner::new(self, word, env);
+        let mut scan = Scanner::new(self, word, env, true);
         let (_, words, _) = scan.process_until(&[], self.raw_escapes)?;
         Ok(words)
     }
@@ -170,10 +170,22 @@ struct Words {
     word: String,
     words: Vec<String>,
     in_word: bool,
+    /// Off when only the single word is wanted: splitting is then skipped entirely.
+    enabled: bool,
 }
 
 impl Words {
+    fn new(enabled: bool) -> Words {
+        Words {
+            enabled,
+            ..Words::default()
+        }
+    }
+
     fn add_char(&mut self, ch: char) {
+        if !self.enabled {
+            return;
+        }
         if ch.is_whitespace() {
             if self.in_word && !self.word.is_empty() {
                 self.words.push(std::mem::take(&mut self.word));
@@ -185,17 +197,26 @@ impl Words {
     }
 
     fn add_raw_char(&mut self, ch: char) {
+        if !self.enabled {
+            return;
+        }
         self.word.push(ch);
         self.in_word = true;
     }
 
     fn add_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         for ch in s.chars() {
             self.add_char(ch);
         }
     }
 
     fn add_raw_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         self.word.push_str(s);
         self.in_word = true;
     }
@@ -215,10 +236,12 @@ struct Scanner<'a, E: ?Sized> {
     env: &'a E,
     raw_escapes: bool,
     depth: usize,
+    /// Whether the top level splits words (nested `${...}` words never need splitting).
+    split: bool,
 }
 
 impl<'a, E: Env + ?Sized> Scanner<'a, E> {
-    fn new(lexer: &Lexer, text: &str, env: &'a E) -> Self {
+    fn new(lexer: &Lexer, text: &str, env: &'a E, split: bool) -> Self {
         Scanner {
             lexer: *lexer,
             chars: text.chars().collect(),
@@ -226,6 +249,7 @@ impl<'a, E: Env + ?Sized> Scanner<'a, E> {
             env,
             raw_escapes: lexer.raw_escapes,
             depth: 0,
+            split,
         }
     }
 
@@ -260,7 +284,7 @@ impl<'a, E: Env + ?Sized> Scanner<'a, E> {
         stops: &[char],
     ) -> ShellResult<(String, Vec<String>, Option<char>)> {
         let mut result = String::new();
-        let mut words = Words::default();
+        let mut words = Words::new(self.split && stops.is_empty());
         while let Some(ch) = self.peek() {
             if stops.contains(&ch) {
                 self.next();

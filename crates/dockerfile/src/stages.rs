@@ -163,13 +163,16 @@ pub struct Plan {
 /// Variables visible during expansion inside a stage: `ENV` (base image's and the stage's)
 /// wins over `ARG`.
 struct Scope<'a> {
-    env: &'a [(String, String)],
+    env: &'a std::collections::HashMap<String, String>,
     args: &'a [(String, String)],
 }
 
 impl Env for Scope<'_> {
     fn get(&self, name: &str) -> Option<&str> {
-        Env::get(self.env, name).or_else(|| Env::get(self.args, name))
+        self.env
+            .get(name)
+            .map(String::as_str)
+            .or_else(|| Env::get(self.args, name))
     }
 }
 
@@ -528,6 +531,10 @@ impl Plan {
             .get(index)
             .ok_or_else(|| stage_error(0, format!("no stage {index}")))?;
         let mut env: Vec<(String, String)> = base_env.to_vec();
+        // The same, for lookups (a stage with hundreds of ENVs must not make every expansion
+        // a linear search).
+        let mut env_index: std::collections::HashMap<String, String> =
+            env.iter().cloned().collect();
         let mut args: Vec<(String, String)> = Vec::new();
         let mut out = Vec::with_capacity(stage.nodes.len());
         let globals: Vec<(String, String)> = self
@@ -536,16 +543,20 @@ impl Plan {
             .filter_map(|a| a.value.clone().map(|v| (a.name.clone(), v)))
             .collect();
         for node in &stage.nodes {
-            let mut run_args = args.clone();
-            for proxy in PROXY_ARGS {
-                if let Some(value) = self.options.build_args.get(proxy)
-                    && !run_args.iter().any(|(k, _)| k == proxy)
-                {
-                    run_args.push((proxy.to_owned(), value.clone()));
+            // Only RUN sees build args as its environment.
+            let mut run_args = Vec::new();
+            if node.instruction == "run" {
+                run_args = args.clone();
+                for proxy in PROXY_ARGS {
+                    if let Some(value) = self.options.build_args.get(proxy)
+                        && !run_args.iter().any(|(k, _)| k == proxy)
+                    {
+                        run_args.push((proxy.to_owned(), value.clone()));
+                    }
                 }
             }
             let scope = Scope {
-                env: &env,
+                env: &env_index,
                 args: &args,
             };
             let context = Context {
@@ -564,7 +575,10 @@ impl Plan {
             };
             let instruction = context.instruction(node, &lookup)?;
             match &instruction {
-                Instruction::Env { vars } => env.extend(vars.iter().cloned()),
+                Instruction::Env { vars } => {
+                    env_index.extend(vars.iter().cloned());
+                    env.extend(vars.iter().cloned());
+                }
                 Instruction::Arg { args: decls } => {
                     for decl in decls {
                         args.retain(|(k, _)| *k != decl.name);
