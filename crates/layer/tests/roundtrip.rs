@@ -82,21 +82,7 @@ fn rich_tree(root: &Path) {
     }
     // Fixed, distinct times, on everything (directories last: writing into them changes them).
     for (i, entry) in tree_entries(root).iter().enumerate().rev() {
-        let time = rustix::fs::Timespec {
-            tv_sec: 1_600_000_000 + i as i64 * 7,
-            tv_nsec: 0,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: time,
-            last_modification: time,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            root.join(&entry.path),
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        strata_testkit::set_mtime(&root.join(&entry.path), 1_600_000_000 + i as i64 * 7).unwrap();
     }
 }
 

@@ -19,21 +19,7 @@ fn lower(root: &Path) {
     symlink("top", root.join("l")).unwrap();
     // Times in the past, so that any change moves them.
     for path in ["d/sub/deep", "d/sub", "d/f", "d", "top", "l"] {
-        let time = rustix::fs::Timespec {
-            tv_sec: 1_600_000_000,
-            tv_nsec: 0,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: time,
-            last_modification: time,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            root.join(path),
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        strata_testkit::set_mtime(&root.join(path), 1_600_000_000).unwrap();
     }
 }
 

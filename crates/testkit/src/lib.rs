@@ -31,6 +31,7 @@ mod busybox;
 mod client;
 mod context;
 mod error;
+mod fs;
 mod program;
 mod registry;
 mod tls;
@@ -39,6 +40,7 @@ pub use busybox::{BaseImage, busybox_rootfs, push_busybox_image};
 pub use client::RegistryClient;
 pub use context::ContextBuilder;
 pub use error::Error;
+pub use fs::set_mtime;
 pub use program::find_program;
 pub use registry::{RegistryBuilder, TestRegistry};
 
