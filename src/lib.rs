@@ -1,8 +1,9 @@
 //! strata builds OCI container images from Dockerfiles without a daemon.
 //!
 //! It is a family of crates, each useful on its own; this root package composes them. The
-//! builder API that runs a whole build (`strata::Build`) is being built (issue 9); until it lands
-//! this crate re-exports the member crates under short names:
+//! builder API that runs a whole build (`strata::Build`) is not written yet (issue 9); until it
+//! lands this crate re-exports the member crates under short names (`registry`, `cache` and
+//! `sandbox` are still empty):
 //!
 //! | module | crate | job |
 //! |---|---|---|

@@ -1,8 +1,7 @@
 //! Cache keys for build steps (with an explanation of every miss) and stores for the layers
 //! the steps produced: a local directory and a registry repository.
 //!
-//! Status: this crate is being built (tracked in issue 8) and exposes no API yet.
-//! Nothing here pretends to work: the first release of its API lands with that issue.
+//! Status: not written yet (issue 8); this crate exposes no API so far.
 
 #![warn(
     clippy::unwrap_used,

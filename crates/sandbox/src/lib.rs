@@ -1,7 +1,6 @@
 //! Runs a build step's command inside a root filesystem, isolated with Linux namespaces.
 //!
-//! Status: this crate is being built (tracked in issue 7) and exposes no API yet.
-//! Nothing here pretends to work: the first release of its API lands with that issue.
+//! Status: not written yet (issue 7); this crate exposes no API so far.
 
 #![warn(
     clippy::unwrap_used,
