@@ -248,3 +248,59 @@ fn the_overlay_probe_explains_itself() {
         assert!(support.usable, "{:?}", support.reason);
     }
 }
+
+/// Writing to one name of a hardlinked file: in a plain directory both names see the new
+/// contents (one inode), while overlayfs copies up only the name written to and breaks the
+/// link, so the other name keeps the old contents in the merged view. Each mode reports what
+/// its own tree shows; this is the one place the two differ, by the nature of overlayfs.
+#[test]
+fn writing_to_a_hardlinked_file() {
+    fn ops(r: &Path) {
+        fs::hard_link(r.join("d/f"), r.join("d/g")).unwrap();
+    }
+    fn write(r: &Path) {
+        // Rewrites the inode in place: every name of it sees the new contents.
+        fs::write(r.join("d/f"), "rewritten").unwrap();
+    }
+    // The link exists in the lower layer before the step that writes.
+    let walk = {
+        let dir = tempfile::tempdir().unwrap();
+        lower(dir.path());
+        ops(dir.path());
+        let before = Scanner::new(dir.path()).scan().unwrap();
+        write(dir.path());
+        diff(&before, &Scanner::new(dir.path()).scan().unwrap())
+    };
+    assert_eq!(
+        walk.summary(),
+        [("d/f".to_owned(), Modified), ("d/g".to_owned(), Modified)]
+    );
+    assert_eq!(
+        walk.changes[1].hardlink_to.as_deref(),
+        Some("d/f"),
+        "written once, linked after"
+    );
+
+    if probe().usable {
+        let dir = tempfile::tempdir().unwrap();
+        let [l, u, w, m]: [PathBuf; 4] =
+            ["lower", "upper", "work", "merged"].map(|d| dir.path().join(d));
+        for d in [&l, &u, &w, &m] {
+            fs::create_dir(d).unwrap();
+        }
+        lower(&l);
+        ops(&l);
+        let mount = OverlayMount::mount(std::slice::from_ref(&l), &u, &w, &m).unwrap();
+        write(mount.merged());
+        assert_eq!(
+            fs::read(m.join("d/g")).unwrap(),
+            b"content",
+            "overlayfs broke the link"
+        );
+        mount.unmount().unwrap();
+        assert_eq!(
+            upper_changes(&u, &[l]).unwrap().summary(),
+            [("d/f".to_owned(), Modified)]
+        );
+    }
+}
