@@ -1,7 +1,22 @@
-//! Image references, credentials, pull and push against OCI registries, and the OCI layout and
-//! docker-archive outputs.
+//! How strata names images, finds credentials, and stores images on disk.
 //!
-//! Status: not written yet (issue 6); this crate exposes no API so far.
+//! - [`Reference`]: image references parsed and normalised exactly as Docker does.
+//! - [`Credentials`]: credentials from Docker's config (helpers included), containers auth
+//!   files, or the caller; secrets never show in `Debug` output or errors.
+//! - [`Layout`]: an OCI image layout directory with content-addressed, digest-verified blobs
+//!   written atomically and a lock-protected `index.json`.
+//!
+//! Status (issue 6): references, credentials and the OCI layout are here; pulling and pushing
+//! against registries and the docker-archive output are not written yet.
+//!
+//! ```
+//! use strata_registry::Reference;
+//!
+//! let r: Reference = "ghcr.io/acme/tool:1.2".parse()?;
+//! assert_eq!(r.registry(), "ghcr.io");
+//! assert_eq!(r.repository(), "acme/tool");
+//! # Ok::<(), strata_registry::Error>(())
+//! ```
 
 #![warn(
     clippy::unwrap_used,
@@ -9,3 +24,13 @@
     clippy::print_stdout,
     clippy::print_stderr
 )]
+
+mod auth;
+mod error;
+mod layout;
+mod reference;
+
+pub use auth::{Credential, Credentials};
+pub use error::{Error, Result};
+pub use layout::{BlobInfo, Layout, REF_NAME};
+pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};

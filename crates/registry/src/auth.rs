@@ -1,0 +1,302 @@
+//! Registry credentials from where users already keep them.
+//!
+//! In order: credentials the caller gives; Docker's config (`$DOCKER_CONFIG/config.json` or
+//! `~/.docker/config.json`: a `credHelpers` entry for the registry, then `credsStore`, then
+//! `auths` with `auth`, `username`/`password` or `identitytoken`); then the containers auth
+//! files (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+//! `~/.config/containers/auth.json`). Nothing found means anonymous. Secrets never appear in
+//! `Debug` output or in errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine as _;
+
+use crate::error::{Error, Result};
+
+/// Credentials for one registry.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Credential {
+    /// No credentials.
+    #[default]
+    Anonymous,
+    /// A user name and password (or token used as a password).
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// An identity token (OAuth refresh token) from `docker login`.
+    IdentityToken(String),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Anonymous => f.write_str("Anonymous"),
+            Credential::Basic { username, .. } => write!(
+                f,
+                "Basic {{ username: {username:?}, password: <redacted> }}"
+            ),
+            Credential::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+        }
+    }
+}
+
+/// Where credentials are looked up; [`Credentials::from_env`] gives the usual places.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    explicit: BTreeMap<String, Credential>,
+    docker_config: Option<PathBuf>,
+    auth_files: Vec<PathBuf>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field(
+                "explicit_registries",
+                &self.explicit.keys().collect::<Vec<_>>(),
+            )
+            .field("docker_config", &self.docker_config)
+            .field("auth_files", &self.auth_files)
+            .finish()
+    }
+}
+
+/// The key Docker uses for Docker Hub in `auths` and with credential helpers.
+const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
+
+/// The registry a config key names: scheme and path dropped, Docker Hub's aliases unified.
+fn normalize_key(key: &str) -> String {
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = key.split('/').next().unwrap_or(key);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+impl Credentials {
+    /// No sources at all: everything anonymous unless added with [`Credentials::insert`].
+    pub fn none() -> Credentials {
+        Credentials::default()
+    }
+
+    /// The usual places, from the environment (`DOCKER_CONFIG`, `HOME`, `REGISTRY_AUTH_FILE`,
+    /// `XDG_RUNTIME_DIR`).
+    pub fn from_env() -> Credentials {
+        let env = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let home = env("HOME");
+        let docker_config = env("DOCKER_CONFIG")
+            .map(|d| d.join("config.json"))
+            .or_else(|| home.as_ref().map(|h| h.join(".docker/config.json")));
+        let mut auth_files = Vec::new();
+        auth_files.extend(env("REGISTRY_AUTH_FILE"));
+        auth_files.extend(env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")));
+        auth_files.extend(home.map(|h| h.join(".config/containers/auth.json")));
+        Credentials {
+            explicit: BTreeMap::new(),
+            docker_config,
+            auth_files,
+        }
+    }
+
+    /// Uses this Docker config file (instead of the environment's).
+    pub fn docker_config(mut self, path: impl Into<PathBuf>) -> Credentials {
+        self.docker_config = Some(path.into());
+        self
+    }
+
+    /// Adds a containers-style auth file, looked at after the Docker config.
+    pub fn auth_file(mut self, path: impl Into<PathBuf>) -> Credentials {
+        self.auth_files.push(path.into());
+        self
+    }
+
+    /// Credentials for `registry` that win over every file.
+    pub fn insert(mut self, registry: &str, credential: Credential) -> Credentials {
+        self.explicit.insert(normalize_key(registry), credential);
+        self
+    }
+
+    /// The credential for `registry` (`host[:port]`, `docker.io` for Docker Hub).
+    pub fn get(&self, registry: &str) -> Result<Credential> {
+        let registry = normalize_key(registry);
+        if let Some(credential) = self.explicit.get(&registry) {
+            return Ok(credential.clone());
+        }
+        if let Some(path) = &self.docker_config
+            && let Some(config) = read_json(path)?
+        {
+            let helper = config["credHelpers"]
+                .as_object()
+                .and_then(|helpers| helpers.iter().find(|(k, _)| normalize_key(k) == registry))
+                .and_then(|(_, v)| v.as_str())
+                .or_else(|| config["credsStore"].as_str())
+                .filter(|h| !h.is_empty());
+            if let Some(helper) = helper
+                && let Some(credential) = run_helper(helper, &registry)?
+            {
+                return Ok(credential);
+            }
+            if let Some(credential) = from_auths(&config, &registry, path)? {
+                return Ok(credential);
+            }
+        }
+        for path in &self.auth_files {
+            if let Some(config) = read_json(path)?
+                && let Some(credential) = from_auths(&config, &registry, path)?
+            {
+                return Ok(credential);
+            }
+        }
+        Ok(Credential::Anonymous)
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Malformed {
+                path: path.to_owned(),
+                // serde's message quotes no input, so no secret can leak through it.
+                message: format!(
+                    "not valid JSON ({} at line {}, column {})",
+                    e.classify_name(),
+                    e.line(),
+                    e.column()
+                ),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+trait Classify {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl Classify for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected data",
+            serde_json::error::Category::Eof => "unexpected end",
+        }
+    }
+}
+
+/// The `auths` entry for `registry`, if any.
+fn from_auths(
+    config: &serde_json::Value,
+    registry: &str,
+    path: &Path,
+) -> Result<Option<Credential>> {
+    let Some(auths) = config["auths"].as_object() else {
+        return Ok(None);
+    };
+    let Some((_, entry)) = auths.iter().find(|(k, _)| normalize_key(k) == registry) else {
+        return Ok(None);
+    };
+    if let Some(token) = entry["identitytoken"].as_str().filter(|t| !t.is_empty()) {
+        return Ok(Some(Credential::IdentityToken(token.to_owned())));
+    }
+    if let Some(auth) = entry["auth"].as_str().filter(|a| !a.is_empty()) {
+        let malformed = || Error::Malformed {
+            path: path.to_owned(),
+            message: format!("the `auth` of {registry} is not base64 of `user:password`"),
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .map_err(|_| malformed())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+        let (username, password) = decoded.split_once(':').ok_or_else(malformed)?;
+        return Ok(Some(Credential::Basic {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }));
+    }
+    match (entry["username"].as_str(), entry["password"].as_str()) {
+        (Some(username), Some(password)) if !username.is_empty() => Ok(Some(Credential::Basic {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// Asks `docker-credential-<helper> get` for `registry`'s credentials.
+fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> {
+    let fail = |message: String| Error::CredentialHelper {
+        helper: helper.to_owned(),
+        registry: registry.to_owned(),
+        message,
+    };
+    if !helper
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(fail(
+            "the helper name is not a plain program name".to_owned(),
+        ));
+    }
+    let server = if registry == "docker.io" {
+        DOCKER_HUB_KEY
+    } else {
+        registry
+    };
+    let mut child = Command::new(format!("docker-credential-{helper}"))
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("could not run it: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(server.as_bytes())
+            .map_err(|e| fail(format!("writing its input: {e}")))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for it: {e}")))?;
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stdout);
+        if said.contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(fail(format!("exited with {}", output.status)));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|_| fail("its answer is not JSON".to_owned()))?;
+    let username = value["Username"].as_str().unwrap_or_default();
+    let secret = value["Secret"].as_str().unwrap_or_default();
+    if secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(if username == "<token>" {
+        Credential::IdentityToken(secret.to_owned())
+    } else {
+        Credential::Basic {
+            username: username.to_owned(),
+            password: secret.to_owned(),
+        }
+    }))
+}

@@ -1,0 +1,70 @@
+//! The crate's error type. Credentials never appear in it.
+
+use std::path::PathBuf;
+
+/// What can go wrong with references, credentials, registries and local image stores.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The reference is not valid.
+    #[error("invalid image reference `{reference}`: {message}")]
+    InvalidReference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path at fault.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// Bytes did not hash to the digest they were stored or announced under.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// What was being read or written.
+        what: String,
+        /// The expected digest.
+        expected: String,
+        /// The digest of the bytes.
+        actual: String,
+    },
+    /// A local image store or credentials file is malformed.
+    #[error("{path}: {message}")]
+    Malformed {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Nothing by that name in a local store.
+    #[error("{store}: no image named `{name}`")]
+    NotFound {
+        /// The store (a directory).
+        store: PathBuf,
+        /// The name looked for.
+        name: String,
+    },
+    /// A credential helper failed.
+    #[error("credential helper `docker-credential-{helper}` for {registry}: {message}")]
+    CredentialHelper {
+        /// The helper's name.
+        helper: String,
+        /// The registry credentials were asked for.
+        registry: String,
+        /// What happened (never the secret).
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,224 @@
+//! An OCI image layout directory: content-addressed blobs and named manifests.
+//!
+//! Blobs are written to `tmp/` first, hashed as they are written, and renamed into
+//! `blobs/<algorithm>/<hex>` only when the digest is right, so a blob is either complete or
+//! absent. `index.json` is rewritten under a lock and renamed into place, so several writers
+//! can share one layout. skopeo and umoci read what this writes.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::reference::validate_digest;
+
+/// The annotation that names a manifest in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// A blob's identity: digest and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// An OCI image layout on disk.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+fn atomic_write(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(Error::io(tmp_dir))?;
+    tmp.write_all(bytes).map_err(Error::io(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(Error::io(tmp.path()))?;
+    tmp.persist(path).map_err(|e| Error::io(path)(e.error))?;
+    Ok(())
+}
+
+impl Layout {
+    /// Opens the layout at `root`, creating it (and `oci-layout`, `index.json`) when missing.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Layout> {
+        let root = root.into();
+        for dir in [root.join("blobs/sha256"), root.join("tmp")] {
+            fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        }
+        let layout = Layout { root };
+        let marker = layout.root.join("oci-layout");
+        if !marker.exists() {
+            atomic_write(&marker, &layout.tmp(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = layout.root.join("index.json");
+        if !index.exists() {
+            atomic_write(
+                &index,
+                &layout.tmp(),
+                br#"{"schemaVersion":2,"manifests":[]}"#,
+            )?;
+        }
+        Ok(layout)
+    }
+
+    /// The layout's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where the blob with `digest` lives (whether or not it is there).
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        validate_digest(digest).map_err(|message| Error::InvalidReference {
+            reference: digest.to_owned(),
+            message,
+        })?;
+        let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+        Ok(self.root.join("blobs").join(algorithm).join(hex))
+    }
+
+    /// Whether the layout has the blob.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        self.blob_path(digest).is_ok_and(|p| p.is_file())
+    }
+
+    /// Opens a blob for reading.
+    pub fn open_blob(&self, digest: &str) -> Result<File> {
+        let path = self.blob_path(digest)?;
+        File::open(&path).map_err(Error::io(path))
+    }
+
+    /// Reads a (small) blob whole: manifests and configs.
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest)?;
+        fs::read(&path).map_err(Error::io(path))
+    }
+
+    /// Streams `reader` into the layout as a blob, hashing as it writes; with `expected`, a
+    /// different digest is an error and nothing is stored. Returns the blob's digest and size.
+    pub fn write_blob(&self, mut reader: impl Read, expected: Option<&str>) -> Result<BlobInfo> {
+        if let Some(expected) = expected
+            && self.has_blob(expected)
+        {
+            let size = fs::metadata(self.blob_path(expected)?)
+                .map_err(Error::io(&self.root))?
+                .len();
+            // Drain nothing: the caller's bytes are not needed when the blob is already here.
+            return Ok(BlobInfo {
+                digest: expected.to_owned(),
+                size,
+            });
+        }
+        let tmp_dir = self.tmp();
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(Error::io(&tmp_dir))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("<blob source>")(e)),
+            };
+            hasher.update(&buffer[..n]);
+            tmp.write_all(&buffer[..n]).map_err(Error::io(tmp.path()))?;
+            size += n as u64;
+        }
+        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("blob written to {}", self.root.display()),
+                expected: expected.to_owned(),
+                actual: digest,
+            });
+        }
+        tmp.as_file().sync_all().map_err(Error::io(tmp.path()))?;
+        let path = self.blob_path(&digest)?;
+        tmp.persist(&path).map_err(|e| Error::io(&path)(e.error))?;
+        Ok(BlobInfo { digest, size })
+    }
+
+    /// Stores bytes as a blob.
+    pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<BlobInfo> {
+        self.write_blob(bytes, None)
+    }
+
+    /// Records `descriptor` (a manifest or index descriptor, as JSON) in `index.json` under
+    /// `name`, replacing what had that name; `name` may be empty for an unnamed entry.
+    pub fn tag(&self, name: &str, descriptor: &Value) -> Result<()> {
+        let lock_path = self.root.join("index.json.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(&lock_path)(e.into()))?;
+        let index_path = self.root.join("index.json");
+        let mut index = self.index()?;
+        let mut entry = descriptor.clone();
+        if !name.is_empty() {
+            entry["annotations"][REF_NAME] = json!(name);
+        }
+        let manifests = index["manifests"]
+            .as_array_mut()
+            .ok_or_else(|| Error::Malformed {
+                path: index_path.clone(),
+                message: "`manifests` is not an array".to_owned(),
+            })?;
+        if !name.is_empty() {
+            manifests.retain(|m| m["annotations"][REF_NAME] != json!(name));
+        }
+        manifests.push(entry);
+        let bytes = serde_json::to_vec_pretty(&index).map_err(|e| Error::Malformed {
+            path: index_path.clone(),
+            message: e.to_string(),
+        })?;
+        atomic_write(&index_path, &self.tmp(), &bytes)
+        // The lock is released when `lock` is dropped.
+    }
+
+    /// The parsed `index.json`.
+    pub fn index(&self) -> Result<Value> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).map_err(Error::io(&path))?;
+        let index: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if !index["manifests"].is_array() {
+            return Err(Error::Malformed {
+                path,
+                message: "`manifests` is not an array".to_owned(),
+            });
+        }
+        Ok(index)
+    }
+
+    /// The descriptor recorded under `name`.
+    pub fn resolve(&self, name: &str) -> Result<Value> {
+        let index = self.index()?;
+        index["manifests"]
+            .as_array()
+            .and_then(|m| {
+                m.iter()
+                    .rev()
+                    .find(|d| d["annotations"][REF_NAME] == json!(name))
+            })
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                store: self.root.clone(),
+                name: name.to_owned(),
+            })
+    }
+}
