@@ -47,6 +47,32 @@ pub enum Error {
         /// The name looked for.
         name: String,
     },
+    /// A registry refused or failed a request.
+    #[error("{reference}: {message}")]
+    Registry {
+        /// The reference (and blob, where one was involved).
+        reference: String,
+        /// What the registry or the connection said, with the HTTP status where there was one.
+        message: String,
+    },
+    /// The image has no manifest for the platform asked for.
+    #[error("{reference}: no image for platform {platform} (the index has: {available})")]
+    NoPlatform {
+        /// The reference.
+        reference: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the index lists.
+        available: String,
+    },
+    /// The manifest is of a kind strata cannot use.
+    #[error("{reference}: {message}")]
+    UnsupportedManifest {
+        /// The reference.
+        reference: String,
+        /// Why.
+        message: String,
+    },
     /// A credential helper failed.
     #[error("credential helper `docker-credential-{helper}` for {registry}: {message}")]
     CredentialHelper {

@@ -147,6 +147,43 @@ impl Layout {
         Ok(BlobInfo { digest, size })
     }
 
+    /// A temporary file in the layout for a blob being received; see [`Layout::commit_staged`].
+    pub fn staging_file(&self) -> Result<tempfile::NamedTempFile> {
+        let tmp_dir = self.tmp();
+        tempfile::NamedTempFile::new_in(&tmp_dir).map_err(Error::io(&tmp_dir))
+    }
+
+    /// Checks a received blob's digest and renames it into place; a mismatch stores nothing.
+    pub fn commit_staged(&self, staged: tempfile::NamedTempFile, digest: &str) -> Result<()> {
+        let mut file = File::open(staged.path()).map_err(Error::io(staged.path()))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buffer).map_err(Error::io(staged.path()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest {
+            return Err(Error::DigestMismatch {
+                what: format!("blob received into {}", self.root.display()),
+                expected: digest.to_owned(),
+                actual,
+            });
+        }
+        staged
+            .as_file()
+            .sync_all()
+            .map_err(Error::io(staged.path()))?;
+        let path = self.blob_path(digest)?;
+        staged
+            .persist(&path)
+            .map_err(|e| Error::io(&path)(e.error))?;
+        Ok(())
+    }
+
     /// Stores bytes as a blob.
     pub fn write_blob_bytes(&self, bytes: &[u8]) -> Result<BlobInfo> {
         self.write_blob(bytes, None)

@@ -6,8 +6,10 @@
 //! - [`Layout`]: an OCI image layout directory with content-addressed, digest-verified blobs
 //!   written atomically and a lock-protected `index.json`.
 //!
-//! Status (issue 6): references, credentials and the OCI layout are here; pulling and pushing
-//! against registries and the docker-archive output are not written yet.
+//! - [`RegistryClient`]: pulls into and pushes from a layout, streaming, digests verified.
+//!
+//! Status (issue 6): the docker-archive output, cross-repository mounts, retries with
+//! backoff and registry mirrors are not written yet.
 //!
 //! ```
 //! use strata_registry::Reference;
@@ -26,11 +28,13 @@
 )]
 
 mod auth;
+mod client;
 mod error;
 mod layout;
 mod reference;
 
 pub use auth::{Credential, Credentials};
+pub use client::{ClientBuilder, Platform, PulledImage, RegistryClient};
 pub use error::{Error, Result};
 pub use layout::{BlobInfo, Layout, REF_NAME};
 pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};

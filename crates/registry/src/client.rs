@@ -1,0 +1,538 @@
+//! Pulling images into, and pushing them from, an OCI layout, against real registries.
+//!
+//! Built on `oci-client` for the distribution protocol (auth challenges, bearer tokens,
+//! chunked uploads). Blobs stream between the network and files: a pull writes each blob to
+//! a temporary file while `oci-client` checks its digest, and renames it into the layout only
+//! when it is whole; a push streams each blob from its file. Several layers move at once.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, RegistryOperation};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Credential, Credentials};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::reference::{Reference, is_loopback_host};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
+
+/// How many blobs move at once.
+const PARALLEL_BLOBS: usize = 4;
+
+/// An OS/architecture/variant triple to pick from an image index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// GOARCH spelling: `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `v7`, `v8`, ... when it matters.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform of this machine.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            other => other,
+        };
+        Platform {
+            os: "linux".to_owned(),
+            architecture: architecture.to_owned(),
+            variant: None,
+        }
+    }
+
+    fn matches(&self, platform: &Value) -> bool {
+        platform["os"] == self.os.as_str()
+            && platform["architecture"] == self.architecture.as_str()
+            && self
+                .variant
+                .as_ref()
+                .is_none_or(|v| platform["variant"] == v.as_str())
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An image now held in a layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The digest of the image manifest (the platform's, when the reference named an index).
+    pub manifest_digest: String,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest's size in bytes.
+    pub manifest_size: u64,
+    /// The config blob's digest.
+    pub config_digest: String,
+    /// The layers' digests, bottom first.
+    pub layer_digests: Vec<String>,
+    /// Blobs that were downloaded (the others were in the layout already).
+    pub downloaded: usize,
+}
+
+/// Options for a [`RegistryClient`].
+#[derive(Clone, Default)]
+pub struct ClientBuilder {
+    credentials: Option<Credentials>,
+    insecure: Vec<String>,
+    https_loopback: bool,
+    ca_pems: Vec<Vec<u8>>,
+    skip_tls_verify: bool,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("credentials", &self.credentials)
+            .field("insecure", &self.insecure)
+            .field("https_loopback", &self.https_loopback)
+            .field("ca_certificates", &self.ca_pems.len())
+            .field("skip_tls_verify", &self.skip_tls_verify)
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Where credentials come from (default: [`Credentials::from_env`]).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Speaks plain HTTP to `registry` (`host[:port]`).
+    pub fn insecure(mut self, registry: impl Into<String>) -> Self {
+        self.insecure.push(registry.into());
+        self
+    }
+
+    /// Speaks HTTPS to loopback registries too (by default they get plain HTTP, as Docker
+    /// allows).
+    pub fn https_loopback(mut self, https: bool) -> Self {
+        self.https_loopback = https;
+        self
+    }
+
+    /// Trusts this CA certificate (PEM) besides the system's.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pems.push(pem.into());
+        self
+    }
+
+    /// Accepts any TLS certificate (`--skip-tls-verify`). Dangerous; for tests and labs.
+    pub fn skip_tls_verify(mut self, skip: bool) -> Self {
+        self.skip_tls_verify = skip;
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> RegistryClient {
+        let insecure = self.insecure.clone();
+        let https_loopback = self.https_loopback;
+        RegistryClient {
+            builder: Arc::new(self),
+            insecure,
+            https_loopback,
+        }
+    }
+}
+
+/// Talks to registries. Cheap to clone.
+#[derive(Clone)]
+pub struct RegistryClient {
+    builder: Arc<ClientBuilder>,
+    insecure: Vec<String>,
+    https_loopback: bool,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("options", &self.builder)
+            .finish()
+    }
+}
+
+fn registry_error(reference: impl fmt::Display, e: OciDistributionError) -> Error {
+    let message = match &e {
+        OciDistributionError::ServerError { code, url, message } => {
+            format!("HTTP {code} from {url}: {}", excerpt(message))
+        }
+        OciDistributionError::RegistryError { envelope, url } => {
+            let errors: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}: {}", e.code, e.message))
+                .collect();
+            format!("{url}: {}", errors.join("; "))
+        }
+        OciDistributionError::UnauthorizedError { url } => {
+            format!("HTTP 401 (authentication failed or required) for {url}")
+        }
+        OciDistributionError::AuthenticationFailure(m) => {
+            format!("authentication failed: {}", excerpt(m))
+        }
+        other => other.to_string(),
+    };
+    Error::Registry {
+        reference: reference.to_string(),
+        message,
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    if text.len() > 300 {
+        let mut end = 300;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &text[..end])
+    } else {
+        text.to_owned()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn malformed(reference: &Reference, message: impl Into<String>) -> Error {
+    Error::UnsupportedManifest {
+        reference: reference.to_string(),
+        message: message.into(),
+    }
+}
+
+impl RegistryClient {
+    /// Options for a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    fn credentials(&self) -> Credentials {
+        self.builder
+            .credentials
+            .clone()
+            .unwrap_or_else(Credentials::from_env)
+    }
+
+    fn auth(&self, reference: &Reference) -> Result<RegistryAuth> {
+        Ok(match self.credentials().get(reference.registry())? {
+            Credential::Anonymous => RegistryAuth::Anonymous,
+            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
+            // Registries accept an identity token as the password of the `<token>` user.
+            Credential::IdentityToken(token) => RegistryAuth::Basic("<token>".to_owned(), token),
+        })
+    }
+
+    fn client_for(&self, reference: &Reference) -> Client {
+        let registry = reference.registry().to_owned();
+        let plain = self.insecure.contains(&registry)
+            || (!self.https_loopback && is_loopback_host(&registry));
+        let config = ClientConfig {
+            protocol: if plain {
+                ClientProtocol::HttpsExcept(vec![registry])
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: self.builder.skip_tls_verify,
+            extra_root_certificates: self
+                .builder
+                .ca_pems
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
+            max_concurrent_download: PARALLEL_BLOBS,
+            max_concurrent_upload: PARALLEL_BLOBS,
+            ..ClientConfig::default()
+        };
+        Client::new(config)
+    }
+
+    fn oci_reference(reference: &Reference) -> oci_client::Reference {
+        let (registry, repository) = (
+            reference.registry().to_owned(),
+            reference.repository().to_owned(),
+        );
+        match (reference.tag(), reference.digest()) {
+            (_, Some(digest)) => {
+                oci_client::Reference::with_digest(registry, repository, digest.to_owned())
+            }
+            (Some(tag), None) => {
+                oci_client::Reference::with_tag(registry, repository, tag.to_owned())
+            }
+            (None, None) => {
+                oci_client::Reference::with_tag(registry, repository, "latest".to_owned())
+            }
+        }
+    }
+
+    /// Pulls `reference` (the `platform` image, when it names an index) into `layout`: the
+    /// manifest, the config and every layer not already there, digests verified as they
+    /// arrive. The layout records nothing under a name; tag it if you want one.
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        layout: &Layout,
+    ) -> Result<PulledImage> {
+        let client = self.client_for(reference);
+        let auth = self.auth(reference)?;
+        let mut oci_ref = Self::oci_reference(reference);
+        let (mut bytes, _) = client
+            .pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
+            .await
+            .map_err(|e| registry_error(reference, e))?;
+        let mut manifest: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| malformed(reference, format!("manifest is not JSON: {e}")))?;
+        if let Some(pinned) = reference.digest()
+            && sha256(&bytes) != pinned
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest of {reference}"),
+                expected: pinned.to_owned(),
+                actual: sha256(&bytes),
+            });
+        }
+        if manifest["schemaVersion"] == 1 {
+            return Err(malformed(
+                reference,
+                "schema 1 manifests are not supported (push the image again with a current client)",
+            ));
+        }
+        let media_type = manifest["mediaType"]
+            .as_str()
+            .unwrap_or(OCI_MANIFEST)
+            .to_owned();
+        let mut media_type = if manifest["manifests"].is_array() && !manifest["layers"].is_array() {
+            OCI_INDEX.to_owned()
+        } else {
+            media_type
+        };
+        if media_type == OCI_INDEX || media_type == DOCKER_LIST {
+            let entries = manifest["manifests"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let chosen = entries
+                .iter()
+                .find(|m| platform.matches(&m["platform"]))
+                .ok_or_else(|| Error::NoPlatform {
+                    reference: reference.to_string(),
+                    platform: platform.to_string(),
+                    available: entries
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{}/{}",
+                                m["platform"]["os"].as_str().unwrap_or("?"),
+                                m["platform"]["architecture"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            let digest = chosen["digest"]
+                .as_str()
+                .ok_or_else(|| malformed(reference, "index entry without a digest"))?
+                .to_owned();
+            oci_ref = oci_client::Reference::with_digest(
+                reference.registry().to_owned(),
+                reference.repository().to_owned(),
+                digest.clone(),
+            );
+            let (platform_bytes, _) = client
+                .pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
+                .await
+                .map_err(|e| registry_error(reference, e))?;
+            if sha256(&platform_bytes) != digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("platform manifest of {reference}"),
+                    expected: digest,
+                    actual: sha256(&platform_bytes),
+                });
+            }
+            bytes = platform_bytes;
+            manifest = serde_json::from_slice(&bytes)
+                .map_err(|e| malformed(reference, format!("manifest is not JSON: {e}")))?;
+            media_type = manifest["mediaType"]
+                .as_str()
+                .unwrap_or(OCI_MANIFEST)
+                .to_owned();
+        }
+        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
+            return Err(malformed(
+                reference,
+                format!("unsupported manifest media type {media_type}"),
+            ));
+        }
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| malformed(reference, "manifest without a config"))?
+            .to_owned();
+        let layer_digests: Vec<String> = manifest["layers"]
+            .as_array()
+            .ok_or_else(|| malformed(reference, "manifest without layers"))?
+            .iter()
+            .map(|l| {
+                l["digest"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| malformed(reference, "layer without a digest"))
+            })
+            .collect::<Result<_>>()?;
+        let mut wanted: Vec<String> = std::iter::once(config_digest.clone())
+            .chain(layer_digests.iter().cloned())
+            .filter(|d| !layout.has_blob(d))
+            .collect();
+        wanted.dedup();
+        let downloaded = wanted.len();
+        futures_util::stream::iter(wanted)
+            .map(|digest| {
+                let (client, oci_ref) = (&client, &oci_ref);
+                async move {
+                    self.pull_blob(client, oci_ref, reference, &digest, layout)
+                        .await
+                }
+            })
+            .buffer_unordered(PARALLEL_BLOBS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let stored = layout.write_blob_bytes(&bytes)?;
+        Ok(PulledImage {
+            manifest_digest: stored.digest,
+            media_type,
+            manifest_size: stored.size,
+            config_digest,
+            layer_digests,
+            downloaded,
+        })
+    }
+
+    async fn pull_blob(
+        &self,
+        client: &Client,
+        oci_ref: &oci_client::Reference,
+        reference: &Reference,
+        digest: &str,
+        layout: &Layout,
+    ) -> Result<()> {
+        let staging = layout.staging_file()?;
+        let file = staging.reopen().map_err(Error::io(staging.path()))?;
+        let mut writer = tokio::fs::File::from_std(file);
+        client
+            .pull_blob(oci_ref, digest, &mut writer)
+            .await
+            .map_err(|e| registry_error(format!("{reference} blob {digest}"), e))?;
+        tokio::io::AsyncWriteExt::flush(&mut writer)
+            .await
+            .map_err(Error::io(staging.path()))?;
+        drop(writer);
+        layout.commit_staged(staging, digest)
+    }
+
+    /// Pushes the image whose manifest is `manifest_digest` in `layout` to `to`: every blob
+    /// the registry does not have yet (several at once, each streamed from its file), then
+    /// the manifest, only once every blob is confirmed. Returns the manifest digest and how
+    /// many blobs were uploaded.
+    pub async fn push(
+        &self,
+        layout: &Layout,
+        manifest_digest: &str,
+        to: &Reference,
+    ) -> Result<(String, usize)> {
+        let client = self.client_for(to);
+        let auth = self.auth(to)?;
+        let oci_ref = Self::oci_reference(to);
+        client
+            .auth(&oci_ref, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| registry_error(to, e))?;
+        let bytes = layout.read_blob(manifest_digest)?;
+        let manifest: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| malformed(to, format!("manifest is not JSON: {e}")))?;
+        let media_type = manifest["mediaType"]
+            .as_str()
+            .unwrap_or(OCI_MANIFEST)
+            .to_owned();
+        let mut blobs: Vec<(String, u64)> = Vec::new();
+        for descriptor in std::iter::once(&manifest["config"])
+            .chain(manifest["layers"].as_array().into_iter().flatten())
+        {
+            let digest = descriptor["digest"]
+                .as_str()
+                .ok_or_else(|| malformed(to, "descriptor without a digest"))?;
+            let size = descriptor["size"]
+                .as_u64()
+                .ok_or_else(|| malformed(to, "descriptor without a size"))?;
+            if !blobs.iter().any(|(d, _)| d == digest) {
+                blobs.push((digest.to_owned(), size));
+            }
+        }
+        let uploaded: Vec<bool> = futures_util::stream::iter(blobs)
+            .map(|(digest, size)| {
+                let (client, oci_ref) = (&client, &oci_ref);
+                async move {
+                    let exists = client
+                        .blob_exists(oci_ref, &digest)
+                        .await
+                        .map_err(|e| registry_error(format!("{to} blob {digest}"), e))?;
+                    if exists {
+                        return Ok::<bool, Error>(false);
+                    }
+                    let path = layout.blob_path(&digest)?;
+                    let file = tokio::fs::File::open(&path)
+                        .await
+                        .map_err(Error::io(&path))?;
+                    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                        .map_err(OciDistributionError::IoError);
+                    client
+                        .push_blob_stream(oci_ref, stream, &digest, Some(size))
+                        .await
+                        .map_err(|e| registry_error(format!("{to} blob {digest}"), e))?;
+                    Ok(true)
+                }
+            })
+            .buffer_unordered(PARALLEL_BLOBS)
+            .try_collect()
+            .await?;
+        let content_type = media_type.parse().map_err(|_| {
+            malformed(
+                to,
+                format!("media type `{media_type}` is not a valid header value"),
+            )
+        })?;
+        client
+            .push_manifest_raw(&oci_ref, bytes.clone(), content_type)
+            .await
+            .map_err(|e| registry_error(to, e))?;
+        Ok((sha256(&bytes), uploaded.iter().filter(|u| **u).count()))
+    }
+}

@@ -1,0 +1,299 @@
+//! Pull and push against the real reference registry, checked by skopeo.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::{store_busybox, store_busybox_for};
+use serde_json::json;
+use strata_registry::{
+    Credential, Credentials, Error, Layout, Platform, Reference, RegistryClient,
+};
+use strata_testkit::{TestRegistry, find_program, push_busybox_image};
+
+fn skopeo(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(find_program("skopeo", "skopeo").unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn client_for(registry: &TestRegistry) -> RegistryClient {
+    let mut credentials = Credentials::none();
+    if let Some((user, password)) = registry.credentials() {
+        credentials = credentials.insert(
+            &registry.host(),
+            Credential::Basic {
+                username: user.into(),
+                password: password.into(),
+            },
+        );
+    }
+    let mut builder = RegistryClient::builder().credentials(credentials);
+    if let Some(ca) = registry.ca_pem() {
+        builder = builder.https_loopback(true).ca_pem(ca.as_bytes().to_vec());
+    }
+    builder.build()
+}
+
+#[tokio::test]
+async fn push_then_pull_back_bit_for_bit() {
+    let registry = TestRegistry::start().unwrap();
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = Layout::open(source_dir.path()).unwrap();
+    let manifest = store_busybox(&source, "app");
+    let client = client_for(&registry);
+    let to: Reference = format!("{}/team/app:1", registry.host()).parse().unwrap();
+
+    let (pushed, uploaded) = client.push(&source, &manifest, &to).await.unwrap();
+    assert_eq!(pushed, manifest);
+    assert_eq!(uploaded, 2, "config and layer");
+    let inspect = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{to}")]);
+    assert_eq!(inspect["Digest"], manifest.as_str());
+
+    // Everything is there already: a second push uploads nothing.
+    let (_, uploaded) = client
+        .push(&source, &manifest, &to.with_tag("2").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(uploaded, 0);
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = Layout::open(target_dir.path()).unwrap();
+    let pulled = client.pull(&to, &Platform::host(), &target).await.unwrap();
+    assert_eq!(pulled.manifest_digest, manifest);
+    assert_eq!(pulled.downloaded, 2);
+    for digest in std::iter::once(&pulled.config_digest)
+        .chain(&pulled.layer_digests)
+        .chain([&manifest])
+    {
+        assert_eq!(
+            target.read_blob(digest).unwrap(),
+            source.read_blob(digest).unwrap(),
+            "{digest}"
+        );
+    }
+    // Pulling again downloads nothing.
+    assert_eq!(
+        client
+            .pull(&to, &Platform::host(), &target)
+            .await
+            .unwrap()
+            .downloaded,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_image_another_client_pushed_is_pulled() {
+    let registry = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&registry, "base/busybox", "latest").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let pulled = client_for(&registry)
+        .pull(
+            &image.reference.parse().unwrap(),
+            &Platform::host(),
+            &layout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert_eq!(
+        pulled.layer_digests,
+        std::slice::from_ref(&image.layer_digest)
+    );
+    assert!(layout.has_blob(&image.layer_digest));
+}
+
+#[tokio::test]
+async fn basic_auth_over_tls_with_the_generated_ca() {
+    let registry = TestRegistry::builder()
+        .tls()
+        .basic_auth("alice", "s3cret")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let manifest = store_busybox(&layout, "app");
+    let to: Reference = format!("{}/secure/app:1", registry.host()).parse().unwrap();
+    client_for(&registry)
+        .push(&layout, &manifest, &to)
+        .await
+        .unwrap();
+
+    let other = tempfile::tempdir().unwrap();
+    let pulled = client_for(&registry)
+        .pull(&to, &Platform::host(), &Layout::open(other.path()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, manifest);
+
+    // A wrong password is an authentication error that names the registry, and no secret.
+    let wrong = RegistryClient::builder()
+        .credentials(Credentials::none().insert(
+            &registry.host(),
+            Credential::Basic {
+                username: "alice".into(),
+                password: "wrong-pw".into(),
+            },
+        ))
+        .https_loopback(true)
+        .ca_pem(registry.ca_pem().unwrap().as_bytes().to_vec())
+        .build();
+    let err = wrong
+        .pull(&to, &Platform::host(), &Layout::open(other.path()).unwrap())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Registry { .. }), "{err:?}");
+    assert!(
+        message.contains(&registry.host()) && message.contains("401"),
+        "{message}"
+    );
+    assert!(!message.contains("wrong-pw") && !format!("{wrong:?}").contains("wrong-pw"));
+
+    // Without the CA, TLS verification fails.
+    let untrusting = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .https_loopback(true)
+        .build();
+    assert!(
+        untrusting
+            .pull(&to, &Platform::host(), &Layout::open(other.path()).unwrap())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
+    let registry = TestRegistry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let amd64 = store_busybox_for(&layout, "amd64", "amd64");
+    let arm64 = store_busybox_for(&layout, "arm64", "arm64");
+    let size = |d: &str| layout.read_blob(d).unwrap().len();
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64, "size": size(&amd64), "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm64, "size": size(&arm64), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    }))
+    .unwrap();
+    let index = layout.write_blob_bytes(&index).unwrap();
+    layout.tag("multi", &json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index.digest, "size": index.size})).unwrap();
+    // skopeo copies the whole index: an independent client writes it to the registry.
+    let to = format!("{}/multi/app:1", registry.host());
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", dir.path().display()),
+        &format!("docker://{to}"),
+    ]);
+
+    // skopeo compresses the plain layers on the way, so the registry's manifests are its own:
+    // read them from the index it pushed.
+    let pushed = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{to}"),
+    ]);
+    let digest_for = |arch: &str| {
+        pushed["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (amd64, arm64) = (digest_for("amd64"), digest_for("arm64"));
+    let client = client_for(&registry);
+    let target = tempfile::tempdir().unwrap();
+    let target = Layout::open(target.path()).unwrap();
+    let arm = Platform {
+        os: "linux".into(),
+        architecture: "arm64".into(),
+        variant: Some("v8".into()),
+    };
+    let pulled = client
+        .pull(&to.parse().unwrap(), &arm, &target)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, arm64);
+    let intel = Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        variant: None,
+    };
+    assert_eq!(
+        client
+            .pull(&to.parse().unwrap(), &intel, &target)
+            .await
+            .unwrap()
+            .manifest_digest,
+        amd64
+    );
+    let riscv = Platform {
+        os: "linux".into(),
+        architecture: "riscv64".into(),
+        variant: None,
+    };
+    let err = client
+        .pull(&to.parse().unwrap(), &riscv, &target)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoPlatform { .. }), "{err:?}");
+    assert!(err.to_string().contains("linux/arm64"), "{err}");
+}
+
+#[tokio::test]
+async fn a_corrupted_blob_is_a_digest_error_and_stores_nothing() {
+    let registry = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&registry, "base/busybox", "latest").unwrap();
+    let hex = image.layer_digest.trim_start_matches("sha256:");
+    let data = registry
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let bytes = fs::read(&data).unwrap();
+    fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let err = client_for(&registry)
+        .pull(
+            &image.reference.parse().unwrap(),
+            &Platform::host(),
+            &layout,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("digest"), "{err}");
+    assert!(!layout.has_blob(&image.layer_digest));
+    assert!(
+        !layout.has_blob(&image.manifest_digest),
+        "no manifest without its blobs"
+    );
+    assert_eq!(
+        fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0,
+        "no staging file left"
+    );
+}
