@@ -7,9 +7,10 @@
 //!   written atomically and a lock-protected `index.json`.
 //!
 //! - [`RegistryClient`]: pulls into and pushes from a layout, streaming, digests verified.
+//! - [`write_docker_archive`]: the tarball `docker load` and `podman load` take.
 //!
-//! Status (issue 6): the docker-archive output, cross-repository mounts, retries with
-//! backoff and registry mirrors are not written yet.
+//! Status (issue 6): cross-repository mounts, retries with backoff and registry mirrors are
+//! not written yet.
 //!
 //! ```
 //! use strata_registry::Reference;
@@ -27,12 +28,14 @@
     clippy::print_stderr
 )]
 
+mod archive;
 mod auth;
 mod client;
 mod error;
 mod layout;
 mod reference;
 
+pub use archive::write_docker_archive;
 pub use auth::{Credential, Credentials};
 pub use client::{ClientBuilder, Platform, PulledImage, RegistryClient};
 pub use error::{Error, Result};

@@ -111,3 +111,76 @@ fn concurrent_taggers_lose_nothing() {
         80
     );
 }
+
+#[test]
+fn skopeo_reads_our_docker_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path().join("oci")).unwrap();
+    let manifest = store_busybox(&layout, "app");
+    let archive = dir.path().join("image.tar");
+    let tags = [
+        "busybox:1".parse().unwrap(),
+        "127.0.0.1:5000/team/app:2".parse().unwrap(),
+    ];
+    strata_registry::write_docker_archive(&layout, &manifest, &tags, &archive).unwrap();
+
+    let skopeo = find_program("skopeo", "skopeo").unwrap();
+    // skopeo finds the image by each of its tags.
+    let inspect = |args: &[&str], tag: &str| {
+        let output = Command::new(&skopeo)
+            .args(args)
+            .arg(format!("docker-archive:{}:{tag}", archive.display()))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let info = inspect(&["inspect"], "busybox:1");
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 1);
+    let config = inspect(&["inspect", "--config"], "127.0.0.1:5000/team/app:2");
+    assert_eq!(config["config"]["Cmd"][0], "/bin/sh");
+
+    // skopeo copies it into an OCI layout.
+    let copy = dir.path().join("copy");
+    let output = Command::new(&skopeo)
+        .arg("copy")
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("oci:{}:copied", copy.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let copied = Layout::open(&copy).unwrap();
+    let descriptor = copied.resolve("copied").unwrap();
+    let copied_manifest: serde_json::Value = serde_json::from_slice(
+        &copied
+            .read_blob(descriptor["digest"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let original: serde_json::Value =
+        serde_json::from_slice(&layout.read_blob(&manifest).unwrap()).unwrap();
+    // skopeo compresses the plain layer and rewrites the config on the way to OCI, so compare
+    // what is invariant: the uncompressed digests of the layers.
+    let diff_ids = |layout: &Layout, manifest: &serde_json::Value| {
+        let config: serde_json::Value = serde_json::from_slice(
+            &layout
+                .read_blob(manifest["config"]["digest"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        config["rootfs"]["diff_ids"].clone()
+    };
+    assert_eq!(
+        diff_ids(&copied, &copied_manifest),
+        diff_ids(&layout, &original)
+    );
+    assert_eq!(copied_manifest["layers"].as_array().unwrap().len(), 1);
+}
