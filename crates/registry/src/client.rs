@@ -98,6 +98,7 @@ pub struct PulledImage {
 #[derive(Clone, Default)]
 pub struct ClientBuilder {
     credentials: Option<Credentials>,
+    retries: Option<u32>,
     insecure: Vec<String>,
     https_loopback: bool,
     ca_pems: Vec<Vec<u8>>,
@@ -112,6 +113,7 @@ impl fmt::Debug for ClientBuilder {
             .field("https_loopback", &self.https_loopback)
             .field("ca_certificates", &self.ca_pems.len())
             .field("skip_tls_verify", &self.skip_tls_verify)
+            .field("retries", &self.retries)
             .finish()
     }
 }
@@ -139,6 +141,13 @@ impl ClientBuilder {
     /// Trusts this CA certificate (PEM) besides the system's.
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_pems.push(pem.into());
+        self
+    }
+
+    /// How many times a request that failed in a way that may pass (connection trouble, HTTP
+    /// 5xx or 429) is tried again, with a pause that doubles from 200 ms (default 4).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
         self
     }
 
@@ -306,10 +315,11 @@ impl RegistryClient {
         let client = self.client_for(reference);
         let auth = self.auth(reference)?;
         let mut oci_ref = Self::oci_reference(reference);
-        let (mut bytes, _) = client
-            .pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
-            .await
-            .map_err(|e| registry_error(reference, e))?;
+        let (mut bytes, _) = self
+            .retry(reference, || {
+                client.pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
+            })
+            .await?;
         let mut manifest: Value = serde_json::from_slice(&bytes)
             .map_err(|e| malformed(reference, format!("manifest is not JSON: {e}")))?;
         if let Some(pinned) = reference.digest()
@@ -368,10 +378,11 @@ impl RegistryClient {
                 reference.repository().to_owned(),
                 digest.clone(),
             );
-            let (platform_bytes, _) = client
-                .pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
-                .await
-                .map_err(|e| registry_error(reference, e))?;
+            let (platform_bytes, _) = self
+                .retry(reference, || {
+                    client.pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
+                })
+                .await?;
             if sha256(&platform_bytes) != digest {
                 return Err(Error::DigestMismatch {
                     what: format!("platform manifest of {reference}"),
@@ -444,37 +455,49 @@ impl RegistryClient {
         digest: &str,
         layout: &Layout,
     ) -> Result<()> {
-        let staging = layout.staging_file()?;
-        let file = staging.reopen().map_err(Error::io(staging.path()))?;
-        let mut writer = tokio::fs::File::from_std(file);
-        client
-            .pull_blob(oci_ref, digest, &mut writer)
-            .await
-            .map_err(|e| registry_error(format!("{reference} blob {digest}"), e))?;
-        tokio::io::AsyncWriteExt::flush(&mut writer)
-            .await
-            .map_err(Error::io(staging.path()))?;
-        drop(writer);
+        let tries = self.builder.retries.unwrap_or(DEFAULT_RETRIES) + 1;
+        let mut pause = std::time::Duration::from_millis(200);
+        let mut attempt = 1;
+        let staging = loop {
+            // A fresh staging file each time: nothing half-received is ever resumed.
+            let staging = layout.staging_file()?;
+            let file = staging.reopen().map_err(Error::io(staging.path()))?;
+            let mut writer = tokio::fs::File::from_std(file);
+            match client.pull_blob(oci_ref, digest, &mut writer).await {
+                Ok(()) => {
+                    tokio::io::AsyncWriteExt::flush(&mut writer)
+                        .await
+                        .map_err(Error::io(staging.path()))?;
+                    break staging;
+                }
+                Err(e) if attempt < tries && transient(&e) => {
+                    tracing::debug!(%reference, %digest, attempt, error = %e, "retrying blob download");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    attempt += 1;
+                }
+                Err(e) => return Err(registry_error(format!("{reference} blob {digest}"), e)),
+            }
+        };
         layout.commit_staged(staging, digest)
     }
 
     /// Pushes the image whose manifest is `manifest_digest` in `layout` to `to`: every blob
-    /// the registry does not have yet (several at once, each streamed from its file), then
-    /// the manifest, only once every blob is confirmed. Returns the manifest digest and how
-    /// many blobs were uploaded.
+    /// the registry does not have yet (several at once, each streamed from its file; mounted
+    /// from `mount_from` instead when that repository is on the same registry and has it),
+    /// then the manifest, only once every blob is confirmed.
     pub async fn push(
         &self,
         layout: &Layout,
         manifest_digest: &str,
         to: &Reference,
-    ) -> Result<(String, usize)> {
+        mount_from: Option<&Reference>,
+    ) -> Result<PushReport> {
         let client = self.client_for(to);
         let auth = self.auth(to)?;
         let oci_ref = Self::oci_reference(to);
-        client
-            .auth(&oci_ref, &auth, RegistryOperation::Push)
-            .await
-            .map_err(|e| registry_error(to, e))?;
+        self.retry(to, || client.auth(&oci_ref, &auth, RegistryOperation::Push))
+            .await?;
         let bytes = layout.read_blob(manifest_digest)?;
         let manifest: Value = serde_json::from_slice(&bytes)
             .map_err(|e| malformed(to, format!("manifest is not JSON: {e}")))?;
@@ -496,43 +519,132 @@ impl RegistryClient {
                 blobs.push((digest.to_owned(), size));
             }
         }
-        let uploaded: Vec<bool> = futures_util::stream::iter(blobs)
+        let mount_source = mount_from
+            .filter(|source| {
+                source.registry() == to.registry() && source.repository() != to.repository()
+            })
+            .map(Self::oci_reference);
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
             .map(|(digest, size)| {
-                let (client, oci_ref) = (&client, &oci_ref);
+                let (client, oci_ref, mount_source) = (&client, &oci_ref, &mount_source);
                 async move {
-                    let exists = client
-                        .blob_exists(oci_ref, &digest)
-                        .await
-                        .map_err(|e| registry_error(format!("{to} blob {digest}"), e))?;
-                    if exists {
-                        return Ok::<bool, Error>(false);
+                    let what = format!("{to} blob {digest}");
+                    if self
+                        .retry(&what, || client.blob_exists(oci_ref, &digest))
+                        .await?
+                    {
+                        return Ok::<BlobOutcome, Error>(BlobOutcome::Skipped);
+                    }
+                    if let Some(source) = mount_source
+                        && client.mount_blob(oci_ref, source, &digest).await.is_ok()
+                        && self
+                            .retry(&what, || client.blob_exists(oci_ref, &digest))
+                            .await?
+                    {
+                        return Ok(BlobOutcome::Mounted);
                     }
                     let path = layout.blob_path(&digest)?;
-                    let file = tokio::fs::File::open(&path)
-                        .await
-                        .map_err(Error::io(&path))?;
-                    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                        .map_err(OciDistributionError::IoError);
-                    client
-                        .push_blob_stream(oci_ref, stream, &digest, Some(size))
-                        .await
-                        .map_err(|e| registry_error(format!("{to} blob {digest}"), e))?;
-                    Ok(true)
+                    self.retry(&what, || async {
+                        let file = tokio::fs::File::open(&path)
+                            .await
+                            .map_err(OciDistributionError::IoError)?;
+                        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                            .map_err(OciDistributionError::IoError);
+                        client
+                            .push_blob_stream(oci_ref, stream, &digest, Some(size))
+                            .await
+                    })
+                    .await?;
+                    Ok(BlobOutcome::Uploaded)
                 }
             })
             .buffer_unordered(PARALLEL_BLOBS)
             .try_collect()
             .await?;
-        let content_type = media_type.parse().map_err(|_| {
+        let content_type: http::HeaderValue = media_type.parse().map_err(|_| {
             malformed(
                 to,
                 format!("media type `{media_type}` is not a valid header value"),
             )
         })?;
-        client
-            .push_manifest_raw(&oci_ref, bytes.clone(), content_type)
-            .await
-            .map_err(|e| registry_error(to, e))?;
-        Ok((sha256(&bytes), uploaded.iter().filter(|u| **u).count()))
+        self.retry(to, || {
+            client.push_manifest_raw(&oci_ref, bytes.clone(), content_type.clone())
+        })
+        .await?;
+        let count = |kind: BlobOutcome| outcomes.iter().filter(|o| **o == kind).count();
+        Ok(PushReport {
+            manifest_digest: sha256(&bytes),
+            uploaded: count(BlobOutcome::Uploaded),
+            mounted: count(BlobOutcome::Mounted),
+            skipped: count(BlobOutcome::Skipped),
+        })
+    }
+
+    /// Runs `operation`, again after a pause when it fails in a way that may pass (connection
+    /// trouble, HTTP 5xx or 429), up to the configured number of tries.
+    async fn retry<T, F, Fut>(&self, what: impl fmt::Display, mut operation: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = oci_client::errors::Result<T>>,
+    {
+        let tries = self.builder.retries.unwrap_or(DEFAULT_RETRIES) + 1;
+        let mut pause = std::time::Duration::from_millis(200);
+        for attempt in 1..=tries {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(e) if attempt < tries && transient(&e) => {
+                    tracing::debug!(%what, attempt, error = %e, "retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(registry_error(what, e)),
+            }
+        }
+        Err(Error::Registry {
+            reference: what.to_string(),
+            message: "no attempt was made".to_owned(),
+        })
+    }
+}
+
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobOutcome {
+    Uploaded,
+    Mounted,
+    Skipped,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReport {
+    /// The digest of the pushed manifest.
+    pub manifest_digest: String,
+    /// Blobs uploaded.
+    pub uploaded: usize,
+    /// Blobs mounted from another repository of the same registry.
+    pub mounted: usize,
+    /// Blobs the registry already had.
+    pub skipped: usize,
+}
+
+/// How many times a failing request is tried again by default.
+const DEFAULT_RETRIES: u32 = 4;
+
+/// Whether an error may pass if the request is made again.
+fn transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RequestError(e) => {
+            e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+        }
+        OciDistributionError::IoError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                format!("{:?}", e.code).as_str(),
+                "TooManyRequests" | "Unavailable"
+            )
+        }),
+        _ => false,
     }
 }

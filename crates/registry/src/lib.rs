@@ -9,8 +9,8 @@
 //! - [`RegistryClient`]: pulls into and pushes from a layout, streaming, digests verified.
 //! - [`write_docker_archive`]: the tarball `docker load` and `podman load` take.
 //!
-//! Status (issue 6): cross-repository mounts, retries with backoff and registry mirrors are
-//! not written yet.
+//! Status (issue 6): registry mirrors for Docker Hub and resuming a broken chunked upload are
+//! not written yet (a failed upload starts again from the beginning).
 //!
 //! ```
 //! use strata_registry::Reference;
@@ -37,7 +37,7 @@ mod reference;
 
 pub use archive::write_docker_archive;
 pub use auth::{Credential, Credentials};
-pub use client::{ClientBuilder, Platform, PulledImage, RegistryClient};
+pub use client::{ClientBuilder, Platform, PulledImage, PushReport, RegistryClient};
 pub use error::{Error, Result};
 pub use layout::{BlobInfo, Layout, REF_NAME};
 pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};

@@ -52,18 +52,42 @@ async fn push_then_pull_back_bit_for_bit() {
     let client = client_for(&registry);
     let to: Reference = format!("{}/team/app:1", registry.host()).parse().unwrap();
 
-    let (pushed, uploaded) = client.push(&source, &manifest, &to).await.unwrap();
-    assert_eq!(pushed, manifest);
-    assert_eq!(uploaded, 2, "config and layer");
+    let report = client.push(&source, &manifest, &to, None).await.unwrap();
+    assert_eq!(report.manifest_digest, manifest);
+    assert_eq!(
+        (report.uploaded, report.skipped, report.mounted),
+        (2, 0, 0),
+        "config and layer"
+    );
     let inspect = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{to}")]);
     assert_eq!(inspect["Digest"], manifest.as_str());
 
     // Everything is there already: a second push uploads nothing.
-    let (_, uploaded) = client
-        .push(&source, &manifest, &to.with_tag("2").unwrap())
+    let report = client
+        .push(&source, &manifest, &to.with_tag("2").unwrap(), None)
         .await
         .unwrap();
-    assert_eq!(uploaded, 0);
+    assert_eq!((report.uploaded, report.skipped), (0, 2));
+
+    // Another repository of the same registry mounts the blobs instead of uploading them.
+    let elsewhere: Reference = format!("{}/other/app:1", registry.host()).parse().unwrap();
+    let report = client
+        .push(&source, &manifest, &elsewhere, Some(&to))
+        .await
+        .unwrap();
+    assert_eq!((report.uploaded, report.mounted), (0, 2));
+    assert!(
+        registry.log().contains("mount="),
+        "the registry saw mount requests"
+    );
+    // skopeo copies what we pushed into an OCI layout.
+    let copy = tempfile::tempdir().unwrap();
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{elsewhere}"),
+        &format!("oci:{}:copied", copy.path().display()),
+    ]);
 
     let target_dir = tempfile::tempdir().unwrap();
     let target = Layout::open(target_dir.path()).unwrap();
@@ -125,7 +149,7 @@ async fn basic_auth_over_tls_with_the_generated_ca() {
     let manifest = store_busybox(&layout, "app");
     let to: Reference = format!("{}/secure/app:1", registry.host()).parse().unwrap();
     client_for(&registry)
-        .push(&layout, &manifest, &to)
+        .push(&layout, &manifest, &to, None)
         .await
         .unwrap();
 
@@ -296,4 +320,84 @@ async fn a_corrupted_blob_is_a_digest_error_and_stores_nothing() {
         0,
         "no staging file left"
     );
+}
+
+#[tokio::test]
+async fn a_registry_restarted_during_a_push_gets_the_whole_image_or_no_manifest() {
+    let mut registry = TestRegistry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    // Eight 8 MiB layers of incompressible bytes: a push long enough to interrupt.
+    let mut layers = Vec::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..8 {
+        let data: Vec<u8> = (0..8 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        layers.push(layout.write_blob_bytes(&data).unwrap());
+    }
+    let config = layout
+        .write_blob_bytes(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .unwrap();
+    let manifest = layout
+        .write_blob_bytes(&serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size},
+            "layers": layers.iter().map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+        })).unwrap())
+        .unwrap();
+    let to: Reference = format!("{}/big/app:1", registry.host()).parse().unwrap();
+    let client = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .retries(8)
+        .build();
+    let push = {
+        let (layout, manifest, to, client) = (
+            layout.clone(),
+            manifest.digest.clone(),
+            to.clone(),
+            client.clone(),
+        );
+        tokio::spawn(async move { client.push(&layout, &manifest, &to, None).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    registry.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    registry.restart().unwrap();
+    let result = push.await.unwrap();
+
+    let raw = registry.client();
+    let manifest_there = raw
+        .get_manifest("big/app", "1", "application/vnd.oci.image.manifest.v1+json")
+        .is_ok();
+    match result {
+        Ok(report) => {
+            eprintln!("the push completed after the restart: {report:?}");
+            assert!(manifest_there);
+            assert_eq!(report.manifest_digest, manifest.digest);
+            for layer in &layers {
+                assert!(
+                    raw.blob_exists("big/app", &layer.digest).unwrap(),
+                    "{} missing",
+                    layer.digest
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("the push failed cleanly: {e}");
+            // A clean failure: it says what failed, and no manifest points at missing blobs.
+            assert!(
+                !manifest_there,
+                "manifest pushed although the push failed: {e}"
+            );
+        }
+    }
 }
