@@ -278,6 +278,8 @@ impl RegistryClient {
                     data: pem.clone(),
                 })
                 .collect(),
+            // One streaming PUT per blob (sizes are known) instead of a PATCH per stream chunk.
+            use_monolithic_push: true,
             max_concurrent_download: PARALLEL_BLOBS,
             max_concurrent_upload: PARALLEL_BLOBS,
             ..ClientConfig::default()
