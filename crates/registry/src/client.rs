@@ -460,17 +460,17 @@ impl RegistryClient {
         let tries = self.builder.retries.unwrap_or(DEFAULT_RETRIES) + 1;
         let mut pause = std::time::Duration::from_millis(200);
         let mut attempt = 1;
-        let staging = loop {
+        let (staging, actual) = loop {
             // A fresh staging file each time: nothing half-received is ever resumed.
             let staging = layout.staging_file()?;
             let file = staging.reopen().map_err(Error::io(staging.path()))?;
-            let mut writer = tokio::fs::File::from_std(file);
+            let mut writer = HashingWriter::new(tokio::fs::File::from_std(file));
             match client.pull_blob(oci_ref, digest, &mut writer).await {
                 Ok(()) => {
                     tokio::io::AsyncWriteExt::flush(&mut writer)
                         .await
                         .map_err(Error::io(staging.path()))?;
-                    break staging;
+                    break (staging, writer.digest());
                 }
                 Err(e) if attempt < tries && transient(&e) => {
                     tracing::debug!(%reference, %digest, attempt, error = %e, "retrying blob download");
@@ -481,7 +481,7 @@ impl RegistryClient {
                 Err(e) => return Err(registry_error(format!("{reference} blob {digest}"), e)),
             }
         };
-        layout.commit_staged(staging, digest)
+        layout.commit_staged(staging, digest, &actual)
     }
 
     /// Pushes the image whose manifest is `manifest_digest` in `layout` to `to`: every blob
@@ -606,6 +606,54 @@ impl RegistryClient {
             reference: what.to_string(),
             message: "no attempt was made".to_owned(),
         })
+    }
+}
+
+/// Hashes what is written through it, so a received blob is verified in the same pass.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let result = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = result {
+            this.hasher.update(&buf[..n]);
+        }
+        result
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -141,7 +141,6 @@ impl Layout {
                 actual: digest,
             });
         }
-        tmp.as_file().sync_all().map_err(Error::io(tmp.path()))?;
         let path = self.blob_path(&digest)?;
         tmp.persist(&path).map_err(|e| Error::io(&path)(e.error))?;
         Ok(BlobInfo { digest, size })
@@ -153,31 +152,22 @@ impl Layout {
         tempfile::NamedTempFile::new_in(&tmp_dir).map_err(Error::io(&tmp_dir))
     }
 
-    /// Checks a received blob's digest and renames it into place; a mismatch stores nothing.
-    pub fn commit_staged(&self, staged: tempfile::NamedTempFile, digest: &str) -> Result<()> {
-        let mut file = File::open(staged.path()).map_err(Error::io(staged.path()))?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buffer).map_err(Error::io(staged.path()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-        }
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if actual != digest {
+    /// Renames a received blob into place once its digest, computed while it was written,
+    /// is the one expected; a mismatch stores nothing.
+    pub fn commit_staged(
+        &self,
+        staged: tempfile::NamedTempFile,
+        expected: &str,
+        actual: &str,
+    ) -> Result<()> {
+        if actual != expected {
             return Err(Error::DigestMismatch {
                 what: format!("blob received into {}", self.root.display()),
-                expected: digest.to_owned(),
-                actual,
+                expected: expected.to_owned(),
+                actual: actual.to_owned(),
             });
         }
-        staged
-            .as_file()
-            .sync_all()
-            .map_err(Error::io(staged.path()))?;
-        let path = self.blob_path(digest)?;
+        let path = self.blob_path(expected)?;
         staged
             .persist(&path)
             .map_err(|e| Error::io(&path)(e.error))?;
