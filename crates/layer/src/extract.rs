@@ -316,10 +316,9 @@ impl Applier<'_> {
                     file.write_all(&self.buffer[..n])
                         .map_err(Error::io(&target))?;
                 }
-                file.set_permissions(fs::Permissions::from_mode(header.mode))
-                    .map_err(Error::io(&target))?;
                 self.owner_and_xattrs(header, &target)?;
-                // After chown, which clears setuid and setgid bits.
+                // After chown, which clears setuid and setgid bits (and before nothing that
+                // needs the final mode: the file was created 0600 and is ours).
                 file.set_permissions(fs::Permissions::from_mode(header.mode))
                     .map_err(Error::io(&target))?;
                 file.set_modified(system_time(header.mtime_secs, header.mtime_nanos))
