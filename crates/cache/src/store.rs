@@ -1,0 +1,284 @@
+//! Where cache entries live: the [`CacheStore`] trait and the local-directory store.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::key::{CacheKey, KeyInputs};
+
+/// The layer a cached step produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    /// Digest of the compressed blob.
+    pub digest: String,
+    /// Digest of the uncompressed tar.
+    pub diff_id: String,
+    /// Size of the blob.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+}
+
+/// What a step produced: its layer (none for steps that only change the config) and the
+/// config changes it made, under its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEntry {
+    /// The key, with its inputs (so a later miss can be explained).
+    pub key: CacheKey,
+    /// The layer, if the step made one.
+    pub layer: Option<CachedLayer>,
+    /// The config changes the step made (the engine's own format).
+    pub config: serde_json::Value,
+    /// When the entry was made, in seconds since the epoch (0: now, when recorded).
+    pub created_unix: u64,
+}
+
+/// Looks up and records cache entries.
+pub trait CacheStore {
+    /// The entry for `key` (a key digest), if there is a live one.
+    fn lookup(&self, key: &str) -> Result<Option<CacheEntry>>;
+    /// Records an entry; `layer_blob` is the file holding the layer blob, when there is one.
+    fn record(&self, entry: &CacheEntry, layer_blob: Option<&Path>) -> Result<()>;
+    /// Opens a cached layer blob.
+    fn open_layer(&self, digest: &str) -> Result<File>;
+    /// Remembers the inputs of the step known as `step` (a name the engine gives it, such as
+    /// `stage/index`), so that the next build can explain a miss.
+    fn remember(&self, step: &str, inputs: &KeyInputs) -> Result<()>;
+    /// The inputs remembered for `step` by an earlier build.
+    fn recall(&self, step: &str) -> Result<Option<KeyInputs>>;
+}
+
+/// A cache in a local directory: `entries/`, `blobs/sha256/`, `steps/`, `tmp/`. Entries are
+/// written through a temporary file and renamed, so several builds can share the directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+    max_bytes: Option<u64>,
+    ttl: Option<Duration>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn file_name(key: &str) -> String {
+    // Keys are digests; anything else is hashed into a safe file name.
+    match key.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+            hex.to_ascii_lowercase()
+        }
+        _ => hex::encode(Sha256::digest(key.as_bytes())),
+    }
+}
+
+impl LocalStore {
+    /// A store in `root` (created when missing), with no size limit and no TTL.
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalStore> {
+        let root = root.into();
+        for dir in ["entries", "blobs/sha256", "steps", "tmp"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(Error::io(&path))?;
+        }
+        Ok(LocalStore {
+            root,
+            max_bytes: None,
+            ttl: None,
+        })
+    }
+
+    /// Evicts the least recently used entries once their layers exceed `bytes`.
+    pub fn max_bytes(mut self, bytes: Option<u64>) -> LocalStore {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Entries older than `ttl` are misses (and removed).
+    pub fn ttl(mut self, ttl: Option<Duration>) -> LocalStore {
+        self.ttl = ttl;
+        self
+    }
+
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join("entries")
+            .join(format!("{}.json", file_name(key)))
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(file_name(digest))
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp_dir = self.root.join("tmp");
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(Error::io(&tmp_dir))?;
+        tmp.write_all(bytes).map_err(Error::io(tmp.path()))?;
+        tmp.persist(path).map_err(|e| Error::io(path)(e.error))?;
+        Ok(())
+    }
+
+    fn read_entry(&self, path: &Path) -> Result<Option<CacheEntry>> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Damaged {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                path: path.to_owned(),
+                source: e,
+            }),
+        }
+    }
+
+    fn expired(&self, entry: &CacheEntry) -> bool {
+        self.ttl
+            .is_some_and(|ttl| now_unix().saturating_sub(entry.created_unix) > ttl.as_secs())
+    }
+
+    /// Removes entries (least recently used first) until the layers of the rest fit in the
+    /// size limit, and blobs no remaining entry needs.
+    fn evict(&self) -> Result<()> {
+        let Some(limit) = self.max_bytes else {
+            return Ok(());
+        };
+        let dir = self.root.join("entries");
+        let mut entries = Vec::new();
+        for file in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let Ok(file) = file else { continue };
+            let path = file.path();
+            let used = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            // Another build may have removed it meanwhile; a damaged one goes first.
+            match self.read_entry(&path) {
+                Ok(Some(entry)) => entries.push((used, path, entry.layer)),
+                Ok(None) => {}
+                Err(_) => entries.push((UNIX_EPOCH, path, None)),
+            }
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let mut total: u64 = entries
+            .iter()
+            .filter_map(|e| e.2.as_ref())
+            .map(|l| l.size)
+            .sum();
+        let mut evicted = 0;
+        while total > limit && evicted < entries.len() {
+            let (_, path, layer) = &entries[evicted];
+            let _ = fs::remove_file(path);
+            total -= layer.as_ref().map_or(0, |l| l.size);
+            evicted += 1;
+        }
+        let kept: std::collections::HashSet<&str> = entries[evicted..]
+            .iter()
+            .filter_map(|e| e.2.as_ref())
+            .map(|l| l.digest.as_str())
+            .collect();
+        for (_, _, layer) in &entries[..evicted] {
+            if let Some(layer) = layer
+                && !kept.contains(layer.digest.as_str())
+            {
+                let _ = fs::remove_file(self.blob_path(&layer.digest));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CacheStore for LocalStore {
+    fn lookup(&self, key: &str) -> Result<Option<CacheEntry>> {
+        let path = self.entry_path(key);
+        let Some(entry) = self.read_entry(&path)? else {
+            return Ok(None);
+        };
+        if entry.key.digest != key {
+            return Err(Error::Damaged {
+                path,
+                message: format!("holds the entry of {}", entry.key.digest),
+            });
+        }
+        if self.expired(&entry) {
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        if let Some(layer) = &entry.layer
+            && !self.blob_path(&layer.digest).is_file()
+        {
+            // The layer was evicted by another build: the entry is useless.
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        // Mark it used, for least-recently-used eviction.
+        if let Ok(file) = File::options().write(true).open(&path) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+        Ok(Some(entry))
+    }
+
+    fn record(&self, entry: &CacheEntry, layer_blob: Option<&Path>) -> Result<()> {
+        if let (Some(layer), Some(source)) = (&entry.layer, layer_blob) {
+            let target = self.blob_path(&layer.digest);
+            if !target.is_file() {
+                // A hard link costs nothing on the same filesystem; otherwise copy through tmp.
+                if fs::hard_link(source, &target).is_err() && !target.is_file() {
+                    let tmp_dir = self.root.join("tmp");
+                    let tmp =
+                        tempfile::NamedTempFile::new_in(&tmp_dir).map_err(Error::io(&tmp_dir))?;
+                    fs::copy(source, tmp.path()).map_err(Error::io(source))?;
+                    tmp.persist(&target)
+                        .map_err(|e| Error::io(&target)(e.error))?;
+                }
+            }
+        }
+        let mut entry = entry.clone();
+        if entry.created_unix == 0 {
+            entry.created_unix = now_unix();
+        }
+        let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Damaged {
+            path: self.entry_path(&entry.key.digest),
+            message: e.to_string(),
+        })?;
+        self.write_atomic(&self.entry_path(&entry.key.digest), &bytes)?;
+        self.evict()
+    }
+
+    fn open_layer(&self, digest: &str) -> Result<File> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(Error::io(path))
+    }
+
+    fn remember(&self, step: &str, inputs: &KeyInputs) -> Result<()> {
+        let path = self
+            .root
+            .join("steps")
+            .join(format!("{}.json", file_name(step)));
+        let bytes = serde_json::to_vec(inputs).map_err(|e| Error::Damaged {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        self.write_atomic(&path, &bytes)
+    }
+
+    fn recall(&self, step: &str) -> Result<Option<KeyInputs>> {
+        let path = self
+            .root
+            .join("steps")
+            .join(format!("{}.json", file_name(step)));
+        match fs::read(&path) {
+            // A damaged record only loses an explanation.
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io { path, source: e }),
+        }
+    }
+}
