@@ -57,7 +57,7 @@ impl Platform {
         }
     }
 
-    fn matches(&self, platform: &Value) -> bool {
+    pub(crate) fn matches(&self, platform: &Value) -> bool {
         platform["os"] == self.os.as_str()
             && platform["architecture"] == self.architecture.as_str()
             && self
@@ -98,6 +98,8 @@ pub struct PulledImage {
 #[derive(Clone, Default)]
 pub struct ClientBuilder {
     credentials: Option<Credentials>,
+    mirrors: Vec<String>,
+    skip_tls_verify_for: Vec<String>,
     retries: Option<u32>,
     insecure: Vec<String>,
     https_loopback: bool,
@@ -113,6 +115,8 @@ impl fmt::Debug for ClientBuilder {
             .field("https_loopback", &self.https_loopback)
             .field("ca_certificates", &self.ca_pems.len())
             .field("skip_tls_verify", &self.skip_tls_verify)
+            .field("skip_tls_verify_for", &self.skip_tls_verify_for)
+            .field("mirrors", &self.mirrors)
             .field("retries", &self.retries)
             .finish()
     }
@@ -148,6 +152,19 @@ impl ClientBuilder {
     /// 5xx or 429) is tried again, with a pause that doubles from 200 ms (default 4).
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = Some(retries);
+        self
+    }
+
+    /// Pulls Docker Hub images from `mirror` (`host[:port]`) first; several mirrors are tried
+    /// in the order given, Docker Hub last (`--registry-mirror`).
+    pub fn mirror(mut self, mirror: impl Into<String>) -> Self {
+        self.mirrors.push(mirror.into());
+        self
+    }
+
+    /// Accepts any TLS certificate from `registry` alone (`--skip-tls-verify-registry`).
+    pub fn skip_tls_verify_for(mut self, registry: impl Into<String>) -> Self {
+        self.skip_tls_verify_for.push(registry.into());
         self
     }
 
@@ -268,7 +285,12 @@ impl RegistryClient {
             } else {
                 ClientProtocol::Https
             },
-            accept_invalid_certificates: self.builder.skip_tls_verify,
+            accept_invalid_certificates: self.builder.skip_tls_verify
+                || self
+                    .builder
+                    .skip_tls_verify_for
+                    .iter()
+                    .any(|h| *h == reference.registry()),
             extra_root_certificates: self
                 .builder
                 .ca_pems
@@ -308,7 +330,46 @@ impl RegistryClient {
     /// Pulls `reference` (the `platform` image, when it names an index) into `layout`: the
     /// manifest, the config and every layer not already there, digests verified as they
     /// arrive. The layout records nothing under a name; tag it if you want one.
+    ///
+    /// A Docker Hub reference is tried on each configured mirror first, in order, then on
+    /// Docker Hub itself; the error of the last try is returned when none has the image.
     pub async fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        layout: &Layout,
+    ) -> Result<PulledImage> {
+        let mut candidates = Vec::new();
+        if reference.registry() == crate::reference::DOCKER_HUB {
+            for mirror in &self.builder.mirrors {
+                let mut text = format!("{mirror}/{}", reference.repository());
+                if let Some(tag) = reference.tag() {
+                    text.push_str(&format!(":{tag}"));
+                }
+                if let Some(digest) = reference.digest() {
+                    text.push_str(&format!("@{digest}"));
+                }
+                candidates.push(Reference::parse(&text)?);
+            }
+        }
+        candidates.push(reference.clone());
+        let mut last = None;
+        for candidate in &candidates {
+            match self.pull_from(candidate, platform, layout).await {
+                Ok(pulled) => return Ok(pulled),
+                Err(e) => {
+                    tracing::debug!(%candidate, error = %e, "pull failed; trying the next source");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Registry {
+            reference: reference.to_string(),
+            message: "no source to pull from".to_owned(),
+        }))
+    }
+
+    async fn pull_from(
         &self,
         reference: &Reference,
         platform: &Platform,

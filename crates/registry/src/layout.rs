@@ -232,6 +232,46 @@ impl Layout {
         Ok(index)
     }
 
+    /// The image manifest `name` stands for on `platform`: the manifest itself, or, when
+    /// `name` records an index, the index entry for the platform. Returns its digest.
+    pub fn image_manifest(&self, name: &str, platform: &crate::client::Platform) -> Result<String> {
+        let descriptor = self.resolve(name)?;
+        let digest = descriptor["digest"]
+            .as_str()
+            .ok_or_else(|| Error::Malformed {
+                path: self.root.join("index.json"),
+                message: format!("the entry for `{name}` has no digest"),
+            })?;
+        let blob = self.read_blob(digest)?;
+        let manifest: Value = serde_json::from_slice(&blob).map_err(|e| Error::Malformed {
+            path: self.blob_path(digest).unwrap_or_default(),
+            message: format!("not JSON: {e}"),
+        })?;
+        let Some(entries) = manifest["manifests"].as_array() else {
+            return Ok(digest.to_owned());
+        };
+        entries
+            .iter()
+            .find(|m| platform.matches(&m["platform"]))
+            .and_then(|m| m["digest"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::NoPlatform {
+                reference: format!("{}:{name}", self.root.display()),
+                platform: platform.to_string(),
+                available: entries
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{}/{}",
+                            m["platform"]["os"].as_str().unwrap_or("?"),
+                            m["platform"]["architecture"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
     /// The descriptor recorded under `name`.
     pub fn resolve(&self, name: &str) -> Result<Value> {
         let index = self.index()?;

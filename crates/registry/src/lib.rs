@@ -9,8 +9,9 @@
 //! - [`RegistryClient`]: pulls into and pushes from a layout, streaming, digests verified.
 //! - [`write_docker_archive`]: the tarball `docker load` and `podman load` take.
 //!
-//! Status (issue 6): registry mirrors for Docker Hub and resuming a broken chunked upload are
-//! not written yet (a failed upload starts again from the beginning).
+//! Status (issue 6): not yet — honouring `Retry-After` (failed requests back off on their own
+//! schedule), one store interface over registry, layout and archive targets, and a test of
+//! bearer-token auth against a token server.
 //!
 //! ```
 //! use strata_registry::Reference;

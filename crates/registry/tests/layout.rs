@@ -184,3 +184,46 @@ fn skopeo_reads_our_docker_archive() {
     );
     assert_eq!(copied_manifest["layers"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn an_index_in_a_layout_resolves_per_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let amd64 = common::store_busybox_for(&layout, "a", "amd64");
+    let arm64 = common::store_busybox_for(&layout, "b", "arm64");
+    let size = |d: &str| layout.read_blob(d).unwrap().len();
+    let index = layout
+        .write_blob_bytes(
+            &serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [
+                    {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64, "size": size(&amd64), "platform": {"os": "linux", "architecture": "amd64"}},
+                    {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm64, "size": size(&arm64), "platform": {"os": "linux", "architecture": "arm64"}},
+                ],
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+    layout.tag("multi", &serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index.digest, "size": index.size})).unwrap();
+    let arm = strata_registry::Platform {
+        os: "linux".into(),
+        architecture: "arm64".into(),
+        variant: None,
+    };
+    assert_eq!(layout.image_manifest("multi", &arm).unwrap(), arm64);
+    assert_eq!(
+        layout.image_manifest("a", &arm).unwrap(),
+        amd64,
+        "a plain manifest is itself, whatever the platform"
+    );
+    let riscv = strata_registry::Platform {
+        os: "linux".into(),
+        architecture: "riscv64".into(),
+        variant: None,
+    };
+    assert!(matches!(
+        layout.image_manifest("multi", &riscv),
+        Err(Error::NoPlatform { .. })
+    ));
+}

@@ -401,3 +401,69 @@ async fn a_registry_restarted_during_a_push_gets_the_whole_image_or_no_manifest(
         }
     }
 }
+
+#[tokio::test]
+async fn docker_hub_images_come_from_the_first_mirror_that_has_them() {
+    let empty = TestRegistry::start().unwrap();
+    let mirror = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&mirror, "library/busybox", "stable").unwrap();
+    let client = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .retries(0)
+        .mirror(empty.host())
+        .mirror(mirror.host())
+        .build();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    // `busybox:stable` is Docker Hub's; with no network here it can only come from a mirror.
+    let pulled = client
+        .pull(
+            &"busybox:stable".parse().unwrap(),
+            &Platform::host(),
+            &layout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert!(
+        empty.log().contains("/v2/library/busybox/manifests/stable"),
+        "the first mirror was asked first"
+    );
+    // (What happens when no mirror has the image, falling back to Docker Hub itself, is not
+    // tested: tests reach no network beyond loopback.)
+}
+
+#[tokio::test]
+async fn tls_verification_can_be_skipped_for_one_registry_only() {
+    let registry = TestRegistry::builder().tls().start().unwrap();
+    let image = push_busybox_image(&registry, "base/busybox", "1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let reference: Reference = image.reference.parse().unwrap();
+    let skipping = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .https_loopback(true)
+        .skip_tls_verify_for(registry.host())
+        .build();
+    assert_eq!(
+        skipping
+            .pull(&reference, &Platform::host(), &layout)
+            .await
+            .unwrap()
+            .manifest_digest,
+        image.manifest_digest
+    );
+    let other = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .https_loopback(true)
+        .retries(0)
+        .skip_tls_verify_for("127.0.0.1:1")
+        .build();
+    assert!(
+        other
+            .pull(&reference, &Platform::host(), &layout)
+            .await
+            .is_err(),
+        "another host's exemption does not apply"
+    );
+}
