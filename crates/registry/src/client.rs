@@ -57,7 +57,30 @@ impl Platform {
         }
     }
 
-    pub(crate) fn matches(&self, platform: &Value) -> bool {
+    /// The entry of an index's `manifests` for this platform, or an error listing the
+    /// platforms the index has.
+    pub(crate) fn select<'a>(&self, entries: &'a [Value], reference: &str) -> Result<&'a Value> {
+        entries
+            .iter()
+            .find(|m| self.matches(&m["platform"]))
+            .ok_or_else(|| Error::NoPlatform {
+                reference: reference.to_owned(),
+                platform: self.to_string(),
+                available: entries
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{}/{}",
+                            m["platform"]["os"].as_str().unwrap_or("?"),
+                            m["platform"]["architecture"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    fn matches(&self, platform: &Value) -> bool {
         platform["os"] == self.os.as_str()
             && platform["architecture"] == self.architecture.as_str()
             && self
@@ -414,24 +437,7 @@ impl RegistryClient {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let chosen = entries
-                .iter()
-                .find(|m| platform.matches(&m["platform"]))
-                .ok_or_else(|| Error::NoPlatform {
-                    reference: reference.to_string(),
-                    platform: platform.to_string(),
-                    available: entries
-                        .iter()
-                        .map(|m| {
-                            format!(
-                                "{}/{}",
-                                m["platform"]["os"].as_str().unwrap_or("?"),
-                                m["platform"]["architecture"].as_str().unwrap_or("?")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
+            let chosen = platform.select(&entries, &reference.to_string())?;
             let digest = chosen["digest"]
                 .as_str()
                 .ok_or_else(|| malformed(reference, "index entry without a digest"))?

@@ -250,25 +250,14 @@ impl Layout {
         let Some(entries) = manifest["manifests"].as_array() else {
             return Ok(digest.to_owned());
         };
-        entries
-            .iter()
-            .find(|m| platform.matches(&m["platform"]))
-            .and_then(|m| m["digest"].as_str())
+        let reference = format!("{}:{name}", self.root.display());
+        let chosen = platform.select(entries, &reference)?;
+        chosen["digest"]
+            .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| Error::NoPlatform {
-                reference: format!("{}:{name}", self.root.display()),
-                platform: platform.to_string(),
-                available: entries
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{}/{}",
-                            m["platform"]["os"].as_str().unwrap_or("?"),
-                            m["platform"]["architecture"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
+            .ok_or_else(|| Error::Malformed {
+                path: self.root.join("index.json"),
+                message: format!("the index of `{name}` has an entry without a digest"),
             })
     }
 
