@@ -45,13 +45,16 @@ pub fn probe() -> OverlaySupport {
         }
         Err(e) => return unusable(format!("/proc/filesystems: {e}")),
     }
-    let dir = match tempfile_dir() {
+    let dir = match tempfile::Builder::new()
+        .prefix("strata-overlay-probe-")
+        .tempdir()
+    {
         Ok(dir) => dir,
         Err(e) => return unusable(format!("no temporary directory: {e}")),
     };
     let result = (|| -> Result<()> {
         let [lower, upper, work, merged] =
-            ["lower", "upper", "work", "merged"].map(|d| dir.join(d));
+            ["lower", "upper", "work", "merged"].map(|d| dir.path().join(d));
         for d in [&lower, &upper, &work, &merged] {
             fs::create_dir(d).map_err(Error::io(d))?;
         }
@@ -59,7 +62,8 @@ pub fn probe() -> OverlaySupport {
         drop(mount);
         Ok(())
     })();
-    let _ = fs::remove_dir_all(&dir);
+    // The mount is gone; dropping `dir` removes the probe's directories.
+    drop(dir);
     match result {
         Ok(()) => OverlaySupport {
             usable: true,
@@ -68,22 +72,6 @@ pub fn probe() -> OverlaySupport {
         Err(Error::OverlayUnavailable { reason }) => unusable(reason),
         Err(e) => unusable(e.to_string()),
     }
-}
-
-fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for attempt in 0..100u32 {
-        let dir = base.join(format!(
-            "strata-overlay-probe-{}-{attempt}",
-            std::process::id()
-        ));
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("could not create a probe directory"))
 }
 
 /// Escapes a path for overlay mount options (`,` and `:` separate options and lower dirs).
