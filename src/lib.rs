@@ -2,8 +2,7 @@
 //!
 //! It is a family of crates, each useful on its own; this root package composes them. The
 //! builder API that runs a whole build (`strata::Build`) is not written yet (issue 9); until it
-//! lands this crate re-exports the member crates under short names (`sandbox` is still
-//! empty):
+//! lands this crate re-exports the member crates under short names:
 //!
 //! | module | crate | job |
 //! |---|---|---|

@@ -1,0 +1,217 @@
+//! The user a step runs as, from `USER`'s value and the root's `/etc/passwd` and `/etc/group`,
+//! with the rules runc applies (moby's `user.GetExecUser`).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::root::{self, Create};
+
+/// The most bytes read from `/etc/passwd` or `/etc/group`: the root is untrusted.
+const MAX_DATABASE: u64 = 16 << 20;
+
+/// Who the command runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups: only when the group was not given explicitly.
+    pub groups: Vec<u32>,
+    /// The home directory from `/etc/passwd`, `/` when there is no entry.
+    pub home: String,
+}
+
+/// Resolves a `USER` value (`name`, `uid`, `name:group`, `uid:gid`, empty for root).
+pub(crate) fn resolve(root_dir: &Path, spec: &str) -> Result<ExecUser> {
+    let passwd = read_database(root_dir, "/etc/passwd")?;
+    let group = read_database(root_dir, "/etc/group")?;
+    resolve_in(spec, passwd.as_deref(), group.as_deref())
+}
+
+fn read_database(root_dir: &Path, path: &str) -> Result<Option<String>> {
+    let Some(inner) = root::resolve(root_dir, path, Create::Nothing, None)? else {
+        return Ok(None);
+    };
+    let host = root::join(root_dir, &inner);
+    if !host.is_file() {
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(&host)
+        .and_then(|file| file.take(MAX_DATABASE).read_to_end(&mut text))
+        .map_err(Error::io(&host))?;
+    Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+}
+
+struct Entry<'a> {
+    name: &'a str,
+    id: u32,
+    /// passwd: the primary gid; group: unused.
+    gid: u32,
+    /// passwd: the home directory; group: the member list.
+    rest: &'a str,
+}
+
+fn passwd_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
+    text.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        (fields.len() >= 3 && !fields[0].is_empty()).then(|| Entry {
+            name: fields[0],
+            id: fields[2].parse().unwrap_or(0),
+            gid: fields.get(3).and_then(|g| g.parse().ok()).unwrap_or(0),
+            rest: fields.get(5).copied().unwrap_or(""),
+        })
+    })
+}
+
+fn group_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
+    text.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        (fields.len() >= 3 && !fields[0].is_empty()).then(|| Entry {
+            name: fields[0],
+            id: fields[2].parse().unwrap_or(0),
+            gid: 0,
+            rest: fields.get(3).copied().unwrap_or(""),
+        })
+    })
+}
+
+fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ExecUser> {
+    let fail = |reason: String| Error::User {
+        user: spec.to_owned(),
+        reason,
+    };
+    let (user_arg, group_arg) = match spec.split_once(':') {
+        Some((u, g)) => (u, g),
+        None => (spec, ""),
+    };
+    let uid_arg: Option<u32> = user_arg.parse().ok();
+    let gid_arg: Option<u32> = group_arg.parse().ok();
+
+    let mut user = ExecUser {
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+        home: "/".to_owned(),
+    };
+    let matched = passwd.and_then(|text| {
+        passwd_entries(text).find(|e| match (user_arg, uid_arg) {
+            ("", _) => e.id == 0,
+            (_, Some(uid)) => e.id == uid,
+            (name, None) => e.name == name,
+        })
+    });
+    let mut matched_name = None;
+    if let Some(entry) = matched {
+        user.uid = entry.id;
+        user.gid = entry.gid;
+        user.home = if entry.rest.is_empty() {
+            "/".to_owned()
+        } else {
+            entry.rest.to_owned()
+        };
+        matched_name = Some(entry.name.to_owned());
+    } else if !user_arg.is_empty() {
+        user.uid = uid_arg.ok_or_else(|| {
+            fail(match passwd {
+                Some(_) => format!("no user named `{user_arg}` in /etc/passwd"),
+                None => format!("no /etc/passwd to look up `{user_arg}` in"),
+            })
+        })?;
+    }
+
+    if group_arg.is_empty() {
+        if let (Some(name), Some(text)) = (&matched_name, group) {
+            user.groups = group_entries(text)
+                .filter(|g| g.rest.split(',').any(|member| member.trim() == name))
+                .map(|g| g.id)
+                .collect();
+        }
+    } else {
+        let found = group.and_then(|text| {
+            group_entries(text).find(|g| match gid_arg {
+                Some(gid) => g.id == gid,
+                None => g.name == group_arg,
+            })
+        });
+        user.gid = match (found, gid_arg) {
+            (Some(entry), _) => entry.id,
+            (None, Some(gid)) => gid,
+            (None, None) => {
+                return Err(fail(match group {
+                    Some(_) => format!("no group named `{group_arg}` in /etc/group"),
+                    None => format!("no /etc/group to look up `{group_arg}` in"),
+                }));
+            }
+        };
+    }
+    Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+                          app:x:1000:1000::/home/app:/bin/sh\n\
+                          nobody:x:65534:65534::/nonexistent:/bin/false\n";
+    const GROUP: &str = "root:x:0:\nstaff:x:50:app,other\napp:x:1000:\nwheel:x:10: app \n";
+
+    fn get(spec: &str) -> Result<ExecUser> {
+        resolve_in(spec, Some(PASSWD), Some(GROUP))
+    }
+
+    #[test]
+    fn names_give_the_passwd_entry_and_supplementary_groups() {
+        let app = get("app").unwrap();
+        assert_eq!(
+            (app.uid, app.gid, app.home.as_str()),
+            (1000, 1000, "/home/app")
+        );
+        assert_eq!(app.groups, vec![50, 10]);
+        let root = get("").unwrap();
+        assert_eq!((root.uid, root.gid, root.home.as_str()), (0, 0, "/root"));
+    }
+
+    #[test]
+    fn numeric_ids_need_no_entry() {
+        let u = get("4242").unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
+        let u = get("1000").unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        let u = get("4242:4343").unwrap();
+        assert_eq!((u.uid, u.gid), (4242, 4343));
+        assert!(u.groups.is_empty());
+    }
+
+    #[test]
+    fn an_explicit_group_replaces_the_primary_and_drops_supplementary_groups() {
+        let u = get("app:staff").unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 50));
+        assert!(u.groups.is_empty());
+    }
+
+    #[test]
+    fn unknown_names_are_errors_that_say_where_we_looked() {
+        let err = get("ghost").unwrap_err().to_string();
+        assert!(
+            err.contains("no user named `ghost` in /etc/passwd"),
+            "{err}"
+        );
+        let err = get("app:ghosts").unwrap_err().to_string();
+        assert!(err.contains("no group named `ghosts`"), "{err}");
+        let err = resolve_in("app", None, None).unwrap_err().to_string();
+        assert!(err.contains("no /etc/passwd"), "{err}");
+        assert_eq!(resolve_in("7", None, None).unwrap().uid, 7);
+    }
+
+    #[test]
+    fn reads_the_databases_through_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc/real", dir.path().join("etc/passwd")).unwrap();
+        std::fs::write(dir.path().join("etc/real"), PASSWD).unwrap();
+        let u = resolve(dir.path(), "nobody").unwrap();
+        assert_eq!((u.uid, u.gid), (65534, 65534));
+    }
+}
