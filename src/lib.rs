@@ -1,8 +1,24 @@
 //! strata builds OCI container images from Dockerfiles without a daemon.
 //!
-//! It is a family of crates, each useful on its own; this root package composes them. The
-//! builder API that runs a whole build (`strata::Build`) is not written yet (issue 9); until it
-//! lands this crate re-exports the member crates under short names:
+//! [`Build`] takes a context (a directory or a tar archive) and a Dockerfile, builds the
+//! stages the target needs (independent stages at the same time), looks every layer step up
+//! in the cache first, runs `RUN` steps in Linux namespaces, and returns an [`Image`] that
+//! can be pushed to registries or written as an OCI layout or a docker-archive tarball.
+//!
+//! ```no_run
+//! # async fn example() -> strata::Result<()> {
+//! let image = strata::Build::new("path/to/context")
+//!     .build_arg("VERSION", "1.2.3")
+//!     .on_event(|event| eprintln!("{event:?}"))
+//!     .run()
+//!     .await?;
+//! image.push("registry.example.com/team/app:1.2.3").await?;
+//! image.write_oci_layout("out/app".as_ref(), "1.2.3")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The member crates are re-exported under short names; each is useful alone:
 //!
 //! | module | crate | job |
 //! |---|---|---|
@@ -19,6 +35,26 @@
     clippy::print_stdout,
     clippy::print_stderr
 )]
+
+mod build;
+mod changes;
+pub mod config;
+mod context;
+mod copy;
+mod engine;
+mod error;
+mod event;
+mod image;
+mod run;
+mod state;
+
+pub use build::Build;
+pub use context::ContextSource;
+pub use engine::{Secret, SnapshotMode};
+pub use error::{Error, Position, Result};
+pub use event::{Event, EventSink};
+pub use image::Image;
+pub use state::default_state_dir;
 
 pub use strata_cache as cache;
 pub use strata_dockerfile as dockerfile;

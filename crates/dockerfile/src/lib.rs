@@ -31,6 +31,7 @@ mod instructions;
 mod mount;
 mod parser;
 mod pattern;
+pub use pattern::{has_wildcards, match_path};
 pub mod shell;
 mod stages;
 

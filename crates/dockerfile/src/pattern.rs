@@ -189,7 +189,6 @@ impl Pattern {
     }
 
     /// Whether the pattern matches all of `text`.
-    #[cfg(test)]
     pub(crate) fn matches(&self, text: &str) -> bool {
         let text: Vec<char> = text.chars().collect();
         Self::prefix_matches(&self.tokens, &text)
@@ -197,6 +196,40 @@ impl Pattern {
             .copied()
             .unwrap_or(false)
     }
+}
+
+/// Whether `path` matches the `COPY`/`ADD` source `pattern` with Go's `filepath.Match` rules:
+/// `*` and `?` never match `/`, `[...]` classes (`^` or `!` negates), `\\` escapes. The
+/// pattern and the path must have the same number of `/`-separated components.
+///
+/// ```
+/// use strata_dockerfile::match_path;
+/// assert!(match_path("src/*.rs", "src/main.rs")?);
+/// assert!(!match_path("src/*.rs", "src/bin/tool.rs")?);
+/// assert!(match_path("[a-c]?.txt", "b1.txt")?);
+/// # Ok::<(), String>(())
+/// ```
+pub fn match_path(pattern: &str, path: &str) -> Result<bool, String> {
+    let patterns: Vec<&str> = pattern.split('/').collect();
+    let names: Vec<&str> = path.split('/').collect();
+    if patterns.len() != names.len() {
+        // Still validate the pattern, as Go reports ErrBadPattern whatever the path.
+        for part in &patterns {
+            Pattern::new(part, '\\')?;
+        }
+        return Ok(false);
+    }
+    for (part, name) in patterns.iter().zip(&names) {
+        if !Pattern::new(part, '\\')?.matches(name) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `text` has a character `match_path` gives a meaning to.
+pub fn has_wildcards(text: &str) -> bool {
+    text.contains(['*', '?', '[', '\\'])
 }
 
 #[cfg(test)]

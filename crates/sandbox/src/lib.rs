@@ -59,6 +59,8 @@ pub use error::{Error, Result};
 #[cfg(target_os = "linux")]
 pub use probe::{Probe, Support, probe};
 #[cfg(target_os = "linux")]
+pub use root::resolve_in_root;
+#[cfg(target_os = "linux")]
 pub use sandbox::{MAX_LINE, Sandbox, SandboxBuilder};
 pub use step::{
     Cancel, DEFAULT_HOSTNAME, DEFAULT_PATH, ExitStatus, Isolation, Mode, Mount, MountKind, Network,
@@ -66,3 +68,5 @@ pub use step::{
 };
 #[cfg(not(target_os = "linux"))]
 pub use unsupported::{MAX_LINE, Probe, Sandbox, SandboxBuilder, Support, probe};
+#[cfg(target_os = "linux")]
+pub use user::chown_ids;

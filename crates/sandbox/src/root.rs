@@ -32,6 +32,8 @@ pub(crate) enum Create {
     Dir,
     /// Directories, and an empty file as the last component.
     File,
+    /// Nothing, but missing components are kept as named: the path the step would create.
+    Virtual,
 }
 
 /// Paths created inside a root, to be removed again.
@@ -141,6 +143,10 @@ pub(crate) fn resolve(
                 if create == Create::Nothing {
                     return Ok(None);
                 }
+                if create == Create::Virtual {
+                    resolved.push(name);
+                    continue;
+                }
                 let file = create == Create::File && pending.is_empty();
                 if let Some(stubs) = stubs.as_deref_mut() {
                     stubs.record_parent(&parent)?;
@@ -189,7 +195,7 @@ pub(crate) fn resolve_as(
     })?;
     let host = join(root, &inner);
     let meta = fs::metadata(&host).map_err(Error::io(&host))?;
-    let want_dir = create != Create::File;
+    let want_dir = matches!(create, Create::Dir | Create::Nothing);
     if meta.is_dir() != want_dir {
         return Err(Error::Path {
             path: path.to_owned(),
@@ -231,6 +237,29 @@ fn display(resolved: &[OsString], name: &OsString) -> String {
         out.push_str(&part.to_string_lossy());
     }
     out
+}
+
+/// Resolves the absolute `path` inside `root` as a process whose root directory is `root`
+/// would: symlinks followed (an absolute target restarts at `root`), `..` stopping at `root`,
+/// and components that do not exist kept as named. The result is absolute, inside `root`,
+/// free of symlinks among its existing components; join it to `root` to reach it from the
+/// host.
+///
+/// ```
+/// let root = tempfile::tempdir().unwrap();
+/// std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+/// std::os::unix::fs::symlink("/usr/bin", root.path().join("bin")).unwrap();
+/// let inner = strata_sandbox::resolve_in_root(root.path(), "/bin/../bin/tool")?;
+/// assert_eq!(inner, "/usr/bin/tool");
+/// # Ok::<(), strata_sandbox::Error>(())
+/// ```
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<String> {
+    let absolute = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    Ok(resolve(root, &absolute, Create::Virtual, None)?.unwrap_or_else(|| "/".to_owned()))
 }
 
 #[cfg(test)]
@@ -307,6 +336,16 @@ mod tests {
         );
         let err = resolve_as(dir.path(), "/etc/passwd", Create::Dir, None).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn virtual_resolution_keeps_missing_components() {
+        let dir = root();
+        symlink("/etc", dir.path().join("config")).unwrap();
+        let got = resolve_in_root(dir.path(), "/config/new/../new2/file").unwrap();
+        assert_eq!(got, "/etc/new2/file");
+        assert!(!dir.path().join("etc/new2").exists());
+        assert_eq!(resolve_in_root(dir.path(), "/../..").unwrap(), "/");
     }
 
     #[test]

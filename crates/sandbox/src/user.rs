@@ -28,6 +28,55 @@ pub(crate) fn resolve(root_dir: &Path, spec: &str) -> Result<ExecUser> {
     resolve_in(spec, passwd.as_deref(), group.as_deref())
 }
 
+/// The owner `COPY --chown=SPEC` and friends give: `user[:group]`, names looked up in the
+/// root's `/etc/passwd` and `/etc/group`, numbers taken as they are; a user without a group
+/// gets its uid as gid too (Docker's rule for `--chown`, unlike `USER`).
+///
+/// ```
+/// let root = tempfile::tempdir().unwrap();
+/// std::fs::create_dir(root.path().join("etc")).unwrap();
+/// std::fs::write(root.path().join("etc/passwd"), "app:x:1000:50::/home/app:/bin/sh\n").unwrap();
+/// std::fs::write(root.path().join("etc/group"), "staff:x:50:\n").unwrap();
+/// assert_eq!(strata_sandbox::chown_ids(root.path(), "app")?, (1000, 1000));
+/// assert_eq!(strata_sandbox::chown_ids(root.path(), "app:staff")?, (1000, 50));
+/// assert_eq!(strata_sandbox::chown_ids(root.path(), "7:8")?, (7, 8));
+/// # Ok::<(), strata_sandbox::Error>(())
+/// ```
+pub fn chown_ids(root_dir: &Path, spec: &str) -> Result<(u32, u32)> {
+    let fail = |reason: String| Error::User {
+        user: spec.to_owned(),
+        reason,
+    };
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let uid = match user_part.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => {
+            let passwd = read_database(root_dir, "/etc/passwd")?.unwrap_or_default();
+            passwd_entries(&passwd)
+                .find(|e| e.name == user_part)
+                .map(|e| e.id)
+                .ok_or_else(|| fail(format!("no user named `{user_part}` in /etc/passwd")))?
+        }
+    };
+    let gid = match group_part {
+        None => uid,
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = read_database(root_dir, "/etc/group")?.unwrap_or_default();
+                group_entries(&groups)
+                    .find(|e| e.name == group)
+                    .map(|e| e.id)
+                    .ok_or_else(|| fail(format!("no group named `{group}` in /etc/group")))?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
 fn read_database(root_dir: &Path, path: &str) -> Result<Option<String>> {
     let Some(inner) = root::resolve(root_dir, path, Create::Nothing, None)? else {
         return Ok(None);

@@ -1,0 +1,385 @@
+//! [`Build`]: the builder embedders configure and run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_cache::LocalStore;
+use strata_dockerfile::{Plan, PlanOptions};
+use strata_layer::Compression;
+use strata_registry::{Platform, RegistryClient};
+
+use crate::config::{LayerRef, manifest};
+use crate::context::{Context, ContextSource};
+use crate::engine::{Engine, Options, Secret, SnapshotMode, StageResult};
+use crate::error::{Error, Result};
+use crate::event::{Event, EventSink};
+use crate::image::Image;
+use crate::state::{State, default_state_dir};
+
+/// Where the Dockerfile comes from.
+#[derive(Debug, Clone)]
+enum DockerfileSource {
+    /// `Dockerfile` in the context (the default).
+    Default,
+    /// A path: absolute, or relative to the current directory.
+    Path(PathBuf),
+    /// The text itself.
+    Text(String),
+}
+
+/// A build, configured with chained calls and started with [`Build::run`].
+///
+/// Every setting has a default: the `Dockerfile` at the context's root, the host's platform,
+/// the state directory of [`default_state_dir`], the local cache on, gzip layers, events
+/// nowhere.
+///
+/// ```no_run
+/// # async fn example() -> strata::Result<()> {
+/// let image = strata::Build::new("path/to/context").run().await?;
+/// image.push("registry.example.com/team/app:latest").await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Build {
+    context: ContextSource,
+    dockerfile: DockerfileSource,
+    build_args: BTreeMap<String, String>,
+    target: Option<String>,
+    platform: Option<String>,
+    labels: BTreeMap<String, String>,
+    state_dir: Option<PathBuf>,
+    cache: bool,
+    registry: Option<RegistryClient>,
+    snapshot_mode: SnapshotMode,
+    reproducible: Option<i64>,
+    compression: Compression,
+    events: Option<EventSink>,
+    secrets: BTreeMap<String, Secret>,
+}
+
+impl std::fmt::Debug for Build {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Build")
+            .field("context", &self.context)
+            .field("dockerfile", &self.dockerfile)
+            .field("build_args", &self.build_args.keys().collect::<Vec<_>>())
+            .field("target", &self.target)
+            .field("platform", &self.platform)
+            .field("state_dir", &self.state_dir)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Build {
+    /// A build of `context`: a directory, or a tar file (see [`ContextSource`]).
+    pub fn new(context: impl Into<ContextSource>) -> Build {
+        Build {
+            context: context.into(),
+            dockerfile: DockerfileSource::Default,
+            build_args: BTreeMap::new(),
+            target: None,
+            platform: None,
+            labels: BTreeMap::new(),
+            state_dir: None,
+            cache: true,
+            registry: None,
+            snapshot_mode: SnapshotMode::Auto,
+            reproducible: None,
+            compression: Compression::default(),
+            events: None,
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// The Dockerfile's path (default: `Dockerfile` in the context).
+    pub fn dockerfile(mut self, path: impl AsRef<Path>) -> Build {
+        self.dockerfile = DockerfileSource::Path(path.as_ref().to_owned());
+        self
+    }
+
+    /// The Dockerfile's text.
+    pub fn dockerfile_text(mut self, text: impl Into<String>) -> Build {
+        self.dockerfile = DockerfileSource::Text(text.into());
+        self
+    }
+
+    /// A build arg (`--build-arg NAME=VALUE`).
+    pub fn build_arg(mut self, name: impl Into<String>, value: impl Into<String>) -> Build {
+        self.build_args.insert(name.into(), value.into());
+        self
+    }
+
+    /// The stage to build (default: the last).
+    pub fn target(mut self, stage: impl Into<String>) -> Build {
+        self.target = Some(stage.into());
+        self
+    }
+
+    /// The platform to build for, `os/arch[/variant]` (default: the host's).
+    pub fn platform(mut self, platform: impl Into<String>) -> Build {
+        self.platform = Some(platform.into());
+        self
+    }
+
+    /// A label on the final image.
+    pub fn label(mut self, name: impl Into<String>, value: impl Into<String>) -> Build {
+        self.labels.insert(name.into(), value.into());
+        self
+    }
+
+    /// The state directory (blobs, cache, scratch; see [`default_state_dir`]).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Build {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether to use the local cache (default: on).
+    pub fn cache(mut self, on: bool) -> Build {
+        self.cache = on;
+        self
+    }
+
+    /// The registry client for base images and pushes (default: credentials from the
+    /// Docker config, plain HTTP only for loopback registries).
+    pub fn registry(mut self, client: RegistryClient) -> Build {
+        self.registry = Some(client);
+        self
+    }
+
+    /// How RUN steps find their changes (default: [`SnapshotMode::Auto`]).
+    pub fn snapshot_mode(mut self, mode: SnapshotMode) -> Build {
+        self.snapshot_mode = mode;
+        self
+    }
+
+    /// Reproducible output: every timestamp in layers, history and config is at most
+    /// `epoch` seconds (like `SOURCE_DATE_EPOCH`).
+    pub fn reproducible(mut self, epoch: i64) -> Build {
+        self.reproducible = Some(epoch);
+        self
+    }
+
+    /// Layer compression (default: gzip level 6).
+    pub fn compression(mut self, compression: Compression) -> Build {
+        self.compression = compression;
+        self
+    }
+
+    /// Sends progress events to `sink`.
+    pub fn on_event(mut self, sink: impl Fn(&Event) + Send + Sync + 'static) -> Build {
+        self.events = Some(Arc::new(sink));
+        self
+    }
+
+    /// A secret for `RUN --mount=type=secret,id=ID`.
+    pub fn secret(mut self, id: impl Into<String>, secret: Secret) -> Build {
+        self.secrets.insert(id.into(), secret);
+        self
+    }
+
+    /// Runs the build and returns the image, whose blobs are in the state directory.
+    pub async fn run(self) -> Result<Image> {
+        let runtime = tokio::runtime::Handle::current();
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let prepared = tokio::task::spawn_blocking(move || self.prepare(&state_dir, runtime))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        let (engine, work) = prepared;
+        let engine = Arc::new(engine);
+        let _cancel_on_drop = CancelOnDrop(engine.cancel.clone());
+        let result = build_stages(&engine).await;
+        engine.save_memo();
+        let image = result?;
+        drop(work);
+        Ok(image)
+    }
+
+    fn prepare(
+        self,
+        state_dir: &Path,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<(Engine, tempfile::TempDir)> {
+        let state = State::open(state_dir)?;
+        let work = state.work_dir()?;
+        let (file_name, text) = match &self.dockerfile {
+            DockerfileSource::Text(text) => ("Dockerfile".to_owned(), text.clone()),
+            DockerfileSource::Path(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(Error::io(path))?,
+            ),
+            DockerfileSource::Default => {
+                let ContextSource::Dir(dir) = &self.context else {
+                    return Err(Error::Invalid(
+                        "a tar context needs the Dockerfile given with .dockerfile()".to_owned(),
+                    ));
+                };
+                let path = dir.join("Dockerfile");
+                (
+                    path.display().to_string(),
+                    std::fs::read_to_string(&path).map_err(Error::io(&path))?,
+                )
+            }
+        };
+        let file = strata_dockerfile::parse(&text).map_err(|source| Error::Dockerfile {
+            file: file_name.clone(),
+            source,
+        })?;
+        let target_platform = match &self.platform {
+            Some(text) => strata_dockerfile::Platform::parse(text)
+                .ok_or_else(|| Error::Invalid(format!("invalid platform `{text}`")))?,
+            None => strata_dockerfile::Platform::host(),
+        };
+        let plan = Plan::new(
+            &file,
+            &PlanOptions {
+                build_args: self.build_args.clone(),
+                target: self.target.clone(),
+                target_platform: target_platform.clone(),
+                build_platform: strata_dockerfile::Platform::host(),
+            },
+        )
+        .map_err(|source| Error::Dockerfile {
+            file: file_name.clone(),
+            source,
+        })?;
+        // .dockerignore: `<Dockerfile>.dockerignore` beside the Dockerfile first.
+        let ignore = match &self.context {
+            ContextSource::Dir(dir) => {
+                let dockerfile_path = match &self.dockerfile {
+                    DockerfileSource::Path(p) => p.clone(),
+                    _ => dir.join("Dockerfile"),
+                };
+                strata_dockerfile::ignore_file_for(dir, &dockerfile_path)
+                    .map(|p| std::fs::read_to_string(&p).map_err(Error::io(&p)))
+                    .transpose()?
+            }
+            _ => None,
+        };
+        let context = Context::open(self.context, work.path(), ignore.as_deref())?;
+        let cache = if self.cache {
+            Some(LocalStore::open(state.root().join("cache"))?)
+        } else {
+            None
+        };
+        let registry = self
+            .registry
+            .unwrap_or_else(|| RegistryClient::builder().build());
+        let platform = Platform {
+            os: target_platform.os.clone(),
+            architecture: target_platform.architecture.clone(),
+            variant: target_platform.variant.clone(),
+        };
+        let engine = Engine::new(
+            state,
+            cache,
+            registry,
+            plan,
+            file_name,
+            context,
+            work.path().to_owned(),
+            Options {
+                platform,
+                reproducible: self.reproducible,
+                compression: self.compression,
+                labels: self.labels,
+                secrets: self.secrets,
+                snapshot_mode: self.snapshot_mode,
+            },
+            self.events,
+            runtime,
+        );
+        Ok((engine, work))
+    }
+}
+
+/// Cancels the running steps when the build's future is dropped.
+struct CancelOnDrop(strata_sandbox::Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Builds the needed stages, each as soon as its dependencies are done (independent stages
+/// at the same time), and assembles the target's image.
+async fn build_stages(engine: &Arc<Engine>) -> Result<Image> {
+    let mut done: HashMap<usize, Arc<StageResult>> = HashMap::new();
+    let mut remaining: Vec<usize> = engine.plan.needed.clone();
+    while !remaining.is_empty() {
+        let ready: Vec<usize> = remaining
+            .iter()
+            .copied()
+            .filter(|i| {
+                engine.plan.stages[*i]
+                    .dependencies
+                    .iter()
+                    .all(|d| done.contains_key(d))
+            })
+            .collect();
+        if ready.is_empty() {
+            return Err(Error::Invalid(
+                "the stages depend on each other in a cycle".to_owned(),
+            ));
+        }
+        remaining.retain(|i| !ready.contains(i));
+        let snapshot = Arc::new(done.clone());
+        let tasks = ready.iter().map(|&index| {
+            let engine = Arc::clone(engine);
+            let done = Arc::clone(&snapshot);
+            tokio::task::spawn_blocking(move || engine.build_stage(index, &done))
+        });
+        let results = futures_util::future::join_all(tasks).await;
+        for (index, result) in ready.into_iter().zip(results) {
+            let result = result.map_err(|e| Error::Task(e.to_string()))??;
+            done.insert(index, Arc::new(result));
+        }
+    }
+    let target = done
+        .get(&engine.plan.target)
+        .ok_or_else(|| Error::Invalid("the target stage was not built".to_owned()))?;
+    let engine2 = Arc::clone(engine);
+    let image = target.image.clone();
+    tokio::task::spawn_blocking(move || assemble(&engine2, image))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Writes the final config and manifest into the state's blobs.
+fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> {
+    let mut config = stage.config;
+    if !engine.opts.labels.is_empty() {
+        let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in &engine.opts.labels {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+    config.created = Some(stage.clock.clone());
+    config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config_bytes =
+        serde_json::to_vec(&config).map_err(|e| Error::Invalid(format!("image config: {e}")))?;
+    let config_blob = engine.state.layout.write_blob_bytes(&config_bytes)?;
+    let layers: Vec<LayerRef> = stage.layers.clone();
+    let manifest_value = manifest(&config_blob.digest, config_blob.size, &layers);
+    let manifest_bytes = serde_json::to_vec(&manifest_value)
+        .map_err(|e| Error::Invalid(format!("image manifest: {e}")))?;
+    let manifest_blob = engine.state.layout.write_blob_bytes(&manifest_bytes)?;
+    engine.emit(Event::Built {
+        digest: manifest_blob.digest.clone(),
+    });
+    Ok(Image::new(
+        engine.state.clone(),
+        engine.registry.clone(),
+        manifest_blob,
+        config_blob.digest,
+        config,
+        layers,
+        stage.base_reference,
+        (
+            engine.hits.load(std::sync::atomic::Ordering::Relaxed),
+            engine.steps.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ))
+}

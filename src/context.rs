@@ -1,0 +1,381 @@
+//! The build context: a directory, or a tar archive (file or stream) unpacked safely, with
+//! `.dockerignore` applied and no way out of it.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use strata_dockerfile::{Dockerignore, has_wildcards, match_path};
+use strata_snapshot::{ContextDigest, HashMemo, Visit, hash_context};
+
+use crate::error::{Error, Result};
+
+/// Where a build's context comes from.
+pub enum ContextSource {
+    /// A directory.
+    Dir(PathBuf),
+    /// A tar file, plain or compressed (gzip, zstd).
+    Tar(PathBuf),
+    /// A tar stream, plain or compressed, such as standard input.
+    TarStream(Box<dyn Read + Send>),
+}
+
+impl std::fmt::Debug for ContextSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContextSource::Dir(p) => f.debug_tuple("Dir").field(p).finish(),
+            ContextSource::Tar(p) => f.debug_tuple("Tar").field(p).finish(),
+            ContextSource::TarStream(_) => f.write_str("TarStream(..)"),
+        }
+    }
+}
+
+impl<P: AsRef<Path>> From<P> for ContextSource {
+    /// A directory, or a tar file when the path names a file.
+    fn from(path: P) -> ContextSource {
+        let path = path.as_ref();
+        if path.is_file() {
+            ContextSource::Tar(path.to_owned())
+        } else {
+            ContextSource::Dir(path.to_owned())
+        }
+    }
+}
+
+/// A context ready to copy from.
+#[derive(Debug)]
+pub(crate) struct Context {
+    root: PathBuf,
+    ignore: Dockerignore,
+    /// A build context (symlinks may not lead out) rather than a stage's root filesystem
+    /// (symlinks resolve inside it, as in a chroot).
+    strict: bool,
+    /// The unpacked archive, for tar contexts.
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+/// One matched `COPY` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Source {
+    /// Relative to the context root (empty for the root itself).
+    pub path: String,
+    /// Whether it is a directory (its contents are copied).
+    pub is_dir: bool,
+}
+
+impl Context {
+    /// Opens the context; a tar is unpacked into `scratch` (refusing entries that would land
+    /// outside it). `ignore` is the `.dockerignore` text when the caller found one; otherwise
+    /// the context's own `.dockerignore` applies, if it has one.
+    pub(crate) fn open(
+        source: ContextSource,
+        scratch: &Path,
+        ignore: Option<&str>,
+    ) -> Result<Context> {
+        let (root, unpacked) = match source {
+            ContextSource::Dir(dir) => {
+                let root = fs::canonicalize(&dir).map_err(Error::io(&dir))?;
+                if !root.is_dir() {
+                    return Err(Error::Context(format!(
+                        "{} is not a directory",
+                        dir.display()
+                    )));
+                }
+                (root, None)
+            }
+            ContextSource::Tar(path) => {
+                let file = fs::File::open(&path).map_err(Error::io(&path))?;
+                let dir = unpack(Box::new(std::io::BufReader::new(file)), scratch)?;
+                (dir.path().to_owned(), Some(dir))
+            }
+            ContextSource::TarStream(reader) => {
+                let dir = unpack(reader, scratch)?;
+                (dir.path().to_owned(), Some(dir))
+            }
+        };
+        let own = match ignore {
+            Some(_) => None,
+            None => fs::read_to_string(root.join(".dockerignore")).ok(),
+        };
+        let ignore = match ignore.or(own.as_deref()) {
+            Some(text) => Dockerignore::parse(text)
+                .map_err(|e| Error::Context(format!(".dockerignore: {e}")))?,
+            None => Dockerignore::default(),
+        };
+        Ok(Context {
+            root,
+            ignore,
+            strict: true,
+            _unpacked: unpacked,
+        })
+    }
+
+    /// A stage's root filesystem as a source of `COPY --from`.
+    pub(crate) fn for_rootfs(root: &Path) -> Context {
+        Context {
+            root: root.to_owned(),
+            ignore: Dockerignore::default(),
+            strict: false,
+            _unpacked: None,
+        }
+    }
+
+    /// The context's directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether `path` (relative) is left out by `.dockerignore`.
+    pub(crate) fn excluded(&self, path: &str) -> bool {
+        !path.is_empty() && self.ignore.is_excluded(path)
+    }
+
+    fn visit<'a>(&'a self, exclude: &'a [String]) -> impl Fn(&str, bool) -> Visit + Sync + 'a {
+        move |path: &str, is_dir: bool| {
+            let user_excluded = exclude
+                .iter()
+                .any(|pattern| match_path(pattern, path).unwrap_or(false));
+            if self.excluded(path) || user_excluded {
+                if is_dir && (user_excluded || self.ignore.can_skip_dir(path)) {
+                    Visit::Prune
+                } else {
+                    Visit::Exclude
+                }
+            } else {
+                Visit::Include
+            }
+        }
+    }
+
+    /// The sources a `COPY` names: each pattern cleaned (a leading `/` is the context root),
+    /// refused when it leaves the context, expanded when it has wildcards, and checked to
+    /// exist and not be ignored.
+    pub(crate) fn sources(&self, patterns: &[String]) -> Result<Vec<Source>> {
+        let mut out: Vec<Source> = Vec::new();
+        for pattern in patterns {
+            let clean = clean_relative(pattern).ok_or_else(|| {
+                Error::Context(format!("`{pattern}` is outside the build context"))
+            })?;
+            let matched = if has_wildcards(&clean) {
+                let found = self.glob(&clean)?;
+                if found.is_empty() {
+                    return Err(Error::Context(format!(
+                        "no source files were specified: nothing matches `{pattern}`"
+                    )));
+                }
+                found
+            } else {
+                let path = self.follow(&clean, pattern)?;
+                if self.excluded(&path) && !path.is_empty() {
+                    return Err(Error::Context(format!(
+                        "`{pattern}` is excluded by .dockerignore"
+                    )));
+                }
+                let full = self.root.join(&path);
+                let meta = fs::metadata(&full).map_err(|_| {
+                    Error::Context(format!("`{pattern}` not found in the build context"))
+                })?;
+                vec![Source {
+                    path,
+                    is_dir: meta.is_dir(),
+                }]
+            };
+            for source in matched {
+                if !out.contains(&source) {
+                    out.push(source);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves symlinks along `path` inside the context; a link that leads out is an error.
+    fn follow(&self, path: &str, pattern: &str) -> Result<String> {
+        let outside = || Error::Context(format!("`{pattern}` leads outside the build context"));
+        let resolved = strata_sandbox::resolve_in_root(&self.root, path)?;
+        if !self.strict {
+            return Ok(resolved.trim_start_matches('/').to_owned());
+        }
+        // resolve_in_root clamps `..` and absolute links to the root, as a chroot would; the
+        // context is stricter: a link that pointed out must not be read as pointing in.
+        let mut here = PathBuf::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            here.push(part);
+            if let Ok(target) = fs::read_link(self.root.join(&here)) {
+                let mut depth = here.components().count() as i64 - 1;
+                if target.is_absolute() {
+                    return Err(outside());
+                }
+                for c in target.components() {
+                    match c {
+                        std::path::Component::ParentDir => depth -= 1,
+                        std::path::Component::Normal(_) => depth += 1,
+                        _ => {}
+                    }
+                    if depth < 0 {
+                        return Err(outside());
+                    }
+                }
+            }
+        }
+        Ok(resolved.trim_start_matches('/').to_owned())
+    }
+
+    /// Every path of the context matching `pattern` (component by component).
+    fn glob(&self, pattern: &str) -> Result<Vec<Source>> {
+        let parts: Vec<&str> = pattern.split('/').collect();
+        let mut current = vec![String::new()];
+        for (i, part) in parts.iter().enumerate() {
+            let mut next = Vec::new();
+            for dir in &current {
+                let full = self.root.join(dir);
+                if !has_wildcards(part) {
+                    let path = join(dir, part);
+                    if self.root.join(&path).symlink_metadata().is_ok() {
+                        next.push(path);
+                    }
+                    continue;
+                }
+                let Ok(entries) = fs::read_dir(&full) else {
+                    continue;
+                };
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect();
+                names.sort();
+                for name in names {
+                    let matched = match_path(part, &name)
+                        .map_err(|e| Error::Context(format!("pattern `{pattern}`: {e}")))?;
+                    if matched {
+                        next.push(join(dir, &name));
+                    }
+                }
+            }
+            if i + 1 < parts.len() {
+                next.retain(|p| self.root.join(p).is_dir());
+            }
+            current = next;
+        }
+        let mut out = Vec::new();
+        for path in current {
+            if self.excluded(&path) {
+                continue;
+            }
+            let resolved = self.follow(&path, &path)?;
+            let is_dir = self.root.join(&resolved).is_dir();
+            out.push(Source {
+                path: resolved,
+                is_dir,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The content digest of `sources` (what a cache key needs), honouring `.dockerignore`
+    /// and `exclude` patterns.
+    pub(crate) fn digest(
+        &self,
+        sources: &[Source],
+        exclude: &[String],
+        memo: &mut HashMemo,
+    ) -> Result<ContextDigest> {
+        let paths: Vec<String> = sources.iter().map(|s| s.path.clone()).collect();
+        let visit = self.visit(exclude);
+        Ok(hash_context(&self.root, &paths, &visit, memo)?)
+    }
+
+    /// The files below a directory source (relative to it), for copying, in order:
+    /// directories before their contents. Ignored paths are left out.
+    pub(crate) fn walk(
+        &self,
+        dir: &str,
+        exclude: &[String],
+    ) -> Result<Vec<(String, fs::Metadata)>> {
+        let visit = self.visit(exclude);
+        let mut out = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let full = self.root.join(join(dir, &rel));
+            let mut entries: Vec<(String, fs::Metadata)> = Vec::new();
+            for entry in fs::read_dir(&full).map_err(Error::io(&full))? {
+                let entry = entry.map_err(Error::io(&full))?;
+                let name = entry.file_name().into_string().map_err(|n| {
+                    Error::Context(format!("{}: name is not UTF-8", Path::new(&n).display()))
+                })?;
+                let meta = entry.metadata().map_err(Error::io(entry.path()))?;
+                entries.push((join(&rel, &name), meta));
+            }
+            entries.sort_by(|a, b| b.0.cmp(&a.0));
+            for (path, meta) in entries {
+                let in_context = join(dir, &path);
+                match visit(&in_context, meta.is_dir()) {
+                    Visit::Prune => continue,
+                    Visit::Exclude => {
+                        if meta.is_dir() {
+                            stack.push(path);
+                        }
+                        continue;
+                    }
+                    Visit::Include => {}
+                }
+                if meta.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push((path, meta));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    match (dir.is_empty(), name.is_empty()) {
+        (true, _) => name.to_owned(),
+        (_, true) => dir.to_owned(),
+        _ => format!("{dir}/{name}"),
+    }
+}
+
+/// `path` relative to the context root, cleaned; `None` when `..` would leave the root.
+pub(crate) fn clean_relative(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Unpacks a context archive into a new directory under `scratch`.
+fn unpack(reader: Box<dyn Read + Send>, scratch: &Path) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("context-")
+        .tempdir_in(scratch)
+        .map_err(Error::io(scratch))?;
+    strata_layer::Extractor::new()
+        .whiteouts(strata_layer::WhiteoutMode::Keep)
+        .ownership(Some(false))
+        .apply(reader, dir.path())
+        .map_err(|e| Error::Context(format!("context archive: {e}")))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleaning_refuses_to_leave_the_root() {
+        assert_eq!(clean_relative("/a/./b/../c").as_deref(), Some("a/c"));
+        assert_eq!(clean_relative(".").as_deref(), Some(""));
+        assert_eq!(clean_relative("../x"), None);
+        assert_eq!(clean_relative("a/../../x"), None);
+    }
+}

@@ -1,0 +1,982 @@
+//! The engine: stages built in dependency order (independent ones at once), each instruction
+//! turned into config changes and layers, every layer step looked up in the cache first.
+//!
+//! A stage's filesystem is its list of layers; it becomes a directory (`Rootfs`) only when
+//! an instruction must look at it (a `RUN`, a `COPY` that missed the cache, a `COPY --from`
+//! of it), by extracting the layers not yet applied. A fully cached build never extracts
+//! anything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::BufReader;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use serde_json::json;
+use strata_cache::{CacheEntry, CacheKey, CacheStore, CachedLayer, KeyBuilder, LocalStore};
+use strata_dockerfile::{Base, CommandLine, Healthcheck, Instruction, Located, Plan, Stage};
+use strata_layer::{Compression, Entry, EntryKind, Extractor, LayerWriter, Metadata, Mtime};
+use strata_registry::{Layout, Platform, Reference, RegistryClient};
+use strata_sandbox::{Cancel, Sandbox};
+use strata_snapshot::HashMemo;
+
+use crate::config::{History, ImageConfig, LayerRef, rfc3339};
+use crate::context::Context;
+use crate::error::{Error, Position, Result};
+use crate::event::{Event, EventSink};
+use crate::state::State;
+
+/// How RUN steps find what they changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// Overlay when the kernel and privileges allow, walk otherwise.
+    #[default]
+    Auto,
+    /// Always an overlay (an error where it is unavailable): the step's changes are its
+    /// upper directory, whatever the size of the root filesystem.
+    Overlay,
+    /// Always a walk of the root filesystem before and after the step.
+    Walk,
+}
+
+/// Where a `RUN --mount=type=secret` finds its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// A file.
+    File(PathBuf),
+    /// An environment variable of the building process.
+    Env(String),
+}
+
+/// The engine's settings, from the builder.
+pub(crate) struct Options {
+    pub platform: Platform,
+    pub reproducible: Option<i64>,
+    pub compression: Compression,
+    pub labels: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Secret>,
+    pub snapshot_mode: SnapshotMode,
+}
+
+/// An image in the making: what a stage has built so far.
+#[derive(Debug, Clone)]
+pub(crate) struct StageImage {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRef>,
+    /// The cache key of the last step (the chain's head).
+    pub key: String,
+    /// When the last step's result was made: history and image dates come from it, so that
+    /// a fully cached rebuild gives the same config, and so the same digest.
+    pub clock: String,
+    /// The base image reference, for cross-repository mounts when pushing.
+    pub base_reference: Option<String>,
+}
+
+/// A stage's filesystem as a directory, with how many of its layers are applied.
+#[derive(Debug)]
+pub(crate) struct Rootfs {
+    pub(crate) dir: PathBuf,
+    pub(crate) applied: usize,
+}
+
+/// A finished stage.
+#[derive(Debug)]
+pub(crate) struct StageResult {
+    pub image: StageImage,
+    rootfs: Mutex<Option<Rootfs>>,
+}
+
+pub(crate) struct Engine {
+    pub state: State,
+    pub cache: Option<LocalStore>,
+    pub registry: RegistryClient,
+    pub plan: Plan,
+    pub file_name: String,
+    pub context: Context,
+    pub work: PathBuf,
+    pub opts: Options,
+    pub events: Option<EventSink>,
+    pub memo: Mutex<HashMemo>,
+    pub runtime: tokio::runtime::Handle,
+    pub cancel: Cancel,
+    pub hits: AtomicUsize,
+    pub steps: AtomicUsize,
+    sandbox: OnceLock<std::result::Result<Sandbox, String>>,
+    overlay: OnceLock<std::result::Result<(), String>>,
+    rootfs_count: AtomicUsize,
+}
+
+/// One instruction being executed: where it is, for events, errors and cache explanations.
+pub(crate) struct StepAt<'a> {
+    pub(crate) stage: &'a str,
+    /// `stage/index`, the name the cache remembers this step's inputs under.
+    pub(crate) id: String,
+    pub(crate) line: usize,
+    pub(crate) original: &'a str,
+    pub(crate) done: &'a HashMap<usize, Arc<StageResult>>,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        state: State,
+        cache: Option<LocalStore>,
+        registry: RegistryClient,
+        plan: Plan,
+        file_name: String,
+        context: Context,
+        work: PathBuf,
+        opts: Options,
+        events: Option<EventSink>,
+        runtime: tokio::runtime::Handle,
+    ) -> Engine {
+        let memo = HashMemo::load(&state.context_memo()).unwrap_or_default();
+        Engine {
+            state,
+            cache,
+            registry,
+            plan,
+            file_name,
+            context,
+            work,
+            opts,
+            events,
+            memo: Mutex::new(memo),
+            runtime,
+            cancel: Cancel::new(),
+            hits: AtomicUsize::new(0),
+            steps: AtomicUsize::new(0),
+            sandbox: OnceLock::new(),
+            overlay: OnceLock::new(),
+            rootfs_count: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(sink) = &self.events {
+            sink(&event);
+        }
+    }
+
+    pub(crate) fn now(&self) -> String {
+        match self.opts.reproducible {
+            Some(epoch) => rfc3339(epoch),
+            None => rfc3339(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            ),
+        }
+    }
+
+    pub(crate) fn mtime_now(&self) -> Mtime {
+        match self.opts.reproducible {
+            Some(epoch) => Mtime::from_secs(epoch),
+            None => Mtime::from_secs(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            ),
+        }
+    }
+
+    pub(crate) fn stage_name(&self, index: usize) -> String {
+        self.plan
+            .stages
+            .get(index)
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| index.to_string())
+    }
+
+    /// Saves what the build learnt about the context's files.
+    pub(crate) fn save_memo(&self) {
+        if let Ok(memo) = self.memo.lock()
+            && let Err(e) = memo.save(&self.state.context_memo())
+        {
+            tracing::debug!(error = %e, "context hash memo not saved");
+        }
+    }
+
+    /// Builds stage `index`, whose dependencies are in `done`.
+    pub(crate) fn build_stage(
+        &self,
+        index: usize,
+        done: &HashMap<usize, Arc<StageResult>>,
+    ) -> Result<StageResult> {
+        let stage = self
+            .plan
+            .stages
+            .get(index)
+            .ok_or_else(|| Error::Invalid(format!("no stage {index}")))?;
+        let name = self.stage_name(index);
+        let at_from = |e: Error| Error::Step {
+            position: Position {
+                file: self.file_name.clone(),
+                line: stage.line,
+                stage: name.clone(),
+            },
+            source: Box::new(e),
+        };
+        let (mut image, mut rootfs) = self.base(stage, done).map_err(at_from)?;
+        self.emit(Event::StageStarted {
+            stage: name.clone(),
+            base: match &stage.base {
+                Base::Scratch => "scratch".to_owned(),
+                Base::Image(reference) => reference.clone(),
+                Base::Stage(i) => format!("stage {}", self.stage_name(*i)),
+            },
+        });
+        if let Some(triggers) = image
+            .config
+            .config
+            .on_build
+            .as_ref()
+            .filter(|t| !t.is_empty())
+        {
+            return Err(at_from(Error::Unsupported(format!(
+                "running the base image's ONBUILD triggers ({})",
+                triggers.join("; ")
+            ))));
+        }
+        let base_env = image.config.config.env_pairs();
+        let instructions =
+            self.plan
+                .instructions(index, &base_env)
+                .map_err(|source| Error::Dockerfile {
+                    file: self.file_name.clone(),
+                    source,
+                })?;
+        let mut cmd_set = false;
+        for (i, located) in instructions.iter().enumerate() {
+            let original = stage.nodes.get(i).map_or("", |n| n.original.trim());
+            let at = StepAt {
+                stage: &name,
+                id: format!("{}/{name}/{i}", self.file_name),
+                line: located.start_line,
+                original,
+                done,
+            };
+            let started = Instant::now();
+            self.emit(Event::StepStarted {
+                stage: name.clone(),
+                line: located.start_line,
+                text: original.to_owned(),
+            });
+            let cached = self
+                .step(&mut image, &mut rootfs, located, &at, &mut cmd_set)
+                .map_err(|e| Error::Step {
+                    position: Position {
+                        file: self.file_name.clone(),
+                        line: located.start_line,
+                        stage: name.clone(),
+                    },
+                    source: Box::new(e),
+                })?;
+            self.steps.fetch_add(1, Ordering::Relaxed);
+            if cached {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            self.emit(Event::StepFinished {
+                stage: name.clone(),
+                line: located.start_line,
+                duration: started.elapsed(),
+                cached,
+            });
+        }
+        Ok(StageResult {
+            image,
+            rootfs: Mutex::new(rootfs),
+        })
+    }
+
+    /// The image a stage starts from, and its filesystem when one already exists.
+    pub(crate) fn base(
+        &self,
+        stage: &Stage,
+        done: &HashMap<usize, Arc<StageResult>>,
+    ) -> Result<(StageImage, Option<Rootfs>)> {
+        let platform = self.opts.platform.to_string();
+        match &stage.base {
+            Base::Scratch => {
+                let config = ImageConfig {
+                    architecture: self.opts.platform.architecture.clone(),
+                    os: self.opts.platform.os.clone(),
+                    variant: self.opts.platform.variant.clone(),
+                    ..ImageConfig::default()
+                };
+                Ok((
+                    StageImage {
+                        config,
+                        layers: Vec::new(),
+                        key: KeyBuilder::base_image("scratch", &platform),
+                        clock: self.opts.reproducible.map_or_else(|| rfc3339(0), rfc3339),
+                        base_reference: None,
+                    },
+                    None,
+                ))
+            }
+            Base::Stage(i) => {
+                let result = done
+                    .get(i)
+                    .ok_or_else(|| Error::Invalid(format!("stage {i} was not built")))?;
+                Ok((result.image.clone(), None))
+            }
+            Base::Image(reference) => Ok((self.pull(reference)?, None)),
+        }
+    }
+
+    /// Resolves and pulls an image (or reads an `oci-layout://` directory) into the state.
+    pub(crate) fn pull(&self, reference: &str) -> Result<StageImage> {
+        self.emit(Event::Pulling {
+            reference: reference.to_owned(),
+        });
+        let (digest, downloaded) = if let Some(path) = reference.strip_prefix("oci-layout://") {
+            (self.import_layout(path)?, 0)
+        } else {
+            let parsed = Reference::parse(reference)?;
+            match parsed.digest().filter(|d| self.complete_locally(d)) {
+                // A pinned digest whose blobs are all here needs no network at all.
+                Some(digest) => (digest.to_owned(), 0),
+                None => {
+                    let pulled = self.runtime.block_on(self.registry.pull(
+                        &parsed,
+                        &self.opts.platform,
+                        &self.state.layout,
+                    ))?;
+                    (pulled.manifest_digest, pulled.downloaded)
+                }
+            }
+        };
+        let mut image = self.image_in_state(&digest)?;
+        image.base_reference = Some(reference.to_owned());
+        self.emit(Event::Pulled {
+            reference: reference.to_owned(),
+            digest,
+            downloaded,
+        });
+        Ok(image)
+    }
+
+    /// Whether the manifest `digest` (or its platform manifest) and all its blobs are in the
+    /// state directory.
+    pub(crate) fn complete_locally(&self, digest: &str) -> bool {
+        self.platform_manifest(&self.state.layout, digest)
+            .ok()
+            .and_then(|d| {
+                let bytes = self.state.layout.read_blob(&d).ok()?;
+                let manifest: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+                let mut digests = vec![manifest["config"]["digest"].as_str()?.to_owned()];
+                for layer in manifest["layers"].as_array()? {
+                    digests.push(layer["digest"].as_str()?.to_owned());
+                }
+                Some(digests.iter().all(|d| self.state.layout.has_blob(d)))
+            })
+            .unwrap_or(false)
+    }
+
+    /// The image manifest for our platform: `digest` itself, or its entry when it is an index.
+    pub(crate) fn platform_manifest(&self, layout: &Layout, digest: &str) -> Result<String> {
+        let bytes = layout.read_blob(digest)?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Invalid(format!("manifest {digest} is not JSON: {e}")))?;
+        let Some(entries) = value["manifests"].as_array() else {
+            return Ok(digest.to_owned());
+        };
+        let p = &self.opts.platform;
+        entries
+            .iter()
+            .find(|m| {
+                m["platform"]["os"] == p.os.as_str()
+                    && m["platform"]["architecture"] == p.architecture.as_str()
+                    && p.variant
+                        .as_ref()
+                        .is_none_or(|v| m["platform"]["variant"] == v.as_str())
+            })
+            .and_then(|m| m["digest"].as_str().map(str::to_owned))
+            .ok_or_else(|| Error::Invalid(format!("index {digest} has no image for {p}")))
+    }
+
+    /// Copies an image out of an OCI layout directory (`PATH[:TAG]`) into the state.
+    pub(crate) fn import_layout(&self, spec: &str) -> Result<String> {
+        let (path, tag) = match spec.rsplit_once(':') {
+            Some((path, tag)) if !tag.contains('/') => (path, Some(tag)),
+            _ => (spec, None),
+        };
+        if !Path::new(path).join("index.json").is_file() {
+            return Err(Error::Invalid(format!(
+                "oci-layout://{spec}: {path} is not an OCI image layout (no index.json)"
+            )));
+        }
+        let source = Layout::open(path)?;
+        let digest = match tag {
+            Some(tag) => source.image_manifest(tag, &self.opts.platform)?,
+            None => {
+                let index = source.index()?;
+                let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+                match manifests.as_slice() {
+                    [only] => only["digest"].as_str().unwrap_or_default().to_owned(),
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "oci-layout://{spec}: the layout holds {} images; name one with :TAG",
+                            manifests.len()
+                        )));
+                    }
+                }
+            }
+        };
+        let digest = self.platform_manifest(&source, &digest)?;
+        let manifest: serde_json::Value = serde_json::from_slice(&source.read_blob(&digest)?)
+            .map_err(|e| Error::Invalid(format!("manifest {digest}: {e}")))?;
+        let mut blobs = vec![digest.clone()];
+        blobs.extend(manifest["config"]["digest"].as_str().map(str::to_owned));
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            blobs.extend(layer["digest"].as_str().map(str::to_owned));
+        }
+        for blob in blobs {
+            copy_blob(&source, &self.state.layout, &blob)?;
+        }
+        Ok(digest)
+    }
+
+    /// The image whose manifest `digest` is in the state directory.
+    pub(crate) fn image_in_state(&self, digest: &str) -> Result<StageImage> {
+        let layout = &self.state.layout;
+        let digest = self.platform_manifest(layout, digest)?;
+        let manifest: serde_json::Value = serde_json::from_slice(&layout.read_blob(&digest)?)
+            .map_err(|e| Error::Invalid(format!("manifest {digest}: {e}")))?;
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| Error::Invalid(format!("manifest {digest} has no config")))?;
+        let config: ImageConfig = serde_json::from_slice(&layout.read_blob(config_digest)?)
+            .map_err(|e| Error::Invalid(format!("image config {config_digest}: {e}")))?;
+        let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+        if descriptors.len() != config.rootfs.diff_ids.len() {
+            return Err(Error::Invalid(format!(
+                "image {digest}: {} layers but {} diff_ids",
+                descriptors.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        let layers = descriptors
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(d, diff_id)| LayerRef {
+                digest: d["digest"].as_str().unwrap_or_default().to_owned(),
+                diff_id: diff_id.clone(),
+                size: d["size"].as_u64().unwrap_or(0),
+                media_type: d["mediaType"]
+                    .as_str()
+                    .unwrap_or("application/vnd.oci.image.layer.v1.tar+gzip")
+                    .to_owned(),
+            })
+            .collect();
+        let clock = config.created.clone().unwrap_or_else(|| rfc3339(0));
+        Ok(StageImage {
+            config,
+            layers,
+            key: KeyBuilder::base_image(&digest, &self.opts.platform.to_string()),
+            clock,
+            base_reference: None,
+        })
+    }
+
+    /// Makes `rootfs` hold every layer of `layers`, creating it when needed.
+    pub(crate) fn materialize(
+        &self,
+        rootfs: &mut Option<Rootfs>,
+        layers: &[LayerRef],
+    ) -> Result<PathBuf> {
+        if rootfs.is_none() {
+            let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
+            let dir = self.work.join(format!("rootfs-{n}"));
+            fs::create_dir(&dir).map_err(Error::io(&dir))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                .map_err(Error::io(&dir))?;
+            *rootfs = Some(Rootfs { dir, applied: 0 });
+        }
+        let Some(state) = rootfs.as_mut() else {
+            return Err(Error::Invalid("no root filesystem".to_owned()));
+        };
+        while let Some(layer) = layers.get(state.applied) {
+            self.apply_layer(layer, &state.dir)?;
+            state.applied += 1;
+        }
+        Ok(state.dir.clone())
+    }
+
+    pub(crate) fn apply_layer(&self, layer: &LayerRef, dir: &Path) -> Result<()> {
+        let file = self.state.layout.open_blob(&layer.digest)?;
+        Extractor::new()
+            .allow_devices(true)
+            .expect_diff_id(Some(layer.diff_id.clone()))
+            .media_type(Some(layer.media_type.clone()))
+            .apply(BufReader::with_capacity(1 << 20, file), dir)?;
+        Ok(())
+    }
+
+    /// Writes `entries` as a layer into the state's blobs; `None` when there are none.
+    pub(crate) fn write_layer(&self, entries: Vec<Entry>) -> Result<Option<LayerRef>> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let staged = self.state.layout.staging_file()?;
+        let info = LayerWriter::new()
+            .compression(self.opts.compression)
+            .clamp_mtime(self.opts.reproducible)
+            .write(
+                entries,
+                std::io::BufWriter::with_capacity(1 << 20, staged.as_file()),
+            )?;
+        let digest = info.descriptor.digest().to_string();
+        self.state.layout.commit_staged(staged, &digest, &digest)?;
+        Ok(Some(LayerRef {
+            digest,
+            diff_id: info.diff_id,
+            size: info.descriptor.size(),
+            media_type: info.descriptor.media_type().to_string(),
+        }))
+    }
+
+    /// Records a config-only instruction: the key chain moves on, history gains an entry.
+    pub(crate) fn config_step(
+        &self,
+        image: &mut StageImage,
+        instruction: &Instruction,
+        at: &StepAt<'_>,
+    ) {
+        image.key = KeyBuilder::new(&image.key)
+            .instruction(&canonical(instruction))
+            .build()
+            .digest;
+        image.config.history.push(History {
+            created: Some(image.clock.clone()),
+            created_by: Some(at.original.to_owned()),
+            empty_layer: true,
+            ..History::default()
+        });
+    }
+
+    /// Answers a layer step from the cache when it can. Returns whether it did.
+    pub(crate) fn cache_hit(
+        &self,
+        image: &mut StageImage,
+        key: &CacheKey,
+        at: &StepAt<'_>,
+    ) -> Result<bool> {
+        let Some(store) = &self.cache else {
+            return Ok(false);
+        };
+        if let Some(entry) = store.lookup(&key.digest)? {
+            if let Some(layer) = &entry.layer {
+                if !self.state.layout.has_blob(&layer.digest) {
+                    let blob = store.open_layer(&layer.digest)?;
+                    self.state.layout.write_blob(blob, Some(&layer.digest))?;
+                }
+                image.layers.push(LayerRef {
+                    digest: layer.digest.clone(),
+                    diff_id: layer.diff_id.clone(),
+                    size: layer.size,
+                    media_type: layer.media_type.clone(),
+                });
+            }
+            if let Some(created) = entry.config["created"].as_str() {
+                image.clock = created.to_owned();
+            }
+            image.config.history.push(History {
+                created: Some(image.clock.clone()),
+                created_by: Some(format!("{} # buildkit", at.original)),
+                empty_layer: entry.layer.is_none(),
+                ..History::default()
+            });
+            image.key = key.digest.clone();
+            store.remember(&at.id, &key.inputs)?;
+            self.emit(Event::CacheHit {
+                stage: at.stage.to_owned(),
+                line: at.line,
+            });
+            return Ok(true);
+        }
+        let reasons = match store.recall(&at.id)? {
+            Some(previous) => strata_cache::explain(&previous, &key.inputs),
+            None => Vec::new(),
+        };
+        self.emit(Event::CacheMiss {
+            stage: at.stage.to_owned(),
+            line: at.line,
+            reasons,
+        });
+        Ok(false)
+    }
+
+    /// Records what a layer step that missed produced.
+    pub(crate) fn finish_miss(
+        &self,
+        image: &mut StageImage,
+        key: CacheKey,
+        at: &StepAt<'_>,
+        layer: Option<LayerRef>,
+    ) -> Result<()> {
+        image.clock = self.now();
+        image.config.history.push(History {
+            created: Some(image.clock.clone()),
+            created_by: Some(format!("{} # buildkit", at.original)),
+            empty_layer: layer.is_none(),
+            ..History::default()
+        });
+        if let Some(store) = &self.cache {
+            let blob = match &layer {
+                Some(l) => Some(self.state.layout.blob_path(&l.digest)?),
+                None => None,
+            };
+            store.record(
+                &CacheEntry {
+                    key: key.clone(),
+                    layer: layer.as_ref().map(|l| CachedLayer {
+                        digest: l.digest.clone(),
+                        diff_id: l.diff_id.clone(),
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    }),
+                    config: json!({ "created": image.clock }),
+                    created_unix: 0,
+                },
+                blob.as_deref(),
+            )?;
+            store.remember(&at.id, &key.inputs)?;
+        }
+        if let Some(layer) = layer {
+            image.layers.push(layer);
+        }
+        image.key = key.digest;
+        Ok(())
+    }
+
+    /// Executes one instruction. Returns whether the cache answered it.
+    pub(crate) fn step(
+        &self,
+        image: &mut StageImage,
+        rootfs: &mut Option<Rootfs>,
+        located: &Located<Instruction>,
+        at: &StepAt<'_>,
+        cmd_set: &mut bool,
+    ) -> Result<bool> {
+        let instruction = &located.value;
+        let config = &mut image.config.config;
+        let shell = config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".to_owned(), "-c".to_owned()]);
+        let command = |line: &CommandLine| match line {
+            CommandLine::Exec(argv) => argv.clone(),
+            CommandLine::Shell(text) => {
+                let mut argv = shell.clone();
+                argv.push(text.clone());
+                argv
+            }
+        };
+        match instruction {
+            Instruction::Env { vars } => {
+                for (k, v) in vars {
+                    config.set_env(k, v);
+                }
+            }
+            Instruction::Label { labels } => {
+                let map = config.labels.get_or_insert_with(BTreeMap::new);
+                for (k, v) in labels {
+                    map.insert(k.clone(), v.clone());
+                }
+            }
+            Instruction::Maintainer { name } => image.config.author = Some(name.clone()),
+            Instruction::Expose { ports } => {
+                let map = config.exposed_ports.get_or_insert_with(BTreeMap::new);
+                for port in ports {
+                    for spec in expose(port)? {
+                        map.insert(spec, json!({}));
+                    }
+                }
+            }
+            Instruction::Volume { paths } => {
+                let map = config.volumes.get_or_insert_with(BTreeMap::new);
+                for path in paths {
+                    map.insert(path.clone(), json!({}));
+                }
+            }
+            Instruction::User { user } => config.user = Some(user.clone()),
+            Instruction::Cmd { command: line } => {
+                config.cmd = Some(command(line));
+                *cmd_set = true;
+            }
+            Instruction::Entrypoint { command: line } => {
+                config.entrypoint = Some(command(line));
+                if !*cmd_set {
+                    config.cmd = None;
+                }
+            }
+            Instruction::Shell { shell } => config.shell = Some(shell.clone()),
+            Instruction::Stopsignal { signal } => config.stop_signal = Some(signal.clone()),
+            Instruction::Healthcheck { check } => {
+                config.healthcheck = Some(healthcheck(check, &shell));
+            }
+            Instruction::Onbuild { trigger } => {
+                config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(trigger.clone());
+            }
+            Instruction::Arg { .. } => {}
+            Instruction::Workdir { path } => return self.workdir(image, rootfs, path, at),
+            Instruction::Copy(copy) => {
+                return self.copy(image, rootfs, copy, None, instruction, at);
+            }
+            Instruction::Add(add) => {
+                return self.copy(image, rootfs, &add.copy, Some(add), instruction, at);
+            }
+            Instruction::Run(run) => return self.run(image, rootfs, run, instruction, at),
+        }
+        self.config_step(image, instruction, at);
+        Ok(false)
+    }
+
+    pub(crate) fn workdir(
+        &self,
+        image: &mut StageImage,
+        rootfs: &mut Option<Rootfs>,
+        path: &str,
+        at: &StepAt<'_>,
+    ) -> Result<bool> {
+        let previous = image
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_owned());
+        let dir = clean_absolute(&if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("{previous}/{path}")
+        });
+        image.config.config.working_dir = Some(dir.clone());
+        let user = image.config.config.user.clone().unwrap_or_default();
+        let key = KeyBuilder::new(&image.key)
+            .instruction(&format!("WORKDIR {dir}"))
+            .flag("user", &user)
+            .build();
+        if self.cache_hit(image, &key, at)? {
+            return Ok(true);
+        }
+        let root = self.materialize(rootfs, &image.layers)?;
+        let owner = owner_of(&root, &user)?;
+        let entries = self.missing_dirs(&root, &dir, owner)?;
+        let layer = self.write_layer(entries)?;
+        self.finish_miss(image, key, at, layer)?;
+        self.materialize(rootfs, &image.layers)?;
+        Ok(false)
+    }
+
+    /// Directory entries for the components of `dir` missing in `root` (after following its
+    /// symlinks inside the root).
+    pub(crate) fn missing_dirs(
+        &self,
+        root: &Path,
+        dir: &str,
+        owner: (u32, u32),
+    ) -> Result<Vec<Entry>> {
+        let resolved = strata_sandbox::resolve_in_root(root, dir)?;
+        let mut entries = Vec::new();
+        let mut prefix = String::new();
+        for part in resolved.split('/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            let host = root.join(&prefix);
+            match fs::symlink_metadata(&host) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::Invalid(format!(
+                        "/{prefix} exists and is not a directory"
+                    )));
+                }
+                Err(_) => entries.push(Entry {
+                    path: prefix.clone(),
+                    kind: EntryKind::Dir,
+                    metadata: Metadata {
+                        mode: 0o755,
+                        uid: owner.0,
+                        gid: owner.1,
+                        mtime: self.mtime_now(),
+                        ..Metadata::default()
+                    },
+                }),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The root filesystem of a finished stage, materialized on first use.
+    pub(crate) fn stage_rootfs(&self, stage: &StageResult) -> Result<PathBuf> {
+        let mut rootfs = stage
+            .rootfs
+            .lock()
+            .map_err(|_| Error::Task("stage root filesystem lock poisoned".to_owned()))?;
+        self.materialize(&mut rootfs, &stage.image.layers)
+    }
+
+    pub(crate) fn sandbox(&self) -> Result<&Sandbox> {
+        self.sandbox
+            .get_or_init(|| Sandbox::new().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Invalid(format!("RUN cannot be executed here: {e}")))
+    }
+
+    pub(crate) fn use_overlay(&self, sandbox: &Sandbox) -> Result<bool> {
+        let probe = self.overlay.get_or_init(|| {
+            if sandbox.user_namespace() {
+                return Err("rootless steps run on a plain directory".to_owned());
+            }
+            let support = strata_snapshot::overlay::probe();
+            if support.usable {
+                Ok(())
+            } else {
+                Err(support
+                    .reason
+                    .unwrap_or_else(|| "overlay unavailable".to_owned()))
+            }
+        });
+        match (self.opts.snapshot_mode, probe) {
+            (SnapshotMode::Walk, _) => Ok(false),
+            (SnapshotMode::Auto, result) => Ok(result.is_ok()),
+            (SnapshotMode::Overlay, Ok(())) => Ok(true),
+            (SnapshotMode::Overlay, Err(reason)) => Err(Error::Invalid(format!(
+                "snapshot mode overlay is unavailable here: {reason}"
+            ))),
+        }
+    }
+}
+
+/// The instruction as the cache key sees it: its typed, expanded form.
+pub(crate) fn canonical(instruction: &Instruction) -> String {
+    serde_json::to_string(instruction).unwrap_or_else(|_| format!("{instruction:?}"))
+}
+
+/// The owner `WORKDIR` gives the directories it creates: the current `USER`.
+fn owner_of(root: &Path, user: &str) -> Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    Ok(strata_sandbox::chown_ids(root, user)?)
+}
+
+/// `/`-rooted and cleaned (`..` stops at the root).
+pub(crate) fn clean_absolute(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `EXPOSE` values as config keys: `80` → `80/tcp`, ranges expanded.
+fn expose(spec: &str) -> Result<Vec<String>> {
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, proto)) => (p, proto.to_lowercase()),
+        None => (spec, "tcp".to_owned()),
+    };
+    let bad = || Error::Invalid(format!("invalid port `{spec}`"));
+    let (low, high) = match ports.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if high < low {
+        return Err(bad());
+    }
+    Ok((low..=high).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// `HEALTHCHECK` as the config stores it (durations in nanoseconds).
+fn healthcheck(check: &Healthcheck, shell: &[String]) -> serde_json::Value {
+    let _ = shell;
+    match check {
+        Healthcheck::None => json!({ "Test": ["NONE"] }),
+        Healthcheck::Check {
+            test,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => {
+            let mut value = json!({
+                "Test": match test {
+                    CommandLine::Exec(argv) => std::iter::once("CMD".to_owned()).chain(argv.iter().cloned()).collect::<Vec<_>>(),
+                    CommandLine::Shell(text) => vec!["CMD-SHELL".to_owned(), text.clone()],
+                },
+            });
+            for (name, duration) in [
+                ("Interval", interval),
+                ("Timeout", timeout),
+                ("StartPeriod", start_period),
+                ("StartInterval", start_interval),
+            ] {
+                if let Some(d) = duration {
+                    value[name] = json!(d.as_nanos() as u64);
+                }
+            }
+            if let Some(retries) = retries {
+                value["Retries"] = json!(retries);
+            }
+            value
+        }
+    }
+}
+
+pub(crate) fn copy_blob(from: &Layout, to: &Layout, digest: &str) -> Result<()> {
+    if to.has_blob(digest) {
+        return Ok(());
+    }
+    let source = from.blob_path(digest)?;
+    let target = to.blob_path(digest)?;
+    if fs::hard_link(&source, &target).is_ok() {
+        return Ok(());
+    }
+    let file = from.open_blob(digest)?;
+    to.write_blob(BufReader::new(file), Some(digest))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expose_normalises_and_expands() {
+        assert_eq!(expose("80").unwrap(), ["80/tcp"]);
+        assert_eq!(expose("53/UDP").unwrap(), ["53/udp"]);
+        assert_eq!(
+            expose("8000-8002").unwrap(),
+            ["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
+        assert!(expose("http").is_err());
+    }
+
+    #[test]
+    fn paths_are_cleaned_inside_the_root() {
+        assert_eq!(clean_absolute("/app/../../etc/./x"), "/etc/x");
+        assert_eq!(clean_absolute("app//src/"), "/app/src");
+    }
+}

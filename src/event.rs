@@ -1,0 +1,88 @@
+//! Progress events: what a build is doing, for progress displays and logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Something that happened during a build. Events of one stage come in order; stages that
+/// run in parallel interleave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A stage started.
+    StageStarted {
+        /// Its name, or its index.
+        stage: String,
+        /// Its base (`scratch`, an image reference, or a stage).
+        base: String,
+    },
+    /// A base image is being resolved and pulled.
+    Pulling {
+        /// The reference.
+        reference: String,
+    },
+    /// A base image is in the state directory.
+    Pulled {
+        /// The reference.
+        reference: String,
+        /// Its manifest digest.
+        digest: String,
+        /// Blobs downloaded (0 when the state directory had them all).
+        downloaded: usize,
+    },
+    /// An instruction started.
+    StepStarted {
+        /// The stage.
+        stage: String,
+        /// The instruction's line in the Dockerfile.
+        line: usize,
+        /// The instruction, expanded.
+        text: String,
+    },
+    /// The cache had the step's result.
+    CacheHit {
+        /// The stage.
+        stage: String,
+        /// The instruction's line.
+        line: usize,
+    },
+    /// The cache did not have it; `reasons` say what changed since the last build, when
+    /// a previous build of the same step is known.
+    CacheMiss {
+        /// The stage.
+        stage: String,
+        /// The instruction's line.
+        line: usize,
+        /// What differs from the last build of this step.
+        reasons: Vec<String>,
+    },
+    /// A line of a `RUN` command's output.
+    Output {
+        /// The stage.
+        stage: String,
+        /// The instruction's line.
+        line: usize,
+        /// Standard error rather than standard output.
+        stderr: bool,
+        /// The text, without its newline.
+        text: String,
+    },
+    /// An instruction finished.
+    StepFinished {
+        /// The stage.
+        stage: String,
+        /// The instruction's line.
+        line: usize,
+        /// How long it took.
+        duration: Duration,
+        /// Whether the cache answered it.
+        cached: bool,
+    },
+    /// The image is complete.
+    Built {
+        /// Its manifest digest.
+        digest: String,
+    },
+}
+
+/// Where events go: any `Fn(&Event)` that can be shared between threads.
+pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;

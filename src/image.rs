@@ -1,0 +1,131 @@
+//! [`Image`]: a built image, whose blobs are in the state directory, and its outputs.
+
+use std::path::Path;
+
+use serde_json::json;
+use strata_registry::{BlobInfo, Layout, Reference, RegistryClient};
+
+use crate::config::{ImageConfig, LayerRef, OCI_MANIFEST};
+use crate::error::{Error, Result};
+use crate::state::State;
+
+/// A built image: its manifest, config and layers, ready to push or write out.
+#[derive(Debug, Clone)]
+pub struct Image {
+    state: State,
+    registry: RegistryClient,
+    manifest: BlobInfo,
+    config_digest: String,
+    config: ImageConfig,
+    layers: Vec<LayerRef>,
+    base_reference: Option<String>,
+    cache: (usize, usize),
+}
+
+impl Image {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        state: State,
+        registry: RegistryClient,
+        manifest: BlobInfo,
+        config_digest: String,
+        config: ImageConfig,
+        layers: Vec<LayerRef>,
+        base_reference: Option<String>,
+        cache: (usize, usize),
+    ) -> Image {
+        Image {
+            state,
+            registry,
+            manifest,
+            config_digest,
+            config,
+            layers,
+            base_reference,
+            cache,
+        }
+    }
+
+    /// The manifest digest: the image's identity.
+    pub fn digest(&self) -> &str {
+        &self.manifest.digest
+    }
+
+    /// The config blob's digest (Docker's "image id").
+    pub fn config_digest(&self) -> &str {
+        &self.config_digest
+    }
+
+    /// The image config.
+    pub fn config(&self) -> &ImageConfig {
+        &self.config
+    }
+
+    /// The layers, bottom first.
+    pub fn layers(&self) -> &[LayerRef] {
+        &self.layers
+    }
+
+    /// Steps the cache answered, and steps in all.
+    pub fn cache_hits(&self) -> (usize, usize) {
+        self.cache
+    }
+
+    /// Pushes the image to `reference` (`registry/repository:tag`) and returns the manifest
+    /// digest. Blobs the registry has are skipped; blobs of the base image are mounted from
+    /// its repository when it is on the same registry.
+    pub async fn push(&self, reference: &str) -> Result<String> {
+        let to = Reference::parse(reference)?;
+        let base = self
+            .base_reference
+            .as_deref()
+            .and_then(|b| Reference::parse(b).ok());
+        let report = self
+            .registry
+            .push(
+                &self.state.layout,
+                &self.manifest.digest,
+                &to,
+                base.as_ref(),
+            )
+            .await?;
+        Ok(report.manifest_digest)
+    }
+
+    /// Writes the image into the OCI image layout at `dir` (created when missing) under the
+    /// name `tag`. Blobs are hard-linked from the state directory where possible.
+    pub fn write_oci_layout(&self, dir: &Path, tag: &str) -> Result<()> {
+        let target = Layout::open(dir)?;
+        let mut blobs = vec![self.config_digest.clone()];
+        blobs.extend(self.layers.iter().map(|l| l.digest.clone()));
+        blobs.push(self.manifest.digest.clone());
+        for digest in &blobs {
+            crate::engine::copy_blob(&self.state.layout, &target, digest)?;
+        }
+        target.tag(
+            tag,
+            &json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": self.manifest.digest,
+                "size": self.manifest.size,
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Writes the image as a docker-archive tarball (`docker load` reads it) at `path`, with
+    /// `tags` as its names.
+    pub fn write_docker_archive(&self, path: &Path, tags: &[&str]) -> Result<()> {
+        let tags = tags
+            .iter()
+            .map(|t| Reference::parse(t))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        strata_registry::write_docker_archive(
+            &self.state.layout,
+            &self.manifest.digest,
+            &tags,
+            path,
+        )
+        .map_err(Error::from)
+    }
+}

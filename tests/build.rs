@@ -1,0 +1,430 @@
+//! End-to-end builds against a real registry, judged by skopeo and umoci.
+
+mod common;
+
+use std::fs;
+
+use common::{Fixture, describe, layout, run, skopeo_config, umoci_rootfs};
+use strata::Event;
+use strata_testkit::ContextBuilder;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_instructions_reach_the_image_config() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = r#"FROM {base}
+ENV A=1 B="two words"
+ENV PATH=/custom:$PATH
+LABEL org.example.team="build tools" version=2
+MAINTAINER someone@example.com
+EXPOSE 80 53/udp 8000-8001
+USER app
+WORKDIR /srv/app
+WORKDIR sub
+VOLUME ["/data", "/cache"]
+STOPSIGNAL SIGQUIT
+HEALTHCHECK --interval=5s --retries=3 CMD ["true"]
+SHELL ["/bin/sh", "-eu", "-c"]
+ENTRYPOINT ["/bin/sh"]
+CMD echo hi
+ONBUILD RUN echo triggered
+ARG NOT_PERSISTED=1
+"#;
+    let (image, _) = run(fx.build(context.path(), dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let config = skopeo_config(&layout);
+    let c = &config["config"];
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"A=1"), "{env:?}");
+    assert!(env.contains(&"B=two words"), "{env:?}");
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("PATH=/custom:/usr/local/sbin")),
+        "{env:?}"
+    );
+    assert!(!env.iter().any(|e| e.starts_with("NOT_PERSISTED")));
+    assert_eq!(c["Labels"]["org.example.team"], "build tools");
+    assert_eq!(c["Labels"]["version"], "2");
+    assert_eq!(config["author"], "someone@example.com");
+    let ports: Vec<&String> = c["ExposedPorts"].as_object().unwrap().keys().collect();
+    assert_eq!(ports, ["53/udp", "80/tcp", "8000/tcp", "8001/tcp"]);
+    assert_eq!(c["User"], "app");
+    assert_eq!(c["WorkingDir"], "/srv/app/sub");
+    let volumes: Vec<&String> = c["Volumes"].as_object().unwrap().keys().collect();
+    assert_eq!(volumes, ["/cache", "/data"]);
+    assert_eq!(c["StopSignal"], "SIGQUIT");
+    assert_eq!(c["Healthcheck"]["Test"], serde_json::json!(["CMD", "true"]));
+    assert_eq!(c["Healthcheck"]["Interval"], 5_000_000_000u64);
+    assert_eq!(c["Healthcheck"]["Retries"], 3);
+    assert_eq!(c["Shell"], serde_json::json!(["/bin/sh", "-eu", "-c"]));
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh"]));
+    // CMD after ENTRYPOINT stays; shell form goes through the current SHELL.
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["/bin/sh", "-eu", "-c", "echo hi"])
+    );
+    assert_eq!(c["OnBuild"], serde_json::json!(["RUN echo triggered"]));
+    // History: the base's entry, then one per instruction; only WORKDIR made layers.
+    let history = config["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1 + 16);
+    let layers = history.iter().filter(|h| h["empty_layer"] != true).count();
+    assert_eq!(layers, 1 + 2, "the base layer and one layer per WORKDIR");
+    assert_eq!(image.layers().len(), 3);
+    // WORKDIR created the directories, owned by the USER at the time.
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(describe(&rootfs.join("srv/app")), "755 1000:1000 dir");
+    assert_eq!(describe(&rootfs.join("srv/app/sub")), "755 1000:1000 dir");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entrypoint_resets_an_inherited_cmd() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let (image, _) =
+        run(fx.build(context.path(), "FROM {base}\nENTRYPOINT [\"/bin/echo\"]\n")).await;
+    let image = image.unwrap();
+    // The busybox base has Cmd ["/bin/sh"]; BuildKit drops it when ENTRYPOINT is set.
+    assert!(image.config().config.cmd.is_none());
+    assert_eq!(
+        image.config().config.entrypoint.as_deref(),
+        Some(&["/bin/echo".to_owned()][..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_places_files_with_their_modes_owners_and_links() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("app/main.sh", "#!/bin/sh\necho main\n")
+        .file_with_mode("app/run.sh", "run\n", 0o755)
+        .file("app/lib/util.txt", "util\n")
+        .symlink("app/current", "main.sh")
+        .file("notes/a.md", "a\n")
+        .file("notes/b.md", "b\n")
+        .file("notes/c.txt", "c\n")
+        .file("secret.key", "no\n")
+        .file(".dockerignore", "secret.key\n**/*.tmp\n")
+        .file("app/junk.tmp", "junk\n")
+        .build()
+        .unwrap();
+    let dockerfile = r#"FROM {base}
+COPY app /opt/app
+COPY --chown=app:staff --chmod=640 notes/*.md /docs/
+WORKDIR /work
+COPY app/run.sh relative.sh
+COPY <<EOF /etc/motd
+hello from a heredoc
+EOF
+"#;
+    let (image, _) = run(fx.build(context.path(), dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        describe(&rootfs.join("opt/app/main.sh")),
+        "644 0:0 = \"#!/bin/sh\\necho main\\n\""
+    );
+    assert_eq!(
+        describe(&rootfs.join("opt/app/run.sh")),
+        "755 0:0 = \"run\\n\""
+    );
+    assert_eq!(
+        describe(&rootfs.join("opt/app/lib/util.txt")),
+        "644 0:0 = \"util\\n\""
+    );
+    assert_eq!(
+        describe(&rootfs.join("opt/app/current")),
+        "777 0:0 -> main.sh"
+    );
+    assert!(
+        !rootfs.join("opt/app/junk.tmp").exists(),
+        ".dockerignore applies"
+    );
+    assert_eq!(
+        describe(&rootfs.join("docs/a.md")),
+        "640 1000:50 = \"a\\n\""
+    );
+    assert_eq!(
+        describe(&rootfs.join("docs/b.md")),
+        "640 1000:50 = \"b\\n\""
+    );
+    assert!(!rootfs.join("docs/c.txt").exists());
+    assert_eq!(
+        describe(&rootfs.join("work/relative.sh")),
+        "755 0:0 = \"run\\n\""
+    );
+    assert_eq!(
+        describe(&rootfs.join("etc/motd")),
+        "644 0:0 = \"hello from a heredoc\\n\""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_errors_name_the_path_and_the_line() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("real.txt", "x\n")
+        .file("other.txt", "y\n")
+        .file("secret.key", "no\n")
+        .file(".dockerignore", "secret.key\n")
+        .build()
+        .unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), context.path().join("escape")).unwrap();
+    for (line, expected) in [
+        (
+            "COPY missing.txt /x",
+            "`missing.txt` not found in the build context",
+        ),
+        (
+            "COPY ../etc/passwd /x",
+            "`../etc/passwd` is outside the build context",
+        ),
+        ("COPY escape /x", "`escape` leads outside the build context"),
+        ("COPY secret.key /x", "excluded by .dockerignore"),
+        ("COPY *.nothing /x/", "nothing matches `*.nothing`"),
+        ("COPY real.txt other.txt /x", "must be a directory"),
+    ] {
+        let dockerfile = format!("FROM {{base}}\nENV A=1\n{line}\n");
+        let (result, _) = run(fx.build(context.path(), &dockerfile)).await;
+        let err = result.err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains(expected), "{line}: {text}");
+        assert_eq!(err.position().map(|p| p.line), Some(3), "{line}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_steps_change_the_filesystem_and_failures_say_where() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = r#"FROM {base}
+ARG GREETING=hello
+RUN echo "$GREETING from $(id -un)" > /greeting && rm /bin/vi && mkdir -p /var/lib/x
+USER app
+RUN id -u > /tmp/uid
+RUN <<EOF
+echo heredoc > /tmp/heredoc
+EOF
+"#;
+    let (image, events) = run(fx.build(context.path(), dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("greeting")).unwrap(),
+        "hello from root\n"
+    );
+    assert!(
+        !rootfs.join("bin/vi").exists(),
+        "a deletion becomes a whiteout"
+    );
+    assert!(rootfs.join("bin/sh").exists());
+    assert!(rootfs.join("var/lib/x").is_dir());
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmp/uid")).unwrap(),
+        "1000\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmp/heredoc")).unwrap(),
+        "heredoc\n"
+    );
+    // Nothing of the sandbox's own mounts got into the layers.
+    assert!(!rootfs.join("etc/hosts").exists());
+    assert!(fs::read_dir(rootfs.join("proc")).unwrap().next().is_none());
+    assert!(events.iter().any(|e| matches!(e, Event::CacheMiss { .. })));
+
+    let failing = "FROM {base}\nENV X=1\nRUN echo about to fail; echo oops >&2; exit 7\n";
+    let (result, events) = run(fx.build(context.path(), failing)).await;
+    let err = result.err().unwrap();
+    let text = err.to_string();
+    assert_eq!(err.position().map(|p| p.line), Some(3), "{text}");
+    assert!(text.contains("exit code 7"), "{text}");
+    assert!(text.contains("oops"), "the last lines of output: {text}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Output { text, stderr: true, .. } if text == "oops"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_rebuild_hits_every_step_and_gives_the_same_digest() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("src/main.txt", "v1\n")
+        .file("src/other.txt", "other\n")
+        .file("README", "readme\n")
+        .build()
+        .unwrap();
+    let dockerfile = r#"FROM {base}
+COPY README /README
+RUN echo built > /built
+COPY src /src
+RUN cat /src/main.txt > /copied
+"#;
+    let (first, _) = run(fx.build(context.path(), dockerfile)).await;
+    let first = first.unwrap();
+    assert_eq!(first.cache_hits(), (0, 4));
+    let (second, events) = run(fx.build(context.path(), dockerfile)).await;
+    let second = second.unwrap();
+    assert_eq!(second.cache_hits(), (4, 4));
+    assert_eq!(second.digest(), first.digest());
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Output { .. })),
+        "nothing ran"
+    );
+
+    // Touching a file's time changes nothing; changing a byte misses from the step that
+    // copies it, and the miss says why.
+    strata_testkit::set_mtime(&context.path().join("src/main.txt"), 1_000_000).unwrap();
+    let (third, _) = run(fx.build(context.path(), dockerfile)).await;
+    assert_eq!(third.unwrap().cache_hits(), (4, 4));
+    fs::write(context.path().join("src/main.txt"), "v2\n").unwrap();
+    let (fourth, events) = run(fx.build(context.path(), dockerfile)).await;
+    let fourth = fourth.unwrap();
+    assert_eq!(fourth.cache_hits(), (2, 4));
+    let reasons: Vec<&Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CacheMiss { line, reasons, .. } if *line == 4 => Some(reasons),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [&vec!["file src/main.txt changed".to_owned()]]);
+    let (work, layout) = layout(&fourth);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(fs::read_to_string(rootfs.join("copied")).unwrap(), "v2\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_stage_builds_copy_from_finished_stages() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("input.txt", "input\n")
+        .build()
+        .unwrap();
+    let dockerfile = r#"FROM {base} AS one
+COPY input.txt /work/input.txt
+RUN tr a-z A-Z < /work/input.txt > /work/upper.txt
+
+FROM {base} AS two
+RUN echo two > /two.txt
+
+FROM scratch
+COPY --from=one /work/upper.txt /out/
+COPY --from=two /two.txt /bin/busybox /out/
+COPY --from=0 /work /from-index
+"#;
+    let (image, events) = run(fx.build(context.path(), dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("out/upper.txt")).unwrap(),
+        "INPUT\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("out/two.txt")).unwrap(),
+        "two\n"
+    );
+    assert!(rootfs.join("out/busybox").is_file());
+    assert!(rootfs.join("from-index/input.txt").is_file());
+    let stages: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StageStarted { stage, .. } => Some(stage),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages.len(), 3);
+
+    // The source stage rebuilt (its RUN output has a new time) but the copied file is the
+    // same: the final stage's COPY still hits.
+    let (again, _) = run(fx.build(context.path(), dockerfile).cache(true)).await;
+    assert_eq!(again.unwrap().digest(), image.digest());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_are_pushed_and_written_as_docker_archives() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let (image, _) = run(fx.build(context.path(), "FROM {base}\nCOPY f /f\n")).await;
+    let image = image.unwrap();
+    let target = format!("{}/team/app:v1", fx.registry.host());
+    let digest = image.push(&target).await.unwrap();
+    assert_eq!(digest, image.digest());
+    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
+    let output = std::process::Command::new(&skopeo)
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(inspected["Digest"], image.digest());
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    image
+        .write_docker_archive(&archive, &["example.com/app:v1"])
+        .unwrap();
+    let output = std::process::Command::new(&skopeo)
+        .args(["inspect", "--config"])
+        .arg(format!("docker-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reproducible_builds_give_the_same_digest_from_separate_states() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let dockerfile = "FROM {base}\nCOPY f /f\nRUN echo made > /made\n";
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let state = tempfile::tempdir().unwrap();
+        let build = fx
+            .build(context.path(), dockerfile)
+            .state_dir(state.path())
+            .reproducible(1_700_000_000);
+        let (image, _) = run(build).await;
+        let image = image.unwrap();
+        assert_eq!(image.cache_hits(), (0, 2), "separate states share no cache");
+        assert_eq!(
+            image.config().created.as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
+        digests.push(image.digest().to_owned());
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_base_image_names_the_reference() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let missing = format!("{}/nope/nothing:1", fx.registry.host());
+    let (result, _) = run(fx.build(context.path(), &format!("FROM {missing}\n"))).await;
+    let text = result.err().unwrap().to_string();
+    assert!(text.contains("nope/nothing"), "{text}");
+    assert!(text.contains(":1"), "{text}");
+}

@@ -1,0 +1,114 @@
+//! Shared fixtures of the engine's end-to-end tests: a real registry with a busybox base
+//! image, builds into a private state directory, and the independent judges (skopeo, umoci).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use strata::{Build, Event, Image};
+use strata_testkit::{TestRegistry, find_program, push_busybox_image};
+
+/// A registry holding `base/busybox:1`, and a state directory for builds.
+pub struct Fixture {
+    pub registry: TestRegistry,
+    pub base: String,
+    pub state: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let registry = TestRegistry::start().unwrap();
+        let base = push_busybox_image(&registry, "base/busybox", "1").unwrap();
+        Fixture {
+            registry,
+            base: base.reference,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A build of `context` with `dockerfile` (where `{base}` is the busybox reference).
+    pub fn build(&self, context: &Path, dockerfile: &str) -> Build {
+        Build::new(context)
+            .dockerfile_text(dockerfile.replace("{base}", &self.base))
+            .state_dir(self.state.path())
+    }
+}
+
+/// Runs a build, collecting its events.
+pub async fn run(build: Build) -> (strata::Result<Image>, Vec<Event>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let result = build
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()))
+        .run()
+        .await;
+    let events = events.lock().unwrap().clone();
+    (result, events)
+}
+
+/// Writes `image` as an OCI layout and returns (work dir, layout path).
+pub fn layout(image: &Image) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    image.write_oci_layout(&layout, "test").unwrap();
+    (dir, layout)
+}
+
+/// `skopeo inspect --config --raw` of the image in a layout: the config as stored (skopeo's
+/// parsed view drops fields the OCI spec lacks, such as `Healthcheck`).
+pub fn skopeo_config(layout: &Path) -> serde_json::Value {
+    let skopeo = find_program("skopeo", "skopeo").unwrap();
+    let output = Command::new(skopeo)
+        .args(["inspect", "--config", "--raw"])
+        .arg(format!("oci:{}:test", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `umoci unpack` of the image in a layout; returns the root filesystem.
+pub fn umoci_rootfs(work: &Path, layout: &Path) -> PathBuf {
+    let umoci = find_program("umoci", "umoci").unwrap();
+    let bundle = work.join("bundle");
+    let output = Command::new(umoci)
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:test", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    bundle.join("rootfs")
+}
+
+/// `mode uid:gid` of a path (not following symlinks), with its contents for files and its
+/// target for symlinks.
+pub fn describe(path: &Path) -> String {
+    let meta = fs::symlink_metadata(path).unwrap();
+    let what = if meta.file_type().is_symlink() {
+        format!("-> {}", fs::read_link(path).unwrap().display())
+    } else if meta.is_file() {
+        format!("= {:?}", String::from_utf8_lossy(&fs::read(path).unwrap()))
+    } else {
+        "dir".to_owned()
+    };
+    format!(
+        "{:o} {}:{} {what}",
+        meta.mode() & 0o7777,
+        meta.uid(),
+        meta.gid()
+    )
+}
