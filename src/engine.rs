@@ -275,10 +275,6 @@ impl Engine {
                     },
                     source: Box::new(e),
                 })?;
-            self.steps.fetch_add(1, Ordering::Relaxed);
-            if cached {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-            }
             self.emit(Event::StepFinished {
                 stage: name.clone(),
                 line: located.start_line,
@@ -593,6 +589,8 @@ impl Engine {
             });
             image.key = key.digest.clone();
             store.remember(&at.id, &key.inputs)?;
+            self.steps.fetch_add(1, Ordering::Relaxed);
+            self.hits.fetch_add(1, Ordering::Relaxed);
             self.emit(Event::CacheHit {
                 stage: at.stage.to_owned(),
                 line: at.line,
@@ -651,6 +649,7 @@ impl Engine {
             image.layers.push(layer);
         }
         image.key = key.digest;
+        self.steps.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

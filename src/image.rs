@@ -66,7 +66,7 @@ impl Image {
         &self.layers
     }
 
-    /// Steps the cache answered, and steps in all.
+    /// Layer steps (COPY, ADD, RUN, WORKDIR) the cache answered, and layer steps in all.
     pub fn cache_hits(&self) -> (usize, usize) {
         self.cache
     }

@@ -77,12 +77,17 @@ pub fn skopeo_config(layout: &Path) -> serde_json::Value {
 
 /// `umoci unpack` of the image in a layout; returns the root filesystem.
 pub fn umoci_rootfs(work: &Path, layout: &Path) -> PathBuf {
+    umoci_rootfs_tagged(work, layout, "test")
+}
+
+/// `umoci unpack` of `layout:tag`.
+pub fn umoci_rootfs_tagged(work: &Path, layout: &Path, tag: &str) -> PathBuf {
     let umoci = find_program("umoci", "umoci").unwrap();
     let bundle = work.join("bundle");
     let output = Command::new(umoci)
         .arg("unpack")
         .arg("--image")
-        .arg(format!("{}:test", layout.display()))
+        .arg(format!("{}:{tag}", layout.display()))
         .arg(&bundle)
         .output()
         .unwrap();

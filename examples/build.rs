@@ -1,0 +1,514 @@
+//! The executor: builds an image from a Dockerfile with Kaniko's flags.
+//!
+//! ```sh
+//! cargo run --release --example build -- --context examples/hello
+//! cargo run --release --example build -- --context . --destination registry.example.com/app:1
+//! ```
+//!
+//! Kaniko's flags keep Kaniko's spelling and meaning; flags strata does not implement yet are
+//! refused with a message (exit 2), never ignored. With no destination and no output flag,
+//! the image is written as an OCI layout under `./out/<name>`. Exit codes: 0 success, 1 build
+//! error (with the Dockerfile position), 2 usage error.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use strata::registry::{Credentials, RegistryClient};
+use strata::{Build, ContextSource, Event, Secret, SnapshotMode};
+
+const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin|- [--dockerfile PATH] \
+[--destination REF]... [--no-push] [--tar-path FILE] [--oci-layout-path DIR] [--build-arg K[=V]]... \
+[--target STAGE] [--label K=V]... [--cache=true|false] [--state-dir DIR] [--snapshot-mode MODE] \
+[--reproducible] [--custom-platform OS/ARCH] [--insecure] [--insecure-registry HOST]... \
+[--skip-tls-verify] [--skip-tls-verify-registry HOST]... [--registry-certificate HOST=PATH]... \
+[--registry-mirror HOST]... [--push-retry N] [--digest-file FILE] \
+[--image-name-with-digest-file FILE] [--image-name-tag-with-digest-file FILE] \
+[--compression gzip|zstd] [--compression-level N] [--secret id=ID,src=PATH|env=VAR]... \
+[--explain-cache] [--log-format text|json] [--verbosity LEVEL]";
+
+/// Kaniko flags this executor does not implement yet: refused, never ignored.
+const NOT_YET: &[&str] = &[
+    "--cache-repo",
+    "--cache-ttl",
+    "--cache-copy-layers",
+    "--cache-run-layers",
+    "--single-snapshot",
+    "--image-fs-extract-retry",
+    "--ignore-path",
+    "--context-sub-path",
+    "--registry-map",
+    "--insecure-pull",
+    "--cleanup",
+    "--log-timestamp",
+    "--build-context",
+    "--cache-dir",
+];
+
+#[derive(Default)]
+struct Args {
+    context: Option<String>,
+    dockerfile: Option<PathBuf>,
+    destinations: Vec<String>,
+    no_push: bool,
+    tar_path: Option<PathBuf>,
+    oci_layout_path: Option<PathBuf>,
+    build_args: BTreeMap<String, String>,
+    target: Option<String>,
+    labels: BTreeMap<String, String>,
+    cache: bool,
+    state_dir: Option<PathBuf>,
+    snapshot_mode: SnapshotMode,
+    reproducible: bool,
+    platform: Option<String>,
+    insecure: bool,
+    insecure_registries: Vec<String>,
+    skip_tls_verify: bool,
+    skip_tls_verify_registries: Vec<String>,
+    certificates: Vec<(String, PathBuf)>,
+    mirrors: Vec<String>,
+    push_retry: Option<u32>,
+    digest_file: Option<PathBuf>,
+    name_digest_file: Option<PathBuf>,
+    name_tag_digest_file: Option<PathBuf>,
+    compression: Option<String>,
+    compression_level: Option<i32>,
+    secrets: Vec<(String, Secret)>,
+    explain_cache: bool,
+    json: bool,
+}
+
+fn parse(argv: Vec<String>) -> Result<Args, String> {
+    let mut args = Args {
+        cache: true,
+        ..Args::default()
+    };
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if arg.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if NOT_YET.contains(&flag.as_str()) {
+            return Err(format!("{flag} is not supported yet by strata"));
+        }
+        let boolean = |inline: &Option<String>| -> Result<bool, String> {
+            match inline.as_deref() {
+                None | Some("true") => Ok(true),
+                Some("false") => Ok(false),
+                Some(other) => Err(format!("{flag}: expected true or false, got `{other}`")),
+            }
+        };
+        let mut value = |inline: Option<String>| -> Result<String, String> {
+            inline
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--context" | "-c" => args.context = Some(value(inline)?),
+            "--dockerfile" | "-f" => args.dockerfile = Some(value(inline)?.into()),
+            "--destination" | "-d" => args.destinations.push(value(inline)?),
+            "--no-push" => args.no_push = boolean(&inline)?,
+            "--tar-path" => args.tar_path = Some(value(inline)?.into()),
+            "--oci-layout-path" => args.oci_layout_path = Some(value(inline)?.into()),
+            "--build-arg" => {
+                let text = value(inline)?;
+                let (k, v) = match text.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    // `K` alone takes the value from the environment, as Kaniko does.
+                    None => (text.clone(), std::env::var(&text).unwrap_or_default()),
+                };
+                args.build_args.insert(k, v);
+            }
+            "--target" => args.target = Some(value(inline)?),
+            "--label" => {
+                let text = value(inline)?;
+                let (k, v) = text
+                    .split_once('=')
+                    .ok_or_else(|| format!("--label {text}: expected KEY=VALUE"))?;
+                args.labels.insert(k.to_owned(), v.to_owned());
+            }
+            "--cache" => args.cache = boolean(&inline)?,
+            "--state-dir" => args.state_dir = Some(value(inline)?.into()),
+            "--snapshot-mode" => {
+                args.snapshot_mode = match value(inline)?.as_str() {
+                    "auto" => SnapshotMode::Auto,
+                    "overlay" => SnapshotMode::Overlay,
+                    // Kaniko's full, redo and time all compare the filesystem before and after.
+                    "full" | "redo" | "time" | "walk" => SnapshotMode::Walk,
+                    other => {
+                        return Err(format!(
+                            "--snapshot-mode {other}: expected auto, overlay, full, redo or time"
+                        ));
+                    }
+                }
+            }
+            "--reproducible" => args.reproducible = boolean(&inline)?,
+            "--custom-platform" => args.platform = Some(value(inline)?),
+            "--insecure" => args.insecure = boolean(&inline)?,
+            "--insecure-registry" => args.insecure_registries.push(value(inline)?),
+            "--skip-tls-verify" => args.skip_tls_verify = boolean(&inline)?,
+            "--skip-tls-verify-registry" => args.skip_tls_verify_registries.push(value(inline)?),
+            "--registry-certificate" => {
+                let text = value(inline)?;
+                let (host, path) = text
+                    .split_once('=')
+                    .ok_or_else(|| format!("--registry-certificate {text}: expected HOST=PATH"))?;
+                args.certificates.push((host.to_owned(), path.into()));
+            }
+            "--registry-mirror" => args.mirrors.push(value(inline)?),
+            "--push-retry" => {
+                args.push_retry = Some(
+                    value(inline)?
+                        .parse()
+                        .map_err(|_| "--push-retry: expected a number")?,
+                )
+            }
+            "--digest-file" => args.digest_file = Some(value(inline)?.into()),
+            "--image-name-with-digest-file" => args.name_digest_file = Some(value(inline)?.into()),
+            "--image-name-tag-with-digest-file" => {
+                args.name_tag_digest_file = Some(value(inline)?.into())
+            }
+            "--compression" => args.compression = Some(value(inline)?),
+            "--compression-level" => {
+                args.compression_level = Some(
+                    value(inline)?
+                        .parse()
+                        .map_err(|_| "--compression-level: expected a number")?,
+                )
+            }
+            "--secret" => {
+                let text = value(inline)?;
+                let mut id = None;
+                let mut secret = None;
+                for part in text.split(',') {
+                    match part.split_once('=') {
+                        Some(("id", v)) => id = Some(v.to_owned()),
+                        Some(("src" | "source", v)) => secret = Some(Secret::File(v.into())),
+                        Some(("env", v)) => secret = Some(Secret::Env(v.to_owned())),
+                        _ => {
+                            return Err(format!(
+                                "--secret {text}: expected id=ID,src=PATH or id=ID,env=VAR"
+                            ));
+                        }
+                    }
+                }
+                match (id, secret) {
+                    (Some(id), Some(secret)) => args.secrets.push((id, secret)),
+                    _ => {
+                        return Err(format!(
+                            "--secret {text}: expected id=ID,src=PATH or id=ID,env=VAR"
+                        ));
+                    }
+                }
+            }
+            "--explain-cache" => args.explain_cache = boolean(&inline)?,
+            "--log-format" => match value(inline)?.as_str() {
+                "text" | "color" => args.json = false,
+                "json" => args.json = true,
+                other => return Err(format!("--log-format {other}: expected text or json")),
+            },
+            "--verbosity" | "-v" => {
+                value(inline)?;
+            }
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1).collect()) {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("build: {message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("build: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(build(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("build: {message}");
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Build(message)) => {
+            eprintln!("build: error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Build(String),
+}
+
+impl From<strata::Error> for Failure {
+    fn from(e: strata::Error) -> Failure {
+        Failure::Build(e.to_string())
+    }
+}
+
+async fn build(args: Args) -> Result<(), Failure> {
+    let started = Instant::now();
+    let context_text = args.context.clone().unwrap_or_else(|| ".".to_owned());
+    let (context, name) = context_source(&context_text)?;
+    let mut build = Build::new(context);
+    if let Some(dockerfile) = &args.dockerfile {
+        // Kaniko: a relative --dockerfile is looked up in the context when it exists there.
+        let in_context = Path::new(context_text.trim_start_matches("dir://")).join(dockerfile);
+        build = build.dockerfile(if dockerfile.is_relative() && in_context.is_file() {
+            in_context
+        } else {
+            dockerfile.clone()
+        });
+    } else if !Path::new(context_text.trim_start_matches("dir://")).is_dir() {
+        return Err(Failure::Usage(
+            "a tar context needs --dockerfile".to_owned(),
+        ));
+    }
+    for (k, v) in &args.build_args {
+        build = build.build_arg(k, v);
+    }
+    for (k, v) in &args.labels {
+        build = build.label(k, v);
+    }
+    if let Some(target) = &args.target {
+        build = build.target(target);
+    }
+    if let Some(platform) = &args.platform {
+        build = build.platform(platform);
+    }
+    if let Some(dir) = &args.state_dir {
+        build = build.state_dir(dir);
+    }
+    if args.reproducible {
+        let epoch = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        build = build.reproducible(epoch);
+    }
+    for (id, secret) in args.secrets.clone() {
+        build = build.secret(id, secret);
+    }
+    build = build.cache(args.cache).snapshot_mode(args.snapshot_mode);
+    build = build.compression(
+        match (args.compression.as_deref(), args.compression_level) {
+            (None | Some("gzip"), level) => strata::layer::Compression::Gzip {
+                level: level.map_or(6, |l| l.clamp(1, 9) as u32),
+            },
+            (Some("zstd"), level) => strata::layer::Compression::Zstd {
+                level: level.unwrap_or(3),
+            },
+            (Some(other), _) => {
+                return Err(Failure::Usage(format!(
+                    "--compression {other}: expected gzip or zstd"
+                )));
+            }
+        },
+    );
+    build = build.registry(registry_client(&args)?);
+    let json = args.json;
+    let explain = args.explain_cache;
+    build = build.on_event(move |event| report(event, json, explain));
+
+    let image = build.run().await?;
+    let mut outputs = Vec::new();
+    if !args.no_push {
+        for destination in &args.destinations {
+            let digest = image.push(destination).await?;
+            outputs.push(format!("pushed {destination}@{digest}"));
+        }
+    }
+    if let Some(path) = &args.tar_path {
+        let tags: Vec<&str> = args.destinations.iter().map(String::as_str).collect();
+        image.write_docker_archive(path, &tags)?;
+        outputs.push(format!("wrote docker-archive {}", path.display()));
+    }
+    if let Some(dir) = &args.oci_layout_path {
+        image.write_oci_layout(dir, "latest")?;
+        outputs.push(format!("wrote OCI layout {}:latest", dir.display()));
+    }
+    if outputs.is_empty() && (args.destinations.is_empty() || args.no_push) {
+        let dir = PathBuf::from("out").join(&name);
+        image.write_oci_layout(&dir, "latest")?;
+        outputs.push(format!(
+            "wrote OCI layout {0}:latest (push it with: skopeo copy oci:{0}:latest docker://REGISTRY/{1}:latest)",
+            dir.display(),
+            name
+        ));
+    }
+    let write = |path: &Option<PathBuf>, text: String| -> Result<(), Failure> {
+        if let Some(path) = path {
+            std::fs::write(path, text)
+                .map_err(|e| Failure::Build(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    };
+    write(&args.digest_file, image.digest().to_owned())?;
+    let names = |tagged: bool| {
+        args.destinations
+            .iter()
+            .map(|d| {
+                let base = if tagged {
+                    d.clone()
+                } else {
+                    d.rsplit_once(':')
+                        .filter(|(_, t)| !t.contains('/'))
+                        .map_or(d.clone(), |(n, _)| n.to_owned())
+                };
+                format!("{base}@{}\n", image.digest())
+            })
+            .collect::<String>()
+    };
+    write(&args.name_digest_file, names(false))?;
+    write(&args.name_tag_digest_file, names(true))?;
+    let (hits, steps) = image.cache_hits();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "digest {}", image.digest());
+    for line in outputs {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "done in {:.2}s, {hits} of {steps} steps from the cache",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The context source and the name an unnamed output gets.
+fn context_source(text: &str) -> Result<(ContextSource, String), Failure> {
+    if text == "-" || text == "tar://stdin" {
+        return Ok((
+            ContextSource::TarStream(Box::new(std::io::stdin())),
+            "image".to_owned(),
+        ));
+    }
+    if let Some(path) = text.strip_prefix("tar://") {
+        let name = Path::new(path).file_stem().map_or("image".to_owned(), |s| {
+            s.to_string_lossy().trim_end_matches(".tar").to_owned()
+        });
+        return Ok((ContextSource::Tar(path.into()), name));
+    }
+    let dir = PathBuf::from(text.strip_prefix("dir://").unwrap_or(text));
+    if !dir.is_dir() {
+        return Err(Failure::Usage(format!("--context {text}: not a directory")));
+    }
+    let name = std::fs::canonicalize(&dir)
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+        .unwrap_or_else(|| "image".to_owned());
+    Ok((ContextSource::Dir(dir), name))
+}
+
+fn registry_client(args: &Args) -> Result<RegistryClient, Failure> {
+    let mut builder = RegistryClient::builder().credentials(Credentials::from_env());
+    if args.insecure {
+        for destination in &args.destinations {
+            if let Some((host, _)) = destination.split_once('/') {
+                builder = builder.insecure(host);
+            }
+        }
+    }
+    for host in &args.insecure_registries {
+        builder = builder.insecure(host);
+    }
+    builder = builder.skip_tls_verify(args.skip_tls_verify);
+    for host in &args.skip_tls_verify_registries {
+        builder = builder.skip_tls_verify_for(host);
+    }
+    for (_, path) in &args.certificates {
+        let pem = std::fs::read(path).map_err(|e| {
+            Failure::Usage(format!("--registry-certificate {}: {e}", path.display()))
+        })?;
+        builder = builder.ca_pem(pem);
+    }
+    for mirror in &args.mirrors {
+        builder = builder.mirror(mirror);
+    }
+    if let Some(retries) = args.push_retry {
+        builder = builder.retries(retries);
+    }
+    Ok(builder.build())
+}
+
+/// Prints one event: a timestamped line, or a JSON object with `--log-format json`.
+fn report(event: &Event, json: bool, explain: bool) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let stamp = strata::config::rfc3339(now.as_secs() as i64);
+    let stamp = format!(
+        "{}.{:03}Z",
+        stamp.trim_end_matches('Z'),
+        now.subsec_millis()
+    );
+    let (kind, text) = match event {
+        Event::StageStarted { stage, base } => ("stage", format!("[{stage}] FROM {base}")),
+        Event::Pulling { reference } => ("pull", format!("pulling {reference}")),
+        Event::Pulled {
+            reference,
+            digest,
+            downloaded,
+        } => (
+            "pulled",
+            format!("pulled {reference} ({digest}, {downloaded} blobs downloaded)"),
+        ),
+        Event::StepStarted { stage, line, text } => {
+            ("step", format!("[{stage}] line {line}: {text}"))
+        }
+        Event::CacheHit { stage, line } => ("cache-hit", format!("[{stage}] line {line}: cached")),
+        Event::CacheMiss {
+            stage,
+            line,
+            reasons,
+        } => {
+            let why = if explain && !reasons.is_empty() {
+                format!(": {}", reasons.join("; "))
+            } else {
+                String::new()
+            };
+            (
+                "cache-miss",
+                format!("[{stage}] line {line}: not cached{why}"),
+            )
+        }
+        Event::Output { stage, text, .. } => ("output", format!("[{stage}] | {text}")),
+        Event::StepFinished {
+            stage,
+            line,
+            duration,
+            ..
+        } => (
+            "step-done",
+            format!(
+                "[{stage}] line {line}: done in {:.3}s",
+                duration.as_secs_f64()
+            ),
+        ),
+        Event::Built { digest } => ("built", format!("built {digest}")),
+        other => ("event", format!("{other:?}")),
+    };
+    if json {
+        let line = serde_json::json!({ "time": stamp, "event": kind, "message": text });
+        eprintln!("{line}");
+    } else {
+        eprintln!("{stamp} {text}");
+    }
+}
