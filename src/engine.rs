@@ -297,12 +297,14 @@ impl Engine {
         let platform = self.opts.platform.to_string();
         match &stage.base {
             Base::Scratch => {
-                let config = ImageConfig {
+                let mut config = ImageConfig {
                     architecture: self.opts.platform.architecture.clone(),
                     os: self.opts.platform.os.clone(),
                     variant: self.opts.platform.variant.clone(),
                     ..ImageConfig::default()
                 };
+                // BuildKit gives an image built from scratch the default PATH.
+                config.config.set_env("PATH", strata_sandbox::DEFAULT_PATH);
                 Ok((
                     StageImage {
                         config,

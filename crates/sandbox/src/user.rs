@@ -15,7 +15,8 @@ const MAX_DATABASE: u64 = 16 << 20;
 pub(crate) struct ExecUser {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups: only when the group was not given explicitly.
+    /// Supplementary groups (the primary one first): only when the group was not given
+    /// explicitly.
     pub groups: Vec<u32>,
     /// The home directory from `/etc/passwd`, `/` when there is no entry.
     pub home: String,
@@ -171,10 +172,15 @@ fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<E
 
     if group_arg.is_empty() {
         if let (Some(name), Some(text)) = (&matched_name, group) {
-            user.groups = group_entries(text)
-                .filter(|g| g.rest.split(',').any(|member| member.trim() == name))
-                .map(|g| g.id)
-                .collect();
+            // The primary group first, as Docker and buildah give it, then memberships.
+            user.groups = vec![user.gid];
+            for g in group_entries(text) {
+                if g.rest.split(',').any(|member| member.trim() == name)
+                    && !user.groups.contains(&g.id)
+                {
+                    user.groups.push(g.id);
+                }
+            }
         }
     } else {
         let found = group.and_then(|text| {
@@ -217,7 +223,7 @@ mod tests {
             (app.uid, app.gid, app.home.as_str()),
             (1000, 1000, "/home/app")
         );
-        assert_eq!(app.groups, vec![50, 10]);
+        assert_eq!(app.groups, vec![1000, 50, 10]);
         let root = get("").unwrap();
         assert_eq!((root.uid, root.gid, root.home.as_str()), (0, 0, "/root"));
     }
