@@ -72,19 +72,7 @@ impl Engine {
         }
         let from_stage = match &copy.from {
             None => None,
-            Some(from) => match self.plan.stage_by_reference(from) {
-                Some(index) => Some(
-                    at.done
-                        .get(&index)
-                        .cloned()
-                        .ok_or_else(|| Error::Invalid(format!("stage {from} was not built")))?,
-                ),
-                None => {
-                    return Err(Error::Unsupported(format!(
-                        "{verb} --from an image ({from}); name a stage instead"
-                    )));
-                }
-            },
+            Some(from) => Some(self.source_stage(from, at)?),
         };
         let sources: Vec<Source>;
         match &from_stage {

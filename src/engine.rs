@@ -106,6 +106,8 @@ pub(crate) struct Engine {
     pub steps: AtomicUsize,
     sandbox: OnceLock<std::result::Result<Sandbox, String>>,
     overlay: OnceLock<std::result::Result<(), String>>,
+    /// Images named by `--from` (not stages), pulled once per build.
+    from_images: Mutex<HashMap<String, Arc<StageResult>>>,
     rootfs_count: AtomicUsize,
 }
 
@@ -151,6 +153,7 @@ impl Engine {
             steps: AtomicUsize::new(0),
             sandbox: OnceLock::new(),
             overlay: OnceLock::new(),
+            from_images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
         }
     }
@@ -815,6 +818,31 @@ impl Engine {
             }
         }
         Ok(entries)
+    }
+
+    /// What a `--from` value names: a finished stage, or else an image (pulled once per
+    /// build, like a base image).
+    pub(crate) fn source_stage(&self, from: &str, at: &StepAt<'_>) -> Result<Arc<StageResult>> {
+        if let Some(index) = self.plan.stage_by_reference(from) {
+            return at
+                .done
+                .get(&index)
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("stage {from} was not built")));
+        }
+        let mut images = self
+            .from_images
+            .lock()
+            .map_err(|_| Error::Task("image list poisoned".to_owned()))?;
+        if let Some(found) = images.get(from) {
+            return Ok(Arc::clone(found));
+        }
+        let pulled = Arc::new(StageResult {
+            image: self.pull(from)?,
+            rootfs: Mutex::new(None),
+        });
+        images.insert(from.to_owned(), Arc::clone(&pulled));
+        Ok(pulled)
     }
 
     /// The root filesystem of a finished stage, materialized on first use.

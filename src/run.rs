@@ -102,18 +102,11 @@ impl Engine {
                             self.context.root().join(first)
                         }
                         Some(from) => {
-                            let index = self.plan.stage_by_reference(from).ok_or_else(|| {
-                                Error::Unsupported(format!(
-                                    "RUN --mount from an image ({from}); name a stage instead"
-                                ))
-                            })?;
-                            let stage = at.done.get(&index).ok_or_else(|| {
-                                Error::Invalid(format!("stage {from} was not built"))
-                            })?;
+                            let stage = self.source_stage(from, at)?;
                             for layer in &stage.image.layers {
                                 key = key.file(&format!("mount {target} layer"), &layer.diff_id);
                             }
-                            let dir = self.stage_rootfs(stage)?;
+                            let dir = self.stage_rootfs(&stage)?;
                             let inner = strata_sandbox::resolve_in_root(&dir, &source)?;
                             dir.join(inner.trim_start_matches('/'))
                         }

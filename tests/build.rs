@@ -428,3 +428,222 @@ async fn a_missing_base_image_names_the_reference() {
     assert!(text.contains("nope/nothing"), "{text}");
     assert!(text.contains(":1"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_from_an_image_and_bases_from_an_oci_layout() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    // An image built first, written as an OCI layout, then used as a base by path.
+    let (first, _) = run(fx.build(context.path(), "FROM {base}\nRUN echo first > /first\n")).await;
+    let first = first.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    first
+        .write_oci_layout(&dir.path().join("layout"), "v1")
+        .unwrap();
+    let dockerfile = format!(
+        "FROM oci-layout://{}:v1\nCOPY --from={{base}} /etc/passwd /copied-passwd\n",
+        dir.path().join("layout").display()
+    );
+    let (image, _) = run(fx.build(context.path(), &dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(fs::read_to_string(rootfs.join("first")).unwrap(), "first\n");
+    assert!(
+        fs::read_to_string(rootfs.join("copied-passwd"))
+            .unwrap()
+            .contains("app:x:1000")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_base_needs_no_registry_once_pulled() {
+    let mut fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let (first, _) = run(fx.build(context.path(), "FROM {base}\nCOPY f /f\n")).await;
+    let first = first.unwrap();
+    fx.registry.stop();
+    let pinned = format!("{}@{}", fx.base, fx.base_digest);
+    let dockerfile = format!("FROM {pinned}\nCOPY f /f\n");
+    let (image, events) = run(fx.build(context.path(), &dockerfile)).await;
+    let image = image.expect("the state directory has every blob");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Pulled { downloaded: 0, .. }))
+    );
+    assert_eq!(image.layers(), first.layers());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tar_contexts_from_a_file_and_a_stream() {
+    let fx = Fixture::new();
+    let source = ContextBuilder::new()
+        .file("app/main.txt", "main\n")
+        .file(".dockerignore", "app/skip.txt\n")
+        .file("app/skip.txt", "skip\n")
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("context.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(source.path())
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dockerfile = "FROM {base}\nCOPY app /app\n".replace("{base}", &fx.base);
+    for context in [
+        strata::ContextSource::Tar(tarball.clone()),
+        strata::ContextSource::TarStream(Box::new(fs::File::open(&tarball).unwrap())),
+    ] {
+        let build = strata::Build::new(context)
+            .dockerfile_text(dockerfile.clone())
+            .state_dir(fx.state.path());
+        let (image, _) = run(build).await;
+        let image = image.unwrap();
+        let (work, layout) = layout(&image);
+        let rootfs = umoci_rootfs(work.path(), &layout);
+        assert_eq!(
+            fs::read_to_string(rootfs.join("app/main.txt")).unwrap(),
+            "main\n"
+        );
+        assert!(
+            !rootfs.join("app/skip.txt").exists(),
+            "the archive's .dockerignore applies"
+        );
+    }
+    // A context archive with an entry that climbs out is refused.
+    let evil = dir.path().join("evil.tar");
+    let mut builder = tar_builder(&evil);
+    builder
+        .append_path_with_name_unchecked(&tarball, "../escape")
+        .ok();
+    drop(builder);
+    let build = strata::Build::new(strata::ContextSource::Tar(evil))
+        .dockerfile_text(dockerfile)
+        .state_dir(fx.state.path());
+    let (result, _) = run(build).await;
+    let text = result.err().unwrap().to_string();
+    assert!(text.contains("context archive"), "{text}");
+}
+
+fn tar_builder(path: &std::path::Path) -> RawTar {
+    RawTar {
+        path: path.to_owned(),
+    }
+}
+
+/// Writes a one-entry tar whose name is taken as given (`../escape`), as a hostile client
+/// could send.
+struct RawTar {
+    path: std::path::PathBuf,
+}
+
+impl RawTar {
+    fn append_path_with_name_unchecked(
+        &mut self,
+        _: &std::path::Path,
+        name: &str,
+    ) -> std::io::Result<()> {
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        header[100..107].copy_from_slice(b"0000644");
+        header[108..115].copy_from_slice(b"0000000");
+        header[116..123].copy_from_slice(b"0000000");
+        header[124..135].copy_from_slice(b"00000000004");
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut bytes = header.to_vec();
+        let mut data = b"evil".to_vec();
+        data.resize(512, 0);
+        bytes.extend(data);
+        bytes.extend([0u8; 1024]);
+        fs::write(&self.path, bytes)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_mounts_bind_cache_secret_and_tmpfs() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("src/input.txt", "from the context\n")
+        .build()
+        .unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    fs::write(secrets.path().join("token"), "s3cr3t").unwrap();
+    let dockerfile = r#"FROM {base}
+RUN --mount=type=bind,source=src,target=/mnt/src cat /mnt/src/input.txt > /bound
+RUN --mount=type=cache,target=/var/cache/x echo run >> /var/cache/x/log && cat /var/cache/x/log > /cache-log
+RUN --mount=type=secret,id=token cat /run/secrets/token > /seen-secret-length && wc -c < /run/secrets/token > /seen-secret-length
+RUN --mount=type=tmpfs,target=/scratch touch /scratch/gone && ls /scratch > /tmpfs-listing
+RUN --network=none sh -c 'wget -q -T 1 http://127.0.0.1:1/ 2>&1; echo exit=$?' > /network
+"#;
+    let build = fx
+        .build(context.path(), dockerfile)
+        .secret("token", strata::Secret::File(secrets.path().join("token")));
+    let (image, _) = run(build).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("bound")).unwrap(),
+        "from the context\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("cache-log")).unwrap(),
+        "run\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("seen-secret-length"))
+            .unwrap()
+            .trim(),
+        "6"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmpfs-listing")).unwrap(),
+        "gone\n"
+    );
+    assert!(
+        fs::read_to_string(rootfs.join("network"))
+            .unwrap()
+            .contains("exit=1")
+    );
+    for mount_point in ["mnt", "var/cache/x", "run", "scratch"] {
+        assert!(
+            !rootfs.join(mount_point).exists(),
+            "{mount_point} left in the image"
+        );
+    }
+    // The secret is in no layer.
+    for layer in image.layers() {
+        let blob = fx
+            .state
+            .path()
+            .join("blobs/sha256")
+            .join(&layer.digest[7..]);
+        let mut text = Vec::new();
+        let mut decoder = flate2_read(&blob);
+        std::io::Read::read_to_end(&mut decoder, &mut text).unwrap();
+        assert!(!text.windows(6).any(|w| w == b"s3cr3t"));
+    }
+}
+
+fn flate2_read(path: &std::path::Path) -> impl std::io::Read {
+    std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .stdout
+        .unwrap()
+}

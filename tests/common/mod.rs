@@ -16,6 +16,8 @@ use strata_testkit::{TestRegistry, find_program, push_busybox_image};
 pub struct Fixture {
     pub registry: TestRegistry,
     pub base: String,
+    /// The base image's manifest digest.
+    pub base_digest: String,
     pub state: tempfile::TempDir,
 }
 
@@ -26,6 +28,7 @@ impl Fixture {
         Fixture {
             registry,
             base: base.reference,
+            base_digest: base.manifest_digest,
             state: tempfile::tempdir().unwrap(),
         }
     }
