@@ -28,31 +28,39 @@ impl Engine {
         at: &StepAt<'_>,
     ) -> Result<bool> {
         let verb = if add.is_some() { "ADD" } else { "COPY" };
-        if copy.parents {
-            return Err(Error::Unsupported(format!("{verb} --parents")));
+        if copy.parents && copy.sources.iter().any(|s| s.contains("/./")) {
+            return Err(Error::Unsupported(format!(
+                "{verb} --parents with a /./ pivot"
+            )));
         }
-        if let Some(add) = add {
-            if add.checksum.is_some() {
-                return Err(Error::Unsupported("ADD --checksum".to_owned()));
-            }
-            if let Some(url) = copy
-                .sources
-                .iter()
-                .find(|s| s.contains("://") || s.starts_with("git@"))
-            {
-                return Err(Error::Unsupported(format!(
-                    "ADD from a URL or git repository ({url})"
-                )));
-            }
+        // ADD's http(s) sources are downloaded (every build: the content decides the key).
+        let (urls, local): (Vec<String>, Vec<String>) = copy
+            .sources
+            .iter()
+            .cloned()
+            .partition(|s| add.is_some() && crate::download::is_url(s));
+        if let Some(source) = local
+            .iter()
+            .find(|s| s.contains("://") || s.starts_with("git@"))
+        {
+            return Err(Error::Unsupported(format!(
+                "{verb} from a git repository or a non-http URL ({source})"
+            )));
         }
-        let chmod = match &copy.chmod {
-            None => None,
-            Some(text) => Some(u32::from_str_radix(text, 8).map_err(|_| {
-                Error::Unsupported(format!(
-                    "--chmod={text}: only octal modes are supported yet"
-                ))
-            })?),
-        };
+        let checksum = add.and_then(|a| a.checksum.as_deref());
+        if checksum.is_some() && (urls.is_empty() || !local.is_empty()) {
+            return Err(Error::Invalid(
+                "ADD --checksum needs http(s) sources only".to_owned(),
+            ));
+        }
+        let mut downloads = Vec::new();
+        for url in &urls {
+            downloads.push((
+                url.clone(),
+                crate::download::download(url, &self.work, checksum)?,
+            ));
+        }
+        let chmod = copy.chmod.as_deref().map(Chmod::parse).transpose()?;
         // Where the files come from, and their content digests for the key.
         let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction));
         for (name, value) in [
@@ -77,7 +85,11 @@ impl Engine {
         let sources: Vec<Source>;
         match &from_stage {
             None => {
-                sources = self.context.sources(&copy.sources)?;
+                sources = if local.is_empty() {
+                    Vec::new()
+                } else {
+                    self.context.sources(&local)?
+                };
                 let digest = {
                     let mut memo = self
                         .memo
@@ -123,6 +135,9 @@ impl Engine {
                 );
             }
         }
+        for (url, download) in &downloads {
+            key = key.file(url, &download.digest);
+        }
         for file in &copy.files {
             key = key.file(
                 &format!("<<{}", file.name),
@@ -145,15 +160,20 @@ impl Engine {
             }
         };
         let source_ctx = source_ctx.as_ref().unwrap_or(&self.context);
+        // ADD extracts local tar archives into the destination (a directory, then).
+        let mut archives: BTreeMap<String, tempfile::TempDir> = BTreeMap::new();
         if let Some(add) = add
             && add.unpack != Some(false)
         {
             for source in sources.iter().filter(|s| !s.is_dir) {
-                if is_archive(&source_ctx.root().join(&source.path)) {
-                    return Err(Error::Unsupported(format!(
-                        "ADD of a local archive ({}): extraction is not written yet",
-                        source.path
-                    )));
+                let host = source_ctx.root().join(&source.path);
+                if let Some(codec) = crate::archive::detect(&host)? {
+                    let dir = tempfile::Builder::new()
+                        .prefix("archive-")
+                        .tempdir_in(&self.work)
+                        .map_err(Error::io(&self.work))?;
+                    crate::archive::unpack(&host, codec, dir.path())?;
+                    archives.insert(source.path.clone(), dir);
                 }
             }
         }
@@ -175,7 +195,7 @@ impl Engine {
         let dest_resolved = strata_sandbox::resolve_in_root(&root, &clean_absolute(&dest_text))?;
         let dest_exists_dir = root.join(dest_resolved.trim_start_matches('/')).is_dir();
         let trailing = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == ".";
-        let count = sources.len() + copy.files.len();
+        let count = sources.len() + copy.files.len() + downloads.len();
         let dest_is_dir = trailing || dest_exists_dir;
         if count > 1 && !dest_is_dir {
             return Err(Error::Invalid(format!(
@@ -187,7 +207,11 @@ impl Engine {
         let dest_rel = dest_resolved.trim_start_matches('/').to_owned();
         let mtime_now = self.mtime_now();
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-        let all_dirs = sources.iter().all(|s| s.is_dir) && copy.files.is_empty();
+        let all_dirs = sources
+            .iter()
+            .all(|s| s.is_dir || archives.contains_key(&s.path))
+            && copy.files.is_empty()
+            && downloads.is_empty();
         // Parents of the destination that do not exist yet.
         let parent_of_files = if dest_is_dir || all_dirs {
             dest_rel.clone()
@@ -200,8 +224,8 @@ impl Engine {
             entries.insert(entry.path.clone(), entry);
         }
         let meta_of = |meta: &fs::Metadata| Metadata {
-            mode: match chmod {
-                Some(mode) => mode,
+            mode: match &chmod {
+                Some(chmod) => chmod.apply(meta.mode() & 0o7777, meta.is_dir()),
                 None => meta.mode() & 0o7777,
             },
             uid: owner.0,
@@ -218,10 +242,40 @@ impl Engine {
             _ => format!("{a}/{b}"),
         };
         for source in &sources {
+            if let Some(dir) = archives.get(&source.path) {
+                // The archive's entries keep their owners unless --chown says otherwise.
+                for (rel, meta) in Context::for_rootfs(dir.path()).walk("", &[])? {
+                    let path = join(&dest_rel, &rel);
+                    let mut metadata = meta_of(&meta);
+                    if copy.chown.is_none() {
+                        (metadata.uid, metadata.gid) = (meta.uid(), meta.gid());
+                    }
+                    if let Some(entry) = file_entry(&path, &dir.path().join(&rel), &meta, metadata)?
+                    {
+                        entries.insert(path, entry);
+                    }
+                }
+                continue;
+            }
             let host = source_ctx.root().join(&source.path);
+            // With --parents, a source keeps its path below the destination.
+            let (dest_rel, dest_is_dir) = if copy.parents {
+                let parent = match source.path.rsplit_once('/') {
+                    _ if source.is_dir => source.path.as_str(),
+                    Some((parent, _)) => parent,
+                    None => "",
+                };
+                let base = join(&dest_rel, parent);
+                for entry in self.missing_dirs(&root, &format!("/{base}"), owner)? {
+                    entries.entry(entry.path.clone()).or_insert(entry);
+                }
+                (base, true)
+            } else {
+                (dest_rel.clone(), dest_is_dir)
+            };
             if source.is_dir {
                 // The directory's contents go into the destination.
-                if !dest_rel.is_empty() && !root.join(&dest_rel).is_dir() {
+                if !dest_rel.is_empty() && !root.join(&dest_rel).is_dir() && !copy.parents {
                     let meta = fs::metadata(&host).map_err(Error::io(&host))?;
                     entries.insert(
                         dest_rel.clone(),
@@ -233,12 +287,7 @@ impl Engine {
                     );
                 }
                 let exclude = &copy.exclude;
-                let walked = if from_stage.is_some() {
-                    source_ctx.walk(&source.path, exclude)?
-                } else {
-                    self.context.walk(&source.path, exclude)?
-                };
-                for (rel, meta) in walked {
+                for (rel, meta) in source_ctx.walk(&source.path, exclude)? {
                     let path = join(&dest_rel, &rel);
                     let full = host.join(&rel);
                     if let Some(entry) = file_entry(&path, &full, &meta, meta_of(&meta))? {
@@ -261,6 +310,31 @@ impl Engine {
                 }
             }
         }
+        for (_, download) in &downloads {
+            let path = if dest_is_dir {
+                join(&dest_rel, &download.name)
+            } else {
+                dest_rel.clone()
+            };
+            entries.insert(
+                path.clone(),
+                Entry {
+                    path,
+                    kind: EntryKind::File {
+                        source: download.file.path().to_owned(),
+                        size: download.size,
+                    },
+                    metadata: Metadata {
+                        // Docker gives downloaded files 0600.
+                        mode: chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false)),
+                        uid: owner.0,
+                        gid: owner.1,
+                        mtime: download.mtime.map_or(mtime_now, Mtime::from_secs),
+                        ..Metadata::default()
+                    },
+                },
+            );
+        }
         for file in &copy.files {
             let path = if dest_is_dir || count > 1 {
                 join(&dest_rel, &file.name)
@@ -273,7 +347,7 @@ impl Engine {
                     path,
                     kind: EntryKind::Bytes(file.data.clone().into_bytes()),
                     metadata: Metadata {
-                        mode: chmod.unwrap_or(0o644),
+                        mode: chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false)),
                         uid: owner.0,
                         gid: owner.1,
                         mtime: mtime_now,
@@ -282,7 +356,8 @@ impl Engine {
                 },
             );
         }
-        if entries.is_empty() && sources.is_empty() && copy.files.is_empty() {
+        if entries.is_empty() && sources.is_empty() && copy.files.is_empty() && downloads.is_empty()
+        {
             return Err(Error::Context(format!(
                 "{verb}: no source files were specified"
             )));
@@ -324,17 +399,118 @@ fn file_entry(
     }))
 }
 
-/// Whether a file starts like a tar archive or a compressed stream.
-fn is_archive(path: &Path) -> bool {
-    let mut head = [0u8; 512];
-    let Ok(mut file) = fs::File::open(path) else {
-        return false;
-    };
-    let n = std::io::Read::read(&mut file, &mut head).unwrap_or(0);
-    let head = &head[..n];
-    head.starts_with(&[0x1f, 0x8b])
-        || head.starts_with(b"BZh")
-        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-        || (n >= 262 && &head[257..262] == b"ustar")
+/// A `--chmod` value: octal (`755`), or symbolic as chmod(1) writes it (`u=rwx,go=rx`,
+/// `a+x`, `g-w,o=`), applied to each copied file's own mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Chmod {
+    Octal(u32),
+    /// Clauses of (who mask, operator, permission bits, `X`).
+    Symbolic(Vec<(u32, char, u32, bool)>),
+}
+
+impl Chmod {
+    pub(crate) fn parse(text: &str) -> Result<Chmod> {
+        if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+            return u32::from_str_radix(text, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .map(Chmod::Octal)
+                .ok_or_else(|| Error::Invalid(format!("--chmod={text}: not an octal mode")));
+        }
+        let bad = || {
+            Error::Invalid(format!(
+                "--chmod={text}: not a mode (octal, or like u=rwx,go=rx)"
+            ))
+        };
+        let mut clauses = Vec::new();
+        for clause in text.split(',') {
+            let mut chars = clause.chars().peekable();
+            let mut who = 0u32;
+            while let Some(c) = chars.peek().copied() {
+                who |= match c {
+                    'u' => 0o4700,
+                    'g' => 0o2070,
+                    'o' => 0o1007,
+                    'a' => 0o7777,
+                    _ => break,
+                };
+                chars.next();
+            }
+            if who == 0 {
+                who = 0o7777;
+            }
+            let mut any = false;
+            while let Some(op) = chars.next() {
+                if !matches!(op, '+' | '-' | '=') {
+                    return Err(bad());
+                }
+                let (mut bits, mut big_x) = (0u32, false);
+                while let Some(c) = chars.peek().copied() {
+                    bits |= match c {
+                        'r' => 0o444,
+                        'w' => 0o222,
+                        'x' => 0o111,
+                        's' => 0o6000,
+                        't' => 0o1000,
+                        'X' => {
+                            big_x = true;
+                            0
+                        }
+                        _ => break,
+                    };
+                    chars.next();
+                }
+                clauses.push((who, op, bits, big_x));
+                any = true;
+            }
+            if !any {
+                return Err(bad());
+            }
+        }
+        Ok(Chmod::Symbolic(clauses))
+    }
+
+    pub(crate) fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Chmod::Octal(mode) => *mode,
+            Chmod::Symbolic(clauses) => {
+                let mut mode = mode & 0o7777;
+                for (who, op, bits, big_x) in clauses {
+                    let mut bits = *bits;
+                    if *big_x && (is_dir || mode & 0o111 != 0) {
+                        bits |= 0o111;
+                    }
+                    let bits = bits & who;
+                    mode = match op {
+                        '+' => mode | bits,
+                        '-' => mode & !bits,
+                        _ => (mode & !who) | bits,
+                    };
+                }
+                mode
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chmod_octal_and_symbolic() {
+        assert_eq!(Chmod::parse("755").unwrap().apply(0o600, false), 0o755);
+        assert_eq!(
+            Chmod::parse("u=rwx,go=rx").unwrap().apply(0o600, false),
+            0o755
+        );
+        assert_eq!(Chmod::parse("a+x").unwrap().apply(0o644, false), 0o755);
+        assert_eq!(Chmod::parse("g-w,o=").unwrap().apply(0o775, false), 0o750);
+        assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, false), 0o644);
+        assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, true), 0o755);
+        assert_eq!(Chmod::parse("+x").unwrap().apply(0o600, false), 0o711);
+        assert!(Chmod::parse("u*x").is_err());
+        assert!(Chmod::parse("99999").is_err());
+        assert!(Chmod::parse("").is_err());
+    }
 }

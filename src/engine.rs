@@ -232,17 +232,26 @@ impl Engine {
                 Base::Stage(i) => format!("stage {}", self.stage_name(*i)),
             },
         });
+        let mut cmd_set = false;
+        // The base image's ONBUILD triggers run first, as if written after FROM; the image
+        // made here does not pass them on.
         if let Some(triggers) = image
             .config
             .config
             .on_build
-            .as_ref()
+            .take()
             .filter(|t| !t.is_empty())
         {
-            return Err(at_from(Error::Unsupported(format!(
-                "running the base image's ONBUILD triggers ({})",
-                triggers.join("; ")
-            ))));
+            self.run_triggers(
+                &mut image,
+                &mut rootfs,
+                &triggers,
+                stage,
+                &name,
+                done,
+                &mut cmd_set,
+            )
+            .map_err(at_from)?;
         }
         let base_env = image.config.config.env_pairs();
         let instructions =
@@ -252,7 +261,6 @@ impl Engine {
                     file: self.file_name.clone(),
                     source,
                 })?;
-        let mut cmd_set = false;
         for (i, located) in instructions.iter().enumerate() {
             let original = stage.nodes.get(i).map_or("", |n| n.original.trim());
             let at = StepAt {
@@ -289,6 +297,62 @@ impl Engine {
             image,
             rootfs: Mutex::new(rootfs),
         })
+    }
+
+    /// Runs a base image's ONBUILD triggers at the start of `stage`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_triggers(
+        &self,
+        image: &mut StageImage,
+        rootfs: &mut Option<Rootfs>,
+        triggers: &[String],
+        stage: &Stage,
+        name: &str,
+        done: &HashMap<usize, Arc<StageResult>>,
+        cmd_set: &mut bool,
+    ) -> Result<()> {
+        let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
+        let invalid = |e: strata_dockerfile::Error| {
+            Error::Invalid(format!("the base image's ONBUILD triggers: {e}"))
+        };
+        let file = strata_dockerfile::parse(&text).map_err(invalid)?;
+        let plan = Plan::new(
+            &file,
+            &strata_dockerfile::PlanOptions {
+                build_args: BTreeMap::new(),
+                target: None,
+                target_platform: strata_dockerfile::Platform::host(),
+                build_platform: strata_dockerfile::Platform::host(),
+            },
+        )
+        .map_err(invalid)?;
+        let instructions = plan
+            .instructions(0, &image.config.config.env_pairs())
+            .map_err(invalid)?;
+        for (i, located) in instructions.iter().enumerate() {
+            let original = triggers.get(i).map_or("", String::as_str);
+            let at = StepAt {
+                stage: name,
+                id: format!("{}/{name}/onbuild-{i}", self.file_name),
+                line: stage.line,
+                original,
+                done,
+            };
+            self.emit(Event::StepStarted {
+                stage: name.to_owned(),
+                line: stage.line,
+                text: format!("ONBUILD {original}"),
+            });
+            let started = Instant::now();
+            let cached = self.step(image, rootfs, located, &at, cmd_set)?;
+            self.emit(Event::StepFinished {
+                stage: name.to_owned(),
+                line: stage.line,
+                duration: started.elapsed(),
+                cached,
+            });
+        }
+        Ok(())
     }
 
     /// The image a stage starts from, and its filesystem when one already exists.

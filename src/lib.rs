@@ -36,11 +36,13 @@
     clippy::print_stderr
 )]
 
+mod archive;
 mod build;
 mod changes;
 pub mod config;
 mod context;
 mod copy;
+mod download;
 mod engine;
 mod error;
 mod event;

@@ -647,3 +647,159 @@ fn flate2_read(path: &std::path::Path) -> impl std::io::Read {
         .stdout
         .unwrap()
 }
+
+/// Serves `body` with a `Last-Modified` header to every request, on loopback.
+fn serve(body: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body);
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn add_extracts_local_archives_and_downloads_urls() {
+    let fx = Fixture::new();
+    let content = tempfile::tempdir().unwrap();
+    fs::create_dir(content.path().join("pkg")).unwrap();
+    fs::write(content.path().join("pkg/data.txt"), "packed\n").unwrap();
+    let context = ContextBuilder::new()
+        .file("plain.gz.txt", "not an archive\n")
+        .build()
+        .unwrap();
+    for (flag, name) in [
+        ("-czf", "a.tar.gz"),
+        ("-cjf", "b.tar.bz2"),
+        ("-cJf", "c.tar.xz"),
+        ("-cf", "d.tar"),
+    ] {
+        let status = std::process::Command::new("tar")
+            .arg(flag)
+            .arg(context.path().join(name))
+            .arg("--owner=1234")
+            .arg("--group=99")
+            .arg("-C")
+            .arg(content.path())
+            .arg("pkg")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let url = serve(b"downloaded bytes\n");
+    let digest = format!("sha256:{}", hex_sha256(b"downloaded bytes\n"));
+    let dockerfile = format!(
+        "FROM {{base}}\nADD a.tar.gz /gz\nADD b.tar.bz2 /bz2/\nADD c.tar.xz /xz\nADD d.tar /plain\n\
+         ADD --unpack=false d.tar /kept/\nADD plain.gz.txt /copied.txt\n\
+         ADD --checksum={digest} {url}/files/tool.bin /downloads/\nADD {url}/x /named\n"
+    );
+    let (image, _) = run(fx.build(context.path(), &dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    for dir in ["gz", "bz2", "xz", "plain"] {
+        let path = rootfs.join(dir).join("pkg/data.txt");
+        assert_eq!(describe(&path), "644 1234:99 = \"packed\\n\"", "{dir}");
+    }
+    assert!(
+        rootfs.join("kept/d.tar").is_file(),
+        "--unpack=false copies the archive"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("copied.txt")).unwrap(),
+        "not an archive\n"
+    );
+    assert_eq!(
+        describe(&rootfs.join("downloads/tool.bin")),
+        "600 0:0 = \"downloaded bytes\\n\""
+    );
+    let mtime = fs::metadata(rootfs.join("named"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        mtime,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+    );
+
+    let wrong = format!(
+        "FROM {{base}}\nADD --checksum=sha256:{} {url}/f /f\n",
+        "0".repeat(64)
+    );
+    let (result, _) = run(fx.build(context.path(), &wrong)).await;
+    let text = result.err().unwrap().to_string();
+    assert!(text.contains("checksum mismatch"), "{text}");
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn onbuild_triggers_run_in_the_image_built_on_top() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("trigger.txt", "copied by a trigger\n")
+        .build()
+        .unwrap();
+    let parent = "FROM {base}\nONBUILD COPY trigger.txt /from-trigger\nONBUILD RUN echo ran > /trigger-ran\n";
+    let (parent, _) = run(fx.build(context.path(), parent)).await;
+    let parent = parent.unwrap();
+    let reference = format!("{}/team/onbuild:1", fx.registry.host());
+    parent.push(&reference).await.unwrap();
+    let child = format!("FROM {reference}\nRUN cat /from-trigger /trigger-ran > /both\n");
+    let (child, _) = run(fx.build(context.path(), &child)).await;
+    let child = child.unwrap();
+    assert!(
+        child.config().config.on_build.is_none(),
+        "triggers are not inherited"
+    );
+    let (work, layout) = layout(&child);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("both")).unwrap(),
+        "copied by a trigger\nran\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_parents_and_symbolic_chmod() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a/b/one.txt", "one\n")
+        .file("a/c/two.txt", "two\n")
+        .file_with_mode("tool", "#!/bin/sh\n", 0o640)
+        .build()
+        .unwrap();
+    let dockerfile = "FROM {base}\nCOPY --parents a/b/one.txt a/c /keep/\nCOPY --chmod=u=rwx,go=rx tool /tool\nCOPY --chmod=a+X a/b /x/\n";
+    let (image, _) = run(fx.build(context.path(), dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("keep/a/b/one.txt")).unwrap(),
+        "one\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("keep/a/c/two.txt")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(describe(&rootfs.join("tool")), "755 0:0 = \"#!/bin/sh\\n\"");
+    assert_eq!(
+        describe(&rootfs.join("x/one.txt")),
+        "644 0:0 = \"one\\n\"",
+        "X leaves files alone"
+    );
+}

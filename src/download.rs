@@ -1,0 +1,140 @@
+//! `ADD`'s http(s) sources: streamed to a file in the build's scratch directory, hashed on
+//! the way, checked against `--checksum`, never extracted (as Docker).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// A downloaded `ADD` source.
+#[derive(Debug)]
+pub(crate) struct Download {
+    /// The bytes, on disk.
+    pub file: tempfile::NamedTempFile,
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    /// The file name the URL gives (its last path segment), for a directory destination.
+    pub name: String,
+    /// `Last-Modified`, in seconds since the epoch, when the server sent it.
+    pub mtime: Option<i64>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Whether an `ADD` source is a URL strata downloads.
+pub(crate) fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// Downloads `url` into `dir`, checking `checksum` (`sha256:<hex>`) when given.
+pub(crate) fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Download> {
+    let fail = |message: String| Error::Invalid(format!("ADD {url}: {message}"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_body(Some(Duration::from_secs(300)))
+        .max_redirects(10)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(format!("HTTP {status}")));
+    }
+    let mtime = response
+        .headers()
+        .get("Last-Modified")
+        .and_then(|v| v.to_str().ok())
+        .and_then(http_date);
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+    let mut reader = response.into_body().into_reader();
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fail(format!("reading the body: {e}"))),
+        };
+        hasher.update(&buffer[..n]);
+        file.write_all(&buffer[..n])
+            .map_err(Error::io(file.path()))?;
+        size += n as u64;
+    }
+    let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if let Some(expected) = checksum
+        && expected != digest
+    {
+        return Err(fail(format!(
+            "checksum mismatch: expected {expected}, got {digest}"
+        )));
+    }
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|n| !n.is_empty() && !n.contains(':'))
+        .unwrap_or("index.html")
+        .to_owned();
+    Ok(Download {
+        file,
+        digest,
+        name,
+        mtime,
+        size,
+    })
+}
+
+/// Seconds since the epoch of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub(crate) fn http_date(text: &str) -> Option<i64> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as i64
+        + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_parse() {
+        assert_eq!(
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            http_date("Tue, 14 Nov 2023 22:13:20 GMT"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(http_date("yesterday"), None);
+    }
+}
