@@ -21,7 +21,7 @@ use strata::{Build, ContextSource, Event, Secret, SnapshotMode};
 
 const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin|- [--dockerfile PATH] \
 [--destination REF]... [--no-push] [--tar-path FILE] [--oci-layout-path DIR] [--build-arg K[=V]]... \
-[--target STAGE] [--label K=V]... [--cache=true|false] [--state-dir DIR] [--snapshot-mode MODE] \
+[--target STAGE] [--label K=V]... [--cache=true|false] [--cache-repo REPO] [--cache-ttl DURATION] [--state-dir DIR] [--snapshot-mode MODE] \
 [--reproducible] [--custom-platform OS/ARCH] [--insecure] [--insecure-registry HOST]... \
 [--skip-tls-verify] [--skip-tls-verify-registry HOST]... [--registry-certificate HOST=PATH]... \
 [--registry-mirror HOST]... [--push-retry N] [--digest-file FILE] \
@@ -31,8 +31,6 @@ const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin
 
 /// Kaniko flags this executor does not implement yet: refused, never ignored.
 const NOT_YET: &[&str] = &[
-    "--cache-repo",
-    "--cache-ttl",
     "--cache-copy-layers",
     "--cache-run-layers",
     "--single-snapshot",
@@ -59,6 +57,8 @@ struct Args {
     target: Option<String>,
     labels: BTreeMap<String, String>,
     cache: bool,
+    cache_repo: Option<String>,
+    cache_ttl: Option<std::time::Duration>,
     state_dir: Option<PathBuf>,
     snapshot_mode: SnapshotMode,
     reproducible: bool,
@@ -131,6 +131,13 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
                 args.labels.insert(k.to_owned(), v.to_owned());
             }
             "--cache" => args.cache = boolean(&inline)?,
+            "--cache-repo" => args.cache_repo = Some(value(inline)?),
+            "--cache-ttl" => {
+                let text = value(inline)?;
+                args.cache_ttl = Some(go_duration(&text).ok_or_else(|| {
+                    format!("--cache-ttl {text}: expected a duration like 6h or 90m")
+                })?);
+            }
             "--state-dir" => args.state_dir = Some(value(inline)?.into()),
             "--snapshot-mode" => {
                 args.snapshot_mode = match value(inline)?.as_str() {
@@ -307,6 +314,12 @@ async fn build(args: Args) -> Result<(), Failure> {
         build = build.secret(id, secret);
     }
     build = build.cache(args.cache).snapshot_mode(args.snapshot_mode);
+    if let Some(repo) = &args.cache_repo {
+        build = build.cache_repo(repo);
+    }
+    if let Some(ttl) = args.cache_ttl {
+        build = build.cache_ttl(ttl);
+    }
     build = build.compression(
         match (args.compression.as_deref(), args.compression_level) {
             (None | Some("gzip"), level) => strata::layer::Compression::Gzip {
@@ -511,4 +524,32 @@ fn report(event: &Event, json: bool, explain: bool) {
     } else {
         eprintln!("{stamp} {text}");
     }
+}
+
+/// A Go duration as Kaniko takes it (`336h`, `1h30m`, `90s`).
+fn go_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = 0f64;
+    let mut number = String::new();
+    let mut chars = text.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                0.001
+            }
+            ('h', _) => 3600.0,
+            ('m', _) => 60.0,
+            ('s', _) => 1.0,
+            _ => return None,
+        };
+        total += number.parse::<f64>().ok()? * unit;
+        number.clear();
+        any = true;
+    }
+    (any && number.is_empty()).then(|| std::time::Duration::from_secs_f64(total))
 }

@@ -50,6 +50,8 @@ pub struct Build {
     labels: BTreeMap<String, String>,
     state_dir: Option<PathBuf>,
     cache: bool,
+    cache_repo: Option<String>,
+    cache_ttl: Option<std::time::Duration>,
     registry: Option<RegistryClient>,
     snapshot_mode: SnapshotMode,
     reproducible: Option<i64>,
@@ -84,6 +86,8 @@ impl Build {
             labels: BTreeMap::new(),
             state_dir: None,
             cache: true,
+            cache_repo: None,
+            cache_ttl: None,
             registry: None,
             snapshot_mode: SnapshotMode::Auto,
             reproducible: None,
@@ -138,6 +142,20 @@ impl Build {
     /// Whether to use the local cache (default: on).
     pub fn cache(mut self, on: bool) -> Build {
         self.cache = on;
+        self
+    }
+
+    /// A registry repository (`registry/name`) that keeps cache entries for every machine
+    /// (Kaniko's `--cache-repo`): looked up when the local cache misses, written after every
+    /// step that ran.
+    pub fn cache_repo(mut self, repository: impl Into<String>) -> Build {
+        self.cache_repo = Some(repository.into());
+        self
+    }
+
+    /// Cache entries older than `ttl` are not used (default: no limit).
+    pub fn cache_ttl(mut self, ttl: std::time::Duration) -> Build {
+        self.cache_ttl = Some(ttl);
         self
     }
 
@@ -259,13 +277,25 @@ impl Build {
         };
         let context = Context::open(self.context, work.path(), ignore.as_deref())?;
         let cache = if self.cache {
-            Some(LocalStore::open(state.root().join("cache"))?)
+            Some(LocalStore::open(state.root().join("cache"))?.ttl(self.cache_ttl))
         } else {
             None
         };
         let registry = self
             .registry
             .unwrap_or_else(|| RegistryClient::builder().build());
+        let remote = match (&self.cache_repo, &cache) {
+            (Some(repository), Some(_)) => Some(
+                strata_cache::RegistryStore::new(
+                    registry.clone(),
+                    repository,
+                    state.layout.clone(),
+                    runtime.clone(),
+                )?
+                .ttl(self.cache_ttl),
+            ),
+            _ => None,
+        };
         let platform = Platform {
             os: target_platform.os.clone(),
             architecture: target_platform.architecture.clone(),
@@ -274,6 +304,7 @@ impl Build {
         let engine = Engine::new(
             state,
             cache,
+            remote,
             registry,
             plan,
             file_name,

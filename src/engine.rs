@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_json::json;
-use strata_cache::{CacheEntry, CacheKey, CacheStore, CachedLayer, KeyBuilder, LocalStore};
+use strata_cache::{
+    CacheEntry, CacheKey, CacheStore, CachedLayer, KeyBuilder, LocalStore, RegistryStore,
+};
 use strata_dockerfile::{Base, CommandLine, Healthcheck, Instruction, Located, Plan, Stage};
 use strata_layer::{Compression, Entry, EntryKind, Extractor, LayerWriter, Metadata, Mtime};
 use strata_registry::{Layout, Platform, Reference, RegistryClient};
@@ -92,6 +94,8 @@ pub(crate) struct StageResult {
 pub(crate) struct Engine {
     pub state: State,
     pub cache: Option<LocalStore>,
+    /// The cache repository, looked up after the local store misses.
+    pub remote: Option<RegistryStore>,
     pub registry: RegistryClient,
     pub plan: Plan,
     pub file_name: String,
@@ -126,6 +130,7 @@ impl Engine {
     pub(crate) fn new(
         state: State,
         cache: Option<LocalStore>,
+        remote: Option<RegistryStore>,
         registry: RegistryClient,
         plan: Plan,
         file_name: String,
@@ -139,6 +144,7 @@ impl Engine {
         Engine {
             state,
             cache,
+            remote,
             registry,
             plan,
             file_name,
@@ -634,7 +640,20 @@ impl Engine {
         let Some(store) = &self.cache else {
             return Ok(false);
         };
-        if let Some(entry) = store.lookup(&key.digest)? {
+        let mut found = store.lookup(&key.digest)?;
+        if found.is_none()
+            && let Some(remote) = &self.remote
+            && let Some(entry) = remote.lookup(&key.digest)?
+        {
+            // Kept locally too: the next build answers without the registry.
+            let blob = match &entry.layer {
+                Some(layer) => Some(self.state.layout.blob_path(&layer.digest)?),
+                None => None,
+            };
+            store.record(&entry, blob.as_deref())?;
+            found = Some(entry);
+        }
+        if let Some(entry) = found {
             if let Some(layer) = &entry.layer {
                 if !self.state.layout.has_blob(&layer.digest) {
                     let blob = store.open_layer(&layer.digest)?;
@@ -713,6 +732,20 @@ impl Engine {
                 blob.as_deref(),
             )?;
             store.remember(&at.id, &key.inputs)?;
+            if let Some(remote) = &self.remote {
+                let entry = CacheEntry {
+                    key: key.clone(),
+                    layer: layer.as_ref().map(|l| CachedLayer {
+                        digest: l.digest.clone(),
+                        diff_id: l.diff_id.clone(),
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    }),
+                    config: json!({ "created": image.clock }),
+                    created_unix: 0,
+                };
+                remote.record(&entry, blob.as_deref())?;
+            }
         }
         if let Some(layer) = layer {
             image.layers.push(layer);

@@ -803,3 +803,37 @@ async fn copy_parents_and_symbolic_chmod() {
         "X leaves files alone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_repository_serves_a_second_machine() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let repo = format!("{}/team/cache", fx.registry.host());
+    let dockerfile = "FROM {base}\nCOPY f /f\nRUN echo ran > /ran\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile).cache_repo(&repo)).await;
+    let first = first.unwrap();
+    assert_eq!(first.cache_hits(), (0, 2));
+    // Another machine: an empty state directory, the same registry.
+    let other = tempfile::tempdir().unwrap();
+    let build = fx
+        .build(context.path(), dockerfile)
+        .state_dir(other.path())
+        .cache_repo(&repo);
+    let (second, events) = run(build).await;
+    let second = second.unwrap();
+    assert_eq!(second.cache_hits(), (2, 2));
+    assert_eq!(second.digest(), first.digest());
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Output { .. })),
+        "nothing ran"
+    );
+    // The entries are ordinary images in the repository.
+    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
+    let output = std::process::Command::new(skopeo)
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{repo}"))
+        .output()
+        .unwrap();
+    let tags: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(tags["Tags"].as_array().unwrap().len(), 2, "{tags}");
+}

@@ -21,6 +21,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The registry store could not read or write an entry.
+    #[error("cache repository {repository}: {message}")]
+    Remote {
+        /// The repository.
+        repository: String,
+        /// What went wrong (the registry's answer).
+        message: String,
+    },
 }
 
 impl Error {

@@ -7,7 +7,8 @@
 //! what steps produced; [`LocalStore`] is one in a local directory, safe with several builds
 //! at once, with a size limit (least recently used first out) and a TTL.
 //!
-//! Status (issue 8): the registry-backed store and the base-image cache are not written yet.
+//! With the cargo feature `registry`, [`RegistryStore`] keeps entries in a repository of an
+//! OCI registry (Kaniko's `--cache-repo`), so that another machine hits them too.
 //!
 //! ```
 //! use strata_cache::{CacheEntry, CacheStore, KeyBuilder, LocalStore};
@@ -31,8 +32,12 @@
 
 mod error;
 mod key;
+#[cfg(feature = "registry")]
+mod registry;
 mod store;
 
 pub use error::{Error, Result};
 pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, KeyInputs, explain};
+#[cfg(feature = "registry")]
+pub use registry::{ENTRY_MEDIA_TYPE, RegistryStore};
 pub use store::{CacheEntry, CacheStore, CachedLayer, LocalStore};

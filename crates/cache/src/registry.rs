@@ -1,0 +1,182 @@
+//! The registry store: cache entries kept as images in a repository of the user's registry
+//! (Kaniko's `--cache-repo`), so that a second machine with an empty local store hits.
+//!
+//! Each entry is an OCI image manifest tagged `sha256-<hex of the key>` whose config blob is
+//! the [`CacheEntry`] itself (media type [`ENTRY_MEDIA_TYPE`]) and whose one layer, when the
+//! step made one, is the step's layer blob: the same blob the built image references, so a
+//! registry stores it once. The manifest carries an `org.opencontainers.image.created`
+//! annotation; entries older than the store's TTL count as misses.
+//!
+//! The store stages blobs in an OCI image layout (the engine's state directory) and reaches
+//! the registry through a [`RegistryClient`]; its methods block on the given Tokio runtime,
+//! so call them from blocking threads (`spawn_blocking`), never from async code.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use strata_registry::{Layout, Platform, Reference, RegistryClient};
+
+use crate::error::{Error, Result};
+use crate::key::KeyInputs;
+use crate::store::{CacheEntry, CacheStore};
+
+/// The media type of an entry's config blob.
+pub const ENTRY_MEDIA_TYPE: &str = "application/vnd.strata.cache.entry.v1+json";
+
+/// A [`CacheStore`] in a registry repository.
+#[derive(Debug, Clone)]
+pub struct RegistryStore {
+    client: RegistryClient,
+    repository: Reference,
+    layout: Layout,
+    runtime: tokio::runtime::Handle,
+    ttl: Option<Duration>,
+}
+
+impl RegistryStore {
+    /// A store in `repository` (`registry/name`, no tag), staging blobs in `layout`.
+    pub fn new(
+        client: RegistryClient,
+        repository: &str,
+        layout: Layout,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<RegistryStore> {
+        let repository = Reference::parse(repository).map_err(|e| Error::Remote {
+            repository: repository.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(RegistryStore {
+            client,
+            repository,
+            layout,
+            runtime,
+            ttl: None,
+        })
+    }
+
+    /// Entries older than `ttl` are misses (default: none expire).
+    pub fn ttl(mut self, ttl: Option<Duration>) -> RegistryStore {
+        self.ttl = ttl;
+        self
+    }
+
+    fn reference(&self, key: &str) -> Result<Reference> {
+        let tag = key.replace(':', "-");
+        self.repository
+            .with_tag(&tag)
+            .map_err(|e| self.remote(e.to_string()))
+    }
+
+    fn remote(&self, message: String) -> Error {
+        Error::Remote {
+            repository: self.repository.name(),
+            message,
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl CacheStore for RegistryStore {
+    /// A registry that cannot be reached or has no entry is a miss (logged), never a failed
+    /// build: the step is then simply run.
+    fn lookup(&self, key: &str) -> Result<Option<CacheEntry>> {
+        let reference = self.reference(key)?;
+        let pulled = match self.runtime.block_on(self.client.pull(
+            &reference,
+            &Platform::host(),
+            &self.layout,
+        )) {
+            Ok(pulled) => pulled,
+            Err(error) => {
+                tracing::debug!(%reference, %error, "registry cache: no entry");
+                return Ok(None);
+            }
+        };
+        let bytes = self
+            .layout
+            .read_blob(&pulled.config_digest)
+            .map_err(|e| self.remote(e.to_string()))?;
+        let entry: CacheEntry = serde_json::from_slice(&bytes)
+            .map_err(|e| self.remote(format!("entry {reference} is damaged: {e}")))?;
+        if entry.key.digest != key {
+            return Err(self.remote(format!("entry {reference} holds {}", entry.key.digest)));
+        }
+        if let Some(ttl) = self.ttl
+            && now_unix().saturating_sub(entry.created_unix) > ttl.as_secs()
+        {
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    fn record(&self, entry: &CacheEntry, layer_blob: Option<&Path>) -> Result<()> {
+        let mut entry = entry.clone();
+        if entry.created_unix == 0 {
+            entry.created_unix = now_unix();
+        }
+        let mut layers = Vec::new();
+        if let Some(layer) = &entry.layer {
+            if !self.layout.has_blob(&layer.digest) {
+                let source = layer_blob.ok_or_else(|| {
+                    self.remote(format!("layer {} is not in the layout", layer.digest))
+                })?;
+                let file = File::open(source).map_err(Error::io(source))?;
+                self.layout
+                    .write_blob(std::io::BufReader::new(file), Some(&layer.digest))
+                    .map_err(|e| self.remote(e.to_string()))?;
+            }
+            layers.push(json!({
+                "mediaType": layer.media_type,
+                "digest": layer.digest,
+                "size": layer.size,
+            }));
+        }
+        let config = serde_json::to_vec(&entry).map_err(|e| self.remote(e.to_string()))?;
+        let config = self
+            .layout
+            .write_blob_bytes(&config)
+            .map_err(|e| self.remote(e.to_string()))?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": ENTRY_MEDIA_TYPE, "digest": config.digest, "size": config.size },
+            "layers": layers,
+            "annotations": { "org.opencontainers.image.created": entry.created_unix.to_string() },
+        });
+        let manifest = serde_json::to_vec(&manifest).map_err(|e| self.remote(e.to_string()))?;
+        let manifest = self
+            .layout
+            .write_blob_bytes(&manifest)
+            .map_err(|e| self.remote(e.to_string()))?;
+        let reference = self.reference(&entry.key.digest)?;
+        self.runtime
+            .block_on(
+                self.client
+                    .push(&self.layout, &manifest.digest, &reference, None),
+            )
+            .map_err(|e| self.remote(e.to_string()))?;
+        Ok(())
+    }
+
+    fn open_layer(&self, digest: &str) -> Result<File> {
+        self.layout
+            .open_blob(digest)
+            .map_err(|e| self.remote(e.to_string()))
+    }
+
+    /// Explanations stay local: the registry keeps entries only.
+    fn remember(&self, _step: &str, _inputs: &KeyInputs) -> Result<()> {
+        Ok(())
+    }
+
+    fn recall(&self, _step: &str) -> Result<Option<KeyInputs>> {
+        Ok(None)
+    }
+}
