@@ -21,7 +21,7 @@ use strata::{Build, ContextSource, Event, Secret, SnapshotMode};
 
 const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin|- [--dockerfile PATH] \
 [--destination REF]... [--no-push] [--tar-path FILE] [--oci-layout-path DIR] [--build-arg K[=V]]... \
-[--target STAGE] [--label K=V]... [--cache=true|false] [--cache-repo REPO] [--cache-ttl DURATION] [--state-dir DIR] [--snapshot-mode MODE] \
+[--target STAGE] [--label K=V]... [--cache=true|false] [--cache-repo REPO] [--cache-ttl DURATION] [--single-snapshot] [--state-dir DIR] [--snapshot-mode MODE] \
 [--reproducible] [--custom-platform OS/ARCH] [--insecure] [--insecure-registry HOST]... \
 [--skip-tls-verify] [--skip-tls-verify-registry HOST]... [--registry-certificate HOST=PATH]... \
 [--registry-mirror HOST]... [--push-retry N] [--digest-file FILE] \
@@ -33,7 +33,6 @@ const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin
 const NOT_YET: &[&str] = &[
     "--cache-copy-layers",
     "--cache-run-layers",
-    "--single-snapshot",
     "--image-fs-extract-retry",
     "--ignore-path",
     "--context-sub-path",
@@ -58,6 +57,7 @@ struct Args {
     labels: BTreeMap<String, String>,
     cache: bool,
     cache_repo: Option<String>,
+    single_snapshot: bool,
     cache_ttl: Option<std::time::Duration>,
     state_dir: Option<PathBuf>,
     snapshot_mode: SnapshotMode,
@@ -132,6 +132,7 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
             }
             "--cache" => args.cache = boolean(&inline)?,
             "--cache-repo" => args.cache_repo = Some(value(inline)?),
+            "--single-snapshot" => args.single_snapshot = boolean(&inline)?,
             "--cache-ttl" => {
                 let text = value(inline)?;
                 args.cache_ttl = Some(go_duration(&text).ok_or_else(|| {
@@ -314,6 +315,7 @@ async fn build(args: Args) -> Result<(), Failure> {
         build = build.secret(id, secret);
     }
     build = build.cache(args.cache).snapshot_mode(args.snapshot_mode);
+    build = build.single_snapshot(args.single_snapshot);
     if let Some(repo) = &args.cache_repo {
         build = build.cache_repo(repo);
     }

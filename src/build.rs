@@ -52,6 +52,7 @@ pub struct Build {
     cache: bool,
     cache_repo: Option<String>,
     cache_ttl: Option<std::time::Duration>,
+    single_snapshot: bool,
     registry: Option<RegistryClient>,
     snapshot_mode: SnapshotMode,
     reproducible: Option<i64>,
@@ -88,6 +89,7 @@ impl Build {
             cache: true,
             cache_repo: None,
             cache_ttl: None,
+            single_snapshot: false,
             registry: None,
             snapshot_mode: SnapshotMode::Auto,
             reproducible: None,
@@ -150,6 +152,13 @@ impl Build {
     /// step that ran.
     pub fn cache_repo(mut self, repository: impl Into<String>) -> Build {
         self.cache_repo = Some(repository.into());
+        self
+    }
+
+    /// One layer for everything the target stage adds to its base (Kaniko's
+    /// `--single-snapshot`); steps are still cached one by one.
+    pub fn single_snapshot(mut self, on: bool) -> Build {
+        self.single_snapshot = on;
         self
     }
 
@@ -218,7 +227,7 @@ impl Build {
         self,
         state_dir: &Path,
         runtime: tokio::runtime::Handle,
-    ) -> Result<(Engine, tempfile::TempDir)> {
+    ) -> Result<(Engine, crate::state::WorkDir)> {
         let state = State::open(state_dir)?;
         let work = state.work_dir()?;
         let (file_name, text) = match &self.dockerfile {
@@ -317,6 +326,7 @@ impl Build {
                 labels: self.labels,
                 secrets: self.secrets,
                 snapshot_mode: self.snapshot_mode,
+                single_snapshot: self.single_snapshot,
             },
             self.events,
             runtime,

@@ -61,6 +61,8 @@ pub(crate) struct Options {
     pub labels: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, Secret>,
     pub snapshot_mode: SnapshotMode,
+    /// One layer for everything the target stage added (Kaniko's `--single-snapshot`).
+    pub single_snapshot: bool,
 }
 
 /// An image in the making: what a stage has built so far.
@@ -230,6 +232,8 @@ impl Engine {
             source: Box::new(e),
         };
         let (mut image, mut rootfs) = self.base(stage, done).map_err(at_from)?;
+        let base_layers = image.layers.len();
+        let base_history = image.config.history.len();
         self.emit(Event::StageStarted {
             stage: name.clone(),
             base: match &stage.base {
@@ -299,10 +303,59 @@ impl Engine {
                 cached,
             });
         }
+        if self.opts.single_snapshot && index == self.plan.target {
+            self.squash(&mut image, base_layers, base_history)
+                .map_err(at_from)?;
+            rootfs = None;
+        }
         Ok(StageResult {
             image,
             rootfs: Mutex::new(rootfs),
         })
+    }
+
+    /// Replaces the layers a stage added to its base by one layer with the same result.
+    ///
+    /// The added layers are extracted in order into an empty directory with overlay-style
+    /// whiteouts, which is then an overlay upper directory over the base's filesystem: its
+    /// change set is the squashed layer.
+    fn squash(
+        &self,
+        image: &mut StageImage,
+        base_layers: usize,
+        base_history: usize,
+    ) -> Result<()> {
+        if image.layers.len() <= base_layers + 1 {
+            return Ok(());
+        }
+        let mut lower = None;
+        let lower_dir = self.materialize(&mut lower, &image.layers[..base_layers])?;
+        let upper = tempfile::Builder::new()
+            .prefix("squash-")
+            .tempdir_in(&self.work)
+            .map_err(Error::io(&self.work))?;
+        for layer in &image.layers[base_layers..] {
+            let file = self.state.layout.open_blob(&layer.digest)?;
+            Extractor::new()
+                .whiteouts(strata_layer::WhiteoutMode::Overlay)
+                .allow_devices(true)
+                .media_type(Some(layer.media_type.clone()))
+                .apply(BufReader::with_capacity(1 << 20, file), upper.path())?;
+        }
+        let changes = strata_snapshot::overlay::upper_changes(upper.path(), &[lower_dir])?;
+        let layer = self.write_layer(crate::changes::entries(&changes)?)?;
+        image.layers.truncate(base_layers);
+        image.layers.extend(layer);
+        let added = &mut image.config.history[base_history..];
+        for entry in added.iter_mut() {
+            entry.empty_layer = true;
+        }
+        if image.layers.len() > base_layers
+            && let Some(last) = added.last_mut()
+        {
+            last.empty_layer = false;
+        }
+        Ok(())
     }
 
     /// Runs a base image's ONBUILD triggers at the start of `stage`.

@@ -19,6 +19,68 @@ use strata_registry::Layout;
 
 use crate::error::{Error, Result};
 
+/// A build's scratch directory and the lock that says it is in use.
+#[derive(Debug)]
+pub(crate) struct WorkDir {
+    dir: tempfile::TempDir,
+    _lock: fs::File,
+}
+
+impl WorkDir {
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Removes the scratch directories of builds that no longer run.
+fn sweep(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_build = entry.file_name().to_string_lossy().starts_with("build-");
+        if !is_build || !path.is_dir() {
+            continue;
+        }
+        let stale = match fs::File::open(path.join(".lock")) {
+            Ok(lock) => {
+                rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_ok()
+            }
+            // No lock yet: just created by a build starting now, unless it is old.
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 600),
+        };
+        if !stale {
+            continue;
+        }
+        if fs::remove_dir_all(&path).is_err() {
+            detach_mounts(&path);
+            if let Err(error) = fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), %error, "stale build directory not removed");
+            }
+        }
+    }
+}
+
+/// Lazily unmounts overlays a killed build left under `dir` (its `run-*/merged`).
+fn detach_mounts(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let merged = entry.path().join("merged");
+        if merged.is_dir() {
+            let _ = rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
 /// An open state directory.
 #[derive(Debug, Clone)]
 pub(crate) struct State {
@@ -54,13 +116,21 @@ impl State {
         &self.root
     }
 
-    /// A scratch directory for one build, removed when dropped.
-    pub(crate) fn work_dir(&self) -> Result<tempfile::TempDir> {
+    /// A scratch directory for one build, removed when dropped. It holds a lock for as long
+    /// as the build runs; directories of builds that were killed (their lock is free) are
+    /// removed first, with any overlay they left mounted.
+    pub(crate) fn work_dir(&self) -> Result<WorkDir> {
         let tmp = self.root.join("tmp");
-        tempfile::Builder::new()
+        sweep(&tmp);
+        let dir = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(&tmp)
-            .map_err(Error::io(&tmp))
+            .map_err(Error::io(&tmp))?;
+        let lock_path = dir.path().join(".lock");
+        let lock = fs::File::create(&lock_path).map_err(Error::io(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| Error::io(&lock_path)(e.into()))?;
+        Ok(WorkDir { dir, _lock: lock })
     }
 
     /// The directory of the cache mount `id` (created, mode 0755, on first use).

@@ -837,3 +837,85 @@ async fn a_cache_repository_serves_a_second_machine() {
     let tags: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(tags["Tags"].as_array().unwrap().len(), 2, "{tags}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_snapshot_gives_one_layer_with_the_same_tree() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let dockerfile = "FROM {base}\nCOPY f /f\nRUN echo a > /a && rm /bin/vi && mkdir /d && echo x > /d/x\nRUN rm /a && rm -r /d && echo b > /b\nENV DONE=1\n";
+    let (layered, _) = run(fx.build(context.path(), dockerfile)).await;
+    let layered = layered.unwrap();
+    let (single, _) = run(fx.build(context.path(), dockerfile).single_snapshot(true)).await;
+    let single = single.unwrap();
+    assert_eq!(layered.layers().len(), 4);
+    assert_eq!(single.layers().len(), 2, "the base layer and one more");
+    let history = &single.config().history;
+    assert_eq!(history.iter().filter(|h| !h.empty_layer).count(), 2);
+    let unpack = |image: &strata::Image| {
+        let (work, layout) = layout(image);
+        let rootfs = umoci_rootfs(work.path(), &layout);
+        let mut found = Vec::new();
+        for path in ["f", "a", "b", "d", "bin/vi", "bin/sh"] {
+            found.push((path, rootfs.join(path).symlink_metadata().is_ok()));
+        }
+        (work, found)
+    };
+    let (_w1, ours) = unpack(&single);
+    let (_w2, reference) = unpack(&layered);
+    assert_eq!(ours, reference);
+    assert_eq!(
+        ours,
+        [
+            ("f", true),
+            ("a", false),
+            ("b", true),
+            ("d", false),
+            ("bin/vi", false),
+            ("bin/sh", true)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scratch_of_killed_builds_is_removed_and_live_builds_are_left_alone() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let tmp = fx.state.path().join("tmp");
+    fs::create_dir_all(tmp.join("build-killed")).unwrap();
+    fs::write(tmp.join("build-killed/.lock"), "").unwrap();
+    fs::write(tmp.join("build-killed/half-written"), "x").unwrap();
+    fs::create_dir_all(tmp.join("build-running")).unwrap();
+    let lock = fs::File::create(tmp.join("build-running/.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let (image, _) = run(fx.build(context.path(), "FROM {base}\nCOPY f /f\n")).await;
+    image.unwrap();
+    assert!(!tmp.join("build-killed").exists());
+    assert!(tmp.join("build-running/.lock").exists());
+    let left: Vec<_> = fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["build-running"],
+        "the finished build removed its own scratch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn independent_stages_run_at_the_same_time() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = "FROM {base} AS left\nRUN sleep 1; echo left > /left\n\nFROM {base} AS right\nRUN sleep 1; echo right > /right\n\nFROM scratch\nCOPY --from=left /left /\nCOPY --from=right /right /\n";
+    let (image, events) = run(fx.build(context.path(), dockerfile)).await;
+    image.unwrap();
+    let position = |wanted: &dyn Fn(&Event) -> bool| events.iter().position(wanted).unwrap();
+    let right_started =
+        position(&|e| matches!(e, Event::StageStarted { stage, .. } if stage == "right"));
+    let left_finished =
+        position(&|e| matches!(e, Event::StepFinished { stage, line: 2, .. } if stage == "left"));
+    assert!(
+        right_started < left_finished,
+        "the second stage started while the first one's RUN was running"
+    );
+}

@@ -66,10 +66,7 @@ fn the_readme_command_builds_the_hello_image_into_out() {
 fn unimplemented_and_unknown_flags_are_usage_errors() {
     let cwd = tempfile::tempdir().unwrap();
     for (flag, expected) in [
-        (
-            "--single-snapshot",
-            "--single-snapshot is not supported yet",
-        ),
+        ("--registry-map=a=b", "--registry-map is not supported yet"),
         ("--no-such-flag", "unknown flag --no-such-flag"),
     ] {
         let out = build(cwd.path(), &[flag]);
@@ -99,4 +96,31 @@ fn a_build_error_exits_1_with_the_dockerfile_position() {
         stderr.contains("`missing` not found in the build context"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_embed_example_builds_and_writes_a_layout() {
+    let cwd = tempfile::tempdir().unwrap();
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = Command::new(env!("CARGO"))
+        .current_dir(cwd.path())
+        .env("XDG_CACHE_HOME", cwd.path().join("cache"))
+        .args(["run", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .args(["--example", "embed", "--"])
+        .arg(&hello)
+        .arg("layout")
+        .output()
+        .expect("cargo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("sha256:"), "{stdout}");
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = common::umoci_rootfs_tagged(work.path(), &cwd.path().join("layout"), "latest");
+    assert!(rootfs.join("hello.txt").is_file());
 }
