@@ -21,7 +21,7 @@ use strata::{Build, ContextSource, Event, Secret, SnapshotMode};
 
 const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin|- [--dockerfile PATH] \
 [--destination REF]... [--no-push] [--tar-path FILE] [--oci-layout-path DIR] [--build-arg K[=V]]... \
-[--target STAGE] [--label K=V]... [--cache=true|false] [--cache-repo REPO] [--cache-ttl DURATION] [--single-snapshot] [--state-dir DIR] [--snapshot-mode MODE] \
+[--target STAGE] [--label K=V]... [--cache=true|false] [--cache-repo REPO] [--cache-ttl DURATION] [--single-snapshot] [--ignore-path PATH]... [--state-dir DIR] [--snapshot-mode MODE] \
 [--reproducible] [--custom-platform OS/ARCH] [--insecure] [--insecure-registry HOST]... \
 [--skip-tls-verify] [--skip-tls-verify-registry HOST]... [--registry-certificate HOST=PATH]... \
 [--registry-mirror HOST]... [--push-retry N] [--digest-file FILE] \
@@ -34,7 +34,6 @@ const NOT_YET: &[&str] = &[
     "--cache-copy-layers",
     "--cache-run-layers",
     "--image-fs-extract-retry",
-    "--ignore-path",
     "--context-sub-path",
     "--registry-map",
     "--insecure-pull",
@@ -58,6 +57,7 @@ struct Args {
     cache: bool,
     cache_repo: Option<String>,
     single_snapshot: bool,
+    ignore_paths: Vec<String>,
     cache_ttl: Option<std::time::Duration>,
     state_dir: Option<PathBuf>,
     snapshot_mode: SnapshotMode,
@@ -133,6 +133,7 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
             "--cache" => args.cache = boolean(&inline)?,
             "--cache-repo" => args.cache_repo = Some(value(inline)?),
             "--single-snapshot" => args.single_snapshot = boolean(&inline)?,
+            "--ignore-path" => args.ignore_paths.push(value(inline)?),
             "--cache-ttl" => {
                 let text = value(inline)?;
                 args.cache_ttl = Some(go_duration(&text).ok_or_else(|| {
@@ -316,6 +317,9 @@ async fn build(args: Args) -> Result<(), Failure> {
     }
     build = build.cache(args.cache).snapshot_mode(args.snapshot_mode);
     build = build.single_snapshot(args.single_snapshot);
+    for path in &args.ignore_paths {
+        build = build.ignore_path(path);
+    }
     if let Some(repo) = &args.cache_repo {
         build = build.cache_repo(repo);
     }

@@ -53,6 +53,7 @@ pub struct Build {
     cache_repo: Option<String>,
     cache_ttl: Option<std::time::Duration>,
     single_snapshot: bool,
+    ignore_paths: Vec<String>,
     registry: Option<RegistryClient>,
     snapshot_mode: SnapshotMode,
     reproducible: Option<i64>,
@@ -90,6 +91,7 @@ impl Build {
             cache_repo: None,
             cache_ttl: None,
             single_snapshot: false,
+            ignore_paths: Vec::new(),
             registry: None,
             snapshot_mode: SnapshotMode::Auto,
             reproducible: None,
@@ -159,6 +161,16 @@ impl Build {
     /// `--single-snapshot`); steps are still cached one by one.
     pub fn single_snapshot(mut self, on: bool) -> Build {
         self.single_snapshot = on;
+        self
+    }
+
+    /// Leaves `path` (absolute, inside the image) and what is below it out of the layers RUN
+    /// steps make (Kaniko's `--ignore-path`).
+    pub fn ignore_path(mut self, path: impl AsRef<str>) -> Build {
+        let path = path.as_ref().trim_matches('/').to_owned();
+        if !path.is_empty() {
+            self.ignore_paths.push(path);
+        }
         self
     }
 
@@ -327,6 +339,7 @@ impl Build {
                 secrets: self.secrets,
                 snapshot_mode: self.snapshot_mode,
                 single_snapshot: self.single_snapshot,
+                ignore_paths: self.ignore_paths,
             },
             self.events,
             runtime,

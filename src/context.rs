@@ -130,13 +130,31 @@ impl Context {
         !path.is_empty() && self.ignore.is_excluded(path)
     }
 
-    fn visit<'a>(&'a self, exclude: &'a [String]) -> impl Fn(&str, bool) -> Visit + Sync + 'a {
+    /// What a walk below `roots` does with each path: `.dockerignore` applies to paths of
+    /// the context, `--exclude` patterns (with `.dockerignore`'s rules) to paths relative to
+    /// the source being copied.
+    fn visit<'a>(
+        &'a self,
+        exclude: &'a Option<Dockerignore>,
+        roots: &'a [String],
+    ) -> impl Fn(&str, bool) -> Visit + Sync + 'a {
         move |path: &str, is_dir: bool| {
-            let user_excluded = exclude
-                .iter()
-                .any(|pattern| match_path(pattern, path).unwrap_or(false));
-            if self.excluded(path) || user_excluded {
-                if is_dir && (user_excluded || self.ignore.can_skip_dir(path)) {
+            let user_excluded = exclude.as_ref().is_some_and(|patterns| {
+                let relative = roots
+                    .iter()
+                    .filter_map(|root| match root.as_str() {
+                        "" => Some(path),
+                        root => path.strip_prefix(root)?.strip_prefix('/'),
+                    })
+                    .min_by_key(|rest| rest.len());
+                relative.is_some_and(|rest| !rest.is_empty() && patterns.is_excluded(rest))
+            });
+            if user_excluded && is_dir {
+                Visit::Prune
+            } else if user_excluded {
+                Visit::Exclude
+            } else if self.excluded(path) {
+                if is_dir && self.ignore.can_skip_dir(path) {
                     Visit::Prune
                 } else {
                     Visit::Exclude
@@ -281,7 +299,8 @@ impl Context {
         memo: &mut HashMemo,
     ) -> Result<ContextDigest> {
         let paths: Vec<String> = sources.iter().map(|s| s.path.clone()).collect();
-        let visit = self.visit(exclude);
+        let exclude = exclude_patterns(exclude)?;
+        let visit = self.visit(&exclude, &paths);
         Ok(hash_context(&self.root, &paths, &visit, memo)?)
     }
 
@@ -292,7 +311,9 @@ impl Context {
         dir: &str,
         exclude: &[String],
     ) -> Result<Vec<(String, fs::Metadata)>> {
-        let visit = self.visit(exclude);
+        let exclude = exclude_patterns(exclude)?;
+        let roots = [dir.to_owned()];
+        let visit = self.visit(&exclude, &roots);
         let mut out = Vec::new();
         let mut stack = vec![String::new()];
         while let Some(rel) = stack.pop() {
@@ -328,6 +349,16 @@ impl Context {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+/// `--exclude` patterns, matched with `.dockerignore`'s rules; `None` when there are none.
+fn exclude_patterns(exclude: &[String]) -> Result<Option<Dockerignore>> {
+    if exclude.is_empty() {
+        return Ok(None);
+    }
+    Dockerignore::from_patterns(exclude)
+        .map(Some)
+        .map_err(|e| Error::Invalid(format!("--exclude: {e}")))
 }
 
 fn join(dir: &str, name: &str) -> String {

@@ -63,6 +63,8 @@ pub(crate) struct Options {
     pub snapshot_mode: SnapshotMode,
     /// One layer for everything the target stage added (Kaniko's `--single-snapshot`).
     pub single_snapshot: bool,
+    /// Paths (relative, no leading `/`) left out of RUN snapshots (`--ignore-path`).
+    pub ignore_paths: Vec<String>,
 }
 
 /// An image in the making: what a stage has built so far.

@@ -23,7 +23,7 @@ impl std::fmt::Display for Position {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Dockerfile could not be read, parsed or planned.
-    #[error("{file}: {source}")]
+    #[error("{}", dockerfile_message(file, source))]
     Dockerfile {
         /// The Dockerfile's path.
         file: String,
@@ -83,6 +83,30 @@ pub enum Error {
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+/// `FILE:LINE:COL: message`, the way compilers and linters write positions.
+fn dockerfile_message(file: &str, error: &strata_dockerfile::Error) -> String {
+    use strata_dockerfile::Error as E;
+    match error {
+        E::Syntax {
+            line,
+            column,
+            message,
+        } => format!("{file}:{line}:{column}: {message}"),
+        E::Instruction {
+            line,
+            column,
+            instruction,
+            message,
+        } => {
+            format!("{file}:{line}:{column}: {instruction}: {message}")
+        }
+        E::Expansion { line, message } | E::Stage { line, message } if *line > 0 => {
+            format!("{file}:{line}: {message}")
+        }
+        other => format!("{file}: {other}"),
+    }
 }
 
 fn tail(output: &[String]) -> String {

@@ -79,6 +79,7 @@ impl Engine {
 
         // Mounts: what they are for the key, and what the sandbox gets.
         let mut mounts = Vec::new();
+        let mut secret_env: Vec<(String, String)> = Vec::new();
         for mount in &run.mounts {
             let target = if mount.target.starts_with('/') {
                 mount.target.clone()
@@ -161,6 +162,15 @@ impl Engine {
                         }
                         None => continue,
                     };
+                    if let Some(var) = &mount.env {
+                        // Exposed as an environment variable of this step only: never in
+                        // the image config, the cache key or a layer.
+                        let value = read_secret(&file)?;
+                        secret_env.push((var.clone(), value));
+                        if mount.target.is_empty() {
+                            continue;
+                        }
+                    }
                     mounts.push(SandboxMount {
                         target,
                         kind: strata_sandbox::MountKind::Secret {
@@ -204,6 +214,7 @@ impl Engine {
         for mount in mounts {
             step = step.mount(mount);
         }
+        step = step.envs(secret_env);
         let mut tail: VecDeque<String> = VecDeque::new();
         let mut on_output = |stream: Stream, line: &[u8]| {
             let text = String::from_utf8_lossy(line).into_owned();
@@ -233,19 +244,26 @@ impl Engine {
             let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
             mount.unmount()?;
             check_outcome(outcome?, &argv, &tail)?;
-            let changes =
+            let mut changes =
                 strata_snapshot::overlay::upper_changes(&upper, std::slice::from_ref(&root))?;
+            self.drop_ignored(&mut changes);
             entries = crate::changes::entries(&changes)?;
             let layer = self.write_layer(entries)?;
             self.finish_miss(image, key, at, layer)?;
             self.materialize(rootfs, &image.layers)?;
         } else {
-            let ignore = ["proc", "sys", "dev"];
-            let before = strata_snapshot::Scanner::new(&root).ignore(ignore).scan()?;
+            let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
+            ignore.extend(self.opts.ignore_paths.iter().cloned());
+            let before = strata_snapshot::Scanner::new(&root)
+                .ignore(&ignore)
+                .scan()?;
             let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
             check_outcome(outcome?, &argv, &tail)?;
-            let after = strata_snapshot::Scanner::new(&root).ignore(ignore).scan()?;
-            let changes = strata_snapshot::diff(&before, &after);
+            let after = strata_snapshot::Scanner::new(&root)
+                .ignore(&ignore)
+                .scan()?;
+            let mut changes = strata_snapshot::diff(&before, &after);
+            self.drop_ignored(&mut changes);
             entries = crate::changes::entries(&changes)?;
             let layer = self.write_layer(entries)?;
             let made = layer.is_some();
@@ -258,6 +276,22 @@ impl Engine {
             }
         }
         Ok(false)
+    }
+
+    /// Leaves out of a change set the paths the caller asked to ignore (`--ignore-path`).
+    fn drop_ignored(&self, changes: &mut strata_snapshot::ChangeSet) {
+        if self.opts.ignore_paths.is_empty() {
+            return;
+        }
+        changes.changes.retain(|change| {
+            !self.opts.ignore_paths.iter().any(|ignored| {
+                change.path == *ignored
+                    || change
+                        .path
+                        .strip_prefix(ignored.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        });
     }
 }
 
@@ -287,4 +321,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .open(path)
         .map_err(Error::io(path))?;
     file.write_all(bytes).map_err(Error::io(path))
+}
+
+/// A secret's value for an environment variable (at most 1 MiB, UTF-8).
+fn read_secret(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(1 << 20).read_to_end(&mut bytes))
+        .map_err(Error::io(path))?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Invalid(format!("secret {} is not UTF-8 text", path.display())))
 }

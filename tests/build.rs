@@ -919,3 +919,85 @@ async fn independent_stages_run_at_the_same_time() {
         "the second stage started while the first one's RUN was running"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn walk_and_overlay_snapshots_give_the_same_image_tree() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = "FROM {base}\nRUN mkdir -p /a/b && echo 1 > /a/b/f && ln -s b /a/l && rm /bin/vi\nRUN rm -r /a/b && mkdir /a/b && echo 2 > /a/b/g && chmod 700 /home/app && chown app /etc/group\nRUN mkfifo /fifo && echo x > /tmp/x && rm /tmp/x\n";
+    let mut trees = Vec::new();
+    for mode in [strata::SnapshotMode::Overlay, strata::SnapshotMode::Walk] {
+        let state = tempfile::tempdir().unwrap();
+        let build = fx
+            .build(context.path(), dockerfile)
+            .state_dir(state.path())
+            .snapshot_mode(mode);
+        let (image, _) = run(build).await;
+        let image = image.unwrap();
+        let (work, layout) = layout(&image);
+        let mut tree = common::tree(&umoci_rootfs(work.path(), &layout));
+        // Directory times differ between runs; modes, owners and contents must not.
+        tree.retain(|path, _| {
+            !path.starts_with("proc") && !path.starts_with("sys") && !path.starts_with("dev")
+        });
+        trees.push(tree);
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[0]["a/b/g"], "644 0:0 = \"2\\n\"");
+    assert!(
+        !trees[0].contains_key("a/b/f"),
+        "the opaque directory hides the old file"
+    );
+    assert!(!trees[0].contains_key("bin/vi"));
+    assert!(!trees[0].contains_key("tmp/x"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exclude_ignore_paths_stage_mounts_and_env_secrets() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("src/keep.rs", "keep\n")
+        .file("src/gen/skip.rs", "skip\n")
+        .file("src/skip.tmp", "tmp\n")
+        .build()
+        .unwrap();
+    let dockerfile = r#"FROM {base} AS tools
+RUN echo tool > /tool.txt
+
+FROM {base}
+COPY --exclude=gen --exclude=*.tmp src /src
+RUN --mount=type=bind,from=tools,source=/tool.txt,target=/mnt/tool.txt cp /mnt/tool.txt /copied-tool
+RUN --mount=type=secret,id=api,env=API_TOKEN sh -c 'echo -n "$API_TOKEN" | wc -c > /token-length; test -e /run/secrets/api || echo no-file >> /token-length'
+RUN mkdir -p /var/log/app && echo noisy > /var/log/app/log && echo kept > /kept
+"#;
+    // An environment variable every cargo test process has.
+    let value = std::env::var("CARGO_PKG_NAME").unwrap();
+    let build = fx
+        .build(context.path(), dockerfile)
+        .secret("api", strata::Secret::Env("CARGO_PKG_NAME".to_owned()))
+        .ignore_path("/var/log");
+    let (image, _) = run(build).await;
+    let image = image.unwrap();
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert!(rootfs.join("src/keep.rs").is_file());
+    assert!(!rootfs.join("src/gen").exists(), "--exclude=gen");
+    assert!(!rootfs.join("src/skip.tmp").exists(), "--exclude=*.tmp");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("copied-tool")).unwrap(),
+        "tool\n"
+    );
+    assert!(!rootfs.join("var/log/app").exists(), "--ignore-path");
+    assert!(rootfs.join("kept").is_file());
+    let lengths = fs::read_to_string(rootfs.join("token-length")).unwrap();
+    assert_eq!(
+        lengths,
+        format!("{}\nno-file\n", value.len()),
+        "env= gives a variable, no file"
+    );
+    let env = image.config().config.env.clone().unwrap_or_default();
+    assert!(
+        !env.iter().any(|e| e.starts_with("API_TOKEN")),
+        "not in the config: {env:?}"
+    );
+}

@@ -124,3 +124,65 @@ fn the_embed_example_builds_and_writes_a_layout() {
     let rootfs = common::umoci_rootfs_tagged(work.path(), &cwd.path().join("layout"), "latest");
     assert!(rootfs.join("hello.txt").is_file());
 }
+
+#[test]
+fn pushes_with_a_digest_file_and_reports_syntax_errors_with_the_line() {
+    let registry = strata_testkit::TestRegistry::start().unwrap();
+    let base = strata_testkit::push_busybox_image(&registry, "base/busybox", "1").unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cwd.path().join("Dockerfile"),
+        format!("FROM {}\nRUN echo pushed > /pushed\n", base.reference),
+    )
+    .unwrap();
+    let state = cwd.path().join("state");
+    let destination = format!("{}/team/cli:v1", registry.host());
+    let out = build(
+        cwd.path(),
+        &[
+            "--context",
+            ".",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--destination",
+            &destination,
+            "--digest-file",
+            "digest.txt",
+            "--image-name-with-digest-file",
+            "names.txt",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = std::fs::read_to_string(cwd.path().join("digest.txt")).unwrap();
+    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
+    let inspected = Command::new(skopeo)
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{destination}"))
+        .output()
+        .unwrap();
+    assert!(inspected.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(json["Digest"], digest.as_str());
+    assert_eq!(
+        std::fs::read_to_string(cwd.path().join("names.txt")).unwrap(),
+        format!("{}/team/cli@{digest}\n", registry.host())
+    );
+    assert!(
+        stdout.contains(&format!("pushed {destination}@{digest}")),
+        "{stdout}"
+    );
+
+    std::fs::write(cwd.path().join("Dockerfile"), "FROM scratch\nCOPY\n").unwrap();
+    let out = build(
+        cwd.path(),
+        &["--context", ".", "--state-dir", state.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Dockerfile:2"), "{stderr}");
+}

@@ -120,3 +120,20 @@ pub fn describe(path: &Path) -> String {
         meta.gid()
     )
 }
+
+/// Every path below `root` with its kind, mode, owner, and contents or link target.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if path.symlink_metadata().unwrap().is_dir() {
+                stack.push(path.clone());
+            }
+            out.insert(rel, describe(&path));
+        }
+    }
+    out
+}
