@@ -364,7 +364,6 @@ impl Engine {
         }
         let layer = self.write_layer(entries.into_values().collect())?;
         self.finish_miss(image, key, at, layer)?;
-        self.materialize(rootfs, &image.layers)?;
         Ok(false)
     }
 }

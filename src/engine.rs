@@ -928,7 +928,6 @@ impl Engine {
         let entries = self.missing_dirs(&root, &dir, owner)?;
         let layer = self.write_layer(entries)?;
         self.finish_miss(image, key, at, layer)?;
-        self.materialize(rootfs, &image.layers)?;
         Ok(false)
     }
 

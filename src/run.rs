@@ -249,9 +249,9 @@ impl Engine {
             self.drop_ignored(&mut changes);
             entries = crate::changes::entries(&changes)?;
             let layer = self.write_layer(entries)?;
+            // The root filesystem gets the layer when a later step needs it.
             self.finish_miss(image, key, at, layer)?;
-            self.materialize(rootfs, &image.layers)?;
-        } else {
+            } else {
             let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
             ignore.extend(self.opts.ignore_paths.iter().cloned());
             let before = strata_snapshot::Scanner::new(&root)
