@@ -431,6 +431,7 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
         config,
         layers,
         stage.base_reference,
+        engine.remote.as_ref().map(|r| r.repository()),
         (
             engine.hits.load(std::sync::atomic::Ordering::Relaxed),
             engine.steps.load(std::sync::atomic::Ordering::Relaxed),

@@ -19,6 +19,7 @@ pub struct Image {
     config: ImageConfig,
     layers: Vec<LayerRef>,
     base_reference: Option<String>,
+    cache_repo: Option<String>,
     cache: (usize, usize),
 }
 
@@ -32,6 +33,7 @@ impl Image {
         config: ImageConfig,
         layers: Vec<LayerRef>,
         base_reference: Option<String>,
+        cache_repo: Option<String>,
         cache: (usize, usize),
     ) -> Image {
         Image {
@@ -42,6 +44,7 @@ impl Image {
             config,
             layers,
             base_reference,
+            cache_repo,
             cache,
         }
     }
@@ -72,22 +75,20 @@ impl Image {
     }
 
     /// Pushes the image to `reference` (`registry/repository:tag`) and returns the manifest
-    /// digest. Blobs the registry has are skipped; blobs of the base image are mounted from
-    /// its repository when it is on the same registry.
+    /// digest. Blobs the registry has are skipped; blobs of the base image, and layers the
+    /// cache repository holds, are mounted from those repositories when they are on the same
+    /// registry (never uploaded twice).
     pub async fn push(&self, reference: &str) -> Result<String> {
         let to = Reference::parse(reference)?;
-        let base = self
-            .base_reference
-            .as_deref()
-            .and_then(|b| Reference::parse(b).ok());
+        let sources: Vec<Reference> = [self.cache_repo.as_deref(), self.base_reference.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Reference::parse(r).ok())
+            .collect();
+        let sources: Vec<&Reference> = sources.iter().collect();
         let report = self
             .registry
-            .push(
-                &self.state.layout,
-                &self.manifest.digest,
-                &to,
-                base.as_ref(),
-            )
+            .push_mounting(&self.state.layout, &self.manifest.digest, &to, &sources)
             .await?;
         Ok(report.manifest_digest)
     }

@@ -251,7 +251,7 @@ impl Engine {
             let layer = self.write_layer(entries)?;
             // The root filesystem gets the layer when a later step needs it.
             self.finish_miss(image, key, at, layer)?;
-            } else {
+        } else {
             let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
             ignore.extend(self.opts.ignore_paths.iter().cloned());
             let before = strata_snapshot::Scanner::new(&root)

@@ -836,6 +836,16 @@ async fn a_cache_repository_serves_a_second_machine() {
         .unwrap();
     let tags: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(tags["Tags"].as_array().unwrap().len(), 2, "{tags}");
+    // Pushing the image to the same registry uploads only its config: the step layers are
+    // mounted from the cache repository, the base layer from the base's repository.
+    let app = format!("{}/team/app:1", fx.registry.host());
+    second.push(&app).await.unwrap();
+    let log = fx.registry.log();
+    let uploads = log
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/team/app/blobs/uploads/"))
+        .count();
+    assert_eq!(uploads, 1, "only the config is uploaded:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -56,6 +56,11 @@ impl RegistryStore {
         })
     }
 
+    /// The repository, as `registry/name`.
+    pub fn repository(&self) -> String {
+        self.repository.name()
+    }
+
     /// Entries older than `ttl` are misses (default: none expire).
     pub fn ttl(mut self, ttl: Option<Duration>) -> RegistryStore {
         self.ttl = ttl;

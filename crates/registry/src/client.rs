@@ -562,6 +562,20 @@ impl RegistryClient {
         to: &Reference,
         mount_from: Option<&Reference>,
     ) -> Result<PushReport> {
+        self.push_mounting(layout, manifest_digest, to, mount_from.as_slice())
+            .await
+    }
+
+    /// [`RegistryClient::push`], trying to mount each missing blob from every repository of
+    /// `mount_from` on the same registry in turn (the base image's repository, a cache
+    /// repository holding the step layers) before uploading it.
+    pub async fn push_mounting(
+        &self,
+        layout: &Layout,
+        manifest_digest: &str,
+        to: &Reference,
+        mount_from: &[&Reference],
+    ) -> Result<PushReport> {
         let client = self.client_for(to);
         let auth = self.auth(to)?;
         let oci_ref = Self::oci_reference(to);
@@ -588,14 +602,16 @@ impl RegistryClient {
                 blobs.push((digest.to_owned(), size));
             }
         }
-        let mount_source = mount_from
+        let mount_sources: Vec<oci_client::Reference> = mount_from
+            .iter()
             .filter(|source| {
                 source.registry() == to.registry() && source.repository() != to.repository()
             })
-            .map(Self::oci_reference);
+            .map(|source| Self::oci_reference(source))
+            .collect();
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
             .map(|(digest, size)| {
-                let (client, oci_ref, mount_source) = (&client, &oci_ref, &mount_source);
+                let (client, oci_ref, mount_sources) = (&client, &oci_ref, &mount_sources);
                 async move {
                     let what = format!("{to} blob {digest}");
                     if self
@@ -604,13 +620,14 @@ impl RegistryClient {
                     {
                         return Ok::<BlobOutcome, Error>(BlobOutcome::Skipped);
                     }
-                    if let Some(source) = mount_source
-                        && client.mount_blob(oci_ref, source, &digest).await.is_ok()
-                        && self
-                            .retry(&what, || client.blob_exists(oci_ref, &digest))
-                            .await?
-                    {
-                        return Ok(BlobOutcome::Mounted);
+                    for source in mount_sources {
+                        if client.mount_blob(oci_ref, source, &digest).await.is_ok()
+                            && self
+                                .retry(&what, || client.blob_exists(oci_ref, &digest))
+                                .await?
+                        {
+                            return Ok(BlobOutcome::Mounted);
+                        }
                     }
                     let path = layout.blob_path(&digest)?;
                     self.retry(&what, || async {
