@@ -174,26 +174,22 @@ impl Engine {
         }
     }
 
+    /// Seconds since the epoch for anything this build dates: the reproducible epoch when
+    /// one is set, the clock otherwise.
+    fn epoch_now(&self) -> i64 {
+        self.opts.reproducible.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        })
+    }
+
     pub(crate) fn now(&self) -> String {
-        match self.opts.reproducible {
-            Some(epoch) => rfc3339(epoch),
-            None => rfc3339(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64),
-            ),
-        }
+        rfc3339(self.epoch_now())
     }
 
     pub(crate) fn mtime_now(&self) -> Mtime {
-        match self.opts.reproducible {
-            Some(epoch) => Mtime::from_secs(epoch),
-            None => Mtime::from_secs(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64),
-            ),
-        }
+        Mtime::from_secs(self.epoch_now())
     }
 
     pub(crate) fn stage_name(&self, index: usize) -> String {
@@ -772,33 +768,20 @@ impl Engine {
                 Some(l) => Some(self.state.layout.blob_path(&l.digest)?),
                 None => None,
             };
-            store.record(
-                &CacheEntry {
-                    key: key.clone(),
-                    layer: layer.as_ref().map(|l| CachedLayer {
-                        digest: l.digest.clone(),
-                        diff_id: l.diff_id.clone(),
-                        size: l.size,
-                        media_type: l.media_type.clone(),
-                    }),
-                    config: json!({ "created": image.clock }),
-                    created_unix: 0,
-                },
-                blob.as_deref(),
-            )?;
+            let entry = CacheEntry {
+                key: key.clone(),
+                layer: layer.as_ref().map(|l| CachedLayer {
+                    digest: l.digest.clone(),
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                }),
+                config: json!({ "created": image.clock }),
+                created_unix: 0,
+            };
+            store.record(&entry, blob.as_deref())?;
             store.remember(&at.id, &key.inputs)?;
             if let Some(remote) = &self.remote {
-                let entry = CacheEntry {
-                    key: key.clone(),
-                    layer: layer.as_ref().map(|l| CachedLayer {
-                        digest: l.digest.clone(),
-                        diff_id: l.diff_id.clone(),
-                        size: l.size,
-                        media_type: l.media_type.clone(),
-                    }),
-                    config: json!({ "created": image.clock }),
-                    created_unix: 0,
-                };
                 remote.record(&entry, blob.as_deref())?;
             }
         }
