@@ -27,18 +27,16 @@ const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin
 [--registry-mirror HOST]... [--push-retry N] [--digest-file FILE] \
 [--image-name-with-digest-file FILE] [--image-name-tag-with-digest-file FILE] \
 [--compression gzip|zstd] [--compression-level N] [--secret id=ID,src=PATH|env=VAR]... \
-[--explain-cache] [--log-format text|json] [--verbosity LEVEL]";
+[--explain-cache] [--log-format text|json] [--log-timestamp=true|false] [--verbosity LEVEL] \
+[--context-sub-path DIR] [--cleanup]";
 
 /// Kaniko flags this executor does not implement yet: refused, never ignored.
 const NOT_YET: &[&str] = &[
     "--cache-copy-layers",
     "--cache-run-layers",
     "--image-fs-extract-retry",
-    "--context-sub-path",
     "--registry-map",
     "--insecure-pull",
-    "--cleanup",
-    "--log-timestamp",
     "--build-context",
     "--cache-dir",
 ];
@@ -78,6 +76,8 @@ struct Args {
     secrets: Vec<(String, Secret)>,
     explain_cache: bool,
     json: bool,
+    context_sub_path: Option<String>,
+    no_timestamps: bool,
 }
 
 fn parse(argv: Vec<String>) -> Result<Args, String> {
@@ -158,6 +158,13 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
             "--custom-platform" => args.platform = Some(value(inline)?),
             "--insecure" => args.insecure = boolean(&inline)?,
             "--insecure-registry" => args.insecure_registries.push(value(inline)?),
+            "--context-sub-path" => args.context_sub_path = Some(value(inline)?),
+            // Kaniko empties the container's filesystem after a build; strata never changes the
+            // host's filesystem, so there is nothing to clean.
+            "--cleanup" => {
+                boolean(&inline)?;
+            }
+            "--log-timestamp" => args.no_timestamps = !boolean(&inline)?,
             "--skip-tls-verify" => args.skip_tls_verify = boolean(&inline)?,
             "--skip-tls-verify-registry" => args.skip_tls_verify_registries.push(value(inline)?),
             "--registry-certificate" => {
@@ -274,7 +281,16 @@ impl From<strata::Error> for Failure {
 
 async fn build(args: Args) -> Result<(), Failure> {
     let started = Instant::now();
-    let context_text = args.context.clone().unwrap_or_else(|| ".".to_owned());
+    let mut context_text = args.context.clone().unwrap_or_else(|| ".".to_owned());
+    if let Some(sub) = &args.context_sub_path {
+        if context_text.starts_with("tar://") || context_text == "-" {
+            return Err(Failure::Usage(
+                "--context-sub-path needs a directory context".to_owned(),
+            ));
+        }
+        let base = context_text.trim_start_matches("dir://").to_owned();
+        context_text = Path::new(&base).join(sub).display().to_string();
+    }
     let (context, name) = context_source(&context_text)?;
     let mut build = Build::new(context);
     if let Some(dockerfile) = &args.dockerfile {
@@ -344,7 +360,8 @@ async fn build(args: Args) -> Result<(), Failure> {
     build = build.registry(registry_client(&args)?);
     let json = args.json;
     let explain = args.explain_cache;
-    build = build.on_event(move |event| report(event, json, explain));
+    let stamps = !args.no_timestamps;
+    build = build.on_event(move |event| report(event, json, explain, stamps));
 
     let image = build.run().await?;
     let mut outputs = Vec::new();
@@ -468,7 +485,7 @@ fn registry_client(args: &Args) -> Result<RegistryClient, Failure> {
 }
 
 /// Prints one event: a timestamped line, or a JSON object with `--log-format json`.
-fn report(event: &Event, json: bool, explain: bool) {
+fn report(event: &Event, json: bool, explain: bool, stamps: bool) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -528,7 +545,11 @@ fn report(event: &Event, json: bool, explain: bool) {
         let line = serde_json::json!({ "time": stamp, "event": kind, "message": text });
         eprintln!("{line}");
     } else {
-        eprintln!("{stamp} {text}");
+        if stamps {
+            eprintln!("{stamp} {text}");
+        } else {
+            eprintln!("{text}");
+        }
     }
 }
 

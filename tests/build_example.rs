@@ -42,6 +42,26 @@ fn the_readme_command_builds_the_hello_image_into_out() {
     );
     assert!(stdout.contains("0 of 2 steps from the cache"), "{stdout}");
     let layout = cwd.path().join("out/hello");
+    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
+    let inspected = Command::new(skopeo)
+        .arg("inspect")
+        .arg(format!("oci:{}:latest", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(
+        json["Labels"]["org.opencontainers.image.title"],
+        "hello from strata"
+    );
+    assert!(
+        stdout.starts_with(&format!("digest {}", json["Digest"].as_str().unwrap())),
+        "{stdout}"
+    );
     let work = tempfile::tempdir().unwrap();
     let rootfs = common::umoci_rootfs_tagged(work.path(), &layout, "latest");
     assert_eq!(
@@ -95,6 +115,34 @@ fn a_build_error_exits_1_with_the_dockerfile_position() {
     assert!(
         stderr.contains("`missing` not found in the build context"),
         "{stderr}"
+    );
+    // --context-sub-path picks a directory of the context, with its own Dockerfile.
+    std::fs::create_dir(cwd.path().join("sub")).unwrap();
+    std::fs::write(
+        cwd.path().join("sub/Dockerfile"),
+        "FROM scratch\nCOPY Dockerfile /d\n",
+    )
+    .unwrap();
+    let args = [
+        "--context",
+        ".",
+        "--context-sub-path",
+        "sub",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--log-timestamp=false",
+        "--cleanup",
+    ];
+    let sub = build(cwd.path(), &args);
+    assert!(
+        sub.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+    let lines = String::from_utf8_lossy(&sub.stderr).into_owned();
+    assert!(
+        lines.lines().any(|l| l.starts_with("[0] FROM scratch")),
+        "{lines}"
     );
 }
 
