@@ -361,7 +361,8 @@ fn exclude_patterns(exclude: &[String]) -> Result<Option<Dockerignore>> {
         .map_err(|e| Error::Invalid(format!("--exclude: {e}")))
 }
 
-fn join(dir: &str, name: &str) -> String {
+/// `dir/name`, either side possibly empty.
+pub(crate) fn join(dir: &str, name: &str) -> String {
     match (dir.is_empty(), name.is_empty()) {
         (true, _) => name.to_owned(),
         (_, true) => dir.to_owned(),

@@ -12,7 +12,7 @@ use strata_dockerfile::{Add, Copy, Instruction};
 use strata_layer::{Entry, EntryKind, Metadata, Mtime};
 use strata_snapshot::HashMemo;
 
-use crate::context::{Context, Source};
+use crate::context::{Context, Source, join};
 use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, clean_absolute};
 use crate::error::{Error, Result};
 
@@ -235,11 +235,6 @@ impl Engine {
                 nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
             },
             ..Metadata::default()
-        };
-        let join = |a: &str, b: &str| match (a.is_empty(), b.is_empty()) {
-            (true, _) => b.to_owned(),
-            (_, true) => a.to_owned(),
-            _ => format!("{a}/{b}"),
         };
         for source in &sources {
             if let Some(dir) = archives.get(&source.path) {

@@ -88,6 +88,9 @@ pub(crate) struct Rootfs {
     pub(crate) applied: usize,
 }
 
+/// An image of the build, pulled by the first stage that names it.
+type ImageSlot = Arc<Mutex<Option<Arc<StageResult>>>>;
+
 /// A finished stage.
 #[derive(Debug)]
 pub(crate) struct StageResult {
@@ -114,8 +117,9 @@ pub(crate) struct Engine {
     pub steps: AtomicUsize,
     sandbox: OnceLock<std::result::Result<Sandbox, String>>,
     overlay: OnceLock<std::result::Result<(), String>>,
-    /// Images named by `--from` (not stages), pulled once per build.
-    from_images: Mutex<HashMap<String, Arc<StageResult>>>,
+    /// Images named by `FROM` or `--from`, pulled once per build (one slot per reference, so
+    /// stages pulling different images do not wait for each other).
+    images: Mutex<HashMap<String, ImageSlot>>,
     rootfs_count: AtomicUsize,
 }
 
@@ -163,7 +167,7 @@ impl Engine {
             steps: AtomicUsize::new(0),
             sandbox: OnceLock::new(),
             overlay: OnceLock::new(),
-            from_images: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
         }
     }
@@ -446,7 +450,7 @@ impl Engine {
                     .ok_or_else(|| Error::Invalid(format!("stage {i} was not built")))?;
                 Ok((result.image.clone(), None))
             }
-            Base::Image(reference) => Ok((self.pull(reference)?, None)),
+            Base::Image(reference) => Ok((self.image(reference)?.image.clone(), None)),
         }
     }
 
@@ -507,18 +511,11 @@ impl Engine {
         let Some(entries) = value["manifests"].as_array() else {
             return Ok(digest.to_owned());
         };
-        let p = &self.opts.platform;
-        entries
-            .iter()
-            .find(|m| {
-                m["platform"]["os"] == p.os.as_str()
-                    && m["platform"]["architecture"] == p.architecture.as_str()
-                    && p.variant
-                        .as_ref()
-                        .is_none_or(|v| m["platform"]["variant"] == v.as_str())
-            })
-            .and_then(|m| m["digest"].as_str().map(str::to_owned))
-            .ok_or_else(|| Error::Invalid(format!("index {digest} has no image for {p}")))
+        let chosen = self.opts.platform.select(entries, digest)?;
+        chosen["digest"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Invalid(format!("index {digest} has an entry without a digest")))
     }
 
     /// Copies an image out of an OCI layout directory (`PATH[:TAG]`) into the state.
@@ -964,18 +961,28 @@ impl Engine {
                 .cloned()
                 .ok_or_else(|| Error::Invalid(format!("stage {from} was not built")));
         }
-        let mut images = self
-            .from_images
-            .lock()
-            .map_err(|_| Error::Task("image list poisoned".to_owned()))?;
-        if let Some(found) = images.get(from) {
+        self.image(from)
+    }
+
+    /// The image `reference` names, pulled on first use in this build.
+    fn image(&self, reference: &str) -> Result<Arc<StageResult>> {
+        let poisoned = || Error::Task("image list poisoned".to_owned());
+        let slot = Arc::clone(
+            self.images
+                .lock()
+                .map_err(|_| poisoned())?
+                .entry(reference.to_owned())
+                .or_default(),
+        );
+        let mut slot = slot.lock().map_err(|_| poisoned())?;
+        if let Some(found) = slot.as_ref() {
             return Ok(Arc::clone(found));
         }
         let pulled = Arc::new(StageResult {
-            image: self.pull(from)?,
+            image: self.pull(reference)?,
             rootfs: Mutex::new(None),
         });
-        images.insert(from.to_owned(), Arc::clone(&pulled));
+        *slot = Some(Arc::clone(&pulled));
         Ok(pulled)
     }
 

@@ -57,9 +57,9 @@ impl Platform {
         }
     }
 
-    /// The entry of an index's `manifests` for this platform, or an error listing the
-    /// platforms the index has.
-    pub(crate) fn select<'a>(&self, entries: &'a [Value], reference: &str) -> Result<&'a Value> {
+    /// The entry of an index's `manifests` (as JSON) for this platform, or an error naming
+    /// `reference` and listing the platforms the index has.
+    pub fn select<'a>(&self, entries: &'a [Value], reference: &str) -> Result<&'a Value> {
         entries
             .iter()
             .find(|m| self.matches(&m["platform"]))
