@@ -20,9 +20,14 @@ fuzz_target!(|data: &[u8]| {
     });
     if printable {
         let printed = file.to_dockerfile();
-        assert!(strata_dockerfile::parse(&printed).is_ok(), "printed text did not parse:\n{printed}");
+        assert!(
+            strata_dockerfile::parse(&printed).is_ok(),
+            "printed text did not parse:\n{printed}"
+        );
     }
-    let Ok(plan) = Plan::new(&file, &PlanOptions::default()) else { return };
+    let Ok(plan) = Plan::new(&file, &PlanOptions::default()) else {
+        return;
+    };
     for stage in &plan.stages {
         let _ = plan.instructions(stage.index, &[]);
     }

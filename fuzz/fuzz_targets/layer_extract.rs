@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use strata_layer::Extractor;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(arena) = tempfile::tempdir() else { return };
+    let Ok(arena) = tempfile::tempdir() else {
+        return;
+    };
     let target = arena.path().join("target");
     let sentinel = arena.path().join("sentinel");
     if fs::create_dir(&target).is_err() || fs::write(&sentinel, b"untouched").is_err() {

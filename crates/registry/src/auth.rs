@@ -138,26 +138,20 @@ impl Credentials {
             return Ok(credential.clone());
         }
         if let Some(path) = &self.docker_config
-            && let Some(config) = read_json(path)?
+            && let Some(config) = DockerConfig::read(path)?
         {
-            let helper = config["credHelpers"]
-                .as_object()
-                .and_then(|helpers| helpers.iter().find(|(k, _)| normalize_key(k) == registry))
-                .and_then(|(_, v)| v.as_str())
-                .or_else(|| config["credsStore"].as_str())
-                .filter(|h| !h.is_empty());
-            if let Some(helper) = helper
+            if let Some(helper) = config.helper(&registry)
                 && let Some(credential) = run_helper(helper, &registry)?
             {
                 return Ok(credential);
             }
-            if let Some(credential) = from_auths(&config, &registry, path)? {
+            if let Some(credential) = config.credential(&registry)? {
                 return Ok(credential);
             }
         }
         for path in &self.auth_files {
-            if let Some(config) = read_json(path)?
-                && let Some(credential) = from_auths(&config, &registry, path)?
+            if let Some(config) = DockerConfig::read(path)?
+                && let Some(credential) = config.credential(&registry)?
             {
                 return Ok(credential);
             }
@@ -166,11 +160,37 @@ impl Credentials {
     }
 }
 
-fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Malformed {
+/// A Docker `config.json` or a containers `auth.json`, parsed: untrusted input, read once.
+pub struct DockerConfig {
+    path: PathBuf,
+    value: serde_json::Value,
+}
+
+impl fmt::Debug for DockerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerConfig")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerConfig {
+    /// Reads the file at `path`; `None` when there is none.
+    pub fn read(path: &Path) -> Result<Option<DockerConfig>> {
+        match std::fs::read(path) {
+            Ok(bytes) => DockerConfig::parse(&bytes, path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                path: path.to_owned(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Parses `bytes`, read from `path` (named in errors, which never quote the contents).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<DockerConfig> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| Error::Malformed {
                 path: path.to_owned(),
                 // serde's message quotes no input, so no secret can leak through it.
                 message: format!(
@@ -179,12 +199,34 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
                     e.line(),
                     e.column()
                 ),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Io {
+            })?;
+        if !value.is_object() {
+            return Err(Error::Malformed {
+                path: path.to_owned(),
+                message: "not a JSON object".to_owned(),
+            });
+        }
+        Ok(DockerConfig {
             path: path.to_owned(),
-            source: e,
-        }),
+            value,
+        })
+    }
+
+    /// The credential helper for `registry` (`host[:port]`, `docker.io` for Docker Hub): its
+    /// `credHelpers` entry, else `credsStore`.
+    pub fn helper(&self, registry: &str) -> Option<&str> {
+        let registry = normalize_key(registry);
+        self.value["credHelpers"]
+            .as_object()
+            .and_then(|helpers| helpers.iter().find(|(k, _)| normalize_key(k) == registry))
+            .and_then(|(_, v)| v.as_str())
+            .or_else(|| self.value["credsStore"].as_str())
+            .filter(|h| !h.is_empty())
+    }
+
+    /// The credential the `auths` section holds for `registry`, if any.
+    pub fn credential(&self, registry: &str) -> Result<Option<Credential>> {
+        from_auths(&self.value, &normalize_key(registry), &self.path)
     }
 }
 

@@ -19,12 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::auth::{Credential, Credentials};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::manifest::{DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::{Reference, is_loopback_host};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
 /// How many blobs move at once.
@@ -406,8 +403,6 @@ impl RegistryClient {
                 client.pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
             })
             .await?;
-        let mut manifest: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(reference, format!("manifest is not JSON: {e}")))?;
         if let Some(pinned) = reference.digest()
             && sha256(&bytes) != pinned
         {
@@ -417,27 +412,10 @@ impl RegistryClient {
                 actual: sha256(&bytes),
             });
         }
-        if manifest["schemaVersion"] == 1 {
-            return Err(malformed(
-                reference,
-                "schema 1 manifests are not supported (push the image again with a current client)",
-            ));
-        }
-        let media_type = manifest["mediaType"]
-            .as_str()
-            .unwrap_or(OCI_MANIFEST)
-            .to_owned();
-        let mut media_type = if manifest["manifests"].is_array() && !manifest["layers"].is_array() {
-            OCI_INDEX.to_owned()
-        } else {
-            media_type
-        };
-        if media_type == OCI_INDEX || media_type == DOCKER_LIST {
-            let entries = manifest["manifests"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let chosen = platform.select(&entries, &reference.to_string())?;
+        let name = reference.to_string();
+        let mut manifest = Manifest::parse(&bytes, &name)?;
+        if let Manifest::Index { manifests, .. } = &manifest {
+            let chosen = platform.select(manifests, &name)?;
             let digest = chosen["digest"]
                 .as_str()
                 .ok_or_else(|| malformed(reference, "index entry without a digest"))?
@@ -460,34 +438,18 @@ impl RegistryClient {
                 });
             }
             bytes = platform_bytes;
-            manifest = serde_json::from_slice(&bytes)
-                .map_err(|e| malformed(reference, format!("manifest is not JSON: {e}")))?;
-            media_type = manifest["mediaType"]
-                .as_str()
-                .unwrap_or(OCI_MANIFEST)
-                .to_owned();
+            manifest = Manifest::parse(&bytes, &name)?;
         }
-        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
-            return Err(malformed(
-                reference,
-                format!("unsupported manifest media type {media_type}"),
-            ));
-        }
-        let config_digest = manifest["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| malformed(reference, "manifest without a config"))?
-            .to_owned();
-        let layer_digests: Vec<String> = manifest["layers"]
-            .as_array()
-            .ok_or_else(|| malformed(reference, "manifest without layers"))?
-            .iter()
-            .map(|l| {
-                l["digest"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| malformed(reference, "layer without a digest"))
-            })
-            .collect::<Result<_>>()?;
+        let Manifest::Image {
+            media_type,
+            config,
+            layers,
+        } = manifest
+        else {
+            return Err(malformed(reference, "an index names another index"));
+        };
+        let config_digest = config.digest;
+        let layer_digests: Vec<String> = layers.into_iter().map(|l| l.digest).collect();
         let mut wanted: Vec<String> = std::iter::once(config_digest.clone())
             .chain(layer_digests.iter().cloned())
             .filter(|d| !layout.has_blob(d))
@@ -582,24 +544,18 @@ impl RegistryClient {
         self.retry(to, || client.auth(&oci_ref, &auth, RegistryOperation::Push))
             .await?;
         let bytes = layout.read_blob(manifest_digest)?;
-        let manifest: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(to, format!("manifest is not JSON: {e}")))?;
-        let media_type = manifest["mediaType"]
-            .as_str()
-            .unwrap_or(OCI_MANIFEST)
-            .to_owned();
+        let Manifest::Image {
+            media_type,
+            config,
+            layers,
+        } = Manifest::parse(&bytes, &to.to_string())?
+        else {
+            return Err(malformed(to, "pushing an index is not supported"));
+        };
         let mut blobs: Vec<(String, u64)> = Vec::new();
-        for descriptor in std::iter::once(&manifest["config"])
-            .chain(manifest["layers"].as_array().into_iter().flatten())
-        {
-            let digest = descriptor["digest"]
-                .as_str()
-                .ok_or_else(|| malformed(to, "descriptor without a digest"))?;
-            let size = descriptor["size"]
-                .as_u64()
-                .ok_or_else(|| malformed(to, "descriptor without a size"))?;
-            if !blobs.iter().any(|(d, _)| d == digest) {
-                blobs.push((digest.to_owned(), size));
+        for descriptor in std::iter::once(config).chain(layers) {
+            if !blobs.iter().any(|(d, _)| *d == descriptor.digest) {
+                blobs.push((descriptor.digest, descriptor.size));
             }
         }
         let mount_sources: Vec<oci_client::Reference> = mount_from

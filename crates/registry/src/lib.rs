@@ -34,11 +34,15 @@ mod auth;
 mod client;
 mod error;
 mod layout;
+mod manifest;
 mod reference;
 
 pub use archive::write_docker_archive;
-pub use auth::{Credential, Credentials};
+pub use auth::{Credential, Credentials, DockerConfig};
 pub use client::{ClientBuilder, Platform, PulledImage, PushReport, RegistryClient};
 pub use error::{Error, Result};
 pub use layout::{BlobInfo, Layout, REF_NAME};
+pub use manifest::{
+    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
+};
 pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};
