@@ -60,6 +60,8 @@ pub struct Build {
     compression: Compression,
     events: Option<EventSink>,
     secrets: BTreeMap<String, Secret>,
+    named_contexts: BTreeMap<String, String>,
+    uncached: Vec<String>,
 }
 
 impl std::fmt::Debug for Build {
@@ -98,6 +100,8 @@ impl Build {
             compression: Compression::default(),
             events: None,
             secrets: BTreeMap::new(),
+            named_contexts: BTreeMap::new(),
+            uncached: Vec::new(),
         }
     }
 
@@ -171,6 +175,28 @@ impl Build {
         if !path.is_empty() {
             self.ignore_paths.push(path);
         }
+        self
+    }
+
+    /// Whether the layers of `instruction` steps (`RUN`, `COPY` or `ADD`) are cached (default:
+    /// all are). Kaniko's `--cache-run-layers` and `--cache-copy-layers`; unlike Kaniko,
+    /// strata caches COPY layers by default, because their keys hold the copied content's
+    /// digest.
+    pub fn cache_layers_of(mut self, instruction: &str, on: bool) -> Build {
+        let keyword = instruction.to_ascii_uppercase();
+        self.uncached.retain(|k| *k != keyword);
+        if !on {
+            self.uncached.push(keyword);
+        }
+        self
+    }
+
+    /// A named build context: `name` in `FROM`, `COPY --from` and `RUN --mount from=` stands
+    /// for the image `source` (`oci-layout://PATH[:TAG]` or `docker-image://REFERENCE`),
+    /// unless a stage has that name. BuildKit's `--build-context`; directories are not
+    /// supported yet (an error when the build starts).
+    pub fn build_context(mut self, name: impl Into<String>, source: impl Into<String>) -> Build {
+        self.named_contexts.insert(name.into(), source.into());
         self
     }
 
@@ -302,9 +328,21 @@ impl Build {
         } else {
             None
         };
-        let registry = self
+        let named_contexts = named_contexts(&self.named_contexts)?;
+        let mut registry = self
             .registry
             .unwrap_or_else(|| RegistryClient::builder().build());
+        if let Some(sink) = self.events.clone() {
+            registry = registry.with_progress(Arc::new(move |t: &strata_registry::Transfer| {
+                sink(&Event::Transfer {
+                    reference: t.reference.clone(),
+                    digest: t.digest.clone(),
+                    push: t.direction == strata_registry::Direction::Push,
+                    done: t.done,
+                    total: t.total,
+                })
+            }));
+        }
         let remote = match (&self.cache_repo, &cache) {
             (Some(repository), Some(_)) => Some(
                 strata_cache::RegistryStore::new(
@@ -340,6 +378,8 @@ impl Build {
                 snapshot_mode: self.snapshot_mode,
                 single_snapshot: self.single_snapshot,
                 ignore_paths: self.ignore_paths,
+                named_contexts,
+                uncached: self.uncached,
             },
             self.events,
             runtime,
@@ -436,5 +476,28 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
             engine.hits.load(std::sync::atomic::Ordering::Relaxed),
             engine.steps.load(std::sync::atomic::Ordering::Relaxed),
         ),
+        engine.events.clone(),
     ))
+}
+
+/// The image source each named build context stands for, checked: `oci-layout://` is kept,
+/// `docker-image://` gives the plain reference.
+fn named_contexts(given: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    given
+        .iter()
+        .map(|(name, source)| {
+            let resolved = if source.starts_with("oci-layout://") {
+                source.clone()
+            } else if let Some(reference) = source.strip_prefix("docker-image://") {
+                strata_registry::Reference::parse(reference)?;
+                reference.to_owned()
+            } else {
+                return Err(Error::Invalid(format!(
+                    "build context `{name}={source}`: strata supports oci-layout://PATH[:TAG] and \
+                     docker-image://REFERENCE sources (directories are not supported yet)"
+                )));
+            };
+            Ok((name.clone(), resolved))
+        })
+        .collect()
 }

@@ -65,6 +65,12 @@ pub(crate) struct Options {
     pub single_snapshot: bool,
     /// Paths (relative, no leading `/`) left out of RUN snapshots (`--ignore-path`).
     pub ignore_paths: Vec<String>,
+    /// Images that stand in for names in FROM, `COPY --from` and `RUN --mount from=`
+    /// (`--build-context name=oci-layout://…`): name → image source.
+    pub named_contexts: BTreeMap<String, String>,
+    /// Instructions (upper case) whose layers are neither looked up in nor recorded to the
+    /// cache (`--cache-run-layers=false`, `--cache-copy-layers=false`).
+    pub uncached: Vec<String>,
 }
 
 /// An image in the making: what a stage has built so far.
@@ -455,7 +461,13 @@ impl Engine {
     }
 
     /// Resolves and pulls an image (or reads an `oci-layout://` directory) into the state.
-    pub(crate) fn pull(&self, reference: &str) -> Result<StageImage> {
+    pub(crate) fn pull(&self, name: &str) -> Result<StageImage> {
+        // A named build context stands in for the image it names.
+        let reference = self
+            .opts
+            .named_contexts
+            .get(name)
+            .map_or(name, String::as_str);
         self.emit(Event::Pulling {
             reference: reference.to_owned(),
         });
@@ -688,6 +700,14 @@ impl Engine {
         let Some(store) = &self.cache else {
             return Ok(false);
         };
+        if let Some(keyword) = self.uncached(at) {
+            self.emit(Event::CacheMiss {
+                stage: at.stage.to_owned(),
+                line: at.line,
+                reasons: vec![format!("the cache is off for {keyword} steps")],
+            });
+            return Ok(false);
+        }
         let mut found = store.lookup(&key.digest)?;
         if found.is_none()
             && let Some(remote) = &self.remote
@@ -745,6 +765,16 @@ impl Engine {
         Ok(false)
     }
 
+    /// The instruction keyword of `at` when the cache is off for it.
+    fn uncached<'a>(&self, at: &StepAt<'a>) -> Option<&'a str> {
+        let keyword = at.original.split_whitespace().next()?;
+        self.opts
+            .uncached
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(keyword))
+            .then_some(keyword)
+    }
+
     /// Records what a layer step that missed produced.
     pub(crate) fn finish_miss(
         &self,
@@ -760,7 +790,7 @@ impl Engine {
             empty_layer: layer.is_none(),
             ..History::default()
         });
-        if let Some(store) = &self.cache {
+        if let Some(store) = self.cache.as_ref().filter(|_| self.uncached(at).is_none()) {
             let blob = match &layer {
                 Some(l) => Some(self.state.layout.blob_path(&l.digest)?),
                 None => None,

@@ -77,6 +77,34 @@ pub enum Event {
         /// Whether the cache answered it.
         cached: bool,
     },
+    /// Bytes of one blob moved to or from a registry: a base image's layers being pulled,
+    /// the image's blobs being pushed. Sent when a blob starts, about every MiB, and when it
+    /// ends (`done == total`).
+    Transfer {
+        /// The image reference.
+        reference: String,
+        /// The blob.
+        digest: String,
+        /// A push (else a pull).
+        push: bool,
+        /// Bytes moved so far.
+        done: u64,
+        /// The blob's size.
+        total: u64,
+    },
+    /// [`crate::Image::push`] finished.
+    Pushed {
+        /// Where to.
+        reference: String,
+        /// The manifest digest.
+        digest: String,
+        /// Blobs uploaded.
+        uploaded: usize,
+        /// Blobs mounted from another repository of the registry.
+        mounted: usize,
+        /// Blobs the registry had already.
+        skipped: usize,
+    },
     /// The image is complete.
     Built {
         /// Its manifest digest.

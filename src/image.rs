@@ -7,10 +7,11 @@ use strata_registry::{BlobInfo, Layout, Reference, RegistryClient};
 
 use crate::config::{ImageConfig, LayerRef, OCI_MANIFEST};
 use crate::error::{Error, Result};
+use crate::event::{Event, EventSink};
 use crate::state::State;
 
 /// A built image: its manifest, config and layers, ready to push or write out.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Image {
     state: State,
     registry: RegistryClient,
@@ -21,6 +22,20 @@ pub struct Image {
     base_reference: Option<String>,
     cache_repo: Option<String>,
     cache: (usize, usize),
+    events: Option<EventSink>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("digest", &self.manifest.digest)
+            .field("config_digest", &self.config_digest)
+            .field("layers", &self.layers)
+            .field("base_reference", &self.base_reference)
+            .field("cache_repo", &self.cache_repo)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Image {
@@ -35,6 +50,7 @@ impl Image {
         base_reference: Option<String>,
         cache_repo: Option<String>,
         cache: (usize, usize),
+        events: Option<EventSink>,
     ) -> Image {
         Image {
             state,
@@ -46,6 +62,7 @@ impl Image {
             base_reference,
             cache_repo,
             cache,
+            events,
         }
     }
 
@@ -90,6 +107,15 @@ impl Image {
             .registry
             .push_mounting(&self.state.layout, &self.manifest.digest, &to, &sources)
             .await?;
+        if let Some(sink) = &self.events {
+            sink(&Event::Pushed {
+                reference: to.to_string(),
+                digest: report.manifest_digest.clone(),
+                uploaded: report.uploaded,
+                mounted: report.mounted,
+                skipped: report.skipped,
+            });
+        }
         Ok(report.manifest_digest)
     }
 

@@ -1011,3 +1011,145 @@ RUN mkdir -p /var/log/app && echo noisy > /var/log/app/log && echo kept > /kept
         "not in the config: {env:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn named_build_contexts_stand_in_for_images() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let (first, _) = run(fx.build(context.path(), "FROM {base}\nRUN echo first > /first\n")).await;
+    let first = first.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("layout");
+    first.write_oci_layout(&saved, "v1").unwrap();
+    // `app-base` is not a stage: FROM and COPY --from take the image the context names.
+    let dockerfile = "FROM app-base\nCOPY --from=tools /etc/passwd /copied-passwd\n";
+    let build = fx
+        .build(context.path(), dockerfile)
+        .build_context("app-base", format!("oci-layout://{}:v1", saved.display()))
+        .build_context("tools", format!("docker-image://{}", fx.base));
+    let (image, events) = run(build).await;
+    let image = image.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Pulled { reference, .. }
+        if reference.starts_with("oci-layout://") && reference.ends_with(":v1")))
+    );
+    let (work, layout) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    assert_eq!(fs::read_to_string(rootfs.join("first")).unwrap(), "first\n");
+    assert!(
+        fs::read_to_string(rootfs.join("copied-passwd"))
+            .unwrap()
+            .contains("app:x:1000")
+    );
+    // A stage of that name wins over the context, as in BuildKit.
+    let staged = "FROM {base} AS tools\nRUN echo stage > /from-stage\nFROM scratch\nCOPY --from=tools /from-stage /s\n";
+    let build = fx
+        .build(context.path(), staged)
+        .build_context("tools", "oci-layout:///nonexistent");
+    let (image, _) = run(build).await;
+    image.unwrap();
+    // Sources strata cannot use are refused by name.
+    let build = fx
+        .build(context.path(), "FROM app-base\n")
+        .build_context("app-base", "/some/dir");
+    let (result, _) = run(build).await;
+    let text = result.err().unwrap().to_string();
+    assert!(
+        text.contains("app-base=/some/dir") && text.contains("oci-layout://"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_layers_can_be_left_out_of_the_cache() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let dockerfile = "FROM {base}\nCOPY f /f\nRUN date +%s%N > /stamp\n";
+    let build = || {
+        fx.build(context.path(), dockerfile)
+            .cache_layers_of("RUN", false)
+    };
+    let (first, _) = run(build()).await;
+    assert_eq!(first.unwrap().cache_hits(), (0, 2));
+    let (second, events) = run(build()).await;
+    // COPY is answered by the cache, RUN runs again and says why.
+    assert_eq!(second.unwrap().cache_hits(), (1, 2));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::CacheMiss { line: 3, reasons, .. }
+        if reasons.iter().any(|r| r.contains("cache is off for RUN"))))
+    );
+    // With the cache on again, RUN still misses once (nothing was recorded), then hits.
+    let (third, _) = run(fx.build(context.path(), dockerfile)).await;
+    assert_eq!(third.unwrap().cache_hits(), (1, 2));
+    let (fourth, _) = run(fx.build(context.path(), dockerfile)).await;
+    assert_eq!(fourth.unwrap().cache_hits(), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_and_pushes_report_byte_progress() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("big", "x".repeat(3 << 20))
+        .build()
+        .unwrap();
+    let build = fx
+        .build(context.path(), "FROM {base}\nCOPY big /big\n")
+        .compression(strata::layer::Compression::Zstd { level: -5 });
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&events);
+    let image = build
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()))
+        .run()
+        .await
+        .unwrap();
+    let target = format!("{}/team/progress:1", fx.registry.host());
+    image.push(&target).await.unwrap();
+    let events = events.lock().unwrap().clone();
+    let transfers = |push: bool| -> Vec<(String, u64, u64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Transfer {
+                    digest,
+                    push: p,
+                    done,
+                    total,
+                    ..
+                } if *p == push => Some((digest.clone(), *done, *total)),
+                _ => None,
+            })
+            .collect()
+    };
+    // The base's layer was pulled: its progress starts at 0 and ends at its size.
+    let pulled = transfers(false);
+    let base_layer = &image.layers()[0];
+    let of: Vec<_> = pulled
+        .iter()
+        .filter(|(d, ..)| *d == base_layer.digest)
+        .collect();
+    assert_eq!(of.first().map(|t| t.1), Some(0), "{pulled:?}");
+    assert_eq!(
+        of.last().map(|t| (t.1, t.2)),
+        Some((base_layer.size, base_layer.size))
+    );
+    // The new layer was uploaded with progress in between; the base layer was mounted from
+    // the base's repository, not uploaded.
+    let pushed = transfers(true);
+    let layer = &image.layers()[1];
+    let of: Vec<_> = pushed.iter().filter(|(d, ..)| *d == layer.digest).collect();
+    assert!(of.len() >= 2, "{pushed:?}");
+    assert_eq!(of.last().unwrap().1, layer.size);
+    assert!(!pushed.iter().any(|(d, ..)| *d == image.layers()[0].digest));
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Pushed { reference, uploaded: 2, mounted: 1, .. }
+        if reference.ends_with("team/progress:1"))
+        ),
+        "{:?}",
+        events.last()
+    );
+}

@@ -86,7 +86,14 @@ fn the_readme_command_builds_the_hello_image_into_out() {
 fn unimplemented_and_unknown_flags_are_usage_errors() {
     let cwd = tempfile::tempdir().unwrap();
     for (flag, expected) in [
-        ("--registry-map=a=b", "--registry-map is not supported yet"),
+        (
+            "--use-new-run",
+            "--use-new-run is not supported by strata: strata always snapshots",
+        ),
+        (
+            "--context=git://example.com/x",
+            "git:// contexts are not supported",
+        ),
         ("--no-such-flag", "unknown flag --no-such-flag"),
     ] {
         let out = build(cwd.path(), &[flag]);
@@ -233,4 +240,198 @@ fn pushes_with_a_digest_file_and_reports_syntax_errors_with_the_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Dockerfile:2"), "{stderr}");
+}
+
+/// Runs the example under `script`, which gives it a pseudo-terminal as stderr.
+fn build_on_a_terminal(cwd: &Path, args: &[&str]) -> (bool, String) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut command = format!(
+        "stty cols 120 rows 40; {} run --quiet --manifest-path {} --example build --",
+        quote(env!("CARGO")),
+        quote(manifest.to_str().unwrap())
+    );
+    for arg in args {
+        command.push(' ');
+        command.push_str(&quote(arg));
+    }
+    let out = Command::new("script")
+        .current_dir(cwd)
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script (bsdutils) runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_terminal_gets_a_line_per_step_with_its_cache_state() {
+    let cwd = tempfile::tempdir().unwrap();
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let state = cwd.path().join("state");
+    let args = [
+        "--context",
+        hello.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let (ok, first) = build_on_a_terminal(cwd.path(), &args);
+    assert!(ok, "{first}");
+    let (ok, second) = build_on_a_terminal(cwd.path(), &args);
+    assert!(ok, "{second}");
+    // Finished steps stay as lines: first with their duration, then answered by the cache.
+    let step = "✔ [0]   4 COPY hello.txt /hello.txt  ";
+    let after = |text: &str| {
+        text.split(step)
+            .nth(1)
+            .map(|rest| rest.chars().take(6).collect::<String>())
+    };
+    let first_outcome = after(&first).unwrap_or_else(|| panic!("{first:?}"));
+    assert!(
+        first_outcome.ends_with('s') || first_outcome.contains("s "),
+        "{first_outcome:?}"
+    );
+    assert_eq!(after(&second).as_deref(), Some("CACHED"), "{second:?}");
+    // The running step had a spinner (drawn with escape codes) and the summary follows.
+    assert!(first.contains("\u{1b}["), "{first:?}");
+    assert!(second.contains("2 of 2 steps from the cache"), "{second:?}");
+}
+
+#[test]
+fn registry_maps_cache_dirs_and_json_logs() {
+    let registry = strata_testkit::TestRegistry::start().unwrap();
+    strata_testkit::push_busybox_image(&registry, "base/busybox", "1").unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9: the image can only come from the mapped mirror.
+    std::fs::write(
+        cwd.path().join("Dockerfile"),
+        "FROM 127.0.0.1:9/base/busybox:1\nLABEL mapped=yes\n",
+    )
+    .unwrap();
+    let cache_dir = cwd.path().join("kaniko-cache");
+    let map = format!("--registry-map=127.0.0.1:9=127.0.0.1:1;{}", registry.host());
+    let out = build(
+        cwd.path(),
+        &[
+            "--context",
+            ".",
+            "--cache-dir",
+            cache_dir.to_str().unwrap(),
+            &map,
+            "--log-format=json",
+            "--push-retry=0",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Every line is one JSON object with a time and a kind.
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["time"].is_string() && e["event"].is_string())
+    );
+    let pulled = events.iter().find(|e| e["event"] == "pulled").unwrap();
+    assert_eq!(pulled["reference"], "127.0.0.1:9/base/busybox:1");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "pull-blob" && e["done"] == e["total"])
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["digest"].as_str().unwrap().starts_with("sha256:"));
+    // --cache-dir is where the state (base images included) went.
+    assert!(cache_dir.join("oci-layout").is_file());
+    assert!(
+        cache_dir
+            .join(format!(
+                "blobs/{}",
+                pulled["digest"].as_str().unwrap().replace(':', "/")
+            ))
+            .is_file()
+    );
+    // --cache-dir and a different --state-dir contradict each other.
+    let out = build(
+        cwd.path(),
+        &["--cache-dir", "a", "--state-dir", "b", "--context", "."],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cache-dir a and --state-dir b differ")
+    );
+}
+
+fn example(cwd: &Path, name: &str, args: &[&str]) -> Output {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    Command::new(env!("CARGO"))
+        .current_dir(cwd)
+        .args(["run", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .args(["--example", name, "--"])
+        .args(args)
+        .output()
+        .expect("cargo runs")
+}
+
+#[test]
+fn push_dir_and_pull_examples_round_trip_through_a_registry() {
+    let registry = strata_testkit::TestRegistry::start().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let site = cwd.path().join("site");
+    std::fs::create_dir_all(site.join("docs")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>hi</h1>\n").unwrap();
+    std::fs::write(site.join("docs/a.txt"), "a\n").unwrap();
+    std::os::unix::fs::symlink("index.html", site.join("home.html")).unwrap();
+    let reference = format!("{}/team/site:1", registry.host());
+    let out = example(
+        cwd.path(),
+        "push_dir",
+        &["site", &reference, "--cmd", "/bin/serve"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("4 files, 2 blobs uploaded"), "{stdout}");
+    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
+    let inspected = Command::new(&skopeo)
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(inspected.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert!(
+        stdout.contains(json["Digest"].as_str().unwrap()),
+        "{stdout}"
+    );
+
+    let out = example(cwd.path(), "pull", &[&reference, "pulled"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 of 2 blobs downloaded"), "{stdout}");
+    let layout = cwd.path().join("pulled");
+    let rootfs = common::umoci_rootfs_tagged(cwd.path(), &layout, "latest");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("docs/a.txt")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        std::fs::read_link(rootfs.join("home.html")).unwrap(),
+        Path::new("index.html")
+    );
+    // Pulling again downloads nothing.
+    let again = example(cwd.path(), "pull", &[&reference, "pulled"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 of 2 blobs downloaded"));
 }

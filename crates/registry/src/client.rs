@@ -20,6 +20,7 @@ use crate::auth::{Credential, Credentials};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::manifest::{DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST};
+use crate::progress::{Direction, Meter, ProgressSink};
 use crate::reference::{Reference, is_loopback_host};
 
 const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
@@ -118,13 +119,16 @@ pub struct PulledImage {
 #[derive(Clone, Default)]
 pub struct ClientBuilder {
     credentials: Option<Credentials>,
-    mirrors: Vec<String>,
+    /// (registry, mirror) pairs, in the order given.
+    mirrors: Vec<(String, String)>,
+    insecure_pull: bool,
     skip_tls_verify_for: Vec<String>,
     retries: Option<u32>,
     insecure: Vec<String>,
     https_loopback: bool,
     ca_pems: Vec<Vec<u8>>,
     skip_tls_verify: bool,
+    progress: Option<ProgressSink>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -137,6 +141,7 @@ impl fmt::Debug for ClientBuilder {
             .field("skip_tls_verify", &self.skip_tls_verify)
             .field("skip_tls_verify_for", &self.skip_tls_verify_for)
             .field("mirrors", &self.mirrors)
+            .field("insecure_pull", &self.insecure_pull)
             .field("retries", &self.retries)
             .finish()
     }
@@ -178,7 +183,33 @@ impl ClientBuilder {
     /// Pulls Docker Hub images from `mirror` (`host[:port]`) first; several mirrors are tried
     /// in the order given, Docker Hub last (`--registry-mirror`).
     pub fn mirror(mut self, mirror: impl Into<String>) -> Self {
-        self.mirrors.push(mirror.into());
+        self.mirrors
+            .push((crate::reference::DOCKER_HUB.to_owned(), mirror.into()));
+        self
+    }
+
+    /// Pulls images of `registry` (`host[:port]`; `index.docker.io` and `docker.io` both
+    /// name Docker Hub) from `mirror` first (`host[:port]`, optionally followed by a path
+    /// the repository goes under): Kaniko's `--registry-map`. Mirrors are tried in the order
+    /// given, the registry itself last. Pushes are never redirected.
+    pub fn registry_mirror(
+        mut self,
+        registry: impl Into<String>,
+        mirror: impl Into<String>,
+    ) -> Self {
+        let registry = registry.into();
+        let registry = match registry.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => crate::reference::DOCKER_HUB.to_owned(),
+            _ => registry,
+        };
+        self.mirrors.push((registry, mirror.into()));
+        self
+    }
+
+    /// Pulls over plain HTTP from every registry (Kaniko's `--insecure-pull`); pushes keep
+    /// the per-registry setting of [`ClientBuilder::insecure`].
+    pub fn insecure_pull(mut self, insecure: bool) -> Self {
+        self.insecure_pull = insecure;
         self
     }
 
@@ -191,6 +222,12 @@ impl ClientBuilder {
     /// Accepts any TLS certificate (`--skip-tls-verify`). Dangerous; for tests and labs.
     pub fn skip_tls_verify(mut self, skip: bool) -> Self {
         self.skip_tls_verify = skip;
+        self
+    }
+
+    /// Reports the byte progress of every blob pulled or pushed to `sink`.
+    pub fn on_progress(mut self, sink: ProgressSink) -> Self {
+        self.progress = Some(sink);
         self
     }
 
@@ -274,6 +311,13 @@ fn malformed(reference: &Reference, message: impl Into<String>) -> Error {
 }
 
 impl RegistryClient {
+    /// The same client, reporting blob progress to `sink` (instead of any sink it had).
+    pub fn with_progress(&self, sink: ProgressSink) -> RegistryClient {
+        let mut builder = (*self.builder).clone();
+        builder.progress = Some(sink);
+        builder.build()
+    }
+
     /// Options for a client.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
@@ -295,9 +339,10 @@ impl RegistryClient {
         })
     }
 
-    fn client_for(&self, reference: &Reference) -> Client {
+    fn client_for(&self, reference: &Reference, pull: bool) -> Client {
         let registry = reference.registry().to_owned();
-        let plain = self.insecure.contains(&registry)
+        let plain = (pull && self.builder.insecure_pull)
+            || self.insecure.contains(&registry)
             || (!self.https_loopback && is_loopback_host(&registry));
         let config = ClientConfig {
             protocol: if plain {
@@ -351,8 +396,9 @@ impl RegistryClient {
     /// manifest, the config and every layer not already there, digests verified as they
     /// arrive. The layout records nothing under a name; tag it if you want one.
     ///
-    /// A Docker Hub reference is tried on each configured mirror first, in order, then on
-    /// Docker Hub itself; the error of the last try is returned when none has the image.
+    /// A reference whose registry has mirrors ([`ClientBuilder::mirror`],
+    /// [`ClientBuilder::registry_mirror`]) is tried on each of them first, in order, then on
+    /// the registry itself; the error of the last try is returned when none has the image.
     pub async fn pull(
         &self,
         reference: &Reference,
@@ -360,8 +406,8 @@ impl RegistryClient {
         layout: &Layout,
     ) -> Result<PulledImage> {
         let mut candidates = Vec::new();
-        if reference.registry() == crate::reference::DOCKER_HUB {
-            for mirror in &self.builder.mirrors {
+        for (registry, mirror) in &self.builder.mirrors {
+            if registry == reference.registry() {
                 let mut text = format!("{mirror}/{}", reference.repository());
                 if let Some(tag) = reference.tag() {
                     text.push_str(&format!(":{tag}"));
@@ -395,7 +441,7 @@ impl RegistryClient {
         platform: &Platform,
         layout: &Layout,
     ) -> Result<PulledImage> {
-        let client = self.client_for(reference);
+        let client = self.client_for(reference, true);
         let auth = self.auth(reference)?;
         let mut oci_ref = Self::oci_reference(reference);
         let (mut bytes, _) = self
@@ -448,19 +494,22 @@ impl RegistryClient {
         else {
             return Err(malformed(reference, "an index names another index"));
         };
-        let config_digest = config.digest;
-        let layer_digests: Vec<String> = layers.into_iter().map(|l| l.digest).collect();
-        let mut wanted: Vec<String> = std::iter::once(config_digest.clone())
-            .chain(layer_digests.iter().cloned())
-            .filter(|d| !layout.has_blob(d))
-            .collect();
-        wanted.dedup();
+        let config_digest = config.digest.clone();
+        let layer_digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+        let mut wanted: Vec<(String, u64)> = Vec::new();
+        for descriptor in std::iter::once(config).chain(layers) {
+            if !layout.has_blob(&descriptor.digest)
+                && !wanted.iter().any(|(d, _)| *d == descriptor.digest)
+            {
+                wanted.push((descriptor.digest, descriptor.size));
+            }
+        }
         let downloaded = wanted.len();
         futures_util::stream::iter(wanted)
-            .map(|digest| {
+            .map(|(digest, size)| {
                 let (client, oci_ref) = (&client, &oci_ref);
                 async move {
-                    self.pull_blob(client, oci_ref, reference, &digest, layout)
+                    self.pull_blob(client, oci_ref, reference, &digest, size, layout)
                         .await
                 }
             })
@@ -484,6 +533,7 @@ impl RegistryClient {
         oci_ref: &oci_client::Reference,
         reference: &Reference,
         digest: &str,
+        size: u64,
         layout: &Layout,
     ) -> Result<()> {
         let tries = self.builder.retries.unwrap_or(DEFAULT_RETRIES) + 1;
@@ -493,12 +543,20 @@ impl RegistryClient {
             // A fresh staging file each time: nothing half-received is ever resumed.
             let staging = layout.staging_file()?;
             let file = staging.reopen().map_err(Error::io(staging.path()))?;
-            let mut writer = HashingWriter::new(tokio::fs::File::from_std(file));
+            let meter = Meter::new(
+                self.builder.progress.as_ref(),
+                Direction::Pull,
+                &reference.to_string(),
+                digest,
+                size,
+            );
+            let mut writer = HashingWriter::new(tokio::fs::File::from_std(file), meter);
             match client.pull_blob(oci_ref, digest, &mut writer).await {
                 Ok(()) => {
                     tokio::io::AsyncWriteExt::flush(&mut writer)
                         .await
                         .map_err(Error::io(staging.path()))?;
+                    writer.meter.finish();
                     break (staging, writer.digest());
                 }
                 Err(e) if attempt < tries && transient(&e) => {
@@ -538,7 +596,7 @@ impl RegistryClient {
         to: &Reference,
         mount_from: &[&Reference],
     ) -> Result<PushReport> {
-        let client = self.client_for(to);
+        let client = self.client_for(to, false);
         let auth = self.auth(to)?;
         let oci_ref = Self::oci_reference(to);
         self.retry(to, || client.auth(&oci_ref, &auth, RegistryOperation::Push))
@@ -586,11 +644,25 @@ impl RegistryClient {
                         }
                     }
                     let path = layout.blob_path(&digest)?;
+                    let name = to.to_string();
                     self.retry(&what, || async {
                         let file = tokio::fs::File::open(&path)
                             .await
                             .map_err(OciDistributionError::IoError)?;
+                        let mut meter = Meter::new(
+                            self.builder.progress.as_ref(),
+                            Direction::Push,
+                            &name,
+                            &digest,
+                            size,
+                        );
                         let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                            .inspect_ok(move |chunk| {
+                                meter.add(chunk.len());
+                                if meter.is_complete() {
+                                    meter.finish();
+                                }
+                            })
                             .map_err(OciDistributionError::IoError);
                         client
                             .push_blob_stream(oci_ref, stream, &digest, Some(size))
@@ -653,13 +725,15 @@ impl RegistryClient {
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
+    meter: Meter,
 }
 
 impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
+    fn new(inner: W, meter: Meter) -> Self {
         HashingWriter {
             inner,
             hasher: Sha256::new(),
+            meter,
         }
     }
 
@@ -678,6 +752,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W
         let result = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = result {
             this.hasher.update(&buf[..n]);
+            this.meter.add(n);
         }
         result
     }

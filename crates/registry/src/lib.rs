@@ -35,6 +35,7 @@ mod client;
 mod error;
 mod layout;
 mod manifest;
+mod progress;
 mod reference;
 
 pub use archive::write_docker_archive;
@@ -45,4 +46,5 @@ pub use layout::{BlobInfo, Layout, REF_NAME};
 pub use manifest::{
     DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
 };
+pub use progress::{Direction, PROGRESS_STEP, ProgressSink, Transfer};
 pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};

@@ -467,3 +467,64 @@ async fn tls_verification_can_be_skipped_for_one_registry_only() {
         "another host's exemption does not apply"
     );
 }
+
+#[tokio::test]
+async fn insecure_pull_speaks_plain_http_for_pulls_only() {
+    let registry = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&registry, "base/busybox", "1").unwrap();
+    let reference: Reference = image.reference.parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    // Treated like a remote registry: HTTPS unless told otherwise.
+    let strict = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .https_loopback(true)
+        .retries(0)
+        .build();
+    let refused = strict
+        .pull(&reference, &Platform::host(), &layout)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains(&registry.host()), "{refused}");
+    let insecure = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .https_loopback(true)
+        .insecure_pull(true)
+        .retries(0)
+        .build();
+    let pulled = insecure
+        .pull(&reference, &Platform::host(), &layout)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    // Pushes keep HTTPS: --insecure-pull says nothing about destinations.
+    let to: Reference = format!("{}/team/copy:1", registry.host()).parse().unwrap();
+    let pushed = insecure
+        .push(&layout, &pulled.manifest_digest, &to, None)
+        .await;
+    assert!(pushed.is_err());
+}
+
+#[tokio::test]
+async fn any_registry_can_be_mapped_to_mirrors_tried_in_order() {
+    let mirror = TestRegistry::start().unwrap();
+    let image = push_busybox_image(&mirror, "proxy/team/app", "2").unwrap();
+    let client = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .retries(0)
+        // Nothing listens on port 9; the second mirror puts repositories under `proxy/`.
+        .registry_mirror("registry.example.com", "127.0.0.1:9")
+        .registry_mirror("registry.example.com", format!("{}/proxy", mirror.host()))
+        .build();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let pulled = client
+        .pull(
+            &"registry.example.com/team/app:2".parse().unwrap(),
+            &Platform::host(),
+            &layout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+}

@@ -5,19 +5,24 @@
 //! cargo run --release --example build -- --context . --destination registry.example.com/app:1
 //! ```
 //!
-//! Kaniko's flags keep Kaniko's spelling and meaning; flags strata does not implement yet are
+//! Kaniko's flags keep Kaniko's spelling and meaning; the few strata does not implement are
 //! refused with a message (exit 2), never ignored. With no destination and no output flag,
 //! the image is written as an OCI layout under `./out/<name>`. Exit codes: 0 success, 1 build
 //! error (with the Dockerfile position), 2 usage error.
 
+mod display;
+
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
+use display::{Display, Mode};
+use serde_json::json;
 use strata::registry::{Credentials, RegistryClient};
-use strata::{Build, ContextSource, Event, Secret, SnapshotMode};
+use strata::{Build, ContextSource, Secret, SnapshotMode};
 
 const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin|- [--dockerfile PATH] \
 [--destination REF]... [--no-push] [--tar-path FILE] [--oci-layout-path DIR] [--build-arg K[=V]]... \
@@ -28,17 +33,33 @@ const USAGE: &str = "usage: build --context DIR|dir://DIR|tar://FILE|tar://stdin
 [--image-name-with-digest-file FILE] [--image-name-tag-with-digest-file FILE] \
 [--compression gzip|zstd] [--compression-level N] [--secret id=ID,src=PATH|env=VAR]... \
 [--explain-cache] [--log-format text|json] [--log-timestamp=true|false] [--verbosity LEVEL] \
-[--context-sub-path DIR] [--cleanup]";
+[--context-sub-path DIR] [--cleanup] [--cache-dir DIR] [--cache-copy-layers=true|false] \
+[--cache-run-layers=true|false] [--image-fs-extract-retry N] [--registry-map REGISTRY=MIRROR[;MIRROR]]... \
+[--insecure-pull] [--build-context NAME=oci-layout://DIR[:TAG]|docker-image://REF]... \
+[--progress auto|tty|plain]";
 
-/// Kaniko flags this executor does not implement yet: refused, never ignored.
-const NOT_YET: &[&str] = &[
-    "--cache-copy-layers",
-    "--cache-run-layers",
-    "--image-fs-extract-retry",
-    "--registry-map",
-    "--insecure-pull",
-    "--build-context",
-    "--cache-dir",
+/// Kaniko flags this executor does not implement: refused by name, never ignored.
+const NOT_SUPPORTED: &[(&str, &str)] = &[
+    (
+        "--use-new-run",
+        "strata always snapshots RUN steps from an overlay or a filesystem walk",
+    ),
+    (
+        "--kaniko-dir",
+        "strata keeps its state in --state-dir and never writes to the host's root",
+    ),
+    (
+        "--skip-push-permission-check",
+        "strata checks push access only when it pushes",
+    ),
+    (
+        "--force",
+        "strata never runs in place of the host's root filesystem",
+    ),
+    (
+        "--git",
+        "git contexts are not supported yet; clone first and pass the directory",
+    ),
 ];
 
 #[derive(Default)]
@@ -78,21 +99,31 @@ struct Args {
     json: bool,
     context_sub_path: Option<String>,
     no_timestamps: bool,
+    cache_copy_layers: bool,
+    cache_run_layers: bool,
+    extract_retry: Option<u32>,
+    registry_maps: Vec<(String, String)>,
+    insecure_pull: bool,
+    build_contexts: Vec<(String, String)>,
+    progress: Option<String>,
 }
 
 fn parse(argv: Vec<String>) -> Result<Args, String> {
     let mut args = Args {
         cache: true,
+        cache_copy_layers: true,
+        cache_run_layers: true,
         ..Args::default()
     };
+    let mut cache_dir: Option<PathBuf> = None;
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if arg.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        if NOT_YET.contains(&flag.as_str()) {
-            return Err(format!("{flag} is not supported yet by strata"));
+        if let Some((_, why)) = NOT_SUPPORTED.iter().find(|(f, _)| *f == flag) {
+            return Err(format!("{flag} is not supported by strata: {why}"));
         }
         let boolean = |inline: &Option<String>| -> Result<bool, String> {
             match inline.as_deref() {
@@ -221,6 +252,44 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
                 }
             }
             "--explain-cache" => args.explain_cache = boolean(&inline)?,
+            // Kaniko keeps base images in --cache-dir; strata keeps them, and its layer
+            // cache, in the state directory, so the same volume serves both.
+            "--cache-dir" => cache_dir = Some(value(inline)?.into()),
+            "--cache-copy-layers" => args.cache_copy_layers = boolean(&inline)?,
+            "--cache-run-layers" => args.cache_run_layers = boolean(&inline)?,
+            "--image-fs-extract-retry" => {
+                args.extract_retry = Some(
+                    value(inline)?
+                        .parse()
+                        .map_err(|_| "--image-fs-extract-retry: expected a number")?,
+                )
+            }
+            "--registry-map" => {
+                let text = value(inline)?;
+                let (registry, mirrors) = text.split_once('=').ok_or_else(|| {
+                    format!("--registry-map {text}: expected REGISTRY=MIRROR[;MIRROR...]")
+                })?;
+                for mirror in mirrors.split(';').filter(|m| !m.is_empty()) {
+                    args.registry_maps
+                        .push((registry.to_owned(), mirror.to_owned()));
+                }
+            }
+            "--insecure-pull" => args.insecure_pull = boolean(&inline)?,
+            "--build-context" => {
+                let text = value(inline)?;
+                let (name, source) = text.split_once('=').ok_or_else(|| {
+                    format!("--build-context {text}: expected NAME=oci-layout://DIR[:TAG]")
+                })?;
+                args.build_contexts
+                    .push((name.to_owned(), source.to_owned()));
+            }
+            "--progress" => {
+                let mode = value(inline)?;
+                if !matches!(mode.as_str(), "auto" | "tty" | "plain") {
+                    return Err(format!("--progress {mode}: expected auto, tty or plain"));
+                }
+                args.progress = Some(mode);
+            }
             "--log-format" => match value(inline)?.as_str() {
                 "text" | "color" => args.json = false,
                 "json" => args.json = true,
@@ -232,6 +301,18 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    match (&args.state_dir, cache_dir) {
+        (Some(state), Some(cache)) if *state != cache => {
+            return Err(format!(
+                "--cache-dir {} and --state-dir {} differ: strata keeps base images in its \
+                 state directory, so give one of them",
+                cache.display(),
+                state.display()
+            ));
+        }
+        (None, Some(cache)) => args.state_dir = Some(cache),
+        _ => {}
     }
     Ok(args)
 }
@@ -254,7 +335,23 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(build(args)) {
+    let mode = match (args.json, args.progress.as_deref()) {
+        (true, _) => Mode::Json,
+        (false, Some("tty")) => Mode::Tty,
+        (false, Some("auto") | None)
+            if std::io::stderr().is_terminal()
+                && std::env::var("TERM").map_or(true, |t| t != "dumb") =>
+        {
+            Mode::Tty
+        }
+        _ => Mode::Plain {
+            stamps: !args.no_timestamps,
+        },
+    };
+    let display = Arc::new(Display::new(mode, args.explain_cache));
+    let outcome = runtime.block_on(build(args, Arc::clone(&display)));
+    display.clear();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("build: {message}");
@@ -279,7 +376,7 @@ impl From<strata::Error> for Failure {
     }
 }
 
-async fn build(args: Args) -> Result<(), Failure> {
+async fn build(args: Args, display: Arc<Display>) -> Result<(), Failure> {
     let started = Instant::now();
     let mut context_text = args.context.clone().unwrap_or_else(|| ".".to_owned());
     if let Some(sub) = &args.context_sub_path {
@@ -333,6 +430,13 @@ async fn build(args: Args) -> Result<(), Failure> {
     }
     build = build.cache(args.cache).snapshot_mode(args.snapshot_mode);
     build = build.single_snapshot(args.single_snapshot);
+    build = build
+        .cache_layers_of("RUN", args.cache_run_layers)
+        .cache_layers_of("COPY", args.cache_copy_layers)
+        .cache_layers_of("ADD", args.cache_copy_layers);
+    for (name, source) in &args.build_contexts {
+        build = build.build_context(name, source);
+    }
     for path in &args.ignore_paths {
         build = build.ignore_path(path);
     }
@@ -358,17 +462,17 @@ async fn build(args: Args) -> Result<(), Failure> {
         },
     );
     build = build.registry(registry_client(&args)?);
-    let json = args.json;
-    let explain = args.explain_cache;
-    let stamps = !args.no_timestamps;
-    build = build.on_event(move |event| report(event, json, explain, stamps));
+    let sink = Arc::clone(&display);
+    build = build.on_event(move |event| sink.event(event));
 
     let image = build.run().await?;
     let mut outputs = Vec::new();
+    let mut pushed = Vec::new();
     if !args.no_push {
         for destination in &args.destinations {
             let digest = image.push(destination).await?;
             outputs.push(format!("pushed {destination}@{digest}"));
+            pushed.push(json!({ "reference": destination, "digest": digest }));
         }
     }
     if let Some(path) = &args.tar_path {
@@ -390,11 +494,11 @@ async fn build(args: Args) -> Result<(), Failure> {
         ));
     }
     let write = |path: &Option<PathBuf>, text: String| -> Result<(), Failure> {
-        if let Some(path) = path {
-            std::fs::write(path, text)
-                .map_err(|e| Failure::Build(format!("{}: {e}", path.display())))?;
+        match path {
+            Some(path) => write_atomic(path, text.as_bytes())
+                .map_err(|e| Failure::Build(format!("{}: {e}", path.display()))),
+            None => Ok(()),
         }
-        Ok(())
     };
     write(&args.digest_file, image.digest().to_owned())?;
     let names = |tagged: bool| {
@@ -415,16 +519,40 @@ async fn build(args: Args) -> Result<(), Failure> {
     write(&args.name_digest_file, names(false))?;
     write(&args.name_tag_digest_file, names(true))?;
     let (hits, steps) = image.cache_hits();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "digest {}", image.digest());
-    for line in outputs {
-        let _ = writeln!(out, "{line}");
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let summary = json!({
+            "digest": image.digest(),
+            "destinations": pushed,
+            "outputs": outputs,
+            "seconds": seconds,
+            "cache_hits": hits,
+            "steps": steps,
+        });
+        display.report(&summary.to_string());
+    } else {
+        display.report(&format!("digest {}", image.digest()));
+        for line in outputs {
+            display.report(&line);
+        }
+        display.report(&format!(
+            "done in {seconds:.2}s, {hits} of {steps} steps from the cache"
+        ));
     }
-    let _ = writeln!(
-        out,
-        "done in {:.2}s, {hits} of {steps} steps from the cache",
-        started.elapsed().as_secs_f64()
-    );
+    Ok(())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place: a reader
+/// sees the old file or the whole new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -435,6 +563,14 @@ fn context_source(text: &str) -> Result<(ContextSource, String), Failure> {
             ContextSource::TarStream(Box::new(std::io::stdin())),
             "image".to_owned(),
         ));
+    }
+    if let Some((scheme, _)) = text.split_once("://")
+        && !matches!(scheme, "dir" | "tar")
+    {
+        return Err(Failure::Usage(format!(
+            "--context {text}: {scheme}:// contexts are not supported by strata yet; \
+             fetch the context first and pass a directory or a tar file"
+        )));
     }
     if let Some(path) = text.strip_prefix("tar://") {
         let name = Path::new(path).file_stem().map_or("image".to_owned(), |s| {
@@ -478,79 +614,17 @@ fn registry_client(args: &Args) -> Result<RegistryClient, Failure> {
     for mirror in &args.mirrors {
         builder = builder.mirror(mirror);
     }
-    if let Some(retries) = args.push_retry {
+    for (registry, mirror) in &args.registry_maps {
+        builder = builder.registry_mirror(registry, mirror);
+    }
+    builder = builder.insecure_pull(args.insecure_pull);
+    // One retry count for every request: the larger of --push-retry and
+    // --image-fs-extract-retry (strata extracts from verified local blobs, so only the
+    // downloads can fail in a way that passes).
+    if let Some(retries) = args.push_retry.max(args.extract_retry) {
         builder = builder.retries(retries);
     }
     Ok(builder.build())
-}
-
-/// Prints one event: a timestamped line, or a JSON object with `--log-format json`.
-fn report(event: &Event, json: bool, explain: bool, stamps: bool) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let stamp = strata::config::rfc3339(now.as_secs() as i64);
-    let stamp = format!(
-        "{}.{:03}Z",
-        stamp.trim_end_matches('Z'),
-        now.subsec_millis()
-    );
-    let (kind, text) = match event {
-        Event::StageStarted { stage, base } => ("stage", format!("[{stage}] FROM {base}")),
-        Event::Pulling { reference } => ("pull", format!("pulling {reference}")),
-        Event::Pulled {
-            reference,
-            digest,
-            downloaded,
-        } => (
-            "pulled",
-            format!("pulled {reference} ({digest}, {downloaded} blobs downloaded)"),
-        ),
-        Event::StepStarted { stage, line, text } => {
-            ("step", format!("[{stage}] line {line}: {text}"))
-        }
-        Event::CacheHit { stage, line } => ("cache-hit", format!("[{stage}] line {line}: cached")),
-        Event::CacheMiss {
-            stage,
-            line,
-            reasons,
-        } => {
-            let why = if explain && !reasons.is_empty() {
-                format!(": {}", reasons.join("; "))
-            } else {
-                String::new()
-            };
-            (
-                "cache-miss",
-                format!("[{stage}] line {line}: not cached{why}"),
-            )
-        }
-        Event::Output { stage, text, .. } => ("output", format!("[{stage}] | {text}")),
-        Event::StepFinished {
-            stage,
-            line,
-            duration,
-            ..
-        } => (
-            "step-done",
-            format!(
-                "[{stage}] line {line}: done in {:.3}s",
-                duration.as_secs_f64()
-            ),
-        ),
-        Event::Built { digest } => ("built", format!("built {digest}")),
-        other => ("event", format!("{other:?}")),
-    };
-    if json {
-        let line = serde_json::json!({ "time": stamp, "event": kind, "message": text });
-        eprintln!("{line}");
-    } else {
-        if stamps {
-            eprintln!("{stamp} {text}");
-        } else {
-            eprintln!("{text}");
-        }
-    }
 }
 
 /// A Go duration as Kaniko takes it (`336h`, `1h30m`, `90s`).
