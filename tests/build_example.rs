@@ -435,3 +435,25 @@ fn push_dir_and_pull_examples_round_trip_through_a_registry() {
     let again = example(cwd.path(), "pull", &[&reference, "pulled"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 of 2 blobs downloaded"));
 }
+
+#[test]
+fn verbosity_error_leaves_only_the_report() {
+    let cwd = tempfile::tempdir().unwrap();
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let state = cwd.path().join("state");
+    let base = [
+        "--context",
+        hello.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let quiet = build(cwd.path(), &[&base[..], &["--verbosity=error"]].concat());
+    assert!(quiet.status.success());
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
+    assert!(String::from_utf8_lossy(&quiet.stdout).starts_with("digest sha256:"));
+    let chatty = build(cwd.path(), &[&base[..], &["--verbosity", "info"]].concat());
+    assert!(String::from_utf8_lossy(&chatty.stderr).contains("COPY hello.txt /hello.txt"));
+    let wrong = build(cwd.path(), &[&base[..], &["--verbosity", "loud"]].concat());
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("--verbosity loud"));
+}

@@ -106,6 +106,19 @@ struct Args {
     insecure_pull: bool,
     build_contexts: Vec<(String, String)>,
     progress: Option<String>,
+    verbosity: Verbosity,
+}
+
+/// How much the executor says besides errors and the final report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Verbosity {
+    /// Nothing (`--verbosity error` and below).
+    Quiet,
+    /// Every build event (`info`, the default, and `warn`: strata has no separate warnings).
+    #[default]
+    Events,
+    /// Events and the libraries' tracing records at this level (`debug`, `trace`).
+    Trace(tracing::Level),
 }
 
 fn parse(argv: Vec<String>) -> Result<Args, String> {
@@ -296,7 +309,18 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
                 other => return Err(format!("--log-format {other}: expected text or json")),
             },
             "--verbosity" | "-v" => {
-                value(inline)?;
+                let level = value(inline)?;
+                args.verbosity = match level.as_str() {
+                    "panic" | "fatal" | "error" => Verbosity::Quiet,
+                    "warn" | "info" => Verbosity::Events,
+                    "debug" => Verbosity::Trace(tracing::Level::DEBUG),
+                    "trace" => Verbosity::Trace(tracing::Level::TRACE),
+                    other => {
+                        return Err(format!(
+                            "--verbosity {other}: expected panic, fatal, error, warn, info, debug or trace"
+                        ));
+                    }
+                };
             }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
@@ -348,6 +372,12 @@ fn main() -> ExitCode {
             stamps: !args.no_timestamps,
         },
     };
+    if let Verbosity::Trace(level) = args.verbosity {
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let display = Arc::new(Display::new(mode, args.explain_cache));
     let outcome = runtime.block_on(build(args, Arc::clone(&display)));
     display.clear();
@@ -462,8 +492,10 @@ async fn build(args: Args, display: Arc<Display>) -> Result<(), Failure> {
         },
     );
     build = build.registry(registry_client(&args)?);
-    let sink = Arc::clone(&display);
-    build = build.on_event(move |event| sink.event(event));
+    if args.verbosity != Verbosity::Quiet {
+        let sink = Arc::clone(&display);
+        build = build.on_event(move |event| sink.event(event));
+    }
 
     let image = build.run().await?;
     let mut outputs = Vec::new();
