@@ -1,29 +1,33 @@
 //! Pulling images into, and pushing them from, an OCI layout, against real registries.
 //!
-//! Built on `oci-client` for the distribution protocol (auth challenges, bearer tokens,
-//! chunked uploads). Blobs stream between the network and files: a pull writes each blob to
-//! a temporary file while `oci-client` checks its digest, and renames it into the layout only
-//! when it is whole; a push streams each blob from its file. Several layers move at once.
+//! strata speaks the distribution protocol itself (see `http.rs` for auth and limits).
+//! Blobs stream between the network and files: a pull writes each blob to a temporary file
+//! while hashing it, never accepting more bytes than its descriptor says, and renames it
+//! into the layout only when it is whole and its digest matches; a push streams each blob
+//! from its file, in chunks for large blobs so that a broken upload resumes where it broke.
+//! Several blobs move at once.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, RegistryOperation};
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Body, StatusCode, Url};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use crate::auth::{Credential, Credentials};
+use crate::auth::Credentials;
 use crate::error::{Error, Result};
+use crate::http::{HttpError, Session, SessionOptions, Timeouts, read_limited, status_error};
 use crate::layout::Layout;
-use crate::manifest::{DOCKER_LIST, DOCKER_MANIFEST, Manifest, OCI_INDEX, OCI_MANIFEST};
+use crate::manifest::{
+    DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
+};
 use crate::progress::{Direction, Meter, ProgressSink};
 use crate::reference::{Reference, is_loopback_host};
-
-const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
 /// How many blobs move at once.
 const PARALLEL_BLOBS: usize = 4;
@@ -129,6 +133,8 @@ pub struct ClientBuilder {
     ca_pems: Vec<Vec<u8>>,
     skip_tls_verify: bool,
     progress: Option<ProgressSink>,
+    timeouts: Timeouts,
+    chunk_size: Option<u64>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -225,6 +231,25 @@ impl ClientBuilder {
         self
     }
 
+    /// How long to wait for a connection, between two reads of a response, and for a whole
+    /// token or manifest request (defaults: 30 s, 60 s, 120 s). A registry that stalls
+    /// longer fails the request (which is retried like any connection trouble).
+    pub fn timeouts(mut self, connect: Duration, read: Duration, request: Duration) -> Self {
+        self.timeouts = Timeouts {
+            connect,
+            read,
+            request,
+        };
+        self
+    }
+
+    /// Blobs larger than `bytes` are uploaded in chunks of that size, and an upload broken
+    /// off in the middle resumes where the registry says it got to (default 64 MiB).
+    pub fn chunk_size(mut self, bytes: u64) -> Self {
+        self.chunk_size = Some(bytes.max(1));
+        self
+    }
+
     /// Reports the byte progress of every blob pulled or pushed to `sink`.
     pub fn on_progress(mut self, sink: ProgressSink) -> Self {
         self.progress = Some(sink);
@@ -233,23 +258,22 @@ impl ClientBuilder {
 
     /// The client.
     pub fn build(self) -> RegistryClient {
-        let insecure = self.insecure.clone();
-        let https_loopback = self.https_loopback;
         RegistryClient {
             builder: Arc::new(self),
-            insecure,
-            https_loopback,
+            sessions: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
 
-/// Talks to registries. Cheap to clone.
+/// Talks to registries. Cheap to clone; clones share their connections and tokens.
 #[derive(Clone)]
 pub struct RegistryClient {
     builder: Arc<ClientBuilder>,
-    insecure: Vec<String>,
-    https_loopback: bool,
+    sessions: Arc<Mutex<Sessions>>,
 }
+
+/// Sessions by (registry, plain HTTP).
+type Sessions = HashMap<(String, bool), Arc<Session>>;
 
 impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -259,45 +283,11 @@ impl fmt::Debug for RegistryClient {
     }
 }
 
-fn registry_error(reference: impl fmt::Display, e: OciDistributionError) -> Error {
-    let message = match &e {
-        OciDistributionError::ServerError { code, url, message } => {
-            format!("HTTP {code} from {url}: {}", excerpt(message))
-        }
-        OciDistributionError::RegistryError { envelope, url } => {
-            let errors: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|e| format!("{:?}: {}", e.code, e.message))
-                .collect();
-            format!("{url}: {}", errors.join("; "))
-        }
-        OciDistributionError::UnauthorizedError { url } => {
-            format!("HTTP 401 (authentication failed or required) for {url}")
-        }
-        OciDistributionError::AuthenticationFailure(m) => {
-            format!("authentication failed: {}", excerpt(m))
-        }
-        other => other.to_string(),
-    };
-    Error::Registry {
-        reference: reference.to_string(),
-        message,
-    }
-}
+/// The default chunk size of uploads.
+const DEFAULT_CHUNK: u64 = 64 << 20;
 
-fn excerpt(text: &str) -> String {
-    let text = text.trim();
-    if text.len() > 300 {
-        let mut end = 300;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
-    } else {
-        text.to_owned()
-    }
-}
+/// How many times a failing request is tried again by default.
+const DEFAULT_RETRIES: u32 = 4;
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -308,6 +298,14 @@ fn malformed(reference: &Reference, message: impl Into<String>) -> Error {
         reference: reference.to_string(),
         message: message.into(),
     }
+}
+
+fn pull_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
 }
 
 impl RegistryClient {
@@ -330,66 +328,36 @@ impl RegistryClient {
             .unwrap_or_else(Credentials::from_env)
     }
 
-    fn auth(&self, reference: &Reference) -> Result<RegistryAuth> {
-        Ok(match self.credentials().get(reference.registry())? {
-            Credential::Anonymous => RegistryAuth::Anonymous,
-            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
-            // Registries accept an identity token as the password of the `<token>` user.
-            Credential::IdentityToken(token) => RegistryAuth::Basic("<token>".to_owned(), token),
-        })
-    }
-
-    fn client_for(&self, reference: &Reference, pull: bool) -> Client {
+    /// The session for `reference`'s registry (plain HTTP for insecure and loopback
+    /// registries, and for every pull with `insecure_pull`).
+    fn session(&self, reference: &Reference, pull: bool) -> Result<Arc<Session>> {
         let registry = reference.registry().to_owned();
         let plain = (pull && self.builder.insecure_pull)
-            || self.insecure.contains(&registry)
-            || (!self.https_loopback && is_loopback_host(&registry));
-        let config = ClientConfig {
-            protocol: if plain {
-                ClientProtocol::HttpsExcept(vec![registry])
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: self.builder.skip_tls_verify
-                || self
-                    .builder
-                    .skip_tls_verify_for
-                    .iter()
-                    .any(|h| *h == reference.registry()),
-            extra_root_certificates: self
-                .builder
-                .ca_pems
-                .iter()
-                .map(|pem| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect(),
-            // One streaming PUT per blob (sizes are known) instead of a PATCH per stream chunk.
-            use_monolithic_push: true,
-            max_concurrent_download: PARALLEL_BLOBS,
-            max_concurrent_upload: PARALLEL_BLOBS,
-            ..ClientConfig::default()
-        };
-        Client::new(config)
-    }
-
-    fn oci_reference(reference: &Reference) -> oci_client::Reference {
-        let (registry, repository) = (
-            reference.registry().to_owned(),
-            reference.repository().to_owned(),
-        );
-        match (reference.tag(), reference.digest()) {
-            (_, Some(digest)) => {
-                oci_client::Reference::with_digest(registry, repository, digest.to_owned())
-            }
-            (Some(tag), None) => {
-                oci_client::Reference::with_tag(registry, repository, tag.to_owned())
-            }
-            (None, None) => {
-                oci_client::Reference::with_tag(registry, repository, "latest".to_owned())
-            }
+            || self.builder.insecure.contains(&registry)
+            || (!self.builder.https_loopback && is_loopback_host(&registry));
+        let mut sessions = self.sessions.lock().map_err(|_| Error::Registry {
+            reference: reference.to_string(),
+            message: "session table poisoned".to_owned(),
+        })?;
+        if let Some(session) = sessions.get(&(registry.clone(), plain)) {
+            return Ok(Arc::clone(session));
         }
+        let credential = self.credentials().get(&registry)?;
+        let options = SessionOptions {
+            plain,
+            accept_invalid_certs: self.builder.skip_tls_verify
+                || self.builder.skip_tls_verify_for.contains(&registry),
+            ca_pems: &self.builder.ca_pems,
+            timeouts: self.builder.timeouts,
+        };
+        let session = Arc::new(Session::new(&registry, credential, options).map_err(|e| {
+            Error::Registry {
+                reference: reference.to_string(),
+                message: e.message,
+            }
+        })?);
+        sessions.insert((registry, plain), Arc::clone(&session));
+        Ok(session)
     }
 
     /// Pulls `reference` (the `platform` image, when it names an index) into `layout`: the
@@ -435,20 +403,39 @@ impl RegistryClient {
         }))
     }
 
+    /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`] bytes) by tag or digest.
+    async fn get_manifest(&self, reference: &Reference, target: &str) -> Result<Vec<u8>> {
+        let session = self.session(reference, true)?;
+        let scopes = [pull_scope(reference.repository())];
+        let url = session
+            .url(&format!("v2/{}/manifests/{target}", reference.repository()))
+            .map_err(|e| registry_error(reference, e))?;
+        let accept = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
+        let timeout = self.builder.timeouts.request;
+        self.retry(reference, || async {
+            let response = session
+                .send(&scopes, |http| {
+                    Ok(http
+                        .get(url.clone())
+                        .header(header::ACCEPT, &accept)
+                        .timeout(timeout))
+                })
+                .await?;
+            if response.status() != StatusCode::OK {
+                return Err(status_error(response).await);
+            }
+            read_limited(response, MAX_MANIFEST_SIZE).await
+        })
+        .await
+    }
+
     async fn pull_from(
         &self,
         reference: &Reference,
         platform: &Platform,
         layout: &Layout,
     ) -> Result<PulledImage> {
-        let client = self.client_for(reference, true);
-        let auth = self.auth(reference)?;
-        let mut oci_ref = Self::oci_reference(reference);
-        let (mut bytes, _) = self
-            .retry(reference, || {
-                client.pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
-            })
-            .await?;
+        let mut bytes = self.get_manifest(reference, reference.target()).await?;
         if let Some(pinned) = reference.digest()
             && sha256(&bytes) != pinned
         {
@@ -466,16 +453,7 @@ impl RegistryClient {
                 .as_str()
                 .ok_or_else(|| malformed(reference, "index entry without a digest"))?
                 .to_owned();
-            oci_ref = oci_client::Reference::with_digest(
-                reference.registry().to_owned(),
-                reference.repository().to_owned(),
-                digest.clone(),
-            );
-            let (platform_bytes, _) = self
-                .retry(reference, || {
-                    client.pull_manifest_raw(&oci_ref, &auth, &ACCEPTED)
-                })
-                .await?;
+            let platform_bytes = self.get_manifest(reference, &digest).await?;
             if sha256(&platform_bytes) != digest {
                 return Err(Error::DigestMismatch {
                     what: format!("platform manifest of {reference}"),
@@ -506,12 +484,8 @@ impl RegistryClient {
         }
         let downloaded = wanted.len();
         futures_util::stream::iter(wanted)
-            .map(|(digest, size)| {
-                let (client, oci_ref) = (&client, &oci_ref);
-                async move {
-                    self.pull_blob(client, oci_ref, reference, &digest, size, layout)
-                        .await
-                }
+            .map(|(digest, size)| async move {
+                self.pull_blob(reference, &digest, size, layout).await
             })
             .buffer_unordered(PARALLEL_BLOBS)
             .try_collect::<Vec<()>>()
@@ -527,47 +501,82 @@ impl RegistryClient {
         })
     }
 
+    /// Downloads one blob into the layout: streamed to a fresh temporary file each try,
+    /// never more than `size` bytes, renamed into place only when its digest matches.
     async fn pull_blob(
         &self,
-        client: &Client,
-        oci_ref: &oci_client::Reference,
         reference: &Reference,
         digest: &str,
         size: u64,
         layout: &Layout,
     ) -> Result<()> {
-        let tries = self.builder.retries.unwrap_or(DEFAULT_RETRIES) + 1;
-        let mut pause = std::time::Duration::from_millis(200);
-        let mut attempt = 1;
-        let (staging, actual) = loop {
-            // A fresh staging file each time: nothing half-received is ever resumed.
-            let staging = layout.staging_file()?;
-            let file = staging.reopen().map_err(Error::io(staging.path()))?;
-            let meter = Meter::new(
-                self.builder.progress.as_ref(),
-                Direction::Pull,
-                &reference.to_string(),
-                digest,
-                size,
-            );
-            let mut writer = HashingWriter::new(tokio::fs::File::from_std(file), meter);
-            match client.pull_blob(oci_ref, digest, &mut writer).await {
-                Ok(()) => {
-                    tokio::io::AsyncWriteExt::flush(&mut writer)
-                        .await
-                        .map_err(Error::io(staging.path()))?;
-                    writer.meter.finish();
-                    break (staging, writer.digest());
+        let session = self.session(reference, true)?;
+        let scopes = [pull_scope(reference.repository())];
+        let url = session
+            .url(&format!("v2/{}/blobs/{digest}", reference.repository()))
+            .map_err(|e| registry_error(reference, e))?;
+        let what = format!("{reference} blob {digest}");
+        let name = reference.to_string();
+        let (staging, actual) = self
+            .retry(&what, || async {
+                let staging = layout
+                    .staging_file()
+                    .map_err(|e| HttpError::permanent(e.to_string()))?;
+                let file = staging.reopen().map_err(|e| {
+                    HttpError::permanent(format!("{}: {e}", staging.path().display()))
+                })?;
+                let mut file =
+                    tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+                let response = session
+                    .send(&scopes, |http| Ok(http.get(url.clone())))
+                    .await?;
+                if response.status() != StatusCode::OK {
+                    return Err(status_error(response).await);
                 }
-                Err(e) if attempt < tries && transient(&e) => {
-                    tracing::debug!(%reference, %digest, attempt, error = %e, "retrying blob download");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
-                    attempt += 1;
+                if let Some(announced) = response.content_length()
+                    && announced != size
+                {
+                    return Err(HttpError::permanent(format!(
+                        "the registry announces {announced} bytes, the manifest says {size}"
+                    )));
                 }
-                Err(e) => return Err(registry_error(format!("{reference} blob {digest}"), e)),
-            }
-        };
+                let mut meter = Meter::new(
+                    self.builder.progress.as_ref(),
+                    Direction::Pull,
+                    &name,
+                    digest,
+                    size,
+                );
+                let mut hasher = Sha256::new();
+                let mut received = 0u64;
+                let mut stream = response.bytes_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    received += chunk.len() as u64;
+                    if received > size {
+                        return Err(HttpError::permanent(format!(
+                            "the registry sent more than the {size} bytes the manifest says"
+                        )));
+                    }
+                    hasher.update(&chunk);
+                    file.write_all(&chunk).await.map_err(|e| {
+                        HttpError::permanent(format!("{}: {e}", staging.path().display()))
+                    })?;
+                    meter.add(chunk.len());
+                }
+                if received < size {
+                    return Err(HttpError::transient(format!(
+                        "the registry sent {received} of {size} bytes"
+                    )));
+                }
+                file.flush().await.map_err(|e| {
+                    HttpError::permanent(format!("{}: {e}", staging.path().display()))
+                })?;
+                meter.finish();
+                let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+                Ok((staging, actual))
+            })
+            .await?;
         layout.commit_staged(staging, digest, &actual)
     }
 
@@ -596,11 +605,6 @@ impl RegistryClient {
         to: &Reference,
         mount_from: &[&Reference],
     ) -> Result<PushReport> {
-        let client = self.client_for(to, false);
-        let auth = self.auth(to)?;
-        let oci_ref = Self::oci_reference(to);
-        self.retry(to, || client.auth(&oci_ref, &auth, RegistryOperation::Push))
-            .await?;
         let bytes = layout.read_blob(manifest_digest)?;
         let Manifest::Image {
             media_type,
@@ -616,75 +620,35 @@ impl RegistryClient {
                 blobs.push((descriptor.digest, descriptor.size));
             }
         }
-        let mount_sources: Vec<oci_client::Reference> = mount_from
+        let mount_sources: Vec<&str> = mount_from
             .iter()
             .filter(|source| {
                 source.registry() == to.registry() && source.repository() != to.repository()
             })
-            .map(|source| Self::oci_reference(source))
+            .map(|source| source.repository())
             .collect();
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
             .map(|(digest, size)| {
-                let (client, oci_ref, mount_sources) = (&client, &oci_ref, &mount_sources);
+                let mount_sources = &mount_sources;
                 async move {
-                    let what = format!("{to} blob {digest}");
-                    if self
-                        .retry(&what, || client.blob_exists(oci_ref, &digest))
-                        .await?
-                    {
+                    if self.blob_exists(to, &digest).await? {
                         return Ok::<BlobOutcome, Error>(BlobOutcome::Skipped);
                     }
                     for source in mount_sources {
-                        if client.mount_blob(oci_ref, source, &digest).await.is_ok()
-                            && self
-                                .retry(&what, || client.blob_exists(oci_ref, &digest))
-                                .await?
+                        if self.mount(to, &digest, source).await?
+                            && self.blob_exists(to, &digest).await?
                         {
                             return Ok(BlobOutcome::Mounted);
                         }
                     }
-                    let path = layout.blob_path(&digest)?;
-                    let name = to.to_string();
-                    self.retry(&what, || async {
-                        let file = tokio::fs::File::open(&path)
-                            .await
-                            .map_err(OciDistributionError::IoError)?;
-                        let mut meter = Meter::new(
-                            self.builder.progress.as_ref(),
-                            Direction::Push,
-                            &name,
-                            &digest,
-                            size,
-                        );
-                        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                            .inspect_ok(move |chunk| {
-                                meter.add(chunk.len());
-                                if meter.is_complete() {
-                                    meter.finish();
-                                }
-                            })
-                            .map_err(OciDistributionError::IoError);
-                        client
-                            .push_blob_stream(oci_ref, stream, &digest, Some(size))
-                            .await
-                    })
-                    .await?;
+                    self.upload(layout, to, &digest, size).await?;
                     Ok(BlobOutcome::Uploaded)
                 }
             })
             .buffer_unordered(PARALLEL_BLOBS)
             .try_collect()
             .await?;
-        let content_type: http::HeaderValue = media_type.parse().map_err(|_| {
-            malformed(
-                to,
-                format!("media type `{media_type}` is not a valid header value"),
-            )
-        })?;
-        self.retry(to, || {
-            client.push_manifest_raw(&oci_ref, bytes.clone(), content_type.clone())
-        })
-        .await?;
+        self.put_manifest(to, &bytes, &media_type).await?;
         let count = |kind: BlobOutcome| outcomes.iter().filter(|o| **o == kind).count();
         Ok(PushReport {
             manifest_digest: sha256(&bytes),
@@ -694,82 +658,336 @@ impl RegistryClient {
         })
     }
 
+    /// Whether `to`'s repository has the blob (HEAD).
+    async fn blob_exists(&self, to: &Reference, digest: &str) -> Result<bool> {
+        let session = self.session(to, false)?;
+        let scopes = [push_scope(to.repository())];
+        let url = session
+            .url(&format!("v2/{}/blobs/{digest}", to.repository()))
+            .map_err(|e| registry_error(to, e))?;
+        self.retry(format!("{to} blob {digest}"), || async {
+            let response = session
+                .send(&scopes, |http| Ok(http.head(url.clone())))
+                .await?;
+            match response.status() {
+                StatusCode::OK => Ok(true),
+                StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(status_error(response).await),
+            }
+        })
+        .await
+    }
+
+    /// Asks the registry to mount the blob from repository `from`; whether it did.
+    async fn mount(&self, to: &Reference, digest: &str, from: &str) -> Result<bool> {
+        let session = self.session(to, false)?;
+        let scopes = [push_scope(to.repository()), pull_scope(from)];
+        let mut url = session
+            .url(&format!("v2/{}/blobs/uploads/", to.repository()))
+            .map_err(|e| registry_error(to, e))?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", from);
+        self.retry(format!("{to} blob {digest}"), || async {
+            let response = session
+                .send(&scopes, |http| {
+                    Ok(http.post(url.clone()).header(header::CONTENT_LENGTH, 0))
+                })
+                .await?;
+            match response.status() {
+                StatusCode::CREATED => Ok(true),
+                // An upload was started instead; it is left for the registry to expire.
+                StatusCode::ACCEPTED => Ok(false),
+                status if status.is_client_error() => Ok(false),
+                _ => Err(status_error(response).await),
+            }
+        })
+        .await
+    }
+
+    /// Uploads one blob from the layout: in one request when it is small, else in chunks,
+    /// resuming a broken chunked upload at the offset the registry reports.
+    async fn upload(&self, layout: &Layout, to: &Reference, digest: &str, size: u64) -> Result<()> {
+        let session = self.session(to, false)?;
+        let job = Upload {
+            session: &session,
+            scopes: [push_scope(to.repository())],
+            start: session
+                .url(&format!("v2/{}/blobs/uploads/", to.repository()))
+                .map_err(|e| registry_error(to, e))?,
+            path: layout.blob_path(digest)?,
+            digest,
+            size,
+            chunk: self.builder.chunk_size.unwrap_or(DEFAULT_CHUNK),
+            name: to.to_string(),
+            progress: self.builder.progress.as_ref(),
+        };
+        let what = format!("{to} blob {digest}");
+        let tries = self.builder.retries.unwrap_or(DEFAULT_RETRIES) + 1;
+        let mut resume = None;
+        let mut failures = 0;
+        loop {
+            match job.attempt(&mut resume).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.transient && failures + 1 < tries => {
+                    failures += 1;
+                    tracing::debug!(%what, attempt = failures, error = %e.message, "retrying upload");
+                    tokio::time::sleep(pause(failures, e.retry_after)).await;
+                }
+                Err(e) => return Err(registry_error(&what, e)),
+            }
+        }
+    }
+
+    async fn put_manifest(&self, to: &Reference, bytes: &[u8], media_type: &str) -> Result<()> {
+        let session = self.session(to, false)?;
+        let scopes = [push_scope(to.repository())];
+        let url = session
+            .url(&format!("v2/{}/manifests/{}", to.repository(), to.target()))
+            .map_err(|e| registry_error(to, e))?;
+        let content_type = HeaderValue::from_str(media_type).map_err(|_| {
+            malformed(
+                to,
+                format!("media type `{media_type}` is not a valid header value"),
+            )
+        })?;
+        let bytes = bytes.to_vec();
+        self.retry(to, || async {
+            let response = session
+                .send(&scopes, |http| {
+                    Ok(http
+                        .put(url.clone())
+                        .header(header::CONTENT_TYPE, content_type.clone())
+                        .body(bytes.clone()))
+                })
+                .await?;
+            if response.status() != StatusCode::CREATED {
+                return Err(status_error(response).await);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `operation`, again after a pause when it fails in a way that may pass (connection
-    /// trouble, HTTP 5xx or 429), up to the configured number of tries.
+    /// trouble, HTTP 5xx, 408 or 429 — after `Retry-After` when the registry sends one), up
+    /// to the configured number of tries.
     async fn retry<T, F, Fut>(&self, what: impl fmt::Display, mut operation: F) -> Result<T>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = oci_client::errors::Result<T>>,
+        Fut: std::future::Future<Output = std::result::Result<T, HttpError>>,
     {
         let tries = self.builder.retries.unwrap_or(DEFAULT_RETRIES) + 1;
-        let mut pause = std::time::Duration::from_millis(200);
-        for attempt in 1..=tries {
+        let mut attempt = 1;
+        loop {
             match operation().await {
                 Ok(value) => return Ok(value),
-                Err(e) if attempt < tries && transient(&e) => {
-                    tracing::debug!(%what, attempt, error = %e, "retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                Err(e) if e.transient && attempt < tries => {
+                    tracing::debug!(%what, attempt, error = %e.message, "retrying");
+                    tokio::time::sleep(pause(attempt, e.retry_after)).await;
+                    attempt += 1;
                 }
                 Err(e) => return Err(registry_error(what, e)),
             }
         }
-        Err(Error::Registry {
-            reference: what.to_string(),
-            message: "no attempt was made".to_owned(),
-        })
     }
 }
 
-/// Hashes what is written through it, so a received blob is verified in the same pass.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    meter: Meter,
+/// The pause before try `attempt + 1`: the registry's `Retry-After`, else 200 ms doubling
+/// up to 5 s.
+fn pause(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    retry_after.unwrap_or_else(|| {
+        Duration::from_millis(200 * 2u64.saturating_pow(attempt.saturating_sub(1)))
+            .min(Duration::from_secs(5))
+    })
 }
 
-impl<W> HashingWriter<W> {
-    fn new(inner: W, meter: Meter) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            meter,
+fn registry_error(what: impl fmt::Display, e: HttpError) -> Error {
+    Error::Registry {
+        reference: what.to_string(),
+        message: e.message,
+    }
+}
+
+/// The last byte offset of a `Range: 0-N` header.
+fn range_end(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::RANGE)?
+        .to_str()
+        .ok()?
+        .rsplit('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One blob's upload.
+struct Upload<'a> {
+    session: &'a Session,
+    scopes: [String; 1],
+    /// `/v2/<name>/blobs/uploads/`.
+    start: Url,
+    path: std::path::PathBuf,
+    digest: &'a str,
+    size: u64,
+    chunk: u64,
+    name: String,
+    progress: Option<&'a ProgressSink>,
+}
+
+impl Upload<'_> {
+    /// One try. `resume` holds the URL of a chunked upload in progress: set while chunks go
+    /// out, so that the next try continues it; cleared when the upload is complete.
+    async fn attempt(&self, resume: &mut Option<Url>) -> std::result::Result<(), HttpError> {
+        let (mut location, mut offset) = match resume.take() {
+            Some(location) => match self.offset(&location).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "the broken upload cannot be resumed");
+                    (self.begin().await?, 0)
+                }
+            },
+            None => (self.begin().await?, 0),
+        };
+        let meter = |start: u64| {
+            let mut meter = Meter::new(
+                self.progress,
+                Direction::Push,
+                &self.name,
+                self.digest,
+                self.size,
+            );
+            meter.add(start as usize);
+            meter
+        };
+        let octets = HeaderValue::from_static("application/octet-stream");
+        if self.size <= self.chunk {
+            let mut url = location;
+            url.query_pairs_mut().append_pair("digest", self.digest);
+            let body = file_body(&self.path, 0, self.size, Some(meter(0))).await?;
+            let response = self
+                .session
+                .authorize(&self.scopes, self.session.http().put(url))
+                .await?
+                .header(header::CONTENT_TYPE, octets)
+                .header(header::CONTENT_LENGTH, self.size)
+                .body(body)
+                .send()
+                .await?;
+            return expect(response, StatusCode::CREATED).await;
         }
+        let mut progress = meter(offset);
+        while offset < self.size {
+            let length = self.chunk.min(self.size - offset);
+            let body = file_body(&self.path, offset, length, None).await?;
+            *resume = Some(location.clone());
+            let response = self
+                .session
+                .authorize(&self.scopes, self.session.http().patch(location.clone()))
+                .await?
+                .header(header::CONTENT_TYPE, octets.clone())
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("{offset}-{}", offset + length - 1),
+                )
+                .header(header::CONTENT_LENGTH, length)
+                .body(body)
+                .send()
+                .await?;
+            if response.status() != StatusCode::ACCEPTED {
+                return Err(status_error(response).await);
+            }
+            location = self.session.location(&response)?;
+            *resume = Some(location.clone());
+            offset += length;
+            progress.add(length as usize);
+        }
+        let mut url = location;
+        url.query_pairs_mut().append_pair("digest", self.digest);
+        let response = self
+            .session
+            .authorize(&self.scopes, self.session.http().put(url))
+            .await?
+            .header(header::CONTENT_LENGTH, 0)
+            .send()
+            .await?;
+        expect(response, StatusCode::CREATED).await?;
+        *resume = None;
+        progress.finish();
+        Ok(())
     }
 
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    /// Starts an upload; its URL.
+    async fn begin(&self) -> std::result::Result<Url, HttpError> {
+        let response = self
+            .session
+            .send(&self.scopes, |http| {
+                Ok(http
+                    .post(self.start.clone())
+                    .header(header::CONTENT_LENGTH, 0))
+            })
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error(response).await);
+        }
+        self.session.location(&response)
+    }
+
+    /// How much of the upload at `location` the registry holds: its URL and offset.
+    async fn offset(&self, location: &Url) -> std::result::Result<(Url, u64), HttpError> {
+        let response = self
+            .session
+            .send(&self.scopes, |http| Ok(http.get(location.clone())))
+            .await?;
+        if response.status() != StatusCode::NO_CONTENT {
+            return Err(status_error(response).await);
+        }
+        let received = range_end(response.headers()).map_or(0, |end| end + 1);
+        let location = self
+            .session
+            .location(&response)
+            .unwrap_or_else(|_| location.clone());
+        Ok((location, received))
     }
 }
 
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HashingWriter<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let result = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = result {
-            this.hasher.update(&buf[..n]);
-            this.meter.add(n);
-        }
-        result
+async fn expect(
+    response: reqwest::Response,
+    status: StatusCode,
+) -> std::result::Result<(), HttpError> {
+    if response.status() == status {
+        Ok(())
+    } else {
+        Err(status_error(response).await)
     }
+}
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// `length` bytes of the file at `path` from `offset`, as a streamed body that reports
+/// progress to `meter`, if any.
+async fn file_body(
+    path: &std::path::Path,
+    offset: u64,
+    length: u64,
+    mut meter: Option<Meter>,
+) -> std::result::Result<Body, HttpError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| HttpError::permanent(format!("{}: {e}", path.display())))?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| HttpError::permanent(format!("{}: {e}", path.display())))?;
+    let reader = tokio::io::AsyncReadExt::take(file, length);
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).inspect_ok(move |chunk| {
+            if let Some(meter) = meter.as_mut() {
+                meter.add(chunk.len());
+                if meter.is_complete() {
+                    meter.finish();
+                }
+            }
+        });
+    Ok(Body::wrap_stream(stream))
 }
 
 /// What happened to one blob of a push.
@@ -791,25 +1009,4 @@ pub struct PushReport {
     pub mounted: usize,
     /// Blobs the registry already had.
     pub skipped: usize,
-}
-
-/// How many times a failing request is tried again by default.
-const DEFAULT_RETRIES: u32 = 4;
-
-/// Whether an error may pass if the request is made again.
-fn transient(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RequestError(e) => {
-            e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
-        }
-        OciDistributionError::IoError(_) => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(
-                format!("{:?}", e.code).as_str(),
-                "TooManyRequests" | "Unavailable"
-            )
-        }),
-        _ => false,
-    }
 }

@@ -33,6 +33,7 @@ mod archive;
 mod auth;
 mod client;
 mod error;
+mod http;
 mod layout;
 mod manifest;
 mod progress;

@@ -297,19 +297,30 @@ async fn a_corrupted_blob_is_a_digest_error_and_stores_nothing() {
         .join(hex)
         .join("data");
     let bytes = fs::read(&data).unwrap();
-    fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
+    // Same length, other bytes: the digest check catches it.
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xff;
+    fs::write(&data, &flipped).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::open(dir.path()).unwrap();
-    let err = client_for(&registry)
-        .pull(
-            &image.reference.parse().unwrap(),
-            &Platform::host(),
-            &layout,
-        )
-        .await
-        .unwrap_err();
+    let pull = || async {
+        client_for(&registry)
+            .pull(
+                &image.reference.parse().unwrap(),
+                &Platform::host(),
+                &layout,
+            )
+            .await
+            .unwrap_err()
+    };
+    let err = pull().await;
     assert!(err.to_string().to_lowercase().contains("digest"), "{err}");
+    // Truncated: the size the registry announces is refused before any byte is kept.
+    fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
+    let err = pull().await;
+    assert!(err.to_string().contains("announces"), "{err}");
     assert!(!layout.has_blob(&image.layer_digest));
     assert!(
         !layout.has_blob(&image.manifest_digest),
