@@ -12,7 +12,6 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
 use crate::auth::Credential;
-use crate::reference::is_loopback_host;
 
 /// The most of an error or token response strata reads.
 pub(crate) const SMALL_BODY: usize = 64 << 10;
@@ -363,9 +362,9 @@ impl Session {
                 realm.scheme()
             )));
         }
-        let loopback = |h: &str| is_loopback_host(h) || h == "[::1]";
+        // The same host (any port), or the same DNS site (auth.docker.io for
+        // registry-1.docker.io); addresses, loopback ones included, only match themselves.
         let same = realm_host == registry_host
-            || (loopback(&realm_host) && loopback(&registry_host))
             || site(&realm_host).is_some_and(|s| Some(s) == site(&registry_host));
         if same {
             Ok(())

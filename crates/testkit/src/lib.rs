@@ -32,6 +32,7 @@ mod client;
 mod context;
 mod error;
 mod fs;
+mod hostile;
 mod program;
 mod registry;
 mod tls;
@@ -41,6 +42,7 @@ pub use client::RegistryClient;
 pub use context::ContextBuilder;
 pub use error::Error;
 pub use fs::set_mtime;
+pub use hostile::{HostileServer, Reply, Request};
 pub use program::find_program;
 pub use registry::{RegistryBuilder, TestRegistry};
 
