@@ -660,7 +660,18 @@ impl Engine {
             .write(
                 entries,
                 std::io::BufWriter::with_capacity(1 << 20, staged.as_file()),
-            )?;
+            )
+            .map_err(|e| match e {
+                // The layer crate names its output stream; the file it was going to is
+                // what the user can look at (a full disk, a quota).
+                strata_layer::Error::Io { path, source } if path.as_os_str() == "<output>" => {
+                    Error::Io {
+                        path: staged.path().to_owned(),
+                        source,
+                    }
+                }
+                other => Error::from(other),
+            })?;
         let digest = info.descriptor.digest().to_string();
         self.state.layout.commit_staged(staged, &digest, &digest)?;
         Ok(Some(LayerRef {

@@ -39,6 +39,7 @@
 mod archive;
 mod build;
 mod changes;
+mod check;
 pub mod config;
 mod context;
 mod copy;
@@ -51,6 +52,7 @@ mod run;
 mod state;
 
 pub use build::Build;
+pub use check::{StateCheck, StateFault, check_state};
 pub use context::ContextSource;
 pub use engine::{Secret, SnapshotMode};
 pub use error::{Error, Position, Result};

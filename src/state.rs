@@ -32,6 +32,17 @@ impl WorkDir {
     }
 }
 
+/// Whether the scratch directory `dir` belongs to a build that still runs (it holds the
+/// directory's lock).
+pub(crate) fn is_live_build(dir: &Path) -> bool {
+    match fs::File::open(dir.join(".lock")) {
+        Ok(lock) => {
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
+        }
+        Err(_) => false,
+    }
+}
+
 /// Removes the scratch directories of builds that no longer run.
 fn sweep(tmp: &Path) {
     let Ok(entries) = fs::read_dir(tmp) else {

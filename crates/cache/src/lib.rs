@@ -40,4 +40,4 @@ pub use error::{Error, Result};
 pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, KeyInputs, explain};
 #[cfg(feature = "registry")]
 pub use registry::{ENTRY_MEDIA_TYPE, RegistryStore};
-pub use store::{CacheEntry, CacheStore, CachedLayer, LocalStore};
+pub use store::{CacheEntry, CacheStore, CachedLayer, LocalStore, StoreFault, StoreReport};

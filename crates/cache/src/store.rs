@@ -282,3 +282,115 @@ impl CacheStore for LocalStore {
         }
     }
 }
+
+/// One thing [`LocalStore::verify`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFault {
+    /// The file at fault.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
+    /// Whether it was removed because repair was asked for.
+    pub repaired: bool,
+}
+
+/// What [`LocalStore::verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreReport {
+    /// Entries read.
+    pub entries: usize,
+    /// Layer blobs hashed.
+    pub blobs: usize,
+    /// Damaged entries, entries whose layer is missing, blobs that do not match their name.
+    pub faults: Vec<StoreFault>,
+    /// Temporary files a killed writer left (not corrupt, only space).
+    pub leftovers: Vec<PathBuf>,
+}
+
+impl LocalStore {
+    /// Hashes every layer blob and reads every entry: an entry must parse, be filed under
+    /// its own key, and have its layer. With `repair`, what is broken is removed (a lookup
+    /// then misses, and the step runs again).
+    pub fn verify(&self, repair: bool) -> Result<StoreReport> {
+        let mut report = StoreReport::default();
+        let fault = |path: PathBuf, message: String| {
+            let repaired = repair && fs::remove_file(&path).is_ok();
+            StoreFault {
+                path,
+                message,
+                repaired,
+            }
+        };
+        let mut good_blobs = std::collections::HashSet::new();
+        for path in list(&self.root.join("blobs/sha256"))? {
+            report.blobs += 1;
+            let name = path
+                .file_name()
+                .map(|n| format!("sha256:{}", n.to_string_lossy()))
+                .unwrap_or_default();
+            let actual = hash_file(&path)?;
+            if actual == name {
+                good_blobs.insert(name);
+            } else {
+                report.faults.push(fault(
+                    path,
+                    format!("holds content that hashes to {actual}"),
+                ));
+            }
+        }
+        for path in list(&self.root.join("entries"))? {
+            report.entries += 1;
+            let entry = match self.read_entry(&path) {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.faults.push(fault(path, e.to_string()));
+                    continue;
+                }
+            };
+            if path != self.entry_path(&entry.key.digest) {
+                let message = format!("holds the entry of {}", entry.key.digest);
+                report.faults.push(fault(path, message));
+                continue;
+            }
+            if let Some(layer) = &entry.layer
+                && !good_blobs.contains(&layer.digest)
+            {
+                let message = format!("its layer {} is missing or damaged", layer.digest);
+                report.faults.push(fault(path, message));
+            }
+        }
+        report.leftovers = list(&self.root.join("tmp"))?;
+        Ok(report)
+    }
+}
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            Ok(paths)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::Io {
+            path: dir.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = File::open(path).map_err(Error::io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(Error::io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}

@@ -182,6 +182,27 @@ impl Layout {
     /// Records `descriptor` (a manifest or index descriptor, as JSON) in `index.json` under
     /// `name`, replacing what had that name; `name` may be empty for an unnamed entry.
     pub fn tag(&self, name: &str, descriptor: &Value) -> Result<()> {
+        let mut entry = descriptor.clone();
+        if !name.is_empty() {
+            entry["annotations"][REF_NAME] = json!(name);
+        }
+        self.edit_index(|manifests| {
+            if !name.is_empty() {
+                manifests.retain(|m| m["annotations"][REF_NAME] != json!(name));
+            }
+            manifests.push(entry);
+        })
+    }
+
+    /// Drops the `index.json` entries for these manifest digests.
+    pub(crate) fn drop_entries(&self, digests: &[String]) -> Result<()> {
+        self.edit_index(|manifests| {
+            manifests.retain(|m| !digests.iter().any(|d| m["digest"] == json!(d)));
+        })
+    }
+
+    /// Rewrites `index.json`'s `manifests` under the layout's lock, through a temporary file.
+    fn edit_index(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<()> {
         let lock_path = self.root.join("index.json.lock");
         let lock = File::options()
             .create(true)
@@ -193,20 +214,13 @@ impl Layout {
             .map_err(|e| Error::io(&lock_path)(e.into()))?;
         let index_path = self.root.join("index.json");
         let mut index = self.index()?;
-        let mut entry = descriptor.clone();
-        if !name.is_empty() {
-            entry["annotations"][REF_NAME] = json!(name);
-        }
         let manifests = index["manifests"]
             .as_array_mut()
             .ok_or_else(|| Error::Malformed {
                 path: index_path.clone(),
                 message: "`manifests` is not an array".to_owned(),
             })?;
-        if !name.is_empty() {
-            manifests.retain(|m| m["annotations"][REF_NAME] != json!(name));
-        }
-        manifests.push(entry);
+        edit(manifests);
         let bytes = serde_json::to_vec_pretty(&index).map_err(|e| Error::Malformed {
             path: index_path.clone(),
             message: e.to_string(),

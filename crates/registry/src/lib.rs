@@ -38,6 +38,7 @@ mod layout;
 mod manifest;
 mod progress;
 mod reference;
+mod verify;
 
 pub use archive::write_docker_archive;
 pub use auth::{Credential, Credentials, DockerConfig};
@@ -49,3 +50,4 @@ pub use manifest::{
 };
 pub use progress::{Direction, PROGRESS_STEP, ProgressSink, Transfer};
 pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};
+pub use verify::{Fault, LayoutReport};

@@ -539,3 +539,84 @@ async fn any_registry_can_be_mapped_to_mirrors_tried_in_order() {
         .unwrap();
     assert_eq!(pulled.manifest_digest, image.manifest_digest);
 }
+
+#[tokio::test]
+async fn a_registry_restarted_during_a_pull_gives_the_whole_image_or_a_clean_error() {
+    let mut registry = TestRegistry::start().unwrap();
+    // Eight 8 MiB layers of incompressible bytes, pushed first.
+    let source = tempfile::tempdir().unwrap();
+    let layout = Layout::open(source.path()).unwrap();
+    let mut layers = Vec::new();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..8 {
+        let data: Vec<u8> = (0..8 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        layers.push(layout.write_blob_bytes(&data).unwrap());
+    }
+    let config = layout
+        .write_blob_bytes(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .unwrap();
+    let manifest = layout
+        .write_blob_bytes(&serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size},
+            "layers": layers.iter().map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+        })).unwrap())
+        .unwrap();
+    let reference: Reference = format!("{}/big/pulled:1", registry.host()).parse().unwrap();
+    let client = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .retries(8)
+        .build();
+    client
+        .push(&layout, &manifest.digest, &reference, None)
+        .await
+        .unwrap();
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = Layout::open(target_dir.path()).unwrap();
+    let pull = {
+        let (target, reference, client) = (target.clone(), reference.clone(), client.clone());
+        tokio::spawn(async move { client.pull(&reference, &Platform::host(), &target).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    registry.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    registry.restart().unwrap();
+    let result = pull.await.unwrap();
+    let report = target.verify(false).unwrap();
+    assert!(report.faults.is_empty(), "{:?}", report.faults);
+    assert!(report.leftovers.is_empty(), "{:?}", report.leftovers);
+    match result {
+        Ok(pulled) => {
+            eprintln!("the pull completed after the restart: {pulled:?}");
+            assert_eq!(pulled.manifest_digest, manifest.digest);
+            for layer in &layers {
+                assert!(target.has_blob(&layer.digest), "{} missing", layer.digest);
+            }
+        }
+        Err(e) => {
+            eprintln!("the pull failed cleanly: {e}");
+            assert!(e.to_string().contains("big/pulled"), "{e}");
+            assert!(
+                !target.has_blob(&manifest.digest),
+                "no manifest without its blobs"
+            );
+            // And a second pull finishes the job.
+            let pulled = client
+                .pull(&reference, &Platform::host(), &target)
+                .await
+                .unwrap();
+            assert_eq!(pulled.manifest_digest, manifest.digest);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Faults and concurrency: damage found and repaired by the state check, a disk that fills
+//! up, builds killed at random points, and eight builds sharing one state directory. After
+//! each, `strata::check_state` proves that nothing in the state directory is corrupt.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::{Fixture, run};
+use strata::{Build, check_state};
+use strata_testkit::ContextBuilder;
+
+/// Pseudo-random bytes (xorshift), incompressible and the same on every run.
+fn noise(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Flips one byte in the middle of a file, in place (hard links see it too).
+fn flip(path: &Path) {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let middle = file.metadata().unwrap().len() / 2;
+    let mut byte = [0u8];
+    file.seek(std::io::SeekFrom::Start(middle)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(std::io::SeekFrom::Start(middle)).unwrap();
+    file.write_all(&[byte[0] ^ 0xff]).unwrap();
+}
+
+fn assert_clean(state: &Path) {
+    let check = check_state(state, false).unwrap();
+    assert!(check.is_clean(), "broken: {:#?}", check.faults);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_check_finds_damage_and_repair_lets_the_next_build_heal() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a", "a\n")
+        .file("b", noise(64 << 10, 7))
+        .build()
+        .unwrap();
+    let dockerfile = "FROM {base}\nCOPY a /a\nCOPY b /b\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile).reproducible(0)).await;
+    let first = first.unwrap();
+    let check = check_state(fx.state.path(), false).unwrap();
+    assert!(check.is_clean(), "{:#?}", check.faults);
+    assert!(check.blobs >= 5 && check.cache_entries >= 2, "{check:?}");
+
+    // The image's last layer loses a byte; a cache entry and a copy digest turn to garbage.
+    let layer = &first.layers().last().unwrap().digest;
+    let blob = fx
+        .state
+        .path()
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    flip(&blob);
+    let entry = fs::read_dir(fx.state.path().join("cache/entries"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !fs::read_to_string(p).unwrap().contains(layer.as_str()))
+        .unwrap();
+    fs::write(&entry, "{not json").unwrap();
+    let check = check_state(fx.state.path(), false).unwrap();
+    assert!(
+        check
+            .faults
+            .iter()
+            .any(|f| f.path == blob && f.message.contains("hashes to")),
+        "{:#?}",
+        check.faults
+    );
+    assert!(
+        check.faults.iter().any(|f| f.path == entry),
+        "{:#?}",
+        check.faults
+    );
+    assert!(check.faults.iter().all(|f| !f.repaired));
+
+    // Repair removes what is broken; the next build runs those steps again and makes the
+    // same image.
+    let repaired = check_state(fx.state.path(), true).unwrap();
+    assert!(
+        repaired.faults.iter().all(|f| f.repaired),
+        "{:#?}",
+        repaired.faults
+    );
+    assert_clean(fx.state.path());
+    let (second, _) = run(fx.build(context.path(), dockerfile).reproducible(0)).await;
+    let second = second.unwrap();
+    assert_eq!(second.digest(), first.digest());
+    assert_eq!(
+        fs::read(&blob).map(|b| b.len() as u64).ok(),
+        Some(second.layers()[2].size)
+    );
+    assert_clean(fx.state.path());
+}
+
+/// A tmpfs mounted for the length of a test.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts a tmpfs: run the tests as root (scripts/test does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs failed");
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_a_clear_error_and_leaves_nothing_partial() {
+    let fx = Fixture::new();
+    let disk = Tmpfs::mount("6m");
+    let context = ContextBuilder::new()
+        .file("big", noise(12 << 20, 11))
+        .build()
+        .unwrap();
+    let build = Build::new(context.path())
+        .dockerfile_text(format!("FROM {}\nCOPY big /big\n", fx.base))
+        .state_dir(disk.path());
+    let (result, _) = run(build).await;
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(
+        message.contains(&disk.path().display().to_string()),
+        "{message}"
+    );
+    let check = check_state(disk.path(), false).unwrap();
+    assert!(check.is_clean(), "{:#?}", check.faults);
+    assert!(check.leftovers.is_empty(), "{:#?}", check.leftovers);
+    // The base image's blobs, pulled before the disk filled, are whole and stay usable.
+    assert!(check.blobs >= 2, "{check:?}");
+}
+
+/// The build the kill test runs in a child process (this test binary, run again).
+const CHILD: &str = "STRATA_KILLED_BUILD";
+
+fn child_build() {
+    let var = |name: &str| std::env::var(format!("{CHILD}_{name}")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let image = runtime
+        .block_on(
+            Build::new(PathBuf::from(var("CONTEXT")))
+                .dockerfile_text(var("DOCKERFILE"))
+                .state_dir(var("STATE"))
+                .reproducible(1_700_000_000)
+                .run(),
+        )
+        .unwrap();
+    println!("digest={}", image.digest());
+}
+
+#[test]
+fn builds_killed_at_random_points_leave_a_state_the_next_build_uses() {
+    if std::env::var(CHILD).is_ok() {
+        return child_build();
+    }
+    let fx = Fixture::new();
+    let mut context = ContextBuilder::new().file("big", noise(3 << 20, 3));
+    for i in 0..200 {
+        context = context.file(format!("files/{i}"), format!("{i}\n"));
+    }
+    let context = context.build().unwrap();
+    let dockerfile = format!(
+        "FROM {}\nCOPY files /files\nRUN echo made > /made && ls /files | wc -l > /count\nCOPY big /big\nRUN cat /count\n",
+        fx.base
+    );
+    let exe = std::env::current_exe().unwrap();
+    let child = |state: &Path| {
+        let mut command = Command::new(&exe);
+        command
+            .args([
+                "builds_killed_at_random_points_leave_a_state_the_next_build_uses",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env(format!("{CHILD}_CONTEXT"), context.path())
+            .env(format!("{CHILD}_DOCKERFILE"), &dockerfile)
+            .env(format!("{CHILD}_STATE"), state)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let digest_of = |output: std::process::Output| {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("digest=").map(str::to_owned))
+            .unwrap()
+    };
+
+    // The uninterrupted build, and how long it takes.
+    let reference_state = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let expected = digest_of(child(reference_state.path()).output().unwrap());
+    let cold = started.elapsed();
+    eprintln!("cold build: {cold:?}");
+
+    // 20 trials, each killed at another point of a cold build (spread over its whole length),
+    // then built again in the same state directory.
+    let mut killed_while_running = 0;
+    for trial in 0..20u32 {
+        let state = tempfile::tempdir().unwrap();
+        let delay = cold.mul_f64(f64::from((trial * 37) % 100 + 1) / 100.0);
+        let mut running = child(state.path()).spawn().unwrap();
+        std::thread::sleep(delay);
+        if running.try_wait().unwrap().is_none() {
+            killed_while_running += 1;
+        }
+        running.kill().unwrap();
+        running.wait().unwrap();
+        let again = digest_of(child(state.path()).output().unwrap());
+        assert_eq!(again, expected, "trial {trial}, killed after {delay:?}");
+        let check = check_state(state.path(), false).unwrap();
+        assert!(check.is_clean(), "trial {trial}: {:#?}", check.faults);
+    }
+    assert!(
+        killed_while_running >= 15,
+        "most kills must land during the build ({killed_while_running} of 20; cold build {cold:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_builds_share_one_state_directory_and_registry() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a", "a\n")
+        .file("b", noise(256 << 10, 5))
+        .build()
+        .unwrap();
+    // Four different Dockerfiles, each built twice at the same time.
+    let dockerfiles: Vec<String> = (0..4)
+        .map(|i| {
+            format!("FROM {{base}}\nCOPY a /a\nRUN echo {i} > /which\nCOPY b /b{i}\nLABEL n={i}\n")
+        })
+        .collect();
+    let builds = (0..8).map(|i| {
+        let build = fx
+            .build(context.path(), &dockerfiles[i % 4])
+            .reproducible(1_700_000_000);
+        async move { (i % 4, run(build).await.0) }
+    });
+    let started = Instant::now();
+    let results = futures_util::future::join_all(builds).await;
+    eprintln!("eight builds in {:?}", started.elapsed());
+    let mut digests: Vec<Option<String>> = vec![None; 4];
+    for (which, result) in results {
+        let image = result.unwrap_or_else(|e| panic!("build {which}: {e}"));
+        match &digests[which] {
+            Some(digest) => assert_eq!(digest, image.digest(), "Dockerfile {which}"),
+            None => digests[which] = Some(image.digest().to_owned()),
+        }
+    }
+    let distinct: std::collections::HashSet<_> = digests.iter().flatten().collect();
+    assert_eq!(distinct.len(), 4);
+    assert_clean(fx.state.path());
+    // And pushing all of them at once to one repository of the registry works too.
+    let pushes = (0..4).map(|i| {
+        let build = fx
+            .build(context.path(), &dockerfiles[i])
+            .reproducible(1_700_000_000);
+        let target = format!("{}/team/concurrent:{i}", fx.registry.host());
+        async move {
+            let image = run(build).await.0.unwrap();
+            image.push(&target).await.unwrap()
+        }
+    });
+    let pushed = futures_util::future::join_all(pushes).await;
+    for (i, digest) in pushed.iter().enumerate() {
+        assert_eq!(Some(digest), digests[i].as_ref());
+    }
+}
