@@ -85,11 +85,15 @@ impl Context {
             }
             ContextSource::Tar(path) => {
                 let file = fs::File::open(&path).map_err(Error::io(&path))?;
-                let dir = unpack(Box::new(std::io::BufReader::new(file)), scratch)?;
+                let dir = unpack(
+                    Box::new(std::io::BufReader::new(file)),
+                    scratch,
+                    &path.display().to_string(),
+                )?;
                 (dir.path().to_owned(), Some(dir))
             }
             ContextSource::TarStream(reader) => {
-                let dir = unpack(reader, scratch)?;
+                let dir = unpack(reader, scratch, "the context stream")?;
                 (dir.path().to_owned(), Some(dir))
             }
         };
@@ -385,8 +389,8 @@ pub(crate) fn clean_relative(path: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// Unpacks a context archive into a new directory under `scratch`.
-fn unpack(reader: Box<dyn Read + Send>, scratch: &Path) -> Result<tempfile::TempDir> {
+/// Unpacks a context archive (`name` in errors) into a new directory under `scratch`.
+fn unpack(reader: Box<dyn Read + Send>, scratch: &Path, name: &str) -> Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("context-")
         .tempdir_in(scratch)
@@ -395,7 +399,7 @@ fn unpack(reader: Box<dyn Read + Send>, scratch: &Path) -> Result<tempfile::Temp
         .whiteouts(strata_layer::WhiteoutMode::Keep)
         .ownership(Some(false))
         .apply(reader, dir.path())
-        .map_err(|e| Error::Context(format!("context archive: {e}")))?;
+        .map_err(|e| Error::Context(format!("context archive {name}: {e}")))?;
     Ok(dir)
 }
 

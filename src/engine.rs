@@ -85,6 +85,37 @@ pub(crate) struct StageImage {
     pub clock: String,
     /// The base image reference, for cross-repository mounts when pushing.
     pub base_reference: Option<String>,
+    /// Where each ENV name sits in `config.config.env`, and how many entries the index
+    /// covers: ENV steps cost O(1), not a scan of the environment.
+    pub env_index: (HashMap<String, usize>, usize),
+}
+
+impl StageImage {
+    /// Sets `name` in the environment (in place when it is there already), as
+    /// [`crate::config::RuntimeConfig::set_env`] does, through the index.
+    fn set_env(&mut self, name: &str, value: &str) {
+        let env = self.config.config.env.get_or_insert_with(Vec::new);
+        let (index, covered) = &mut self.env_index;
+        if *covered != env.len() {
+            // Built (again) when the environment changed behind the index's back; the first
+            // entry of a name wins, as in `set_env`.
+            index.clear();
+            for (i, kv) in env.iter().enumerate() {
+                let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+                index.entry(key.to_owned()).or_insert(i);
+            }
+            *covered = env.len();
+        }
+        let entry = format!("{name}={value}");
+        match index.get(name) {
+            Some(&i) => env[i] = entry,
+            None => {
+                index.insert(name.to_owned(), env.len());
+                env.push(entry);
+                *covered = env.len();
+            }
+        }
+    }
 }
 
 /// A stage's filesystem as a directory, with how many of its layers are applied.
@@ -446,6 +477,7 @@ impl Engine {
                         key: KeyBuilder::base_image("scratch", &platform),
                         clock: self.opts.reproducible.map_or_else(|| rfc3339(0), rfc3339),
                         base_reference: None,
+                        env_index: Default::default(),
                     },
                     None,
                 ))
@@ -611,6 +643,7 @@ impl Engine {
             key: KeyBuilder::base_image(&digest, &self.opts.platform.to_string()),
             clock,
             base_reference: None,
+            env_index: Default::default(),
         })
     }
 
@@ -857,7 +890,7 @@ impl Engine {
         match instruction {
             Instruction::Env { vars } => {
                 for (k, v) in vars {
-                    config.set_env(k, v);
+                    image.set_env(k, v);
                 }
             }
             Instruction::Label { labels } => {

@@ -126,6 +126,9 @@ impl CacheStore for RegistryStore {
         if entry.created_unix == 0 {
             entry.created_unix = now_unix();
         }
+        // The inputs hold build-arg and environment values and expanded commands: they stay
+        // on this machine (explanations are local anyway). The repository gets the key only.
+        entry.key.inputs = KeyInputs::default();
         let mut layers = Vec::new();
         if let Some(layer) = &entry.layer {
             if !self.layout.has_blob(&layer.digest) {
