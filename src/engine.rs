@@ -1190,17 +1190,7 @@ fn healthcheck(check: &Healthcheck, shell: &[String]) -> serde_json::Value {
 }
 
 pub(crate) fn copy_blob(from: &Layout, to: &Layout, digest: &str) -> Result<()> {
-    if to.has_blob(digest) {
-        return Ok(());
-    }
-    let source = from.blob_path(digest)?;
-    let target = to.blob_path(digest)?;
-    if fs::hard_link(&source, &target).is_ok() {
-        return Ok(());
-    }
-    let file = from.open_blob(digest)?;
-    to.write_blob(BufReader::new(file), Some(digest))?;
-    Ok(())
+    Ok(from.copy_blob(digest, to)?)
 }
 
 #[cfg(test)]

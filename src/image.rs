@@ -2,10 +2,9 @@
 
 use std::path::Path;
 
-use serde_json::json;
-use strata_registry::{BlobInfo, Layout, Reference, RegistryClient};
+use strata_registry::{BlobInfo, Layout, Reference, RegistryClient, Target};
 
-use crate::config::{ImageConfig, LayerRef, OCI_MANIFEST};
+use crate::config::{ImageConfig, LayerRef};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
 use crate::state::State;
@@ -122,22 +121,24 @@ impl Image {
     /// Writes the image into the OCI image layout at `dir` (created when missing) under the
     /// name `tag`. Blobs are hard-linked from the state directory where possible.
     pub fn write_oci_layout(&self, dir: &Path, tag: &str) -> Result<()> {
-        let target = Layout::open(dir)?;
-        let mut blobs = vec![self.config_digest.clone()];
-        blobs.extend(self.layers.iter().map(|l| l.digest.clone()));
-        blobs.push(self.manifest.digest.clone());
-        for digest in &blobs {
-            crate::engine::copy_blob(&self.state.layout, &target, digest)?;
-        }
-        target.tag(
-            tag,
-            &json!({
-                "mediaType": OCI_MANIFEST,
-                "digest": self.manifest.digest,
-                "size": self.manifest.size,
-            }),
-        )?;
+        self.state
+            .layout
+            .copy_image(&self.manifest.digest, &Layout::open(dir)?, tag)?;
         Ok(())
+    }
+
+    /// Puts the image at `target` — `docker://REF` (or a plain reference), `oci:DIR[:NAME]`
+    /// or `docker-archive:PATH[:REF]`, as skopeo names them — and returns its manifest
+    /// digest. The same as [`Image::push`], [`Image::write_oci_layout`] and
+    /// [`Image::write_docker_archive`], by name.
+    pub async fn put(&self, target: &str) -> Result<String> {
+        match Target::parse(target)? {
+            Target::Registry(reference) => self.push(&reference.to_string()).await,
+            other => Ok(self
+                .registry
+                .put(&self.state.layout, &self.manifest.digest, &other, &[])
+                .await?),
+        }
     }
 
     /// Writes the image as a docker-archive tarball (`docker load` reads it) at `path`, with

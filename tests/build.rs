@@ -1153,3 +1153,42 @@ async fn pulls_and_pushes_report_byte_progress() {
         events.last()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_put_for_registries_oci_layouts_and_docker_archives() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let (image, _) = run(fx.build(context.path(), "FROM {base}\nCOPY f /f\n")).await;
+    let image = image.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
+    let targets = [
+        format!("docker://{}/team/put:1", fx.registry.host()),
+        format!("oci:{}:v1", dir.path().join("layout").display()),
+        format!(
+            "docker-archive:{}:example.com/put:1",
+            dir.path().join("image.tar").display()
+        ),
+    ];
+    for target in &targets {
+        assert_eq!(image.put(target).await.unwrap(), image.digest(), "{target}");
+        // skopeo reads each with the same transport name.
+        let output = std::process::Command::new(&skopeo)
+            .args(["inspect", "--tls-verify=false", "--config", target])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+            2,
+            "{target}"
+        );
+    }
+    let err = image.put("oci:").await.unwrap_err().to_string();
+    assert!(err.contains("needs a directory"), "{err}");
+}

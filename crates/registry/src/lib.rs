@@ -38,6 +38,7 @@ mod layout;
 mod manifest;
 mod progress;
 mod reference;
+mod target;
 mod verify;
 
 pub use archive::write_docker_archive;
@@ -50,4 +51,5 @@ pub use manifest::{
 };
 pub use progress::{Direction, PROGRESS_STEP, ProgressSink, Transfer};
 pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};
+pub use target::Target;
 pub use verify::{Fault, LayoutReport};

@@ -359,3 +359,155 @@ async fn credentials_go_to_the_registrys_own_token_service_only() {
     // One token for the whole pull: the service was asked once.
     assert_eq!(asked.len(), 1, "{asked:?}");
 }
+
+/// A registry that takes chunked uploads and breaks the connection's answer to one PATCH:
+/// records the Content-Range of every chunk it kept.
+#[tokio::test]
+async fn a_broken_chunked_upload_resumes_at_the_registrys_offset() {
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let data: Vec<u8> = (0..5 * 1024 * 1024 + 123)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let layer = layout.write_blob_bytes(&data).unwrap();
+    let config = layout
+        .write_blob_bytes(br#"{"architecture":"amd64","os":"linux"}"#)
+        .unwrap();
+    let manifest = layout
+        .write_blob_bytes(&serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.digest, "size": layer.size }],
+        })).unwrap())
+        .unwrap();
+    // What the registry holds of the upload, the ranges it accepted, and whether it has
+    // failed its one PATCH yet.
+    struct Upload {
+        received: u64,
+        ranges: Vec<String>,
+        failed: bool,
+        finished: Vec<String>,
+    }
+    let state = Arc::new(Mutex::new(Upload {
+        received: 0,
+        ranges: Vec::new(),
+        failed: false,
+        finished: Vec::new(),
+    }));
+    let seen = Arc::clone(&state);
+    let server = HostileServer::start("127.0.0.1", move |request: &Request| {
+        let mut upload = seen.lock().unwrap();
+        let location = "/v2/team/app/blobs/uploads/u1?_state=x";
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/v2/") => Reply::new(200, "{}"),
+            ("HEAD", _) => Reply::new(404, ""),
+            ("POST", p) if p.contains("mount=") => Reply::new(404, "{}"),
+            ("POST", _) => Reply::new(202, "").header("Location", location),
+            ("PATCH", _) => {
+                let range = request
+                    .header("content-range")
+                    .unwrap_or_default()
+                    .to_owned();
+                let start: u64 = range.split('-').next().unwrap().parse().unwrap();
+                let end: u64 = range.rsplit('-').next().unwrap().parse().unwrap();
+                if start == 2 << 20 && !upload.failed {
+                    // The third chunk "arrives" but the answer is an error.
+                    upload.failed = true;
+                    upload.received = end + 1;
+                    return Reply::new(500, "storage hiccup");
+                }
+                assert_eq!(
+                    start, upload.received,
+                    "chunks continue where the registry is"
+                );
+                upload.received = end + 1;
+                upload.ranges.push(range);
+                Reply::new(202, "").header("Location", location)
+            }
+            ("GET", p) if p.contains("/uploads/") => Reply::new(204, "")
+                .header("Location", location)
+                .header("Range", &format!("0-{}", upload.received - 1)),
+            ("PUT", p) if p.contains("/uploads/") => {
+                upload.finished.push(p.to_owned());
+                Reply::new(201, "")
+            }
+            ("PUT", _) => Reply::new(201, ""),
+            _ => Reply::new(404, "{}"),
+        }
+    })
+    .unwrap();
+    let client = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .chunk_size(1 << 20)
+        .retries(2)
+        .build();
+    let to: Reference = format!("{}/team/app:1", server.host()).parse().unwrap();
+    let report = client
+        .push(&layout, &manifest.digest, &to, None)
+        .await
+        .unwrap();
+    assert_eq!(report.uploaded, 2);
+    let upload = state.lock().unwrap();
+    assert!(upload.failed);
+    // Chunks 0 and 1, then (chunk 2 was kept despite the error) 3, 4 and the short last one.
+    assert_eq!(
+        upload.ranges,
+        [
+            "0-1048575",
+            "1048576-2097151",
+            "3145728-4194303",
+            "4194304-5242879",
+            "5242880-5243002"
+        ]
+    );
+    assert!(
+        upload
+            .finished
+            .iter()
+            .any(|p| p.contains(&layer.digest.replace(':', "%3A")))
+    );
+    let asked_offset = server
+        .requests()
+        .iter()
+        .any(|r| r.method == "GET" && r.path.contains("/uploads/"));
+    assert!(
+        asked_offset,
+        "the client asked the registry how much it had"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&calls);
+    let (manifest, _, _) = image();
+    let server = HostileServer::start("127.0.0.1", move |request: &Request| {
+        if request.path == "/v2/" {
+            return Reply::new(200, "{}");
+        }
+        if count.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::new(429, "slow down").header("Retry-After", "1")
+        } else if request.path.contains("/manifests/") {
+            Reply::json(OCI_MANIFEST, manifest.clone())
+        } else {
+            Reply::new(404, "{}")
+        }
+    })
+    .unwrap();
+    let client = RegistryClient::builder()
+        .credentials(Credentials::none())
+        .retries(1)
+        .build();
+    let started = Instant::now();
+    let (err, _, _) = pull_error(&client, &server, "team/app:1").await;
+    // The manifest came on the second try, after the pause the registry asked for; the
+    // blobs are not there.
+    assert!(err.contains("404"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
