@@ -286,6 +286,20 @@ fn token_service() -> HostileServer {
     .unwrap()
 }
 
+/// A client holding alice's password for `host`.
+fn alice_for(host: &str) -> RegistryClient {
+    RegistryClient::builder()
+        .credentials(Credentials::none().insert(
+            host,
+            Credential::Basic {
+                username: "alice".into(),
+                password: "s3cret-pw".into(),
+            },
+        ))
+        .retries(0)
+        .build()
+}
+
 #[tokio::test]
 async fn credentials_go_to_the_registrys_own_token_service_only() {
     // The token service on another address: a challenge that points there gets no
@@ -293,16 +307,7 @@ async fn credentials_go_to_the_registrys_own_token_service_only() {
     let elsewhere = token_service();
     let server = challenging(format!("http://{}/token", elsewhere.host()));
     let host = server.host();
-    let with_password = RegistryClient::builder()
-        .credentials(Credentials::none().insert(
-            &host,
-            Credential::Basic {
-                username: "alice".into(),
-                password: "s3cret-pw".into(),
-            },
-        ))
-        .retries(0)
-        .build();
+    let with_password = alice_for(&host);
     let (err, _, dir) = pull_error(&with_password, &server, "team/app:1").await;
     assert!(err.contains("not its own site"), "{err}");
     assert!(!err.contains("s3cret-pw"));
@@ -325,16 +330,7 @@ async fn credentials_go_to_the_registrys_own_token_service_only() {
     .unwrap();
     let server = challenging(format!("http://{}/token?x=1", own.host()));
     let host = server.host();
-    let client = RegistryClient::builder()
-        .credentials(Credentials::none().insert(
-            &host,
-            Credential::Basic {
-                username: "alice".into(),
-                password: "s3cret-pw".into(),
-            },
-        ))
-        .retries(0)
-        .build();
+    let client = alice_for(&host);
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::open(dir.path()).unwrap();
     let reference: Reference = format!("{host}/team/app:1").parse().unwrap();

@@ -8,7 +8,7 @@ use std::process::Command;
 use common::{store_busybox, store_busybox_for};
 use serde_json::json;
 use strata_registry::{
-    Credential, Credentials, Error, Layout, Platform, Reference, RegistryClient,
+    BlobInfo, Credential, Credentials, Error, Layout, Platform, Reference, RegistryClient,
 };
 use strata_testkit::{TestRegistry, find_program, push_busybox_image};
 
@@ -333,14 +333,10 @@ async fn a_corrupted_blob_is_a_digest_error_and_stores_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_registry_restarted_during_a_push_gets_the_whole_image_or_no_manifest() {
-    let mut registry = TestRegistry::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::open(dir.path()).unwrap();
-    // Eight 8 MiB layers of incompressible bytes: a push long enough to interrupt.
+/// Eight 8 MiB layers of incompressible bytes (seeded xorshift) in one image: transfers long
+/// enough to interrupt. Returns the layers and the manifest.
+fn big_image(layout: &Layout, mut state: u64) -> (Vec<BlobInfo>, BlobInfo) {
     let mut layers = Vec::new();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
     for _ in 0..8 {
         let data: Vec<u8> = (0..8 << 20)
             .map(|_| {
@@ -365,6 +361,15 @@ async fn a_registry_restarted_during_a_push_gets_the_whole_image_or_no_manifest(
             "layers": layers.iter().map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
         })).unwrap())
         .unwrap();
+    (layers, manifest)
+}
+
+#[tokio::test]
+async fn a_registry_restarted_during_a_push_gets_the_whole_image_or_no_manifest() {
+    let mut registry = TestRegistry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(dir.path()).unwrap();
+    let (layers, manifest) = big_image(&layout, 0x9E37_79B9_7F4A_7C15);
     let to: Reference = format!("{}/big/app:1", registry.host()).parse().unwrap();
     let client = RegistryClient::builder()
         .credentials(Credentials::none())
@@ -546,32 +551,7 @@ async fn a_registry_restarted_during_a_pull_gives_the_whole_image_or_a_clean_err
     // Eight 8 MiB layers of incompressible bytes, pushed first.
     let source = tempfile::tempdir().unwrap();
     let layout = Layout::open(source.path()).unwrap();
-    let mut layers = Vec::new();
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    for _ in 0..8 {
-        let data: Vec<u8> = (0..8 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        layers.push(layout.write_blob_bytes(&data).unwrap());
-    }
-    let config = layout
-        .write_blob_bytes(
-            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
-        )
-        .unwrap();
-    let manifest = layout
-        .write_blob_bytes(&serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size},
-            "layers": layers.iter().map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
-        })).unwrap())
-        .unwrap();
+    let (layers, manifest) = big_image(&layout, 0x2545_F491_4F6C_DD1D);
     let reference: Reference = format!("{}/big/pulled:1", registry.host()).parse().unwrap();
     let client = RegistryClient::builder()
         .credentials(Credentials::none())
