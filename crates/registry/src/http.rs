@@ -362,11 +362,7 @@ impl Session {
                 realm.scheme()
             )));
         }
-        // The same host (any port), or the same DNS site (auth.docker.io for
-        // registry-1.docker.io); addresses, loopback ones included, only match themselves.
-        let same = realm_host == registry_host
-            || site(&realm_host).is_some_and(|s| Some(s) == site(&registry_host));
-        if same {
+        if own_site(&registry_host, &realm_host) {
             Ok(())
         } else {
             Err(HttpError::permanent(format!(
@@ -378,17 +374,27 @@ impl Session {
     }
 }
 
-/// The last two labels of a DNS name (`auth.docker.io` → `docker.io`); none for addresses.
-fn site(host: &str) -> Option<&str> {
-    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
-        return None;
+/// Whether a token service at `realm` belongs to the registry at `registry`: the same host
+/// (any port), the registry's parent domain, or a host under it (`auth.docker.io` for
+/// `registry-1.docker.io`, `gitlab.com` for `registry.gitlab.com`). The parent must itself
+/// have two labels, so `ghcr.io` trusts only `ghcr.io`; addresses, loopback ones included,
+/// only match themselves.
+fn own_site(registry: &str, realm: &str) -> bool {
+    if registry == realm {
+        return true;
     }
-    let mut dots = host.rmatch_indices('.');
-    dots.next()?;
-    Some(match dots.next() {
-        Some((i, _)) => &host[i + 1..],
-        None => host,
-    })
+    if registry.parse::<std::net::IpAddr>().is_ok() || registry.starts_with('[') {
+        return false;
+    }
+    match registry.split_once('.') {
+        Some((_, parent)) if parent.contains('.') => {
+            realm == parent
+                || realm
+                    .strip_suffix(parent)
+                    .is_some_and(|rest| rest.ends_with('.'))
+        }
+        _ => false,
+    }
 }
 
 fn with_auth(request: RequestBuilder, authorization: Option<HeaderValue>) -> RequestBuilder {
@@ -577,11 +583,14 @@ mod tests {
 
     #[test]
     fn sites() {
-        assert_eq!(site("auth.docker.io"), Some("docker.io"));
-        assert_eq!(site("registry-1.docker.io"), Some("docker.io"));
-        assert_eq!(site("ghcr.io"), Some("ghcr.io"));
-        assert_eq!(site("localhost"), None);
-        assert_eq!(site("10.0.0.1"), None);
+        assert!(own_site("registry-1.docker.io", "auth.docker.io"));
+        assert!(own_site("registry.gitlab.com", "gitlab.com"));
+        assert!(own_site("ghcr.io", "ghcr.io"));
+        assert!(!own_site("ghcr.io", "evil.io"));
+        assert!(!own_site("registry.example.com", "example.com.evil.net"));
+        assert!(!own_site("registry.example.com", "notexample.com"));
+        assert!(!own_site("127.0.0.1", "127.0.0.2"));
+        assert!(!own_site("localhost", "127.0.0.1"));
     }
 
     #[test]
