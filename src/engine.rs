@@ -599,7 +599,7 @@ impl Engine {
             blobs.extend(layer["digest"].as_str().map(str::to_owned));
         }
         for blob in blobs {
-            copy_blob(&source, &self.state.layout, &blob)?;
+            source.copy_blob(&blob, &self.state.layout)?;
         }
         Ok(digest)
     }
@@ -1187,10 +1187,6 @@ fn healthcheck(check: &Healthcheck, shell: &[String]) -> serde_json::Value {
             value
         }
     }
-}
-
-pub(crate) fn copy_blob(from: &Layout, to: &Layout, digest: &str) -> Result<()> {
-    Ok(from.copy_blob(digest, to)?)
 }
 
 #[cfg(test)]
