@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::http::{HttpError, Session, SessionOptions, Timeouts, read_limited, status_error};
 use crate::layout::Layout;
 use crate::manifest::{
-    DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
+    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
 };
 use crate::progress::{Direction, Meter, ProgressSink};
 use crate::reference::{Reference, is_loopback_host};
@@ -606,14 +606,58 @@ impl RegistryClient {
         mount_from: &[&Reference],
     ) -> Result<PushReport> {
         let bytes = layout.read_blob(manifest_digest)?;
-        let Manifest::Image {
-            media_type,
-            config,
-            layers,
-        } = Manifest::parse(&bytes, &to.to_string())?
-        else {
-            return Err(malformed(to, "pushing an index is not supported"));
+        let (manifests, index_type) = match Manifest::parse(&bytes, &to.to_string())? {
+            Manifest::Image {
+                media_type,
+                config,
+                layers,
+            } => {
+                let image = (&bytes[..], media_type.as_str(), config, layers);
+                return self.push_image(layout, image, to, mount_from).await;
+            }
+            Manifest::Index {
+                manifests,
+                media_type,
+            } => (manifests, media_type),
         };
+        // An index: each of its images by digest, then the index under the tag.
+        let mut report = PushReport {
+            manifest_digest: sha256(&bytes),
+            uploaded: 0,
+            mounted: 0,
+            skipped: 0,
+        };
+        for entry in &manifests {
+            let digest = entry["digest"].as_str().unwrap_or_default();
+            let child = layout.read_blob(digest)?;
+            let Manifest::Image {
+                media_type,
+                config,
+                layers,
+            } = Manifest::parse(&child, digest)?
+            else {
+                return Err(malformed(to, "an index inside an index cannot be pushed"));
+            };
+            let image = (&child[..], media_type.as_str(), config, layers);
+            let pushed = self
+                .push_image(layout, image, &to.with_digest(digest)?, mount_from)
+                .await?;
+            report.uploaded += pushed.uploaded;
+            report.mounted += pushed.mounted;
+            report.skipped += pushed.skipped;
+        }
+        self.put_manifest(to, &bytes, &index_type).await?;
+        Ok(report)
+    }
+
+    /// Pushes one image: its blobs, then its manifest (`bytes`) under `to`.
+    async fn push_image(
+        &self,
+        layout: &Layout,
+        (bytes, media_type, config, layers): (&[u8], &str, Descriptor, Vec<Descriptor>),
+        to: &Reference,
+        mount_from: &[&Reference],
+    ) -> Result<PushReport> {
         let mut blobs: Vec<(String, u64)> = Vec::new();
         for descriptor in std::iter::once(config).chain(layers) {
             if !blobs.iter().any(|(d, _)| *d == descriptor.digest) {
@@ -648,10 +692,10 @@ impl RegistryClient {
             .buffer_unordered(PARALLEL_BLOBS)
             .try_collect()
             .await?;
-        self.put_manifest(to, &bytes, &media_type).await?;
+        self.put_manifest(to, bytes, media_type).await?;
         let count = |kind: BlobOutcome| outcomes.iter().filter(|o| **o == kind).count();
         Ok(PushReport {
-            manifest_digest: sha256(&bytes),
+            manifest_digest: sha256(bytes),
             uploaded: count(BlobOutcome::Uploaded),
             mounted: count(BlobOutcome::Mounted),
             skipped: count(BlobOutcome::Skipped),

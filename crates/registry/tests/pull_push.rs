@@ -283,6 +283,31 @@ async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
         .unwrap_err();
     assert!(matches!(err, Error::NoPlatform { .. }), "{err:?}");
     assert!(err.to_string().contains("linux/arm64"), "{err}");
+
+    // strata pushes the same index itself: both images by digest, then the index.
+    let ours = format!("{}/multi/ours:1", registry.host());
+    let report = client
+        .push(&layout, &index.digest, &ours.parse().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(report.manifest_digest, index.digest);
+    // Two configs and two layers; a blob the images share is there by the second one.
+    assert_eq!(report.uploaded + report.skipped, 4, "{report:?}");
+    assert!(report.uploaded >= 3, "{report:?}");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{ours}"),
+    ]);
+    assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
+    let again = tempfile::tempdir().unwrap();
+    let again = Layout::open(again.path()).unwrap();
+    let pulled = client
+        .pull(&ours.parse().unwrap(), &arm, &again)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, raw["manifests"][1]["digest"]);
 }
 
 #[tokio::test]
