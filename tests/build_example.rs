@@ -457,3 +457,41 @@ fn verbosity_error_leaves_only_the_report() {
     assert_eq!(wrong.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("--verbosity loud"));
 }
+
+#[test]
+fn registry_requests_go_through_the_http_proxy_of_the_environment() {
+    // A proxy that answers everything with 404 and records what it was asked.
+    let proxy = strata_testkit::HostileServer::start("127.0.0.1", |_: &strata_testkit::Request| {
+        strata_testkit::Reply::new(404, "{}")
+    })
+    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    // Nothing listens on port 9: only the proxy can answer.
+    let out = Command::new(env!("CARGO"))
+        .current_dir(cwd.path())
+        .env("HTTP_PROXY", format!("http://{}", proxy.host()))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .args(["run", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .args([
+            "--example",
+            "pull",
+            "--",
+            "127.0.0.1:9/team/app:1",
+            "pulled",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HTTP 404"), "{stderr}");
+    let asked = proxy.requests();
+    assert!(
+        asked.iter().any(|r| r
+            .path
+            .starts_with("http://127.0.0.1:9/v2/team/app/manifests/1")),
+        "{asked:?}"
+    );
+}
