@@ -20,6 +20,26 @@ pub struct StateFault {
     pub repaired: bool,
 }
 
+impl From<strata_registry::Fault> for StateFault {
+    fn from(f: strata_registry::Fault) -> StateFault {
+        StateFault {
+            path: f.path,
+            message: f.message,
+            repaired: f.repaired,
+        }
+    }
+}
+
+impl From<strata_cache::StoreFault> for StateFault {
+    fn from(f: strata_cache::StoreFault) -> StateFault {
+        StateFault {
+            path: f.path,
+            message: f.message,
+            repaired: f.repaired,
+        }
+    }
+}
+
 /// What [`check_state`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateCheck {
@@ -63,11 +83,7 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
     check.leftovers.extend(layout.leftovers);
     check
         .faults
-        .extend(layout.faults.into_iter().map(|f| StateFault {
-            path: f.path,
-            message: f.message,
-            repaired: f.repaired,
-        }));
+        .extend(layout.faults.into_iter().map(StateFault::from));
     let cache_dir = dir.join("cache");
     if cache_dir.is_dir() {
         let store = LocalStore::open(&cache_dir)?.verify(repair)?;
@@ -76,11 +92,7 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
         check.leftovers.extend(store.leftovers);
         check
             .faults
-            .extend(store.faults.into_iter().map(|f| StateFault {
-                path: f.path,
-                message: f.message,
-                repaired: f.repaired,
-            }));
+            .extend(store.faults.into_iter().map(StateFault::from));
     }
     for path in list(&dir.join("copy-digests"))? {
         let name = path

@@ -7,12 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn build(cwd: &Path, args: &[&str]) -> Output {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    Command::new(env!("CARGO"))
-        .current_dir(cwd)
-        .args(["run", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .args(["--example", "build", "--"])
+    example(cwd, "build", args)
+}
+
+fn example(cwd: &Path, name: &str, args: &[&str]) -> Output {
+    common::example_command(cwd, name)
         .args(args)
         .output()
         .expect("cargo runs")
@@ -157,13 +156,8 @@ fn a_build_error_exits_1_with_the_dockerfile_position() {
 fn the_embed_example_builds_and_writes_a_layout() {
     let cwd = tempfile::tempdir().unwrap();
     let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let out = Command::new(env!("CARGO"))
-        .current_dir(cwd.path())
+    let out = common::example_command(cwd.path(), "embed")
         .env("XDG_CACHE_HOME", cwd.path().join("cache"))
-        .args(["run", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .args(["--example", "embed", "--"])
         .arg(&hello)
         .arg("layout")
         .output()
@@ -366,18 +360,6 @@ fn registry_maps_cache_dirs_and_json_logs() {
     );
 }
 
-fn example(cwd: &Path, name: &str, args: &[&str]) -> Output {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    Command::new(env!("CARGO"))
-        .current_dir(cwd)
-        .args(["run", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .args(["--example", name, "--"])
-        .args(args)
-        .output()
-        .expect("cargo runs")
-}
-
 #[test]
 fn push_dir_and_pull_examples_round_trip_through_a_registry() {
     let registry = strata_testkit::TestRegistry::start().unwrap();
@@ -466,22 +448,12 @@ fn registry_requests_go_through_the_http_proxy_of_the_environment() {
     })
     .unwrap();
     let cwd = tempfile::tempdir().unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     // Nothing listens on port 9: only the proxy can answer.
-    let out = Command::new(env!("CARGO"))
-        .current_dir(cwd.path())
+    let out = common::example_command(cwd.path(), "pull")
         .env("HTTP_PROXY", format!("http://{}", proxy.host()))
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
-        .args(["run", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .args([
-            "--example",
-            "pull",
-            "--",
-            "127.0.0.1:9/team/app:1",
-            "pulled",
-        ])
+        .args(["127.0.0.1:9/team/app:1", "pulled"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -10,21 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Fixture, run};
+use common::{Fixture, noise, run};
 use strata::{Build, check_state};
 use strata_testkit::ContextBuilder;
-
-/// Pseudo-random bytes (xorshift), incompressible and the same on every run.
-fn noise(len: usize, mut state: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// Flips one byte in the middle of a file, in place (hard links see it too).
 fn flip(path: &Path) {

@@ -183,15 +183,7 @@ async fn huge_and_broken_dockerfiles_end_in_bounded_time() {
     assert!(message.contains("nest"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(10));
     // Binary garbage: an error, not a panic.
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let garbage: Vec<u8> = (0..1 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let garbage = common::noise(1 << 20, 0x1234_5678_9abc_def0);
     let (result, took) = build(context.path(), String::from_utf8_lossy(&garbage)).await;
     assert!(result.is_err());
     assert!(took < Duration::from_secs(10), "{took:?}");

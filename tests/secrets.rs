@@ -9,7 +9,7 @@ mod common;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::Engine as _;
 use strata_testkit::{TestRegistry, push_busybox_image};
@@ -19,15 +19,8 @@ const SECRET: &str = "secret-value-Zk9w4";
 const BUILD_ARG: &str = "buildarg-pw-Jm3t8";
 
 fn executor(cwd: &Path, env: &[(&str, &Path)], args: &[&str]) -> Output {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut command = Command::new(env!("CARGO"));
-    command
-        .current_dir(cwd)
-        .args(["run", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .args(["--example", "build", "--"])
-        .args(args)
-        .env("SECRET_TOKEN", SECRET);
+    let mut command = common::example_command(cwd, "build");
+    command.args(args).env("SECRET_TOKEN", SECRET);
     for (name, value) in env {
         command.env(name, value);
     }

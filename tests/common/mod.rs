@@ -137,3 +137,28 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
     }
     out
 }
+
+/// `cargo run --example NAME --` in `cwd`, ready for arguments and environment: the way a
+/// user runs the examples.
+pub fn example_command(cwd: &Path, name: &str) -> Command {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(cwd)
+        .args(["run", "--quiet", "--manifest-path"])
+        .arg(manifest)
+        .args(["--example", name, "--"]);
+    command
+}
+
+/// Pseudo-random bytes (xorshift), incompressible and the same for the same seed.
+pub fn noise(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

@@ -522,9 +522,10 @@ impl RegistryClient {
                 let staging = layout
                     .staging_file()
                     .map_err(|e| HttpError::permanent(e.to_string()))?;
-                let file = staging.reopen().map_err(|e| {
+                let disk_error = |e: std::io::Error| {
                     HttpError::permanent(format!("{}: {e}", staging.path().display()))
-                })?;
+                };
+                let file = staging.reopen().map_err(disk_error)?;
                 let mut file =
                     tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
                 let response = session
@@ -559,9 +560,7 @@ impl RegistryClient {
                         )));
                     }
                     hasher.update(&chunk);
-                    file.write_all(&chunk).await.map_err(|e| {
-                        HttpError::permanent(format!("{}: {e}", staging.path().display()))
-                    })?;
+                    file.write_all(&chunk).await.map_err(disk_error)?;
                     meter.add(chunk.len());
                 }
                 if received < size {
@@ -569,9 +568,7 @@ impl RegistryClient {
                         "the registry sent {received} of {size} bytes"
                     )));
                 }
-                file.flush().await.map_err(|e| {
-                    HttpError::permanent(format!("{}: {e}", staging.path().display()))
-                })?;
+                file.flush().await.map_err(disk_error)?;
                 meter.finish();
                 let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
                 Ok((staging, actual))
