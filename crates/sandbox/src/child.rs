@@ -218,6 +218,7 @@ pub(crate) fn spawn(program: &Program, flags: c_int, fds: Fds) -> std::io::Resul
         Some(exec) => (null_terminated(&exec.argv), null_terminated(&exec.envp)),
         None => (vec![std::ptr::null()], vec![std::ptr::null()]),
     };
+    let scrub = process_areas();
     let clone_flags = c_ulong::try_from(flags | libc::SIGCHLD).unwrap_or(0);
     // SAFETY: a clone without CLONE_VM and without a new stack behaves as fork(2): the child
     // gets a copy of this thread's memory and runs on, returning 0. From there the child only
@@ -228,10 +229,53 @@ pub(crate) fn spawn(program: &Program, flags: c_int, fds: Fds) -> std::io::Resul
         return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: we are the child of the clone above, single-threaded; see `init`.
-        unsafe { init(program, &argv, &envp, fds) }
+        // SAFETY: we are the child of the clone above, single-threaded; see `init`. The
+        // areas are this process's own argument and environment strings (from the kernel's
+        // record of them), which the child's copy of memory holds and nothing reads again.
+        unsafe {
+            if let Some(areas) = &scrub {
+                scrub_areas(areas);
+            }
+            init(program, &argv, &envp, fds)
+        }
     }
     Ok(libc::pid_t::try_from(pid).unwrap_or(-1))
+}
+
+/// Where the kernel keeps this process's command line and environment strings
+/// (`/proc/self/stat` fields 48 to 51): `[arg_start, arg_end, env_start, env_end]`.
+fn process_areas() -> Option<[usize; 4]> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: the first
+    // is field 3.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<usize>().ok();
+    let areas = [field(48)?, field(49)?, field(50)?, field(51)?];
+    (areas[0] < areas[1] && areas[2] <= areas[3]).then_some(areas)
+}
+
+/// The name the step's init shows as its command line (`/proc/1/cmdline`).
+const INIT_NAME: &[u8] = b"strata-init\0";
+
+/// Overwrites the executor's command line and environment in this (cloned) process, so the
+/// step's PID 1 shows none of the builder's arguments (`--build-arg` values, paths) or its
+/// environment (credentials) in `/proc/1/cmdline` and `/proc/1/environ`.
+unsafe fn scrub_areas(areas: &[usize; 4]) {
+    let [arg_start, arg_end, env_start, env_end] = *areas;
+    // SAFETY: both ranges lie in the initial stack mapping, which is writable and private
+    // to this process after the clone.
+    unsafe {
+        std::ptr::write_bytes(arg_start as *mut u8, 0, arg_end - arg_start);
+        std::ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start);
+        if arg_end - arg_start >= INIT_NAME.len() {
+            std::ptr::copy_nonoverlapping(
+                INIT_NAME.as_ptr(),
+                arg_start as *mut u8,
+                INIT_NAME.len(),
+            );
+        }
+    }
 }
 
 fn errno() -> i32 {

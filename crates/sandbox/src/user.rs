@@ -58,8 +58,9 @@ pub fn chown_ids(root_dir: &Path, spec: &str) -> Result<(u32, u32)> {
             let passwd = read_database(root_dir, "/etc/passwd")?.unwrap_or_default();
             passwd_entries(&passwd)
                 .find(|e| e.name == user_part)
-                .map(|e| e.id)
                 .ok_or_else(|| fail(format!("no user named `{user_part}` in /etc/passwd")))?
+                .ids("/etc/passwd", spec)?
+                .0
         }
     };
     let gid = match group_part {
@@ -70,8 +71,9 @@ pub fn chown_ids(root_dir: &Path, spec: &str) -> Result<(u32, u32)> {
                 let groups = read_database(root_dir, "/etc/group")?.unwrap_or_default();
                 group_entries(&groups)
                     .find(|e| e.name == group)
-                    .map(|e| e.id)
                     .ok_or_else(|| fail(format!("no group named `{group}` in /etc/group")))?
+                    .ids("/etc/group", spec)?
+                    .0
             }
         },
     };
@@ -93,37 +95,75 @@ fn read_database(root_dir: &Path, path: &str) -> Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&text).into_owned()))
 }
 
+/// One line of `/etc/passwd` or `/etc/group`. A numeric field that does not parse is kept as
+/// `None`: such an entry is an error when it is the one asked for and is skipped otherwise,
+/// never read as id 0 (root).
 struct Entry<'a> {
     name: &'a str,
-    id: u32,
-    /// passwd: the primary gid; group: unused.
-    gid: u32,
+    /// The line, from 1, for errors.
+    line: usize,
+    /// The uid (passwd) or gid (group) field as written, and its value when it is a number.
+    id_text: &'a str,
+    id: Option<u32>,
+    /// passwd: the primary gid field (missing is 0, as runc reads it); group: unused.
+    gid_text: &'a str,
+    gid: Option<u32>,
     /// passwd: the home directory; group: the member list.
     rest: &'a str,
 }
 
-fn passwd_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
-    text.lines().filter_map(|line| {
+impl Entry<'_> {
+    /// The ids of an entry that was asked for, or the error that names its line.
+    fn ids(&self, database: &str, spec: &str) -> Result<(u32, u32)> {
+        let bad = |field: &str, text: &str| Error::User {
+            user: spec.to_owned(),
+            reason: format!(
+                "{database} line {}: the {field} `{text}` of `{}` is not a number",
+                self.line, self.name
+            ),
+        };
+        let id = self.id.ok_or_else(|| bad("id", self.id_text))?;
+        let gid = self.gid.ok_or_else(|| bad("group id", self.gid_text))?;
+        Ok((id, gid))
+    }
+}
+
+fn entries(text: &str, passwd: bool) -> impl Iterator<Item = Entry<'_>> {
+    text.lines().enumerate().filter_map(move |(index, line)| {
         let fields: Vec<&str> = line.trim().split(':').collect();
-        (fields.len() >= 3 && !fields[0].is_empty()).then(|| Entry {
+        if fields.len() < 3 || fields[0].is_empty() {
+            return None;
+        }
+        let gid_text = if passwd {
+            fields.get(3).copied().unwrap_or("")
+        } else {
+            "0"
+        };
+        Some(Entry {
             name: fields[0],
-            id: fields[2].parse().unwrap_or(0),
-            gid: fields.get(3).and_then(|g| g.parse().ok()).unwrap_or(0),
-            rest: fields.get(5).copied().unwrap_or(""),
+            line: index + 1,
+            id_text: fields[2],
+            id: fields[2].parse().ok(),
+            gid_text,
+            gid: if gid_text.is_empty() {
+                Some(0)
+            } else {
+                gid_text.parse().ok()
+            },
+            rest: fields
+                .get(if passwd { 5 } else { 3 })
+                .copied()
+                .unwrap_or(""),
         })
     })
 }
 
+fn passwd_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
+    entries(text, true)
+}
+
 fn group_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
-    text.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.trim().split(':').collect();
-        (fields.len() >= 3 && !fields[0].is_empty()).then(|| Entry {
-            name: fields[0],
-            id: fields[2].parse().unwrap_or(0),
-            gid: 0,
-            rest: fields.get(3).copied().unwrap_or(""),
-        })
-    })
+    entries(text, false)
 }
 
 fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ExecUser> {
@@ -146,15 +186,14 @@ fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<E
     };
     let matched = passwd.and_then(|text| {
         passwd_entries(text).find(|e| match (user_arg, uid_arg) {
-            ("", _) => e.id == 0,
-            (_, Some(uid)) => e.id == uid,
+            ("", _) => e.id == Some(0),
+            (_, Some(uid)) => e.id == Some(uid),
             (name, None) => e.name == name,
         })
     });
     let mut matched_name = None;
     if let Some(entry) = matched {
-        user.uid = entry.id;
-        user.gid = entry.gid;
+        (user.uid, user.gid) = entry.ids("/etc/passwd", spec)?;
         user.home = if entry.rest.is_empty() {
             "/".to_owned()
         } else {
@@ -175,22 +214,24 @@ fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<E
             // The primary group first, as Docker and buildah give it, then memberships.
             user.groups = vec![user.gid];
             for g in group_entries(text) {
+                // A malformed group is skipped, never read as group 0.
+                let Some(id) = g.id else { continue };
                 if g.rest.split(',').any(|member| member.trim() == name)
-                    && !user.groups.contains(&g.id)
+                    && !user.groups.contains(&id)
                 {
-                    user.groups.push(g.id);
+                    user.groups.push(id);
                 }
             }
         }
     } else {
         let found = group.and_then(|text| {
             group_entries(text).find(|g| match gid_arg {
-                Some(gid) => g.id == gid,
+                Some(gid) => g.id == Some(gid),
                 None => g.name == group_arg,
             })
         });
         user.gid = match (found, gid_arg) {
-            (Some(entry), _) => entry.id,
+            (Some(entry), _) => entry.ids("/etc/group", spec)?.0,
             (None, Some(gid)) => gid,
             (None, None) => {
                 return Err(fail(match group {
@@ -258,6 +299,46 @@ mod tests {
         let err = resolve_in("app", None, None).unwrap_err().to_string();
         assert!(err.contains("no /etc/passwd"), "{err}");
         assert_eq!(resolve_in("7", None, None).unwrap().uid, 7);
+    }
+
+    /// A malformed id never becomes root: it is an error naming the file and line when it is
+    /// the entry asked for, and the entry is skipped otherwise.
+    #[test]
+    fn malformed_ids_are_errors_never_root() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nbad:x:12ab:1000::/:/bin/sh\n\
+                      badgid:x:1001:zz::/:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
+        let group = "root:x:0:\nweird:x:9x9:app\nstaff:x:50:app\n";
+        for spec in ["bad", "badgid", "app:weird"] {
+            match resolve_in(spec, Some(passwd), Some(group)) {
+                Err(Error::User { reason, .. }) => {
+                    assert!(reason.contains(" line "), "{spec}: {reason}");
+                    assert!(reason.contains("is not a number"), "{spec}: {reason}");
+                }
+                other => panic!("{spec}: expected a user error, got {other:?}"),
+            }
+        }
+        let err = resolve_in("bad", Some(passwd), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/passwd line 2"), "{err}");
+        // Asked for by number or by another name: the malformed lines are skipped.
+        let app = resolve_in("app", Some(passwd), Some(group)).unwrap();
+        assert_eq!((app.uid, app.gid, app.groups), (1000, 1000, vec![1000, 50]));
+        let numeric = resolve_in("12", Some(passwd), Some(group)).unwrap();
+        assert_eq!((numeric.uid, numeric.gid), (12, 0));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), passwd).unwrap();
+        std::fs::write(dir.path().join("etc/group"), group).unwrap();
+        assert!(matches!(
+            chown_ids(dir.path(), "bad"),
+            Err(Error::User { .. })
+        ));
+        assert!(matches!(
+            chown_ids(dir.path(), "app:weird"),
+            Err(Error::User { .. })
+        ));
+        assert_eq!(chown_ids(dir.path(), "app:staff").unwrap(), (1000, 50));
     }
 
     #[test]

@@ -207,6 +207,29 @@ fn dev_proc_sys_and_etc_are_provided_without_entering_the_root() {
     assert_eq!(tree(&root.path()), before);
 }
 
+/// The step's PID 1 is a clone of the builder: its command line and environment must show
+/// nothing of the builder's (arguments such as `--build-arg` values, credentials).
+#[test]
+fn the_steps_init_shows_nothing_of_the_builders_command_line_or_environment() {
+    let root = Root::new();
+    let exe = std::env::current_exe().unwrap();
+    let exe_name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    let ran = run(&root.sh(
+        "od -An -c /proc/1/cmdline | tr -d ' \\n'; echo; tr '\\0' '\\n' < /proc/1/environ | grep -c . || true",
+    ));
+    assert!(ran.outcome.status.success(), "{}", ran.stderr);
+    let mut lines = ran.stdout.lines();
+    let cmdline = lines.next().unwrap();
+    assert!(cmdline.starts_with("strata-init\\0"), "{cmdline}");
+    assert!(!cmdline.contains(&exe_name), "{cmdline}");
+    assert_eq!(
+        lines.next(),
+        Some("0"),
+        "PID 1 shows an environment: {}",
+        ran.stdout
+    );
+}
+
 #[test]
 fn processes_left_in_the_background_are_killed_when_the_step_ends() {
     let root = Root::new();
