@@ -62,6 +62,7 @@ pub struct Build {
     secrets: BTreeMap<String, Secret>,
     named_contexts: BTreeMap<String, String>,
     uncached: Vec<String>,
+    max_download: u64,
 }
 
 impl std::fmt::Debug for Build {
@@ -102,6 +103,7 @@ impl Build {
             secrets: BTreeMap::new(),
             named_contexts: BTreeMap::new(),
             uncached: Vec::new(),
+            max_download: strata_registry::DEFAULT_DOWNLOAD_LIMIT,
         }
     }
 
@@ -165,6 +167,13 @@ impl Build {
     /// `--single-snapshot`); steps are still cached one by one.
     pub fn single_snapshot(mut self, on: bool) -> Build {
         self.single_snapshot = on;
+        self
+    }
+
+    /// The most bytes one download (`ADD https://…`) may bring (default 10 GiB): a server
+    /// that sends more ends the build with an error, and nothing of it is kept.
+    pub fn max_download_size(mut self, bytes: u64) -> Build {
+        self.max_download = bytes;
         self
     }
 
@@ -332,15 +341,25 @@ impl Build {
         let mut registry = self
             .registry
             .unwrap_or_else(|| RegistryClient::builder().build());
-        if let Some(sink) = self.events.clone() {
+        if self.events.is_some() || crate::failpoint::any() {
+            let sink = self.events.clone();
             registry = registry.with_progress(Arc::new(move |t: &strata_registry::Transfer| {
-                sink(&Event::Transfer {
-                    reference: t.reference.clone(),
-                    digest: t.digest.clone(),
-                    push: t.direction == strata_registry::Direction::Push,
-                    done: t.done,
-                    total: t.total,
-                })
+                let push = t.direction == strata_registry::Direction::Push;
+                if !push && t.done == t.total {
+                    crate::failpoint::hit("blob-staged");
+                }
+                if push && t.done > 0 && t.done < t.total {
+                    crate::failpoint::hit("mid-push");
+                }
+                if let Some(sink) = &sink {
+                    sink(&Event::Transfer {
+                        reference: t.reference.clone(),
+                        digest: t.digest.clone(),
+                        push,
+                        done: t.done,
+                        total: t.total,
+                    })
+                }
             }));
         }
         let remote = match (&self.cache_repo, &cache) {
@@ -380,6 +399,7 @@ impl Build {
                 ignore_paths: self.ignore_paths,
                 named_contexts,
                 uncached: self.uncached,
+                max_download: self.max_download,
             },
             self.events,
             runtime,

@@ -97,9 +97,18 @@ impl Context {
                 (dir.path().to_owned(), Some(dir))
             }
         };
+        // The context's own `.dockerignore`: absent is fine, unreadable (not UTF-8, a
+        // directory, no permission) is an error, never "no exclusions".
         let own = match ignore {
             Some(_) => None,
-            None => fs::read_to_string(root.join(".dockerignore")).ok(),
+            None => {
+                let path = root.join(".dockerignore");
+                match fs::read_to_string(&path) {
+                    Ok(text) => Some(text),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Error::io(&path)(e)),
+                }
+            }
         };
         let ignore = match ignore.or(own.as_deref()) {
             Some(text) => Dockerignore::parse(text)
@@ -132,6 +141,26 @@ impl Context {
     /// Whether `path` (relative) is left out by `.dockerignore`.
     pub(crate) fn excluded(&self, path: &str) -> bool {
         !path.is_empty() && self.ignore.is_excluded(path)
+    }
+
+    /// Whether `.dockerignore` leaves anything out.
+    pub(crate) fn ignores_anything(&self) -> bool {
+        !self.ignore.patterns().is_empty()
+    }
+
+    /// Copies `source` to the new path `dest` with only what `.dockerignore` lets through
+    /// (a private view of the context for `RUN --mount=type=bind`).
+    pub(crate) fn copy_out(&self, source: &Source, dest: &Path) -> Result<()> {
+        let from = self.root.join(&source.path);
+        let meta = fs::symlink_metadata(&from).map_err(Error::io(&from))?;
+        let mut dirs = Vec::new();
+        crate::run::copy_entry(&from, dest, &meta, &mut dirs)?;
+        if source.is_dir {
+            for (path, meta) in self.walk(&source.path, &[])? {
+                crate::run::copy_entry(&from.join(&path), &dest.join(&path), &meta, &mut dirs)?;
+            }
+        }
+        crate::run::finish_dirs(dirs)
     }
 
     /// What a walk below `roots` does with each path: `.dockerignore` applies to paths of
@@ -258,13 +287,23 @@ impl Context {
                     }
                     continue;
                 }
-                let Ok(entries) = fs::read_dir(&full) else {
-                    continue;
+                // A directory that cannot be read is an error naming it, never "no matches".
+                let entries = match fs::read_dir(&full) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(&full)(e)),
                 };
-                let mut names: Vec<String> = entries
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect();
+                let mut names: Vec<String> = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(Error::io(&full))?;
+                    let name = entry.file_name().into_string().map_err(|name| {
+                        Error::Context(format!(
+                            "{}: file names must be UTF-8 to be matched by `{pattern}`",
+                            full.join(name).display()
+                        ))
+                    })?;
+                    names.push(name);
+                }
                 names.sort();
                 for name in names {
                     let matched = match_path(part, &name)

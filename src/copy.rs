@@ -55,10 +55,7 @@ impl Engine {
         }
         let mut downloads = Vec::new();
         for url in &urls {
-            downloads.push((
-                url.clone(),
-                crate::download::download(url, &self.work, checksum)?,
-            ));
+            downloads.push((url.clone(), crate::download::download(self, url, checksum)?));
         }
         let chmod = copy.chmod.as_deref().map(Chmod::parse).transpose()?;
         // Where the files come from, and their content digests for the key.
@@ -375,9 +372,14 @@ fn file_entry(
         EntryKind::Dir
     } else if meta.file_type().is_symlink() {
         let target = fs::read_link(full).map_err(Error::io(full))?;
-        EntryKind::Symlink {
-            target: target.to_string_lossy().into_owned(),
-        }
+        // Converted exactly or refused: a lossy target would point somewhere else.
+        let target = target.into_os_string().into_string().map_err(|_| {
+            Error::Context(format!(
+                "{}: the symbolic link's target is not UTF-8",
+                full.display()
+            ))
+        })?;
+        EntryKind::Symlink { target }
     } else if meta.is_file() {
         EntryKind::File {
             source: full.to_owned(),

@@ -1,12 +1,7 @@
 //! `ADD`'s http(s) sources: streamed to a file in the build's scratch directory, hashed on
 //! the way, checked against `--checksum`, never extracted (as Docker).
 
-use std::io::{Read, Write};
-use std::path::Path;
-use std::time::Duration;
-
-use sha2::{Digest, Sha256};
-
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 
 /// A downloaded `ADD` source.
@@ -29,44 +24,20 @@ pub(crate) fn is_url(source: &str) -> bool {
     source.starts_with("http://") || source.starts_with("https://")
 }
 
-/// Downloads `url` into `dir`, checking `checksum` (`sha256:<hex>`) when given.
-pub(crate) fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Download> {
+/// Downloads `url` into the build's scratch directory with the registry client's HTTP
+/// settings (TLS, proxies, timeouts) and the build's size limit, checking `checksum`
+/// (`sha256:<hex>`) when given.
+pub(crate) fn download(engine: &Engine, url: &str, checksum: Option<&str>) -> Result<Download> {
     let fail = |message: String| Error::Invalid(format!("ADD {url}: {message}"));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_body(Some(Duration::from_secs(300)))
-        .max_redirects(10)
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(fail(format!("HTTP {status}")));
-    }
-    let mtime = response
-        .headers()
-        .get("Last-Modified")
-        .and_then(|v| v.to_str().ok())
-        .and_then(http_date);
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
-    let mut reader = response.into_body().into_reader();
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fail(format!("reading the body: {e}"))),
-        };
-        hasher.update(&buffer[..n]);
-        file.write_all(&buffer[..n])
-            .map_err(Error::io(file.path()))?;
-        size += n as u64;
-    }
-    let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let fetched = engine.runtime.block_on(engine.registry.fetch_url(
+        url,
+        &engine.work,
+        engine.opts.max_download,
+    ))?;
+    let mtime = fetched.last_modified.as_deref().and_then(http_date);
+    let file = fetched.file;
+    let size = fetched.size;
+    let digest = fetched.digest;
     if let Some(expected) = checksum
         && expected != digest
     {

@@ -71,6 +71,8 @@ pub(crate) struct Options {
     /// Instructions (upper case) whose layers are neither looked up in nor recorded to the
     /// cache (`--cache-run-layers=false`, `--cache-copy-layers=false`).
     pub uncached: Vec<String>,
+    /// The most bytes one `ADD` download may bring.
+    pub max_download: u64,
 }
 
 /// An image in the making: what a stage has built so far.
@@ -677,7 +679,10 @@ impl Engine {
             .allow_devices(true)
             .expect_diff_id(Some(layer.diff_id.clone()))
             .media_type(Some(layer.media_type.clone()))
-            .apply(BufReader::with_capacity(1 << 20, file), dir)?;
+            .apply(
+                crate::failpoint::Halfway::new(BufReader::with_capacity(1 << 20, file), layer.size),
+                dir,
+            )?;
         Ok(())
     }
 
@@ -851,6 +856,7 @@ impl Engine {
                 created_unix: 0,
             };
             store.record(&entry, blob.as_deref())?;
+            crate::failpoint::hit("cache-entry-written");
             store.remember(&at.id, &key.inputs)?;
             if let Some(remote) = &self.remote {
                 remote.record(&entry, blob.as_deref())?;

@@ -47,6 +47,7 @@ mod download;
 mod engine;
 mod error;
 mod event;
+pub mod failpoint;
 mod image;
 mod run;
 mod state;

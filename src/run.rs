@@ -4,9 +4,8 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use strata_cache::KeyBuilder;
 use strata_dockerfile::{
     CommandLine, Instruction, MountType, Network as RunNetwork, Run, Security,
@@ -80,6 +79,10 @@ impl Engine {
         // Mounts: what they are for the key, and what the sandbox gets.
         let mut mounts = Vec::new();
         let mut secret_env: Vec<(String, String)> = Vec::new();
+        // Secrets from environment variables that must be files: kept in memory-backed
+        // storage, removed when this function returns.
+        let mut secret_files: Vec<tempfile::NamedTempFile> = Vec::new();
+        let mut bind_copies: Vec<(usize, BindCopy)> = Vec::new();
         for mount in &run.mounts {
             let target = if mount.target.starts_with('/') {
                 mount.target.clone()
@@ -90,7 +93,10 @@ impl Engine {
             match mount.kind {
                 MountType::Bind => {
                     let source = mount.source.clone().unwrap_or_default();
-                    let host = match &mount.from {
+                    // The step sees a throwaway copy when it may write (writes never reach the
+                    // context or the source stage) or when `.dockerignore` hides part of the
+                    // context (the step sees only what COPY could see).
+                    let (host, copy) = match &mount.from {
                         None => {
                             let sources = self.context.sources(std::slice::from_ref(&source))?;
                             let mut memo = self
@@ -99,8 +105,14 @@ impl Engine {
                                 .map_err(|_| Error::Task("context memo poisoned".to_owned()))?;
                             let digest = self.context.digest(&sources, &[], &mut memo)?;
                             key = key.file(&format!("mount {target}"), &digest.digest);
-                            let first = sources.first().map(|s| s.path.clone()).unwrap_or_default();
-                            self.context.root().join(first)
+                            let first = sources.into_iter().next().ok_or_else(|| {
+                                Error::Context(format!("`{source}` matches nothing to mount"))
+                            })?;
+                            let host = self.context.root().join(&first.path);
+                            let filtered = self.context.ignores_anything();
+                            let copy =
+                                (!mount.readonly || filtered).then_some(BindCopy::Context(first));
+                            (host, copy)
                         }
                         Some(from) => {
                             let stage = self.source_stage(from, at)?;
@@ -109,9 +121,14 @@ impl Engine {
                             }
                             let dir = self.stage_rootfs(&stage)?;
                             let inner = strata_sandbox::resolve_in_root(&dir, &source)?;
-                            dir.join(inner.trim_start_matches('/'))
+                            let host = dir.join(inner.trim_start_matches('/'));
+                            let copy = (!mount.readonly).then(|| BindCopy::Tree(host.clone()));
+                            (host, copy)
                         }
                     };
+                    if let Some(copy) = copy {
+                        bind_copies.push((mounts.len(), copy));
+                    }
                     let m = SandboxMount::bind(host, target);
                     mounts.push(if mount.readonly { m } else { m.read_write() });
                 }
@@ -148,11 +165,16 @@ impl Engine {
                             let value = std::env::var(var).map_err(|_| {
                                 Error::Invalid(format!("secret {id}: ${var} is not set"))
                             })?;
-                            let path = self.work.join(format!(
-                                "secret-{}",
-                                hex::encode(Sha256::digest(id.as_bytes()))
-                            ));
-                            write_private(&path, value.as_bytes())?;
+                            if let Some(name) =
+                                mount.env.as_ref().filter(|_| mount.target.is_empty())
+                            {
+                                // Only an environment variable: no file at all.
+                                secret_env.push((name.clone(), value));
+                                continue;
+                            }
+                            let file = private_file(&self.work, value.as_bytes())?;
+                            let path = file.path().to_owned();
+                            secret_files.push(file);
                             path
                         }
                         None if mount.required => {
@@ -211,6 +233,20 @@ impl Engine {
             .workdir(workdir)
             .user(user)
             .network(network);
+        for (index, copy) in bind_copies {
+            let dest = scratch.path().join(format!("bind-{index}"));
+            match copy {
+                BindCopy::Context(source) => self.context.copy_out(&source, &dest)?,
+                BindCopy::Tree(host) => copy_tree(&host, &dest)?,
+            }
+            if let Some(SandboxMount {
+                kind: strata_sandbox::MountKind::Bind { source, .. },
+                ..
+            }) = mounts.get_mut(index)
+            {
+                *source = dest;
+            }
+        }
         for mount in mounts {
             step = step.mount(mount);
         }
@@ -310,17 +346,95 @@ fn check_outcome(
     })
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// What a bind mount gets a private copy of.
+enum BindCopy {
+    /// A source of the build context, filtered by `.dockerignore`.
+    Context(crate::context::Source),
+    /// A file or directory of a stage's root filesystem.
+    Tree(PathBuf),
+}
+
+/// A private file (mode 0600) holding `bytes`, in `/dev/shm` when it is writable (a secret
+/// never touches a disk), else in `fallback`; removed when dropped.
+fn private_file(fallback: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(Error::io(path))?;
-    file.write_all(bytes).map_err(Error::io(path))
+    use std::os::unix::fs::PermissionsExt;
+    let shm = Path::new("/dev/shm");
+    let mut file = tempfile::Builder::new()
+        .prefix("strata-secret-")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(shm)
+        .or_else(|_| {
+            tempfile::Builder::new()
+                .prefix("secret-")
+                .permissions(fs::Permissions::from_mode(0o600))
+                .tempfile_in(fallback)
+        })
+        .map_err(Error::io(fallback))?;
+    file.write_all(bytes).map_err(Error::io(file.path()))?;
+    Ok(file)
+}
+
+/// Copies the file or directory `from` to `to` (a new path): directories with their modes,
+/// symbolic links as links, regular files with their contents (a reflink where the
+/// filesystem offers one), owners kept where the caller may set them; other kinds are left
+/// out.
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(from).map_err(Error::io(from))?;
+    let mut dirs = Vec::new();
+    copy_entry(from, to, &meta, &mut dirs)?;
+    let mut stack = vec![(from.to_owned(), to.to_owned())];
+    while meta.is_dir()
+        && let Some((src, dst)) = stack.pop()
+    {
+        for entry in fs::read_dir(&src).map_err(Error::io(&src))? {
+            let entry = entry.map_err(Error::io(&src))?;
+            let meta = entry.metadata().map_err(Error::io(entry.path()))?;
+            let target = dst.join(entry.file_name());
+            copy_entry(&entry.path(), &target, &meta, &mut dirs)?;
+            if meta.is_dir() {
+                stack.push((entry.path(), target));
+            }
+        }
+    }
+    finish_dirs(dirs)
+}
+
+/// One entry of a copy. Directories are made writable for the copy; their own modes are
+/// set by [`finish_dirs`] once their contents are in.
+pub(crate) fn copy_entry(
+    from: &Path,
+    to: &Path,
+    meta: &fs::Metadata,
+    dirs: &mut Vec<(PathBuf, u32)>,
+) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        fs::create_dir(to).map_err(Error::io(to))?;
+        fs::set_permissions(to, fs::Permissions::from_mode(0o700)).map_err(Error::io(to))?;
+        dirs.push((to.to_owned(), meta.mode() & 0o7777));
+    } else if kind.is_symlink() {
+        let target = fs::read_link(from).map_err(Error::io(from))?;
+        std::os::unix::fs::symlink(target, to).map_err(Error::io(to))?;
+    } else if kind.is_file() {
+        fs::copy(from, to).map_err(Error::io(to))?;
+    } else {
+        return Ok(());
+    }
+    // Not allowed for an ordinary user: the copy is then theirs, as the files would be.
+    let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
+    Ok(())
+}
+
+/// Gives copied directories their modes, deepest first.
+pub(crate) fn finish_dirs(mut dirs: Vec<(PathBuf, u32)>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (dir, mode) in dirs {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(Error::io(&dir))?;
+    }
+    Ok(())
 }
 
 /// A secret's value for an environment variable (at most 1 MiB, UTF-8).

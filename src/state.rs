@@ -19,22 +19,43 @@ use strata_registry::Layout;
 
 use crate::error::{Error, Result};
 
-/// A build's scratch directory and the lock that says it is in use.
+/// A build's scratch directory and the lock that says it is in use. The directory is created
+/// under a private name, locked, and only then renamed to its `build-` name, so a sweeper or
+/// the state check never sees a build directory whose lock is not held. Dropping it removes
+/// the directory while the lock is still held.
 #[derive(Debug)]
 pub(crate) struct WorkDir {
-    dir: tempfile::TempDir,
+    path: PathBuf,
     _lock: fs::File,
 }
 
 impl WorkDir {
     pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 }
 
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if fs::remove_dir_all(&self.path).is_err() {
+            detach_mounts(&self.path);
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The prefix of scratch directories that are being set up (not yet locked and renamed).
+const NEW_PREFIX: &str = ".new-build-";
+/// How long a directory being set up may stay unlocked before a sweeper takes it for the
+/// remains of a build killed during setup.
+const SETUP_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Whether the scratch directory `dir` belongs to a build that still runs (it holds the
-/// directory's lock).
+/// directory's lock), or is one being set up right now.
 pub(crate) fn is_live_build(dir: &Path) -> bool {
+    if is_being_set_up(dir) {
+        return true;
+    }
     match fs::File::open(dir.join(".lock")) {
         Ok(lock) => {
             rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
@@ -43,29 +64,40 @@ pub(crate) fn is_live_build(dir: &Path) -> bool {
     }
 }
 
+/// A directory under its private setup name, younger than the grace period.
+fn is_being_set_up(dir: &Path) -> bool {
+    let private = dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(NEW_PREFIX));
+    private
+        && fs::symlink_metadata(dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < SETUP_GRACE)
+}
+
 /// Removes the scratch directories of builds that no longer run.
-fn sweep(tmp: &Path) {
+pub(crate) fn sweep(tmp: &Path) {
     let Ok(entries) = fs::read_dir(tmp) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_build = entry.file_name().to_string_lossy().starts_with("build-");
-        if !is_build || !path.is_dir() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.starts_with("build-") || name.starts_with(NEW_PREFIX);
+        if !ours || !path.is_dir() || is_being_set_up(&path) {
             continue;
         }
+        // A `build-` directory always has its lock file (it was locked before the rename);
+        // one without is a leftover of an older strata, or of a crash during setup.
         let stale = match fs::File::open(path.join(".lock")) {
             Ok(lock) => {
                 rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
                     .is_ok()
             }
-            // No lock yet: just created by a build starting now, unless it is old.
-            Err(_) => entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() > 600),
+            Err(_) => true,
         };
         if !stale {
             continue;
@@ -133,15 +165,27 @@ impl State {
     pub(crate) fn work_dir(&self) -> Result<WorkDir> {
         let tmp = self.root.join("tmp");
         sweep(&tmp);
-        let dir = tempfile::Builder::new()
-            .prefix("build-")
+        let setup = tempfile::Builder::new()
+            .prefix(NEW_PREFIX)
             .tempdir_in(&tmp)
             .map_err(Error::io(&tmp))?;
-        let lock_path = dir.path().join(".lock");
+        let lock_path = setup.path().join(".lock");
         let lock = fs::File::create(&lock_path).map_err(Error::io(&lock_path))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| Error::io(&lock_path)(e.into()))?;
-        Ok(WorkDir { dir, _lock: lock })
+        let suffix = setup
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy()[NEW_PREFIX.len()..].to_owned())
+            .unwrap_or_default();
+        let path = tmp.join(format!("build-{suffix}"));
+        // Locked: now the directory may be seen under its build name.
+        let setup = setup.keep();
+        if let Err(e) = fs::rename(&setup, &path) {
+            let _ = fs::remove_dir_all(&setup);
+            return Err(Error::io(&path)(e));
+        }
+        Ok(WorkDir { path, _lock: lock })
     }
 
     /// The directory of the cache mount `id` (created, mode 0755, on first use).
@@ -171,5 +215,80 @@ impl State {
         let path = dir.join(name);
         tmp.persist(&path).map_err(|e| Error::io(&path)(e.error))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Builds starting while others sweep: no build may lose its directory. (Before the
+    /// directories were locked under a private name, a sweeper could take the lock between
+    /// a build's `create` of the lock file and its `flock`, and remove the directory.)
+    #[test]
+    fn sweeping_never_removes_a_starting_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let sweepers: Vec<_> = (0..2)
+            .map(|_| {
+                let tmp = state.root().join("tmp");
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        sweep(&tmp);
+                    }
+                })
+            })
+            .collect();
+        let builders: Vec<_> = (0..4)
+            .map(|_| {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..400 {
+                        let work = state.work_dir().unwrap();
+                        let file = work.path().join("rootfs-0");
+                        fs::create_dir(&file).unwrap_or_else(|e| {
+                            panic!("{}: {e} (swept while in use)", file.display())
+                        });
+                        assert!(file.is_dir(), "{} vanished", file.display());
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<_> = builders.into_iter().map(|b| b.join()).collect();
+        done.store(true, Ordering::Relaxed);
+        for s in sweepers {
+            s.join().unwrap();
+        }
+        for result in results {
+            result.unwrap();
+        }
+        let left: Vec<_> = fs::read_dir(state.root().join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
+    }
+
+    #[test]
+    fn a_killed_build_is_swept_and_a_setup_in_progress_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let tmp = state.root().join("tmp");
+        let killed = tmp.join("build-killed");
+        fs::create_dir(&killed).unwrap();
+        fs::write(killed.join(".lock"), "").unwrap();
+        let setting_up = tmp.join(format!("{NEW_PREFIX}abc"));
+        fs::create_dir(&setting_up).unwrap();
+        let live = state.work_dir().unwrap();
+        assert!(!killed.exists(), "an unlocked build directory is swept");
+        assert!(
+            setting_up.exists(),
+            "a directory being set up is left alone"
+        );
+        assert!(is_live_build(live.path()) && is_live_build(&setting_up));
+        let path = live.path().to_owned();
+        drop(live);
+        assert!(!path.exists(), "a finished build removes its directory");
     }
 }

@@ -170,6 +170,106 @@ fn child_build() {
         )
         .unwrap();
     println!("digest={}", image.digest());
+    if let Ok(target) = std::env::var(format!("{CHILD}_PUSH")) {
+        let pushed = runtime.block_on(image.push(&target)).unwrap();
+        println!("pushed={pushed}");
+    }
+}
+
+/// The cold build the kill tests interrupt: a pull, extraction for RUN, COPY and RUN layers
+/// with cache entries, and a 3 MiB layer (so a push reports progress part-way).
+fn kill_test_dockerfile(fx: &Fixture) -> String {
+    format!(
+        "FROM {}\nCOPY files /files\nRUN echo made > /made && ls /files | wc -l > /count\nCOPY big /big\nRUN cat /count\n",
+        fx.base
+    )
+}
+
+fn kill_test_context() -> tempfile::TempDir {
+    let mut context = ContextBuilder::new().file("big", noise(3 << 20, 3));
+    for i in 0..200 {
+        context = context.file(format!("files/{i}"), format!("{i}\n"));
+    }
+    context.build().unwrap()
+}
+
+/// The line `name=VALUE` of a child build's standard output, after checking it succeeded.
+fn child_output(output: std::process::Output, name: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let prefix = format!("{name}=");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .unwrap()
+}
+
+/// Every named failpoint, hit on every run: the build is killed exactly there, and the next
+/// build in the same state directory (and push to the same repository) gives the same
+/// digest with a clean state check.
+#[test]
+fn builds_killed_at_every_failpoint_leave_a_state_the_next_build_uses() {
+    use std::os::unix::process::ExitStatusExt;
+    if std::env::var(CHILD).is_ok() {
+        return child_build();
+    }
+    let fx = Fixture::new();
+    let context = kill_test_context();
+    let dockerfile = kill_test_dockerfile(&fx);
+    let exe = std::env::current_exe().unwrap();
+    let child = |state: &Path, push: &str| {
+        let mut command = Command::new(&exe);
+        command
+            .args([
+                "builds_killed_at_every_failpoint_leave_a_state_the_next_build_uses",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env(format!("{CHILD}_CONTEXT"), context.path())
+            .env(format!("{CHILD}_DOCKERFILE"), &dockerfile)
+            .env(format!("{CHILD}_STATE"), state)
+            .env(format!("{CHILD}_PUSH"), push)
+            .env_remove("STRATA_FAILPOINT");
+        command
+    };
+    let reference = tempfile::tempdir().unwrap();
+    let target = format!("{}/killed/reference:1", fx.registry.host());
+    let expected = child_output(child(reference.path(), &target).output().unwrap(), "digest");
+    for point in strata::failpoint::POINTS {
+        let state = tempfile::tempdir().unwrap();
+        let target = format!("{}/killed/{point}:1", fx.registry.host());
+        let killed = child(state.path(), &target)
+            .env("STRATA_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            killed.status.signal(),
+            Some(9), // SIGKILL
+            "{point}: the build must be killed at the point ({:?})\n{}",
+            killed.status,
+            String::from_utf8_lossy(&killed.stderr)
+        );
+        let check = check_state(state.path(), false).unwrap();
+        assert!(
+            check.is_clean(),
+            "{point}, after the kill: {:#?}",
+            check.faults
+        );
+        let output = child(state.path(), &target).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(child_output(output, "digest"), expected, "{point}");
+        assert!(
+            stdout.contains(&format!("pushed={expected}")),
+            "{point}: {stdout}"
+        );
+        let check = check_state(state.path(), false).unwrap();
+        assert!(check.is_clean(), "{point}: {:#?}", check.faults);
+    }
 }
 
 #[test]
@@ -178,15 +278,8 @@ fn builds_killed_at_random_points_leave_a_state_the_next_build_uses() {
         return child_build();
     }
     let fx = Fixture::new();
-    let mut context = ContextBuilder::new().file("big", noise(3 << 20, 3));
-    for i in 0..200 {
-        context = context.file(format!("files/{i}"), format!("{i}\n"));
-    }
-    let context = context.build().unwrap();
-    let dockerfile = format!(
-        "FROM {}\nCOPY files /files\nRUN echo made > /made && ls /files | wc -l > /count\nCOPY big /big\nRUN cat /count\n",
-        fx.base
-    );
+    let context = kill_test_context();
+    let dockerfile = kill_test_dockerfile(&fx);
     let exe = std::env::current_exe().unwrap();
     let child = |state: &Path| {
         let mut command = Command::new(&exe);
@@ -302,4 +395,45 @@ async fn eight_builds_share_one_state_directory_and_registry() {
     for (i, digest) in pushed.iter().enumerate() {
         assert_eq!(Some(digest), digests[i].as_ref());
     }
+}
+
+/// The eight-builds case, 30 rounds: cold rounds (a new state directory: pulls, extraction,
+/// RUN) alternate with warm ones (every step cached), and no build may ever fail. Each build
+/// starts with a sweep of the scratch directories, so this is where a build whose directory
+/// is swept under it shows up.
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_rounds_of_eight_concurrent_builds_never_fail() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a", "a\n")
+        .file("b", noise(64 << 10, 9))
+        .build()
+        .unwrap();
+    let dockerfiles: Vec<String> = (0..4)
+        .map(|i| format!("FROM {{base}}\nCOPY a /a\nRUN echo {i} > /which\nCOPY b /b{i}\n"))
+        .collect();
+    let started = Instant::now();
+    let mut state = tempfile::tempdir().unwrap();
+    let mut digests: Vec<Option<String>> = vec![None; 4];
+    for round in 0..30 {
+        if round % 2 == 0 {
+            state = tempfile::tempdir().unwrap();
+        }
+        let builds = (0..8).map(|i| {
+            let build = fx
+                .build(context.path(), &dockerfiles[i % 4])
+                .state_dir(state.path())
+                .reproducible(1_700_000_000);
+            async move { (i, run(build).await.0) }
+        });
+        for (i, result) in futures_util::future::join_all(builds).await {
+            let image = result.unwrap_or_else(|e| panic!("round {round}, build {i}: {e}"));
+            let expected = digests[i % 4].get_or_insert_with(|| image.digest().to_owned());
+            assert_eq!(expected, image.digest(), "round {round}, build {i}");
+        }
+        assert_clean(state.path());
+        let left = fs::read_dir(state.path().join("tmp")).unwrap().count();
+        assert_eq!(left, 0, "round {round}: scratch left behind");
+    }
+    eprintln!("30 rounds of 8 builds in {:?}", started.elapsed());
 }

@@ -328,6 +328,19 @@ impl RegistryClient {
             .unwrap_or_else(Credentials::from_env)
     }
 
+    /// A plain HTTP client for `host` (`name[:port]`) with this client's TLS settings,
+    /// timeouts and proxies, for downloads that are not registry requests.
+    pub(crate) fn http_client(&self, host: &str) -> std::result::Result<reqwest::Client, String> {
+        let options = SessionOptions {
+            plain: false,
+            accept_invalid_certs: self.builder.skip_tls_verify
+                || self.builder.skip_tls_verify_for.iter().any(|h| h == host),
+            ca_pems: &self.builder.ca_pems,
+            timeouts: self.builder.timeouts,
+        };
+        crate::http::http_client(&options).map_err(|e| e.message)
+    }
+
     /// The session for `reference`'s registry (plain HTTP for insecure and loopback
     /// registries, and for every pull with `insecure_pull`).
     fn session(&self, reference: &Reference, pull: bool) -> Result<Arc<Session>> {

@@ -117,6 +117,25 @@ pub(crate) struct SessionOptions<'a> {
     pub timeouts: Timeouts,
 }
 
+/// The HTTP client for `options`: strata's user agent, timeouts, the extra CA certificates,
+/// verification skipped when asked, the environment's proxies.
+pub(crate) fn http_client(options: &SessionOptions<'_>) -> Result<reqwest::Client, HttpError> {
+    let mut certificates = Vec::new();
+    for pem in options.ca_pems {
+        certificates.push(reqwest::Certificate::from_pem(pem).map_err(|e| {
+            HttpError::permanent(format!("a CA certificate is not valid PEM: {e}"))
+        })?);
+    }
+    reqwest::Client::builder()
+        .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(options.timeouts.connect)
+        .read_timeout(options.timeouts.read)
+        .tls_certs_merge(certificates)
+        .tls_danger_accept_invalid_certs(options.accept_invalid_certs)
+        .build()
+        .map_err(|e| HttpError::permanent(format!("HTTP client: {e}")))
+}
+
 impl Session {
     pub(crate) fn new(
         registry: &str,
@@ -133,20 +152,7 @@ impl Session {
         let base = Url::parse(&format!("{scheme}://{host}/")).map_err(|e| {
             HttpError::permanent(format!("registry `{registry}` is not a valid host: {e}"))
         })?;
-        let mut certificates = Vec::new();
-        for pem in options.ca_pems {
-            certificates.push(reqwest::Certificate::from_pem(pem).map_err(|e| {
-                HttpError::permanent(format!("a CA certificate is not valid PEM: {e}"))
-            })?);
-        }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.timeouts.connect)
-            .read_timeout(options.timeouts.read)
-            .tls_certs_merge(certificates)
-            .tls_danger_accept_invalid_certs(options.accept_invalid_certs)
-            .build()
-            .map_err(|e| HttpError::permanent(format!("HTTP client: {e}")))?;
+        let http = http_client(&options)?;
         Ok(Session {
             http,
             base,

@@ -33,6 +33,7 @@ mod archive;
 mod auth;
 mod client;
 mod error;
+mod fetch;
 mod http;
 mod layout;
 mod manifest;
@@ -45,6 +46,7 @@ pub use archive::write_docker_archive;
 pub use auth::{Credential, Credentials, DockerConfig};
 pub use client::{ClientBuilder, Platform, PulledImage, PushReport, RegistryClient};
 pub use error::{Error, Result};
+pub use fetch::{DEFAULT_DOWNLOAD_LIMIT, Fetched};
 pub use layout::{BlobInfo, Layout, REF_NAME};
 pub use manifest::{
     DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,

@@ -153,11 +153,19 @@ impl OverlayMount {
         &self.merged
     }
 
-    /// Unmounts now, reporting failure (dropping unmounts too, ignoring failure).
+    /// Unmounts now, reporting failure (dropping unmounts too, ignoring failure). When
+    /// another process has a file or directory open below the merged view (`EBUSY`, say a
+    /// backup or an indexer walking the state directory), the mount is detached instead: it
+    /// leaves the namespace at once and goes away when the last user lets go.
     pub fn unmount(mut self) -> Result<()> {
         self.mounted = false;
-        rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty())
-            .map_err(|e| Error::io(&self.merged)(e.into()))
+        match rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty()) {
+            Err(rustix::io::Errno::BUSY) => {
+                rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH)
+            }
+            other => other,
+        }
+        .map_err(|e| Error::io(&self.merged)(e.into()))
     }
 }
 
