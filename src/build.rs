@@ -63,6 +63,7 @@ pub struct Build {
     named_contexts: BTreeMap<String, String>,
     uncached: Vec<String>,
     max_download: u64,
+    cache_repo_writes: bool,
 }
 
 impl std::fmt::Debug for Build {
@@ -104,6 +105,7 @@ impl Build {
             named_contexts: BTreeMap::new(),
             uncached: Vec::new(),
             max_download: strata_registry::DEFAULT_DOWNLOAD_LIMIT,
+            cache_repo_writes: true,
         }
     }
 
@@ -167,6 +169,13 @@ impl Build {
     /// `--single-snapshot`); steps are still cached one by one.
     pub fn single_snapshot(mut self, on: bool) -> Build {
         self.single_snapshot = on;
+        self
+    }
+
+    /// Whether steps that ran are recorded in the cache repository (default: yes). `false` is
+    /// Kaniko's `--no-push-cache`: the repository is still looked up.
+    pub fn cache_repo_writes(mut self, on: bool) -> Build {
+        self.cache_repo_writes = on;
         self
     }
 
@@ -277,21 +286,47 @@ impl Build {
     ) -> Result<(Engine, crate::state::WorkDir)> {
         let state = State::open(state_dir)?;
         let work = state.work_dir()?;
+        // .dockerignore: `<Dockerfile>.dockerignore` beside the Dockerfile first.
+        let ignore = match &self.context {
+            ContextSource::Dir(dir) => {
+                let dockerfile_path = match &self.dockerfile {
+                    DockerfileSource::Path(p) => p.clone(),
+                    _ => dir.join("Dockerfile"),
+                };
+                strata_dockerfile::ignore_file_for(dir, &dockerfile_path)
+                    .map(|p| std::fs::read_to_string(&p).map_err(Error::io(&p)))
+                    .transpose()?
+            }
+            _ => None,
+        };
+        let dir_dockerfile = match &self.context {
+            ContextSource::Dir(dir) => Some(dir.join("Dockerfile")),
+            _ => None,
+        };
+        let context = Context::open(self.context, work.path(), ignore.as_deref())?;
+        // The Dockerfile: a tar context's is inside the archive (`Dockerfile`, or a relative
+        // --dockerfile found there), as Kaniko reads it.
         let (file_name, text) = match &self.dockerfile {
             DockerfileSource::Text(text) => ("Dockerfile".to_owned(), text.clone()),
-            DockerfileSource::Path(path) => (
-                path.display().to_string(),
-                std::fs::read_to_string(path).map_err(Error::io(path))?,
-            ),
-            DockerfileSource::Default => {
-                let ContextSource::Dir(dir) = &self.context else {
-                    return Err(Error::Invalid(
-                        "a tar context needs the Dockerfile given with .dockerfile()".to_owned(),
-                    ));
+            DockerfileSource::Path(path) => {
+                let inside = context.root().join(path);
+                let path = if !context.is_dir_source() && path.is_relative() && inside.is_file() {
+                    inside
+                } else {
+                    path.clone()
                 };
-                let path = dir.join("Dockerfile");
                 (
                     path.display().to_string(),
+                    std::fs::read_to_string(&path).map_err(Error::io(&path))?,
+                )
+            }
+            DockerfileSource::Default => {
+                let (name, path) = match dir_dockerfile {
+                    Some(path) => (path.display().to_string(), path),
+                    None => ("Dockerfile".to_owned(), context.root().join("Dockerfile")),
+                };
+                (
+                    name,
                     std::fs::read_to_string(&path).map_err(Error::io(&path))?,
                 )
             }
@@ -318,20 +353,6 @@ impl Build {
             file: file_name.clone(),
             source,
         })?;
-        // .dockerignore: `<Dockerfile>.dockerignore` beside the Dockerfile first.
-        let ignore = match &self.context {
-            ContextSource::Dir(dir) => {
-                let dockerfile_path = match &self.dockerfile {
-                    DockerfileSource::Path(p) => p.clone(),
-                    _ => dir.join("Dockerfile"),
-                };
-                strata_dockerfile::ignore_file_for(dir, &dockerfile_path)
-                    .map(|p| std::fs::read_to_string(&p).map_err(Error::io(&p)))
-                    .transpose()?
-            }
-            _ => None,
-        };
-        let context = Context::open(self.context, work.path(), ignore.as_deref())?;
         let cache = if self.cache {
             Some(LocalStore::open(state.root().join("cache"))?.ttl(self.cache_ttl))
         } else {
@@ -400,6 +421,7 @@ impl Build {
                 named_contexts,
                 uncached: self.uncached,
                 max_download: self.max_download,
+                cache_repo_writes: self.cache_repo_writes,
             },
             self.events,
             runtime,

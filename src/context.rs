@@ -133,6 +133,11 @@ impl Context {
         }
     }
 
+    /// Whether the context is a directory of the caller's (not an unpacked archive).
+    pub(crate) fn is_dir_source(&self) -> bool {
+        self._unpacked.is_none()
+    }
+
     /// The context's directory.
     pub(crate) fn root(&self) -> &Path {
         &self.root

@@ -73,6 +73,9 @@ pub(crate) struct Options {
     pub uncached: Vec<String>,
     /// The most bytes one `ADD` download may bring.
     pub max_download: u64,
+    /// Whether steps that ran are recorded in the cache repository (Kaniko's
+    /// `--no-push-cache` turns it off; lookups still happen).
+    pub cache_repo_writes: bool,
 }
 
 /// An image in the making: what a stage has built so far.
@@ -858,7 +861,7 @@ impl Engine {
             store.record(&entry, blob.as_deref())?;
             crate::failpoint::hit("cache-entry-written");
             store.remember(&at.id, &key.inputs)?;
-            if let Some(remote) = &self.remote {
+            if let Some(remote) = self.remote.as_ref().filter(|_| self.opts.cache_repo_writes) {
                 remote.record(&entry, blob.as_deref())?;
             }
         }
@@ -1077,7 +1080,22 @@ impl Engine {
 
     pub(crate) fn sandbox(&self) -> Result<&Sandbox> {
         self.sandbox
-            .get_or_init(|| Sandbox::new().map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                // Ask first, so that a container without the privileges gets the reason and
+                // what to change, not the raw error of the first mount that fails.
+                let probe = strata_sandbox::probe();
+                if let strata_sandbox::Support::No(reason) = &probe.namespaces {
+                    return Err(format!(
+                        "strata runs RUN steps in Linux namespaces, and this machine or \
+                         container does not allow them ({reason}). Give the container \
+                         CAP_SYS_ADMIN with seccomp and AppArmor unconfined, or allow \
+                         unprivileged user namespaces; Dockerfiles without RUN build \
+                         anywhere. (RUN inside an unprivileged container, as Kaniko does it, \
+                         is not implemented yet.)"
+                    ));
+                }
+                Sandbox::new().map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(|e| Error::Invalid(format!("RUN cannot be executed here: {e}")))
     }

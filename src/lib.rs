@@ -49,6 +49,7 @@ mod error;
 mod event;
 pub mod failpoint;
 mod image;
+mod prune;
 mod run;
 mod state;
 
@@ -59,6 +60,7 @@ pub use engine::{Secret, SnapshotMode};
 pub use error::{Error, Position, Result};
 pub use event::{Event, EventSink};
 pub use image::Image;
+pub use prune::{PruneOptions, PruneReport, prune_state};
 pub use state::default_state_dir;
 
 pub use strata_cache as cache;

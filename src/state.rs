@@ -124,11 +124,31 @@ fn detach_mounts(dir: &Path) {
     }
 }
 
-/// An open state directory.
+/// An open state directory. Every clone shares one shared lock on `state.lock`, held until
+/// the last clone is dropped (the build, and the images it returned): pruning takes the lock
+/// exclusively, so it never removes what a build or an image in hand still needs.
 #[derive(Debug, Clone)]
 pub(crate) struct State {
     root: PathBuf,
     pub(crate) layout: Layout,
+    _in_use: std::sync::Arc<fs::File>,
+}
+
+/// The lock file that says builds are using a state directory.
+pub(crate) const STATE_LOCK: &str = "state.lock";
+/// The gate a waiting prune closes: builds pass it (shared) before they take the state lock,
+/// so a prune that waits is not starved by builds that keep starting.
+pub(crate) const PRUNE_GATE: &str = "prune.lock";
+
+/// Opens (creating) one of the state directory's lock files.
+pub(crate) fn open_lock(root: &Path, name: &str) -> Result<fs::File> {
+    let path = root.join(name);
+    fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io(&path))
 }
 
 /// The default state directory: `$XDG_CACHE_HOME/strata`, else `~/.cache/strata`, else
@@ -147,12 +167,26 @@ impl State {
     pub(crate) fn open(root: &Path) -> Result<State> {
         fs::create_dir_all(root).map_err(Error::io(root))?;
         let root = fs::canonicalize(root).map_err(Error::io(root))?;
+        // Wait for a prune in progress or waiting; then hold the directory in use.
+        let shared = |file: &fs::File, name: &str| {
+            rustix::fs::flock(file, rustix::fs::FlockOperation::LockShared)
+                .map_err(|e| Error::io(root.join(name))(e.into()))
+        };
+        let gate = open_lock(&root, PRUNE_GATE)?;
+        shared(&gate, PRUNE_GATE)?;
+        let lock = open_lock(&root, STATE_LOCK)?;
+        shared(&lock, STATE_LOCK)?;
+        drop(gate);
         let layout = Layout::open(&root)?;
         for dir in ["cache", "cache-mounts", "copy-digests", "tmp"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(Error::io(&path))?;
         }
-        Ok(State { root, layout })
+        Ok(State {
+            root,
+            layout,
+            _in_use: std::sync::Arc::new(lock),
+        })
     }
 
     pub(crate) fn root(&self) -> &Path {

@@ -437,3 +437,120 @@ async fn thirty_rounds_of_eight_concurrent_builds_never_fail() {
     }
     eprintln!("30 rounds of 8 builds in {:?}", started.elapsed());
 }
+
+/// Pruning while builds run: four builds in a loop on one state directory while prunes run
+/// beside them (skipping while builds hold the directory, or waiting for them). Every build
+/// succeeds and the state check is clean after.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_while_four_builds_run_never_breaks_them() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a", "a\n")
+        .file("b", noise(128 << 10, 11))
+        .build()
+        .unwrap();
+    let state = fx.state.path().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pruner = {
+        let (state, stop) = (state.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let (mut done, mut skipped, mut attempts) = (0, 0, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if !state.join("oci-layout").exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                // Every third prune waits for the builds (and new builds wait for it).
+                attempts += 1;
+                let options = strata::PruneOptions::new()
+                    .max_size(0)
+                    .wait(attempts % 3 == 0);
+                let report = strata::prune_state(&state, &options).unwrap();
+                if report.skipped {
+                    skipped += 1;
+                } else {
+                    done += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (done, skipped)
+        })
+    };
+    let (fx, context) = (&fx, &context);
+    let builds = (0..4).map(|i| {
+        let build_of = move |round: usize| {
+            fx.build(
+                context.path(),
+                &format!("FROM {{base}}\nCOPY a /a\nRUN echo {i} > /which\nCOPY b /b\nLABEL round={round}\n"),
+            )
+            .reproducible(1_700_000_000)
+        };
+        async move {
+            for round in 0..8 {
+                let image = run(build_of(round))
+                    .await
+                    .0
+                    .unwrap_or_else(|e| panic!("build {i}, round {round}: {e}"));
+                // The image's blobs stay while it is held: write it out after a pause.
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                let out = tempfile::tempdir().unwrap();
+                image.write_oci_layout(&out.path().join("l"), "t").unwrap();
+            }
+        }
+    });
+    futures_util::future::join_all(builds).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, skipped) = pruner.join().unwrap();
+    eprintln!("{done} prunes ran, {skipped} skipped while builds ran");
+    assert!(done >= 1, "no prune ran ({skipped} skipped)");
+    assert_clean(&state);
+}
+
+/// A registry that stalls holds no lock that other builds on the same state directory wait
+/// for: the healthy build takes its normal time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_registry_does_not_hold_up_other_builds() {
+    let fx = Fixture::new();
+    let stalled =
+        strata_testkit::HostileServer::start("127.0.0.1", |_| strata_testkit::Reply::Hang).unwrap();
+    let context = ContextBuilder::new().file("a", "a\n").build().unwrap();
+    let healthy = || {
+        fx.build(
+            context.path(),
+            "FROM {base}\nCOPY a /a\nRUN echo ok > /ok\n",
+        )
+        .cache(false)
+    };
+    let started = Instant::now();
+    run(healthy()).await.0.unwrap();
+    let alone = started.elapsed();
+    // Stalls for 4 s (the client's read timeout), then fails.
+    let impatient = strata::registry::RegistryClient::builder()
+        .timeouts(
+            std::time::Duration::from_secs(4),
+            std::time::Duration::from_secs(4),
+            std::time::Duration::from_secs(4),
+        )
+        .retries(0)
+        .build();
+    let stuck = fx
+        .build(
+            context.path(),
+            &format!("FROM {}/team/app:1\nRUN true\n", stalled.host()),
+        )
+        .registry(impatient);
+    let stuck = tokio::spawn(run(stuck));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!stuck.is_finished(), "the stalled build should still wait");
+    let started = Instant::now();
+    run(healthy()).await.0.unwrap();
+    let beside = started.elapsed();
+    eprintln!("healthy build alone {alone:?}, beside a stalled one {beside:?}");
+    assert!(
+        beside < alone * 3 + std::time::Duration::from_secs(2),
+        "alone {alone:?}, beside a stalled build {beside:?}"
+    );
+    assert!(!stuck.is_finished());
+    let (result, _) = stuck.await.unwrap();
+    assert!(result.is_err(), "the stalled build must fail");
+}

@@ -130,8 +130,10 @@ pub struct ClientBuilder {
     retries: Option<u32>,
     insecure: Vec<String>,
     https_loopback: bool,
+    https: Vec<String>,
     ca_pems: Vec<Vec<u8>>,
     skip_tls_verify: bool,
+    skip_tls_verify_pull: bool,
     progress: Option<ProgressSink>,
     timeouts: Timeouts,
     chunk_size: Option<u64>,
@@ -143,8 +145,10 @@ impl fmt::Debug for ClientBuilder {
             .field("credentials", &self.credentials)
             .field("insecure", &self.insecure)
             .field("https_loopback", &self.https_loopback)
+            .field("https", &self.https)
             .field("ca_certificates", &self.ca_pems.len())
             .field("skip_tls_verify", &self.skip_tls_verify)
+            .field("skip_tls_verify_pull", &self.skip_tls_verify_pull)
             .field("skip_tls_verify_for", &self.skip_tls_verify_for)
             .field("mirrors", &self.mirrors)
             .field("insecure_pull", &self.insecure_pull)
@@ -170,6 +174,13 @@ impl ClientBuilder {
     /// allows).
     pub fn https_loopback(mut self, https: bool) -> Self {
         self.https_loopback = https;
+        self
+    }
+
+    /// Speaks HTTPS to `registry` even when it is on loopback (a registry whose certificate
+    /// or TLS settings were given is a TLS registry).
+    pub fn https(mut self, registry: impl Into<String>) -> Self {
+        self.https.push(registry.into());
         self
     }
 
@@ -231,6 +242,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Accepts any TLS certificate for pulls only (Kaniko's `--skip-tls-verify-pull`);
+    /// pushes still verify. Dangerous; for tests and labs.
+    pub fn skip_tls_verify_pull(mut self, skip: bool) -> Self {
+        self.skip_tls_verify_pull = skip;
+        self
+    }
+
     /// How long to wait for a connection, between two reads of a response, and for a whole
     /// token or manifest request (defaults: 30 s, 60 s, 120 s). A registry that stalls
     /// longer fails the request (which is retried like any connection trouble).
@@ -272,8 +290,8 @@ pub struct RegistryClient {
     sessions: Arc<Mutex<Sessions>>,
 }
 
-/// Sessions by (registry, plain HTTP).
-type Sessions = HashMap<(String, bool), Arc<Session>>;
+/// Sessions by (registry, plain HTTP, TLS verification skipped).
+type Sessions = HashMap<(String, bool, bool), Arc<Session>>;
 
 impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -347,19 +365,23 @@ impl RegistryClient {
         let registry = reference.registry().to_owned();
         let plain = (pull && self.builder.insecure_pull)
             || self.builder.insecure.contains(&registry)
-            || (!self.builder.https_loopback && is_loopback_host(&registry));
+            || (!self.builder.https_loopback
+                && !self.builder.https.contains(&registry)
+                && is_loopback_host(&registry));
         let mut sessions = self.sessions.lock().map_err(|_| Error::Registry {
             reference: reference.to_string(),
             message: "session table poisoned".to_owned(),
         })?;
-        if let Some(session) = sessions.get(&(registry.clone(), plain)) {
+        let accept_invalid_certs = self.builder.skip_tls_verify
+            || (pull && self.builder.skip_tls_verify_pull)
+            || self.builder.skip_tls_verify_for.contains(&registry);
+        if let Some(session) = sessions.get(&(registry.clone(), plain, accept_invalid_certs)) {
             return Ok(Arc::clone(session));
         }
         let credential = self.credentials().get(&registry)?;
         let options = SessionOptions {
             plain,
-            accept_invalid_certs: self.builder.skip_tls_verify
-                || self.builder.skip_tls_verify_for.contains(&registry),
+            accept_invalid_certs,
             ca_pems: &self.builder.ca_pems,
             timeouts: self.builder.timeouts,
         };
@@ -369,7 +391,10 @@ impl RegistryClient {
                 message: e.message,
             }
         })?);
-        sessions.insert((registry, plain), Arc::clone(&session));
+        sessions.insert(
+            (registry, plain, accept_invalid_certs),
+            Arc::clone(&session),
+        );
         Ok(session)
     }
 

@@ -195,7 +195,7 @@ impl Layout {
     }
 
     /// Drops the `index.json` entries for these manifest digests.
-    pub(crate) fn drop_entries(&self, digests: &[String]) -> Result<()> {
+    pub fn drop_entries(&self, digests: &[String]) -> Result<()> {
         self.edit_index(|manifests| {
             manifests.retain(|m| !digests.iter().any(|d| m["digest"] == json!(d)));
         })
