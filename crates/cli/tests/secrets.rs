@@ -5,6 +5,7 @@
 //! The build arg's value is in no layer, config or registry file either (strata's history,
 //! unlike BuildKit's, does not record build args); it is in the local cache keys.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::io::Read;
@@ -19,12 +20,16 @@ const SECRET: &str = "secret-value-Zk9w4";
 const BUILD_ARG: &str = "buildarg-pw-Jm3t8";
 
 fn executor(cwd: &Path, env: &[(&str, &Path)], args: &[&str]) -> Output {
-    let mut command = common::example_command(cwd, "build");
-    command.args(args).env("SECRET_TOKEN", SECRET);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    command
+        .current_dir(cwd)
+        .arg("build")
+        .args(args)
+        .env("SECRET_TOKEN", SECRET);
     for (name, value) in env {
         command.env(name, value);
     }
-    command.output().expect("cargo runs")
+    command.output().expect("strata runs")
 }
 
 fn assert_absent(what: &str, bytes: &[u8]) {

@@ -1,17 +1,13 @@
-//! The `dockerfile_json` example, run as a linter or CI check would run it.
+//! `strata dockerfile`, run as a linter or CI check would run it.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .args(["--example", "dockerfile_json", "--"])
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("dockerfile")
         .args(args)
         .output()
-        .expect("cargo runs")
+        .expect("strata runs")
 }
 
 #[test]
@@ -51,18 +47,42 @@ fn prints_the_tree_and_the_stages_and_reports_errors_with_their_position() {
     let json: serde_json::Value = serde_json::from_slice(&target.stdout).unwrap();
     assert_eq!(json["stages"]["build_order"], serde_json::json!([1]));
 
+    // Invalid stages: the tree is still printed, the error is in the JSON and on stderr.
     let bad = dir.path().join("Bad.Dockerfile");
     std::fs::write(&bad, "FROM scratch\nCOPY --nope=1 a b\n").unwrap();
     let out = run(&[bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with(&format!(
+        stderr.contains(&format!(
             "{}:2:6: COPY: unknown flag: --nope",
             bad.display()
         )),
         "{stderr}"
     );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ast"][1]["instruction"], "copy");
+    assert_eq!(json["errors"][0]["line"], 2);
+    assert!(json["stages"].is_null());
+    let early = dir.path().join("Early.Dockerfile");
+    std::fs::write(&early, "CMD [\"x\"]\nFROM scratch\n").unwrap();
+    let out = run(&[early.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ast"][0]["instruction"], "cmd");
+    assert_eq!(json["errors"][0]["line"], 1);
+
+    // A syntax error prints no tree.
+    let broken = dir.path().join("Broken.Dockerfile");
+    std::fs::write(&broken, "FROM scratch\nRUN <<EOF\necho\n").unwrap();
+    let out = run(&[broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":2:"));
 
     let out = run(&["--frobnicate"]);
     assert_eq!(out.status.code(), Some(2));

@@ -1,26 +1,30 @@
-//! The `build` example (the Kaniko-compatible executor), run the way the README tells a new
-//! user to run it, and judged by skopeo and umoci.
+//! The `strata` command run the way the README tells a new user to run it, and judged by
+//! skopeo and umoci.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `strata ARGS` (no subcommand: the same as `strata build`) in `cwd`.
 fn build(cwd: &Path, args: &[&str]) -> Output {
-    example(cwd, "build", args)
-}
-
-fn example(cwd: &Path, name: &str, args: &[&str]) -> Output {
-    common::example_command(cwd, name)
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .current_dir(cwd)
         .args(args)
         .output()
-        .expect("cargo runs")
+        .expect("strata runs")
+}
+
+/// The repository's `examples/hello` context.
+fn hello() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello")
 }
 
 #[test]
 fn the_readme_command_builds_the_hello_image_into_out() {
     let cwd = tempfile::tempdir().unwrap();
-    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let hello = hello();
     let state = cwd.path().join("state");
     let args = [
         "--context",
@@ -86,14 +90,16 @@ fn unimplemented_and_unknown_flags_are_usage_errors() {
     let cwd = tempfile::tempdir().unwrap();
     for (flag, expected) in [
         (
-            "--use-new-run",
-            "--use-new-run is not supported by strata: strata always snapshots",
+            "--kaniko-dir=/x",
+            "--kaniko-dir is not supported by strata: strata keeps its state",
         ),
+        ("--git=branch=main", "--git is not supported by strata"),
         (
             "--context=git://example.com/x",
             "git:// contexts are not supported",
         ),
-        ("--no-such-flag", "unknown flag --no-such-flag"),
+        ("--no-such-flag", "--no-such-flag"),
+        ("--cache=maybe", "--cache"),
     ] {
         let out = build(cwd.path(), &[flag]);
         assert_eq!(out.status.code(), Some(2), "{flag}");
@@ -150,28 +156,6 @@ fn a_build_error_exits_1_with_the_dockerfile_position() {
         lines.lines().any(|l| l.starts_with("[0] FROM scratch")),
         "{lines}"
     );
-}
-
-#[test]
-fn the_embed_example_builds_and_writes_a_layout() {
-    let cwd = tempfile::tempdir().unwrap();
-    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
-    let out = common::example_command(cwd.path(), "embed")
-        .env("XDG_CACHE_HOME", cwd.path().join("cache"))
-        .arg(&hello)
-        .arg("layout")
-        .output()
-        .expect("cargo runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.starts_with("sha256:"), "{stdout}");
-    let work = tempfile::tempdir().unwrap();
-    let rootfs = common::umoci_rootfs_tagged(work.path(), &cwd.path().join("layout"), "latest");
-    assert!(rootfs.join("hello.txt").is_file());
 }
 
 #[test]
@@ -236,14 +220,12 @@ fn pushes_with_a_digest_file_and_reports_syntax_errors_with_the_line() {
     assert!(stderr.contains("Dockerfile:2"), "{stderr}");
 }
 
-/// Runs the example under `script`, which gives it a pseudo-terminal as stderr.
+/// Runs `strata build` under `script`, which gives it a pseudo-terminal as stderr.
 fn build_on_a_terminal(cwd: &Path, args: &[&str]) -> (bool, String) {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut command = format!(
-        "stty cols 120 rows 40; {} run --quiet --manifest-path {} --example build --",
-        quote(env!("CARGO")),
-        quote(manifest.to_str().unwrap())
+        "stty cols 120 rows 40; {} build",
+        quote(env!("CARGO_BIN_EXE_strata"))
     );
     for arg in args {
         command.push(' ');
@@ -263,7 +245,7 @@ fn build_on_a_terminal(cwd: &Path, args: &[&str]) -> (bool, String) {
 #[test]
 fn a_terminal_gets_a_line_per_step_with_its_cache_state() {
     let cwd = tempfile::tempdir().unwrap();
-    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let hello = hello();
     let state = cwd.path().join("state");
     let args = [
         "--context",
@@ -361,67 +343,9 @@ fn registry_maps_cache_dirs_and_json_logs() {
 }
 
 #[test]
-fn push_dir_and_pull_examples_round_trip_through_a_registry() {
-    let registry = strata_testkit::TestRegistry::start().unwrap();
-    let cwd = tempfile::tempdir().unwrap();
-    let site = cwd.path().join("site");
-    std::fs::create_dir_all(site.join("docs")).unwrap();
-    std::fs::write(site.join("index.html"), "<h1>hi</h1>\n").unwrap();
-    std::fs::write(site.join("docs/a.txt"), "a\n").unwrap();
-    std::os::unix::fs::symlink("index.html", site.join("home.html")).unwrap();
-    let reference = format!("{}/team/site:1", registry.host());
-    let out = example(
-        cwd.path(),
-        "push_dir",
-        &["site", &reference, "--cmd", "/bin/serve"],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("4 files, 2 blobs uploaded"), "{stdout}");
-    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
-    let inspected = Command::new(&skopeo)
-        .args(["inspect", "--tls-verify=false"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .unwrap();
-    assert!(inspected.status.success());
-    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
-    assert!(
-        stdout.contains(json["Digest"].as_str().unwrap()),
-        "{stdout}"
-    );
-
-    let out = example(cwd.path(), "pull", &[&reference, "pulled"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("2 of 2 blobs downloaded"), "{stdout}");
-    let layout = cwd.path().join("pulled");
-    let rootfs = common::umoci_rootfs_tagged(cwd.path(), &layout, "latest");
-    assert_eq!(
-        std::fs::read_to_string(rootfs.join("docs/a.txt")).unwrap(),
-        "a\n"
-    );
-    assert_eq!(
-        std::fs::read_link(rootfs.join("home.html")).unwrap(),
-        Path::new("index.html")
-    );
-    // Pulling again downloads nothing.
-    let again = example(cwd.path(), "pull", &[&reference, "pulled"]);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("0 of 2 blobs downloaded"));
-}
-
-#[test]
 fn verbosity_error_leaves_only_the_report() {
     let cwd = tempfile::tempdir().unwrap();
-    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let hello = hello();
     let state = cwd.path().join("state");
     let base = [
         "--context",
@@ -437,33 +361,9 @@ fn verbosity_error_leaves_only_the_report() {
     assert!(String::from_utf8_lossy(&chatty.stderr).contains("COPY hello.txt /hello.txt"));
     let wrong = build(cwd.path(), &[&base[..], &["--verbosity", "loud"]].concat());
     assert_eq!(wrong.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("--verbosity loud"));
-}
-
-#[test]
-fn registry_requests_go_through_the_http_proxy_of_the_environment() {
-    // A proxy that answers everything with 404 and records what it was asked.
-    let proxy = strata_testkit::HostileServer::start("127.0.0.1", |_: &strata_testkit::Request| {
-        strata_testkit::Reply::new(404, "{}")
-    })
-    .unwrap();
-    let cwd = tempfile::tempdir().unwrap();
-    // Nothing listens on port 9: only the proxy can answer.
-    let out = common::example_command(cwd.path(), "pull")
-        .env("HTTP_PROXY", format!("http://{}", proxy.host()))
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .args(["127.0.0.1:9/team/app:1", "pulled"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("HTTP 404"), "{stderr}");
-    let asked = proxy.requests();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
     assert!(
-        asked.iter().any(|r| r
-            .path
-            .starts_with("http://127.0.0.1:9/v2/team/app/manifests/1")),
-        "{asked:?}"
+        stderr.contains("'loud'") && stderr.contains("--verbosity"),
+        "{stderr}"
     );
 }

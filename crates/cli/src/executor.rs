@@ -1,0 +1,510 @@
+//! `strata build`: Kaniko's executor. Validates the flags into a [`strata::Build`], runs it,
+//! writes the outputs and the digest files, and reports.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use strata::registry::{Credentials, RegistryClient};
+use strata::{Build, ContextSource, Secret};
+
+use crate::Failure;
+use crate::cli::{self, BuildArgs, LogFormat, Progress, Verbosity};
+use crate::display::{Display, Mode};
+
+/// Runs `strata build`.
+pub fn run(args: BuildArgs) -> Result<(), Failure> {
+    refuse_unsupported(&args)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::Build(format!("cannot start the async runtime: {e}")))?;
+    let mode = match (args.log_format, args.progress) {
+        (LogFormat::Json, _) => Mode::Json,
+        (_, Progress::Tty) => Mode::Tty,
+        (_, Progress::Auto)
+            if std::io::stderr().is_terminal()
+                && std::env::var("TERM").map_or(true, |t| t != "dumb") =>
+        {
+            Mode::Tty
+        }
+        _ => Mode::Plain {
+            stamps: args.log_timestamp,
+        },
+    };
+    let level = match args.verbosity {
+        Verbosity::Debug => Some(tracing::Level::DEBUG),
+        Verbosity::Trace => Some(tracing::Level::TRACE),
+        _ => None,
+    };
+    if let Some(level) = level {
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let display = Arc::new(Display::new(mode, args.explain_cache));
+    let outcome = runtime.block_on(build(args, Arc::clone(&display)));
+    display.clear();
+    outcome
+}
+
+/// Kaniko flags strata refuses: a usage error naming the flag and why.
+fn refuse_unsupported(args: &BuildArgs) -> Result<(), Failure> {
+    let given = [
+        args.force.is_some(),
+        args.kaniko_dir.is_some(),
+        args.git.is_some(),
+        args.bucket.is_some(),
+        !args.registry_client_certs.is_empty(),
+        args.skip_default_registry_fallback.is_some(),
+        args.push_ignore_immutable_tag_errors.is_some(),
+        args.force_build_metadata.is_some(),
+    ];
+    for ((flag, why), given) in cli::REFUSED.iter().zip(given) {
+        if given {
+            return Err(Failure::Usage(format!(
+                "{flag} is not supported by strata: {why}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` split, or a usage error naming the flag.
+fn key_value<'a>(flag: &str, text: &'a str, form: &str) -> Result<(&'a str, &'a str), Failure> {
+    text.split_once('=')
+        .ok_or_else(|| Failure::Usage(format!("{flag} {text}: expected {form}")))
+}
+
+fn build_args(values: &[String]) -> BTreeMap<String, String> {
+    values
+        .iter()
+        .map(|text| match text.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            // `K` alone takes the value from the environment, as Kaniko does.
+            None => (text.clone(), std::env::var(text).unwrap_or_default()),
+        })
+        .collect()
+}
+
+fn secret(text: &str) -> Result<(String, Secret), Failure> {
+    let bad = || {
+        Failure::Usage(format!(
+            "--secret {text}: expected id=ID,src=PATH or id=ID,env=VAR"
+        ))
+    };
+    let mut id = None;
+    let mut secret = None;
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", v)) => secret = Some(Secret::File(v.into())),
+            Some(("env", v)) => secret = Some(Secret::Env(v.to_owned())),
+            _ => return Err(bad()),
+        }
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) => Ok((id, secret)),
+        _ => Err(bad()),
+    }
+}
+
+/// The state directory from `--state-dir` and Kaniko's `--cache-dir`, which must agree.
+fn state_dir(args: &BuildArgs) -> Result<Option<PathBuf>, Failure> {
+    match (&args.state_dir, &args.cache_dir) {
+        (Some(state), Some(cache)) if state != cache => Err(Failure::Usage(format!(
+            "--cache-dir {} and --state-dir {} differ: strata keeps base images in its state \
+             directory, so give one of them",
+            cache.display(),
+            state.display()
+        ))),
+        (Some(dir), _) | (None, Some(dir)) => Ok(Some(dir.clone())),
+        (None, None) => Ok(None),
+    }
+}
+
+async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
+    let started = Instant::now();
+    let mut context_text = args.context.clone();
+    if let Some(sub) = &args.context_sub_path {
+        if context_text.starts_with("tar://") || context_text == "-" {
+            return Err(Failure::Usage(
+                "--context-sub-path needs a directory context".to_owned(),
+            ));
+        }
+        let base = context_text.trim_start_matches("dir://").to_owned();
+        context_text = Path::new(&base).join(sub).display().to_string();
+    }
+    let (context, name) = context_source(&context_text)?;
+    let context_dir = match &context {
+        ContextSource::Dir(dir) => Some(dir.clone()),
+        _ => None,
+    };
+    let mut build = Build::new(context);
+    if let Some(dockerfile) = &args.dockerfile {
+        // Kaniko: a relative --dockerfile is looked up in the context when it exists there
+        // (a tar context: inside the archive, which the library does).
+        build = match &context_dir {
+            Some(dir) if dockerfile.is_relative() && dir.join(dockerfile).is_file() => {
+                build.dockerfile(dir.join(dockerfile))
+            }
+            _ => build.dockerfile(dockerfile),
+        };
+    }
+    for (k, v) in build_args(&args.build_args) {
+        build = build.build_arg(k, v);
+    }
+    for text in &args.labels {
+        let (k, v) = key_value("--label", text, "KEY=VALUE")?;
+        build = build.label(k, v);
+    }
+    if let Some(target) = &args.target {
+        build = build.target(target);
+    }
+    if let Some(platform) = &args.custom_platform {
+        build = build.platform(platform);
+    }
+    let state = state_dir(&args)?;
+    if let Some(dir) = &state {
+        build = build.state_dir(dir);
+    }
+    if args.reproducible {
+        let epoch = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        build = build.reproducible(epoch);
+    }
+    for text in &args.secrets {
+        let (id, secret) = secret(text)?;
+        build = build.secret(id, secret);
+    }
+    build = build
+        .cache(args.cache)
+        .snapshot_mode(match args.snapshot_mode {
+            cli::SnapshotMode::Auto => strata::SnapshotMode::Auto,
+            cli::SnapshotMode::Overlay => strata::SnapshotMode::Overlay,
+            _ => strata::SnapshotMode::Walk,
+        })
+        .single_snapshot(args.single_snapshot)
+        .cache_layers_of("RUN", args.cache_run_layers)
+        .cache_layers_of("COPY", args.cache_copy_layers)
+        .cache_layers_of("ADD", args.cache_copy_layers)
+        .cache_repo_writes(!args.no_push_cache);
+    for text in &args.build_contexts {
+        let (name, source) = key_value("--build-context", text, "NAME=oci-layout://DIR[:TAG]")?;
+        build = build.build_context(name, source);
+    }
+    for path in &args.ignore_paths {
+        build = build.ignore_path(path);
+    }
+    if let Some(repo) = &args.cache_repo {
+        if repo.starts_with("oci:") {
+            return Err(Failure::Usage(format!(
+                "--cache-repo {repo}: a cache in an OCI layout is not supported by strata; \
+                 the local cache lives in --state-dir"
+            )));
+        }
+        build = build.cache_repo(repo);
+    }
+    if let Some(ttl) = &args.cache_ttl {
+        let ttl = go_duration(ttl).ok_or_else(|| {
+            Failure::Usage(format!(
+                "--cache-ttl {ttl}: expected a duration like 6h or 90m"
+            ))
+        })?;
+        build = build.cache_ttl(ttl);
+    }
+    let level = args.compression_level;
+    build = build.compression(match args.compression {
+        cli::Compression::Gzip => strata::layer::Compression::Gzip {
+            level: if level < 0 {
+                6
+            } else {
+                level.clamp(1, 9) as u32
+            },
+        },
+        cli::Compression::Zstd => strata::layer::Compression::Zstd {
+            level: if level < 0 { 3 } else { level.clamp(1, 22) },
+        },
+    });
+    let max_download = parse_size(&args.max_download_size).ok_or_else(|| {
+        Failure::Usage(format!(
+            "--max-download-size {}: expected a size like 10GiB or 500M",
+            args.max_download_size
+        ))
+    })?;
+    build = build.max_download_size(max_download);
+    let prune_to = args
+        .cache_max_size
+        .as_deref()
+        .map(|text| {
+            parse_size(text).ok_or_else(|| {
+                Failure::Usage(format!(
+                    "--cache-max-size {text}: expected a size like 10GiB or 500M"
+                ))
+            })
+        })
+        .transpose()?;
+    build = build.registry(registry_client(&args)?);
+    if !matches!(
+        args.verbosity,
+        Verbosity::Panic | Verbosity::Fatal | Verbosity::Error
+    ) {
+        let sink = Arc::clone(&display);
+        build = build.on_event(move |event| sink.event(event));
+    }
+
+    let image = build.run().await?;
+    let mut outputs = Vec::new();
+    let mut pushed = Vec::new();
+    if !args.no_push {
+        for destination in &args.destinations {
+            let digest = image.push(destination).await?;
+            outputs.push(format!("pushed {destination}@{digest}"));
+            pushed.push(json!({ "reference": destination, "digest": digest }));
+        }
+    }
+    if let Some(path) = &args.tar_path {
+        let tags: Vec<&str> = args.destinations.iter().map(String::as_str).collect();
+        image.write_docker_archive(path, &tags)?;
+        outputs.push(format!("wrote docker-archive {}", path.display()));
+    }
+    if let Some(dir) = &args.oci_layout_path {
+        image.write_oci_layout(dir, "latest")?;
+        outputs.push(format!("wrote OCI layout {}:latest", dir.display()));
+    }
+    if outputs.is_empty() && (args.destinations.is_empty() || args.no_push) {
+        let dir = PathBuf::from("out").join(&name);
+        image.write_oci_layout(&dir, "latest")?;
+        outputs.push(format!(
+            "wrote OCI layout {0}:latest (push it with: skopeo copy oci:{0}:latest docker://REGISTRY/{1}:latest)",
+            dir.display(),
+            name
+        ));
+    }
+    let write = |path: &Option<PathBuf>, text: String| -> Result<(), Failure> {
+        match path {
+            Some(path) => write_atomic(path, text.as_bytes())
+                .map_err(|e| Failure::Build(format!("{}: {e}", path.display()))),
+            None => Ok(()),
+        }
+    };
+    write(&args.digest_file, image.digest().to_owned())?;
+    let names = |tagged: bool| {
+        args.destinations
+            .iter()
+            .map(|d| {
+                let base = if tagged {
+                    d.clone()
+                } else {
+                    d.rsplit_once(':')
+                        .filter(|(_, t)| !t.contains('/'))
+                        .map_or(d.clone(), |(n, _)| n.to_owned())
+                };
+                format!("{base}@{}\n", image.digest())
+            })
+            .collect::<String>()
+    };
+    write(&args.image_name_with_digest_file, names(false))?;
+    write(&args.image_name_tag_with_digest_file, names(true))?;
+    let (hits, steps) = image.cache_hits();
+    let digest = image.digest().to_owned();
+    drop(image);
+    if let Some(max_size) = prune_to {
+        let dir = state.clone().unwrap_or_else(strata::default_state_dir);
+        let report = strata::prune_state(&dir, &strata::PruneOptions::new().max_size(max_size))?;
+        outputs.push(report.to_string());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if args.log_format == LogFormat::Json {
+        let summary = json!({
+            "digest": digest,
+            "destinations": pushed,
+            "outputs": outputs,
+            "seconds": seconds,
+            "cache_hits": hits,
+            "steps": steps,
+        });
+        display.report(&summary.to_string());
+    } else {
+        display.report(&format!("digest {digest}"));
+        for line in outputs {
+            display.report(&line);
+        }
+        display.report(&format!(
+            "done in {seconds:.2}s, {hits} of {steps} steps from the cache"
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place: a reader
+/// sees the old file or the whole new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The context source and the name an unnamed output gets.
+fn context_source(text: &str) -> Result<(ContextSource, String), Failure> {
+    if text == "-" || text == "tar://stdin" {
+        return Ok((
+            ContextSource::TarStream(Box::new(std::io::stdin())),
+            "image".to_owned(),
+        ));
+    }
+    if let Some((scheme, _)) = text.split_once("://")
+        && !matches!(scheme, "dir" | "tar")
+    {
+        return Err(Failure::Usage(format!(
+            "--context {text}: {scheme}:// contexts are not supported by strata yet; \
+             fetch the context first and pass a directory or a tar file"
+        )));
+    }
+    if let Some(path) = text.strip_prefix("tar://") {
+        let name = Path::new(path).file_stem().map_or("image".to_owned(), |s| {
+            s.to_string_lossy().trim_end_matches(".tar").to_owned()
+        });
+        return Ok((ContextSource::Tar(path.into()), name));
+    }
+    let dir = PathBuf::from(text.strip_prefix("dir://").unwrap_or(text));
+    if !dir.is_dir() {
+        return Err(Failure::Usage(format!("--context {text}: not a directory")));
+    }
+    let name = std::fs::canonicalize(&dir)
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+        .unwrap_or_else(|| "image".to_owned());
+    Ok((ContextSource::Dir(dir), name))
+}
+
+fn registry_client(args: &BuildArgs) -> Result<RegistryClient, Failure> {
+    let mut builder = RegistryClient::builder().credentials(Credentials::from_env());
+    if args.insecure {
+        for destination in &args.destinations {
+            if let Some((host, _)) = destination.split_once('/') {
+                builder = builder.insecure(host);
+            }
+        }
+    }
+    for host in &args.insecure_registries {
+        builder = builder.insecure(host);
+    }
+    builder = builder
+        .skip_tls_verify(args.skip_tls_verify)
+        .skip_tls_verify_pull(args.skip_tls_verify_pull);
+    // A registry named with TLS settings is a TLS registry, even on loopback.
+    for host in &args.skip_tls_verify_registries {
+        builder = builder.skip_tls_verify_for(host).https(host);
+    }
+    for text in &args.registry_certificates {
+        let (host, path) = key_value("--registry-certificate", text, "HOST=PATH")?;
+        builder = builder.https(host);
+        let pem = std::fs::read(path)
+            .map_err(|e| Failure::Usage(format!("--registry-certificate {path}: {e}")))?;
+        builder = builder.ca_pem(pem);
+    }
+    for mirror in &args.registry_mirrors {
+        builder = builder.mirror(mirror);
+    }
+    for text in &args.registry_maps {
+        let (registry, mirrors) = key_value("--registry-map", text, "REGISTRY=MIRROR[;MIRROR...]")?;
+        for mirror in mirrors.split(';').filter(|m| !m.is_empty()) {
+            builder = builder.registry_mirror(registry, mirror);
+        }
+    }
+    builder = builder.insecure_pull(args.insecure_pull);
+    // One retry count for every request, the largest given.
+    let retries = [
+        args.push_retry,
+        args.image_fs_extract_retry,
+        args.image_download_retry,
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    if let Some(retries) = retries {
+        builder = builder.retries(retries);
+    }
+    Ok(builder.build())
+}
+
+/// A Go duration as Kaniko takes it (`336h`, `1h30m`, `90s`), and days (`7d`).
+pub fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut number = String::new();
+    let mut chars = text.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                0.001
+            }
+            ('d', _) => 86_400.0,
+            ('h', _) => 3600.0,
+            ('m', _) => 60.0,
+            ('s', _) => 1.0,
+            _ => return None,
+        };
+        total += number.parse::<f64>().ok()? * unit;
+        number.clear();
+        any = true;
+    }
+    (any && number.is_empty() && total.is_finite()).then(|| Duration::from_secs_f64(total))
+}
+
+/// A size: bytes, or a number with K, M, G, T (powers of 1024; `KiB`, `KB`, `k` alike).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = number * scale as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_as_kaniko_and_people_write_them() {
+        assert_eq!(go_duration("336h"), Some(Duration::from_secs(336 * 3600)));
+        assert_eq!(go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(go_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(go_duration("10"), None);
+        assert_eq!(go_duration("1y"), None);
+        assert_eq!(parse_size("10G"), Some(10 << 30));
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1.5k"), Some(1536));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
+}
