@@ -9,6 +9,7 @@ use strata_dockerfile::{Plan, PlanOptions};
 use strata_layer::Compression;
 use strata_registry::{Platform, RegistryClient};
 
+use crate::Isolation;
 use crate::config::{LayerRef, manifest};
 use crate::context::{Context, ContextSource};
 use crate::engine::{Engine, Options, Secret, SnapshotMode, StageResult};
@@ -64,6 +65,9 @@ pub struct Build {
     uncached: Vec<String>,
     max_download: u64,
     cache_repo_writes: bool,
+    isolation: Isolation,
+    force: bool,
+    ignore_var_run: bool,
 }
 
 impl std::fmt::Debug for Build {
@@ -106,6 +110,9 @@ impl Build {
             uncached: Vec::new(),
             max_download: strata_registry::DEFAULT_DOWNLOAD_LIMIT,
             cache_repo_writes: true,
+            isolation: Isolation::Auto,
+            force: false,
+            ignore_var_run: true,
         }
     }
 
@@ -169,6 +176,28 @@ impl Build {
     /// `--single-snapshot`); steps are still cached one by one.
     pub fn single_snapshot(mut self, on: bool) -> Build {
         self.single_snapshot = on;
+        self
+    }
+
+    /// Where RUN steps execute (default [`Isolation::Auto`]: namespaces where the machine
+    /// allows them, else the in-container mode inside a container). The event stream says
+    /// which ran and why.
+    pub fn isolation(mut self, isolation: Isolation) -> Build {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Allows the in-container mode outside a container (Kaniko's `--force`): it replaces
+    /// this machine's root filesystem with the image's. Only for machines made for the build.
+    pub fn force(mut self, force: bool) -> Build {
+        self.force = force;
+        self
+    }
+
+    /// Whether the in-container mode leaves `/var/run` and `/run` alone (default: yes, as
+    /// Kaniko's `--ignore-var-run`).
+    pub fn ignore_var_run(mut self, ignore: bool) -> Build {
+        self.ignore_var_run = ignore;
         self
     }
 
@@ -284,7 +313,23 @@ impl Build {
         state_dir: &Path,
         runtime: tokio::runtime::Handle,
     ) -> Result<(Engine, crate::state::WorkDir)> {
-        let state = State::open(state_dir)?;
+        let state = match State::open(state_dir) {
+            Ok(state) => state,
+            // Not root in a container where namespaces are denied: the state directory is
+            // rarely the only trouble, so say what the build needs.
+            Err(e)
+                if self.isolation != Isolation::Namespaces
+                    && !rustix::process::geteuid().is_root()
+                    && crate::incontainer::container_marker().is_some()
+                    && !strata_sandbox::probe().namespaces.is_yes() =>
+            {
+                let why = crate::incontainer::check(self.force)
+                    .err()
+                    .map_or_else(String::new, |e| format!("{e}; "));
+                return Err(Error::Invalid(format!("{why}{e}")));
+            }
+            Err(e) => return Err(e),
+        };
         let work = state.work_dir()?;
         // .dockerignore: `<Dockerfile>.dockerignore` beside the Dockerfile first.
         let ignore = match &self.context {
@@ -422,10 +467,34 @@ impl Build {
                 uncached: self.uncached,
                 max_download: self.max_download,
                 cache_repo_writes: self.cache_repo_writes,
+                isolation: self.isolation,
+                force: self.force,
+                ignore_var_run: self.ignore_var_run,
             },
             self.events,
             runtime,
         );
+        let mut engine = engine;
+        let has_run = file.nodes.iter().any(|n| {
+            n.instruction == "run" || n.onbuild.as_ref().is_some_and(|t| t.instruction == "run")
+        });
+        let (mode, reason) = choose_isolation(&engine.opts, has_run)?;
+        if mode == Isolation::InContainer {
+            engine.in_container = Some(crate::engine::InContainer {
+                ignore: crate::incontainer::ignore_list(
+                    state_dir,
+                    &engine.opts.ignore_paths,
+                    engine.opts.ignore_var_run,
+                ),
+                slash: std::sync::Mutex::new(None),
+            });
+        }
+        if has_run {
+            engine.emit(Event::Isolation {
+                mode: mode.name().to_owned(),
+                reason,
+            });
+        }
         Ok((engine, work))
     }
 }
@@ -460,6 +529,12 @@ async fn build_stages(engine: &Arc<Engine>) -> Result<Image> {
                 "the stages depend on each other in a cycle".to_owned(),
             ));
         }
+        // The in-container mode has one root filesystem: one stage at a time, in order.
+        let ready: Vec<usize> = if engine.in_container.is_some() {
+            ready.into_iter().take(1).collect()
+        } else {
+            ready
+        };
         remaining.retain(|i| !ready.contains(i));
         let snapshot = Arc::new(done.clone());
         let tasks = ready.iter().map(|&index| {
@@ -481,6 +556,41 @@ async fn build_stages(engine: &Arc<Engine>) -> Result<Image> {
     tokio::task::spawn_blocking(move || assemble(&engine2, image))
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Where this build's RUN steps execute, and why.
+fn choose_isolation(opts: &Options, has_run: bool) -> Result<(Isolation, String)> {
+    match opts.isolation {
+        Isolation::Namespaces => Ok((Isolation::Namespaces, "asked for".to_owned())),
+        Isolation::InContainer => {
+            let why = crate::incontainer::check(opts.force)?;
+            Ok((Isolation::InContainer, format!("asked for; {why}")))
+        }
+        _ if !has_run => Ok((Isolation::Namespaces, "no RUN step".to_owned())),
+        _ => {
+            let probe = strata_sandbox::probe();
+            match &probe.namespaces {
+                strata_sandbox::Support::Yes => {
+                    Ok((Isolation::Namespaces, "namespaces work here".to_owned()))
+                }
+                strata_sandbox::Support::No(reason) => {
+                    match crate::incontainer::container_marker() {
+                        Some(_) => {
+                            let why = crate::incontainer::check(opts.force)?;
+                            Ok((
+                                Isolation::InContainer,
+                                format!("namespaces are not allowed here ({reason}); {why}"),
+                            ))
+                        }
+                        None => Ok((
+                            Isolation::Namespaces,
+                            format!("not in a container, though namespaces fail: {reason}"),
+                        )),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Writes the final config and manifest into the state's blobs.

@@ -76,6 +76,21 @@ pub(crate) struct Options {
     /// Whether steps that ran are recorded in the cache repository (Kaniko's
     /// `--no-push-cache` turns it off; lookups still happen).
     pub cache_repo_writes: bool,
+    /// Where RUN steps execute, as asked for.
+    pub isolation: crate::Isolation,
+    /// The in-container mode outside a container (Kaniko's `--force`).
+    pub force: bool,
+    /// The in-container mode leaves `/var/run` (and `/run`) alone (Kaniko's
+    /// `--ignore-var-run`).
+    pub ignore_var_run: bool,
+}
+
+/// The in-container mode's state: the ignore list, and which layers `/` holds now (`None`:
+/// still the container's own files).
+#[derive(Debug)]
+pub(crate) struct InContainer {
+    pub ignore: Vec<String>,
+    pub slash: Mutex<Option<Vec<String>>>,
 }
 
 /// An image in the making: what a stage has built so far.
@@ -163,6 +178,8 @@ pub(crate) struct Engine {
     /// stages pulling different images do not wait for each other).
     images: Mutex<HashMap<String, ImageSlot>>,
     rootfs_count: AtomicUsize,
+    /// Set when RUN steps run in the container's own root (stages then run one at a time).
+    pub in_container: Option<InContainer>,
 }
 
 /// One instruction being executed: where it is, for events, errors and cache explanations.
@@ -211,7 +228,61 @@ impl Engine {
             overlay: OnceLock::new(),
             images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
+            in_container: None,
         }
+    }
+
+    /// Makes `/` hold exactly `layers` for an in-container RUN: the layers missing on top
+    /// of what it holds are applied; when it holds another stage's (or the container's own)
+    /// files, everything not ignored is removed first.
+    pub(crate) fn materialize_slash(&self, mode: &InContainer, layers: &[LayerRef]) -> Result<()> {
+        let mut slash = mode
+            .slash
+            .lock()
+            .map_err(|_| Error::Task("root filesystem state poisoned".to_owned()))?;
+        let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+        let reuse = slash.as_ref().is_some_and(|held| digests.starts_with(held));
+        if !reuse {
+            // Forget what `/` held before touching it: a failure half-way leaves it unknown.
+            *slash = None;
+            Extractor::new()
+                .protect(&mode.ignore)
+                .clear(Path::new("/"))?;
+            *slash = Some(Vec::new());
+        }
+        let held = slash.as_ref().map_or(0, Vec::len);
+        for layer in &layers[held..] {
+            let file = self.state.layout.open_blob(&layer.digest)?;
+            let report = Extractor::new()
+                .allow_devices(true)
+                .protect(&mode.ignore)
+                .expect_diff_id(Some(layer.diff_id.clone()))
+                .media_type(Some(layer.media_type.clone()))
+                .apply(BufReader::with_capacity(1 << 20, file), Path::new("/"))?;
+            if !report.skipped.is_empty() {
+                tracing::debug!(
+                    layer = %layer.digest,
+                    skipped = report.skipped.len(),
+                    "entries on ignored paths left out"
+                );
+            }
+            if let Some(held) = slash.as_mut() {
+                held.push(layer.digest.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `/` now also holds `layer` (the RUN that made it ran there).
+    pub(crate) fn slash_made(&self, mode: &InContainer, layer: Option<&LayerRef>) -> Result<()> {
+        let mut slash = mode
+            .slash
+            .lock()
+            .map_err(|_| Error::Task("root filesystem state poisoned".to_owned()))?;
+        if let (Some(held), Some(layer)) = (slash.as_mut(), layer) {
+            held.push(layer.digest.clone());
+        }
+        Ok(())
     }
 
     pub(crate) fn emit(&self, event: Event) {

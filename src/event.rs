@@ -105,6 +105,13 @@ pub enum Event {
         /// Blobs the registry had already.
         skipped: usize,
     },
+    /// Where this build's RUN steps execute, and why (before the first stage).
+    Isolation {
+        /// `namespaces` or `in-container`.
+        mode: String,
+        /// Why that mode: asked for, or what the probe found.
+        reason: String,
+    },
     /// The image is complete.
     Built {
         /// Its manifest digest.

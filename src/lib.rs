@@ -49,6 +49,8 @@ mod error;
 mod event;
 pub mod failpoint;
 mod image;
+mod incontainer;
+mod inplace;
 mod prune;
 mod run;
 mod state;
@@ -60,6 +62,7 @@ pub use engine::{Secret, SnapshotMode};
 pub use error::{Error, Position, Result};
 pub use event::{Event, EventSink};
 pub use image::Image;
+pub use incontainer::{Isolation, container_marker};
 pub use prune::{PruneOptions, PruneReport, prune_state};
 pub use state::default_state_dir;
 

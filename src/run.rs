@@ -214,6 +214,21 @@ impl Engine {
             return Ok(true);
         }
 
+        if let Some(mode) = &self.in_container {
+            let mut env = env;
+            env.extend(secret_env);
+            let step = crate::inplace::InPlaceStep {
+                argv,
+                env,
+                workdir,
+                user,
+                network,
+                mounts,
+                bind_copies,
+            };
+            self.run_in_place(mode, image, key, at, step)?;
+            return Ok(false);
+        }
         let root = self.materialize(rootfs, &image.layers)?;
         let sandbox = self.sandbox()?;
         let overlay = self.use_overlay(sandbox)?;
@@ -331,7 +346,7 @@ impl Engine {
     }
 }
 
-fn check_outcome(
+pub(crate) fn check_outcome(
     outcome: strata_sandbox::Outcome,
     argv: &[String],
     tail: &VecDeque<String>,
@@ -347,7 +362,7 @@ fn check_outcome(
 }
 
 /// What a bind mount gets a private copy of.
-enum BindCopy {
+pub(crate) enum BindCopy {
     /// A source of the build context, filtered by `.dockerignore`.
     Context(crate::context::Source),
     /// A file or directory of a stage's root filesystem.

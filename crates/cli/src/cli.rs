@@ -117,6 +117,17 @@ pub enum SnapshotMode {
     Walk,
 }
 
+/// `--isolation` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationMode {
+    /// Namespaces where the machine allows them, else in-container inside a container.
+    Auto,
+    /// Linux namespaces.
+    Namespaces,
+    /// The container's own root filesystem (unprivileged containers).
+    InContainer,
+}
+
 /// `--compression` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Compression {
@@ -228,9 +239,9 @@ pub struct BuildArgs {
     #[arg(long = "ignore-path", value_name = "PATH")]
     pub ignore_paths: Vec<String>,
 
-    /// Kaniko leaves /var/run out of snapshots because it is its container's own; strata's
-    /// RUN steps run on the image's filesystem, where /var/run is the image's, so this has
-    /// no effect yet (it will in the in-container mode).
+    /// In the in-container mode, leave /var/run and /run alone (the container's own, not the
+    /// image's); the namespaces mode runs on the image's own filesystem, where it has no
+    /// effect.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", alias = "whitelist-var-run", value_parser = clap::builder::BoolishValueParser::new())]
     pub ignore_var_run: bool,
 
@@ -386,11 +397,18 @@ pub struct BuildArgs {
     #[arg(long, value_name = "SIZE", default_value = "10GiB")]
     pub max_download_size: String,
 
-    // Kaniko flags strata refuses, each with the reason (never silently ignored).
-    /// Not supported: see the message.
-    #[arg(long, hide = true, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub force: Option<String>,
+    /// Where RUN steps execute: auto (namespaces where the machine allows them, else the
+    /// in-container mode inside a container), namespaces, or in-container (Kaniko's way: the
+    /// container's own root filesystem is replaced by each stage's).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
+    pub isolation: IsolationMode,
 
+    /// Allow the in-container mode outside a container: it replaces this machine's root
+    /// filesystem with the image's. Only for machines made for the build.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    pub force: bool,
+
+    // Kaniko flags strata refuses, each with the reason (never silently ignored).
     /// Not supported: see the message.
     #[arg(long, hide = true, value_name = "DIR")]
     pub kaniko_dir: Option<String>,
@@ -427,13 +445,9 @@ pub struct BuildArgs {
 /// Kaniko flags strata refuses, each with the reason: (flag, why).
 pub const REFUSED: &[(&str, &str)] = &[
     (
-        "--force",
-        "strata never builds in place of the host's root filesystem (the in-container \
-         mode that needs it is not implemented yet)",
-    ),
-    (
         "--kaniko-dir",
-        "strata keeps its state in --state-dir and never writes to the container's root",
+        "strata keeps its state in --state-dir, and the executor's own directory is never \
+         touched by a build",
     ),
     (
         "--git",

@@ -211,6 +211,7 @@ impl Display {
                 "pushed {reference}@{digest} ({uploaded} blobs uploaded, {mounted} mounted, {skipped} already there)"
             ),
             Event::Built { digest } => format!("built {digest}"),
+            Event::Isolation { mode, reason } => format!("RUN steps: {mode} ({reason})"),
             other => format!("{other:?}"),
         })
     }
@@ -301,6 +302,9 @@ impl Display {
                 }),
             ),
             Event::Built { digest } => ("built", json!({ "digest": digest })),
+            Event::Isolation { mode, reason } => {
+                ("isolation", json!({ "mode": mode, "reason": reason }))
+            }
             _ => ("event", json!({})),
         };
         let mut object = json!({ "time": now(), "event": kind });

@@ -53,7 +53,6 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
 /// Kaniko flags strata refuses: a usage error naming the flag and why.
 fn refuse_unsupported(args: &BuildArgs) -> Result<(), Failure> {
     let given = [
-        args.force.is_some(),
         args.kaniko_dir.is_some(),
         args.git.is_some(),
         args.bucket.is_some(),
@@ -192,7 +191,14 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
         .cache_layers_of("RUN", args.cache_run_layers)
         .cache_layers_of("COPY", args.cache_copy_layers)
         .cache_layers_of("ADD", args.cache_copy_layers)
-        .cache_repo_writes(!args.no_push_cache);
+        .cache_repo_writes(!args.no_push_cache)
+        .isolation(match args.isolation {
+            cli::IsolationMode::Auto => strata::Isolation::Auto,
+            cli::IsolationMode::Namespaces => strata::Isolation::Namespaces,
+            cli::IsolationMode::InContainer => strata::Isolation::InContainer,
+        })
+        .force(args.force)
+        .ignore_var_run(args.ignore_var_run);
     for text in &args.build_contexts {
         let (name, source) = key_value("--build-context", text, "NAME=oci-layout://DIR[:TAG]")?;
         build = build.build_context(name, source);
@@ -249,12 +255,25 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
         })
         .transpose()?;
     build = build.registry(registry_client(&args)?);
-    if !matches!(
+    let verbose = !matches!(
         args.verbosity,
         Verbosity::Panic | Verbosity::Fatal | Verbosity::Error
-    ) {
+    );
+    // Which isolation ran goes into the final report too.
+    let isolation: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    {
         let sink = Arc::clone(&display);
-        build = build.on_event(move |event| sink.event(event));
+        let isolation = Arc::clone(&isolation);
+        build = build.on_event(move |event| {
+            if let strata::Event::Isolation { mode, reason } = event
+                && let Ok(mut slot) = isolation.lock()
+            {
+                *slot = Some(format!("RUN steps ran with {mode} isolation: {reason}"));
+            }
+            if verbose {
+                sink.event(event);
+            }
+        });
     }
 
     let image = build.run().await?;
@@ -310,6 +329,9 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
     };
     write(&args.image_name_with_digest_file, names(false))?;
     write(&args.image_name_tag_with_digest_file, names(true))?;
+    if let Some(line) = isolation.lock().ok().and_then(|slot| slot.clone()) {
+        outputs.push(line);
+    }
     let (hits, steps) = image.cache_hits();
     let digest = image.digest().to_owned();
     drop(image);

@@ -4,116 +4,14 @@
 //! (`--network host`), the context is a volume at `/workspace` and the Docker config a volume
 //! at `/kaniko/.docker`, as in Kaniko's Kubernetes Jobs and Tekton's Task.
 
+mod podman;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 
 use base64::Engine as _;
+use podman::{build_image, image, lowercase_dir, podman, snapshot, text};
 use strata_testkit::{TestRegistry, find_program};
-
-/// A new directory whose path is all lower case (podman names an `oci:` image after it).
-fn lowercase_dir() -> tempfile::TempDir {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNT.fetch_add(1, Ordering::Relaxed);
-    tempfile::Builder::new()
-        .prefix(&format!("strata-image-{}-{n}", std::process::id()))
-        .rand_bytes(0)
-        .tempdir()
-        .unwrap()
-}
-
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `scripts/executor-image --profile dev [--debug] --oci-layout DIR`; the digest it prints.
-fn build_image(debug: bool, layout: &Path) -> String {
-    let mut command = Command::new(repository().join("scripts/executor-image"));
-    command
-        .args(["--profile", "dev", "--oci-layout"])
-        .arg(layout);
-    if debug {
-        command.arg("--debug");
-    }
-    let out = command.output().expect("scripts/executor-image runs");
-    assert!(
-        out.status.success(),
-        "scripts/executor-image: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let digest = stdout.lines().last().unwrap_or_default().trim().to_owned();
-    assert!(digest.starts_with("sha256:"), "{stdout}");
-    digest
-}
-
-/// The executor image (built once for all tests of this file) as an OCI layout.
-fn image() -> &'static (tempfile::TempDir, String) {
-    static IMAGE: OnceLock<(tempfile::TempDir, String)> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let dir = lowercase_dir();
-        let digest = build_image(false, &dir.path().join("executor"));
-        (dir, digest)
-    })
-}
-
-/// `podman run` with the default security settings and runc (crun fails on this kernel's
-/// hybrid cgroups; podman's default open-files limit cannot be set unprivileged, hence the
-/// containers.conf without default ulimits).
-fn podman(layout: &Path, volumes: &[(&Path, &str)], extra: &[&str], args: &[&str]) -> Output {
-    let podman = find_program("podman", "podman").unwrap();
-    find_program("runc", "runc").unwrap();
-    let conf = tempfile::NamedTempFile::new().unwrap();
-    fs::write(conf.path(), "[containers]\ndefault_ulimits = []\n").unwrap();
-    let mut command = Command::new(podman);
-    command.env("CONTAINERS_CONF", conf.path()).args([
-        "--runtime",
-        "runc",
-        "run",
-        "--rm",
-        "--network",
-        "host",
-    ]);
-    for (host, inside) in volumes {
-        command
-            .arg("-v")
-            .arg(format!("{}:{inside}", host.display()));
-    }
-    command
-        .args(extra)
-        .arg(format!("oci:{}:latest", layout.display()))
-        .args(args);
-    command.output().expect("podman runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Every file below `dir` with its bytes.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(path);
-            } else {
-                out.push((path.clone(), fs::read(&path).unwrap_or_default()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 #[test]
 fn the_image_is_reproducible_static_and_has_kanikos_layout() {
@@ -232,7 +130,7 @@ fn a_copy_build_pushes_with_the_mounted_docker_config_over_tls() {
 }
 
 #[test]
-fn a_run_step_fails_with_the_probes_message_never_a_raw_mount_error() {
+fn namespaces_asked_for_in_an_unprivileged_container_fail_with_the_probes_message() {
     let (dir, _) = image();
     let layout = dir.path().join("executor");
     let registry = TestRegistry::start().unwrap();
@@ -247,7 +145,13 @@ fn a_run_step_fails_with_the_probes_message_never_a_raw_mount_error() {
         &layout,
         &[(workspace.path(), "/workspace")],
         &[],
-        &["--context", "dir:///workspace", "--no-push"],
+        &[
+            "--context",
+            "dir:///workspace",
+            "--no-push",
+            "--isolation",
+            "namespaces",
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -257,6 +161,14 @@ fn a_run_step_fails_with_the_probes_message_never_a_raw_mount_error() {
         "the probe's message: {stderr}"
     );
     assert!(!stderr.contains("mounting proc"), "{stderr}");
+    // The default (auto) picks the in-container mode and builds (tests/in_container.rs).
+    let out = podman(
+        &layout,
+        &[(workspace.path(), "/workspace")],
+        &[],
+        &["--context", "dir:///workspace", "--no-push"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

@@ -50,6 +50,7 @@ pub struct Extractor {
     expected_digest: Option<String>,
     expected_diff_id: Option<String>,
     media_type: Option<String>,
+    protected: Vec<PathBuf>,
 }
 
 /// What an extraction did.
@@ -69,6 +70,9 @@ pub struct ExtractReport {
     pub ownership_not_applied: Vec<(String, u64, u64)>,
     /// Things that did not stop the extraction (an xattr the filesystem refused).
     pub warnings: Vec<String>,
+    /// Entries and whiteouts left out because they fall on a protected path
+    /// ([`Extractor::protect`]).
+    pub skipped: Vec<String>,
 }
 
 enum Decoder<R: Read> {
@@ -176,6 +180,10 @@ impl Applier<'_> {
                 continue;
             }
             let path = self.join(&real).join(&component);
+            if self.protected(&path) {
+                // Never written through: the caller skips the entry.
+                return Ok(None);
+            }
             match fs::symlink_metadata(&path) {
                 Ok(meta) if meta.is_dir() => real.push(component),
                 Ok(meta) if meta.file_type().is_symlink() => {
@@ -235,6 +243,51 @@ impl Applier<'_> {
         }
     }
 
+    /// Whether `path` (inside the root) is at or below a protected path.
+    fn protected(&self, path: &Path) -> bool {
+        let relative = path.strip_prefix(&self.root).unwrap_or(path);
+        self.options
+            .protected
+            .iter()
+            .any(|p| relative.starts_with(p))
+    }
+
+    /// Whether a protected path lies strictly below `path`.
+    fn holds_protected(&self, path: &Path) -> bool {
+        let relative = path.strip_prefix(&self.root).unwrap_or(path);
+        self.options
+            .protected
+            .iter()
+            .any(|p| p.starts_with(relative) && p.as_path() != relative)
+    }
+
+    fn skip(&mut self, header: &EntryHeader) {
+        self.report.skipped.push(header.display_name());
+    }
+
+    /// Removes `path` and what is below it, except protected paths and the directories that
+    /// lead to them. Returns whether `path` itself is gone.
+    fn remove_around(&mut self, path: &Path) -> Result<bool> {
+        if self.protected(path) {
+            return Ok(false);
+        }
+        if !self.holds_protected(path) {
+            self.remove(path)?;
+            return Ok(true);
+        }
+        self.cache = None;
+        let children = match fs::read_dir(path) {
+            Ok(children) => children,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(Error::io(path)(e)),
+        };
+        for child in children {
+            let child = child.map_err(Error::io(path))?.path();
+            self.remove_around(&child)?;
+        }
+        Ok(false)
+    }
+
     fn join(&self, components: &[OsString]) -> PathBuf {
         let mut path = self.root.clone();
         path.extend(components);
@@ -275,16 +328,29 @@ impl Applier<'_> {
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             return self.whiteout(header, parent, name, hidden);
         }
-        let dir = self
-            .resolve_dir(header, parent, true)?
-            .ok_or_else(|| refused(header, "parent could not be created"))?;
+        if self.protected(&self.join(&components)) {
+            self.skip(header);
+            return Ok(());
+        }
+        let Some(dir) = self.resolve_dir(header, parent, true)? else {
+            // The parent leads onto a protected path.
+            self.skip(header);
+            return Ok(());
+        };
         let target = dir.join(name);
+        if self.protected(&target) {
+            self.skip(header);
+            return Ok(());
+        }
         self.note_parent(&dir);
         let existing = fs::symlink_metadata(&target).ok();
         match header.kind {
             ReadKind::Dir => {
                 if !existing.as_ref().is_some_and(|m| m.is_dir()) {
-                    self.remove(&target)?;
+                    if !self.remove_around(&target)? {
+                        self.skip(header);
+                        return Ok(());
+                    }
                     fs::create_dir(&target).map_err(Error::io(&target))?;
                 }
                 self.created.insert(target.clone());
@@ -294,8 +360,10 @@ impl Applier<'_> {
                 return Ok(());
             }
             _ => {
-                if existing.is_some() {
-                    self.remove(&target)?;
+                if existing.is_some() && !self.remove_around(&target)? {
+                    // A directory that holds a protected path stays a directory.
+                    self.skip(header);
+                    return Ok(());
                 }
             }
         }
@@ -345,6 +413,7 @@ impl Applier<'_> {
                 let source = self
                     .resolve_dir(header, link_parent, false)?
                     .map(|dir| dir.join(link_name))
+                    .filter(|p| !self.protected(p))
                     .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
                     .ok_or_else(|| {
                         refused(
@@ -461,7 +530,7 @@ impl Applier<'_> {
                     for child in children {
                         let child = child.map_err(Error::io(&dir))?.path();
                         if !self.created.contains(&child) {
-                            self.remove(&child)?;
+                            self.remove_around(&child)?;
                         }
                     }
                 } else {
@@ -469,8 +538,11 @@ impl Applier<'_> {
                         return Err(refused(header, "whiteout without a name"));
                     }
                     let target = dir.join(OsStr::from_bytes(hidden));
+                    if self.protected(&target) || self.holds_protected(&target) {
+                        self.skip(header);
+                    }
                     if !self.created.contains(&target) {
-                        self.remove(&target)?;
+                        self.remove_around(&target)?;
                     }
                 }
             }
@@ -609,6 +681,62 @@ impl Extractor {
     pub fn media_type(mut self, media_type: Option<String>) -> Self {
         self.media_type = media_type;
         self
+    }
+
+    /// Paths inside the target (relative, `/`-separated) that are never written, replaced or
+    /// deleted, nor written through: entries at or below them are skipped (and listed in
+    /// [`ExtractReport::skipped`]), whiteouts remove what is around them, and a directory
+    /// that holds one is never replaced by a file. For a layer applied onto a live root
+    /// filesystem whose mount points (`/proc`, volumes, the builder's own directory) must
+    /// stay as they are.
+    pub fn protect<I, S>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<Path>,
+    {
+        for path in paths {
+            let relative: PathBuf = path
+                .as_ref()
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .collect();
+            if !relative.as_os_str().is_empty() {
+                self.protected.push(relative);
+            }
+        }
+        self
+    }
+
+    /// Removes everything below `root` except the protected paths ([`Extractor::protect`])
+    /// and the directories that lead to them: the start of a fresh root filesystem on a live
+    /// one. Symbolic links are removed, never followed.
+    pub fn clear(&self, root: &Path) -> Result<()> {
+        let holds = |relative: &Path| {
+            self.protected
+                .iter()
+                .any(|p| p.starts_with(relative) && p.as_path() != relative)
+        };
+        let mut stack = vec![PathBuf::new()];
+        while let Some(relative) = stack.pop() {
+            let dir = root.join(&relative);
+            for child in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+                let child = child.map_err(Error::io(&dir))?;
+                let inner = relative.join(child.file_name());
+                if self.protected.iter().any(|p| inner.starts_with(p)) {
+                    continue;
+                }
+                let path = child.path();
+                let meta = fs::symlink_metadata(&path).map_err(Error::io(&path))?;
+                if meta.is_dir() && holds(&inner) {
+                    stack.push(inner);
+                } else if meta.is_dir() {
+                    fs::remove_dir_all(&path).map_err(Error::io(&path))?;
+                } else {
+                    fs::remove_file(&path).map_err(Error::io(&path))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn decoder<R: Read>(&self, reader: R) -> Result<Decoder<R>> {

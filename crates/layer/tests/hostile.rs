@@ -266,3 +266,93 @@ fn a_bad_entry_in_unpack_leaves_nothing() {
     assert!(Extractor::new().unpack(layer.as_slice(), &dest).is_err());
     assert_eq!(fs::read_dir(parent.path()).unwrap().count(), 0);
 }
+
+/// A live root filesystem's protected paths (mount points, volumes, the builder's own
+/// directory): no entry, link or whiteout of a layer writes, replaces or deletes them, and
+/// `clear` removes everything else.
+#[test]
+fn protected_paths_are_never_written_replaced_or_deleted() {
+    let arena = Arena::new();
+    let root = arena.target();
+    for dir in ["proc", "work/space", "var/run", "etc", "a/b"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::write(root.join("work/space/user-file"), "mine").unwrap();
+    fs::write(root.join("var/run/sock"), "live").unwrap();
+    fs::write(root.join("etc/hosts"), "127.0.0.1 localhost").unwrap();
+    fs::write(root.join("a/b/kept"), "kept").unwrap();
+    fs::write(root.join("a/gone"), "gone").unwrap();
+    let protect = ["proc", "work/space", "var/run", "/etc/hosts", "a/b"];
+    let before: Vec<_> = [
+        "work/space/user-file",
+        "var/run/sock",
+        "etc/hosts",
+        "a/b/kept",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), fs::read(root.join(p)).unwrap()))
+    .collect();
+    let layer = RawTar::new()
+        .file("proc/evil", b"x")
+        .file("work/space/user-file", b"overwritten")
+        .file("etc/hosts", b"evil hosts")
+        .symlink("link", "/work/space")
+        .file("link/through", b"x")
+        .symlink("var/run", "/tmp")
+        .file("var", b"a file where var was")
+        .file(".wh.proc", b"")
+        .file("etc/.wh.hosts", b"")
+        .file("a/.wh..wh..opq", b"")
+        .file("fresh", b"new")
+        .finish();
+    let report = Extractor::new()
+        .protect(protect)
+        .apply(&layer[..], &root)
+        .unwrap();
+    for (path, bytes) in &before {
+        assert_eq!(&fs::read(root.join(path)).unwrap(), bytes, "{path} changed");
+    }
+    assert!(!root.join("proc/evil").exists());
+    assert!(!root.join("work/space/through").exists());
+    assert!(
+        root.join("var").is_dir(),
+        "a directory holding a protected path stays"
+    );
+    assert!(
+        !root.join("a/gone").exists(),
+        "the opaque whiteout removes around a/b"
+    );
+    assert_eq!(fs::read(root.join("fresh")).unwrap(), b"new");
+    assert!(report.skipped.len() >= 6, "{:?}", report.skipped);
+
+    // Clearing the root for a new stage keeps the protected paths and what leads to them.
+    Extractor::new().protect(protect).clear(&root).unwrap();
+    let mut left: Vec<String> = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            left.push(path.strip_prefix(&root).unwrap().display().to_string());
+            if entry.file_type().unwrap().is_dir() && !path.ends_with("space") {
+                stack.push(path);
+            }
+        }
+    }
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "a",
+            "a/b",
+            "a/b/kept",
+            "etc",
+            "etc/hosts",
+            "proc",
+            "var",
+            "var/run",
+            "var/run/sock",
+            "work",
+            "work/space"
+        ]
+    );
+}

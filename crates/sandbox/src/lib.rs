@@ -47,6 +47,8 @@ mod child;
 #[cfg(target_os = "linux")]
 mod idmap;
 #[cfg(target_os = "linux")]
+mod inplace;
+#[cfg(target_os = "linux")]
 mod probe;
 #[cfg(target_os = "linux")]
 mod root;
@@ -56,6 +58,8 @@ mod sandbox;
 mod unsupported;
 
 pub use error::{Error, Result};
+#[cfg(target_os = "linux")]
+pub use inplace::run_in_place;
 #[cfg(target_os = "linux")]
 pub use probe::{Probe, Support, probe};
 #[cfg(target_os = "linux")]
@@ -67,6 +71,6 @@ pub use step::{
     Outcome, Sharing, Step, Stream,
 };
 #[cfg(not(target_os = "linux"))]
-pub use unsupported::{MAX_LINE, Probe, Sandbox, SandboxBuilder, Support, probe};
+pub use unsupported::{MAX_LINE, Probe, Sandbox, SandboxBuilder, Support, probe, run_in_place};
 #[cfg(target_os = "linux")]
 pub use user::chown_ids;

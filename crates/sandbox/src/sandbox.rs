@@ -847,7 +847,7 @@ fn pump(
 
 /// Appends `data` to `pending` and hands out every complete line, and pieces of
 /// [`MAX_LINE`] bytes of a line that is longer.
-fn split_lines(pending: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(&[u8])) {
+pub(crate) fn split_lines(pending: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(&[u8])) {
     pending.extend_from_slice(data);
     let mut start = 0;
     while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {

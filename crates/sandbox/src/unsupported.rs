@@ -33,6 +33,15 @@ pub fn probe() -> Probe {
     }
 }
 
+/// Reports that this platform cannot run steps.
+pub fn run_in_place(
+    _step: &crate::Step,
+    _cancel: &crate::Cancel,
+    _on_output: impl FnMut(crate::Stream, &[u8]),
+) -> crate::Result<crate::Outcome> {
+    Err(crate::Error::Unsupported(WHY))
+}
+
 /// Configures a [`Sandbox`].
 #[derive(Debug, Clone, Default)]
 pub struct SandboxBuilder;

@@ -104,7 +104,11 @@ pub fn changed(old: &FileInfo, new: &FileInfo) -> bool {
     if new.kind == Kind::Dir {
         return false;
     }
+    // The status-change time catches a write that put the size and modification time back.
+    // Not for directories (it moves with every entry added or removed, which their own
+    // entries show), nor when only the link count changed (a new hard link elsewhere).
     if old.size != new.size
+        || (old.ctime != new.ctime && old.nlink == new.nlink)
         || old.link_target != new.link_target
         || old.rdev != new.rdev
         || (old.ino, old.dev) != (new.ino, new.dev)

@@ -294,12 +294,20 @@ pub fn upper_changes(upper: &Path, lowers: &[PathBuf]) -> Result<ChangeSet> {
                     // Copy-up leaves lower metadata on parents of changed paths and on files
                     // whose metadata was set to what it was: those did not change.
                     let mut comparable = info.clone();
+                    // (A copied-up inode is new, so its status-change time says nothing.)
                     (
                         comparable.ino,
                         comparable.dev,
                         comparable.nlink,
                         comparable.birth,
-                    ) = (before.ino, before.dev, before.nlink, before.birth);
+                        comparable.ctime,
+                    ) = (
+                        before.ino,
+                        before.dev,
+                        before.nlink,
+                        before.birth,
+                        before.ctime,
+                    );
                     changed(before, &comparable).then_some(ChangeKind::Modified)
                 }
             };

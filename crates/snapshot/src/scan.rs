@@ -48,6 +48,9 @@ pub struct FileInfo {
     pub mtime_secs: i64,
     /// Modification time, nanoseconds.
     pub mtime_nanos: u32,
+    /// Status-change time (seconds, nanoseconds): changes on every write and metadata change,
+    /// even one that puts the modification time back.
+    pub ctime: (i64, u32),
     /// Inode number.
     pub ino: u64,
     /// Device of the filesystem holding it.
@@ -202,6 +205,7 @@ pub fn file_info(path: &Path, hash: bool) -> Result<FileInfo> {
         size: if kind == Kind::Dir { 0 } else { meta.len() },
         mtime_secs: meta.mtime(),
         mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        ctime: (meta.ctime(), meta.ctime_nsec().clamp(0, 999_999_999) as u32),
         ino: meta.ino(),
         dev: meta.dev(),
         nlink: meta.nlink(),

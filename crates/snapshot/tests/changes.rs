@@ -304,3 +304,27 @@ fn writing_to_a_hardlinked_file() {
         );
     }
 }
+
+#[test]
+fn a_write_that_puts_the_size_and_time_back_is_still_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::write(root.join("f"), "aaaa").unwrap();
+    let before = strata_snapshot::Scanner::new(root).scan().unwrap();
+    let mtime = fs::metadata(root.join("f")).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(root.join("f"), "bbbb").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(root.join("f"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let after = strata_snapshot::Scanner::new(root).scan().unwrap();
+    let changes = strata_snapshot::diff(&before, &after);
+    assert!(
+        changes.changes.iter().any(|c| c.path == "f"),
+        "{:?}",
+        changes.changes
+    );
+}

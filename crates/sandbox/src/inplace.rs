@@ -1,0 +1,246 @@
+//! Running a step as a plain child process in this process's own root filesystem: the
+//! in-container mode, for unprivileged containers where namespaces and mounts are denied
+//! (Kaniko's way). There is no isolation beyond the container's own: the caller runs it only
+//! in a container made for the build, and makes the step's mounts and snapshots itself.
+//!
+//! The command gets the step's environment (a default `PATH` and the user's `HOME` when
+//! missing), its working directory (created when missing), and its user, group and
+//! supplementary groups from the root's `/etc/passwd` and `/etc/group`. It leads a process
+//! group of its own; when it ends, or on timeout or cancellation, the whole group is killed,
+//! so nothing it left running keeps the build waiting.
+
+#![allow(unsafe_code)]
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::error::{Error, Result};
+use crate::root::{self, Create};
+use crate::sandbox::split_lines;
+use crate::step::{Cancel, DEFAULT_PATH, ExitStatus, Isolation, Network, Outcome, Step, Stream};
+use crate::user;
+
+/// How long output is still read after the command exits and its group is killed (a process
+/// that left the group with `setsid` may hold the pipes open).
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Runs `step` in place: its root must be `/` (the process's own root filesystem) and it may
+/// have no mounts (the caller makes them). Output comes line by line to `on_output`.
+pub fn run_in_place(
+    step: &Step,
+    cancel: &Cancel,
+    mut on_output: impl FnMut(Stream, &[u8]),
+) -> Result<Outcome> {
+    let started = Instant::now();
+    if step.argv.is_empty() {
+        return Err(Error::InvalidStep("the command is empty".to_owned()));
+    }
+    if step.root != Path::new("/") {
+        return Err(Error::InvalidStep(format!(
+            "a step run in place must have the root `/`, not {}",
+            step.root.display()
+        )));
+    }
+    if !step.mounts.is_empty() {
+        return Err(Error::InvalidStep(
+            "a step run in place takes no mounts (the caller makes them)".to_owned(),
+        ));
+    }
+    if step.network == Network::None {
+        return Err(Error::InvalidStep(
+            "--network=none needs a network namespace, which a step run in place does not have"
+                .to_owned(),
+        ));
+    }
+    let root_dir = Path::new("/");
+    let exec_user = user::resolve(root_dir, &step.user)?;
+    let mut env: Vec<(String, String)> = step.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".to_owned(), exec_user.home.clone()));
+    }
+    let workdir = if step.workdir.is_empty() {
+        "/"
+    } else {
+        &step.workdir
+    };
+    let cwd = root::resolve_as(root_dir, workdir, Create::Dir, None)?;
+
+    let mut command = Command::new(&step.argv[0]);
+    command
+        .args(&step.argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let (uid, gid, groups) = (exec_user.uid, exec_user.gid, exec_user.groups.clone());
+    // SAFETY: the closure runs in the forked child before exec and makes raw system calls
+    // only (no allocation: `groups` was built before the fork), in the order that keeps the
+    // privilege to make them: groups, then gid, then uid.
+    unsafe {
+        command.pre_exec(move || {
+            let list: &[libc::gid_t] = &groups;
+            if libc::syscall(libc::SYS_setgroups, list.len(), list.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| Error::Exec {
+        program: step.argv[0].clone(),
+        reason: match e.kind() {
+            std::io::ErrorKind::NotFound => "executable file not found in $PATH".to_owned(),
+            _ => e.to_string(),
+        },
+    })?;
+    let group = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let kill_group = || {
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    };
+    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        kill_group();
+        return Err(Error::Lost(
+            "the command's output pipes are missing".to_owned(),
+        ));
+    };
+    let deadline = step.timeout.map(|t| started + t);
+    let mut open = [true, true];
+    let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut status = None;
+    let mut stopped: Option<Error> = None;
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if status.is_none() {
+            status = child
+                .try_wait()
+                .map_err(|e| Error::Lost(format!("waiting for the command: {e}")))?;
+            if status.is_some() {
+                // The command is done: whatever it left running goes with its group.
+                kill_group();
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+        }
+        if stopped.is_none() && status.is_none() {
+            if cancel.is_cancelled() {
+                stopped = Some(Error::Cancelled);
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                stopped = Some(Error::TimedOut(step.timeout.unwrap_or_default()));
+            }
+            if stopped.is_some() {
+                kill_group();
+            }
+        }
+        if !open.iter().any(|o| *o) && status.is_some() {
+            break;
+        }
+        if drain_until.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let fds_raw = [stdout.as_raw_fd(), stderr.as_raw_fd()];
+        let watched: Vec<usize> = (0..2).filter(|&i| open[i]).collect();
+        if watched.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let borrowed: Vec<_> = watched
+            .iter()
+            // SAFETY: the descriptors belong to `stdout` and `stderr`, alive for this loop.
+            .map(|&i| unsafe { std::os::fd::BorrowedFd::borrow_raw(fds_raw[i]) })
+            .collect();
+        let mut fds: Vec<PollFd<'_>> = borrowed
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let tick = Timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        match rustix::event::poll(&mut fds, Some(&tick)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                kill_group();
+                return Err(Error::Lost(format!("polling the output: {e}")));
+            }
+        }
+        let ready: Vec<usize> = watched
+            .iter()
+            .zip(&fds)
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(&i, _)| i)
+            .collect();
+        drop(fds);
+        for i in ready {
+            let streams = [Stream::Stdout, Stream::Stderr];
+            let read = if i == 0 {
+                stdout.read(&mut buffer)
+            } else {
+                stderr.read(&mut buffer)
+            };
+            match read {
+                Ok(0) => {
+                    open[i] = false;
+                    if !pending[i].is_empty() {
+                        on_output(streams[i], &pending[i]);
+                        pending[i].clear();
+                    }
+                }
+                Ok(n) => split_lines(&mut pending[i], &buffer[..n], |line| {
+                    on_output(streams[i], line)
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    kill_group();
+                    return Err(Error::Lost(format!("reading the output: {e}")));
+                }
+            }
+        }
+    }
+    for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+        if !pending[i].is_empty() {
+            on_output(stream, &pending[i]);
+        }
+    }
+    let status = match status {
+        Some(status) => status,
+        None => child
+            .wait()
+            .map_err(|e| Error::Lost(format!("waiting for the command: {e}")))?,
+    };
+    if let Some(error) = stopped {
+        return Err(error);
+    }
+    let status = match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(signal)) => ExitStatus::Signal(signal),
+        (None, None) => return Err(Error::Lost(format!("{status:?}"))),
+    };
+    Ok(Outcome {
+        status,
+        isolation: Isolation {
+            user_namespace: false,
+            chroot: false,
+            network: Network::Host,
+        },
+        duration: started.elapsed(),
+    })
+}
