@@ -166,6 +166,7 @@ fn child_build() {
                 .dockerfile_text(var("DOCKERFILE"))
                 .state_dir(var("STATE"))
                 .reproducible(1_700_000_000)
+                .isolation(strata::Isolation::Namespaces)
                 .run(),
         )
         .unwrap();

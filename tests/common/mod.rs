@@ -33,11 +33,15 @@ impl Fixture {
         }
     }
 
-    /// A build of `context` with `dockerfile` (where `{base}` is the busybox reference).
+    /// A build of `context` with `dockerfile` (where `{base}` is the busybox reference). RUN
+    /// steps use namespaces, never the in-container mode: tests run on the host, and a
+    /// host that looks like a container (this project's machines have /.dockerenv) must
+    /// never have its root filesystem replaced.
     pub fn build(&self, context: &Path, dockerfile: &str) -> Build {
         Build::new(context)
             .dockerfile_text(dockerfile.replace("{base}", &self.base))
             .state_dir(self.state.path())
+            .isolation(strata::Isolation::Namespaces)
     }
 }
 

@@ -173,6 +173,7 @@ fn pushes_with_a_digest_file_and_reports_syntax_errors_with_the_line() {
     let out = build(
         cwd.path(),
         &[
+            "--isolation=namespaces",
             "--context",
             ".",
             "--state-dir",

@@ -23,7 +23,7 @@ fn executor(cwd: &Path, env: &[(&str, &Path)], args: &[&str]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
     command
         .current_dir(cwd)
-        .arg("build")
+        .args(["build", "--isolation", "namespaces"])
         .args(args)
         .env("SECRET_TOKEN", SECRET);
     for (name, value) in env {
