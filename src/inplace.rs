@@ -9,11 +9,10 @@ use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use strata_sandbox::{Mount as SandboxMount, MountKind, Network, Step, Stream};
+use strata_sandbox::{Mount as SandboxMount, MountKind, Network, Step};
 
 use crate::engine::{Engine, InContainer, StageImage, StepAt};
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::run::{BindCopy, check_outcome, copy_tree};
 
 /// What a RUN step asks for, already resolved by [`Engine::run`].
@@ -72,17 +71,7 @@ impl Engine {
                 .user(step.user.clone());
             let mut tail: VecDeque<String> = VecDeque::new();
             let outcome = strata_sandbox::run_in_place(&command, &self.cancel, |stream, line| {
-                let text = String::from_utf8_lossy(line).into_owned();
-                if tail.len() == 20 {
-                    tail.pop_front();
-                }
-                tail.push_back(text.clone());
-                self.emit(Event::Output {
-                    stage: at.stage.to_owned(),
-                    line: at.line,
-                    stderr: stream == Stream::Stderr,
-                    text,
-                });
+                self.step_output(at, &mut tail, stream, line)
             });
             (outcome, tail)
         });

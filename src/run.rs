@@ -267,19 +267,8 @@ impl Engine {
         }
         step = step.envs(secret_env);
         let mut tail: VecDeque<String> = VecDeque::new();
-        let mut on_output = |stream: Stream, line: &[u8]| {
-            let text = String::from_utf8_lossy(line).into_owned();
-            if tail.len() == 20 {
-                tail.pop_front();
-            }
-            tail.push_back(text.clone());
-            self.emit(Event::Output {
-                stage: at.stage.to_owned(),
-                line: at.line,
-                stderr: stream == Stream::Stderr,
-                text,
-            });
-        };
+        let mut on_output =
+            |stream: Stream, line: &[u8]| self.step_output(at, &mut tail, stream, line);
         let entries;
         if overlay {
             let work = scratch.path().join("work");
@@ -327,6 +316,28 @@ impl Engine {
             }
         }
         Ok(false)
+    }
+
+    /// One line of a RUN step's output: an event, and the last 20 lines kept for the error
+    /// of a failed step.
+    pub(crate) fn step_output(
+        &self,
+        at: &StepAt<'_>,
+        tail: &mut VecDeque<String>,
+        stream: Stream,
+        line: &[u8],
+    ) {
+        let text = String::from_utf8_lossy(line).into_owned();
+        if tail.len() == 20 {
+            tail.pop_front();
+        }
+        tail.push_back(text.clone());
+        self.emit(Event::Output {
+            stage: at.stage.to_owned(),
+            line: at.line,
+            stderr: stream == Stream::Stderr,
+            text,
+        });
     }
 
     /// Leaves out of a change set the paths the caller asked to ignore (`--ignore-path`).

@@ -295,7 +295,12 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
         image.write_oci_layout(dir, "latest")?;
         outputs.push(format!("wrote OCI layout {}:latest", dir.display()));
     }
-    if outputs.is_empty() && (args.destinations.is_empty() || args.no_push) {
+    if outputs.is_empty() && args.no_push {
+        // Kaniko's meaning: build only. (The image stays in the state directory.)
+        outputs.push(
+            "no output asked for (--no-push): the image is in the state directory".to_owned(),
+        );
+    } else if outputs.is_empty() && args.destinations.is_empty() {
         let dir = PathBuf::from("out").join(&name);
         image.write_oci_layout(&dir, "latest")?;
         outputs.push(format!(

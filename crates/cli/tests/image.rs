@@ -9,8 +9,9 @@ mod podman;
 use std::fs;
 use std::process::Command;
 
-use base64::Engine as _;
-use podman::{build_image, image, lowercase_dir, podman, snapshot, text};
+use podman::{
+    build_image, docker_config, image, lowercase_dir, podman, remote_digest, snapshot, text,
+};
 use strata_testkit::{TestRegistry, find_program};
 
 #[test]
@@ -79,16 +80,7 @@ fn a_copy_build_pushes_with_the_mounted_docker_config_over_tls() {
     fs::create_dir(workspace.path().join("site")).unwrap();
     fs::write(workspace.path().join("site/index.html"), "<h1>hi</h1>\n").unwrap();
     fs::write(workspace.path().join("ca.pem"), registry.ca_pem().unwrap()).unwrap();
-    let docker = tempfile::tempdir().unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode("ci:ci-pass-8Qm");
-    fs::write(
-        docker.path().join("config.json"),
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
-            registry.host()
-        ),
-    )
-    .unwrap();
+    let docker = docker_config(&registry.host(), "ci", "ci-pass-8Qm");
     let docker_before = snapshot(docker.path());
     let destination = format!("{}/team/site:1", registry.host());
     let certificate = format!("{}=/workspace/ca.pem", registry.host());
@@ -112,15 +104,7 @@ fn a_copy_build_pushes_with_the_mounted_docker_config_over_tls() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let digest = fs::read_to_string(workspace.path().join("digest")).unwrap();
-    let skopeo = find_program("skopeo", "skopeo").unwrap();
-    let inspected = Command::new(skopeo)
-        .args(["inspect", "--creds", "ci:ci-pass-8Qm", "--tls-verify=false"])
-        .arg(format!("docker://{destination}"))
-        .output()
-        .unwrap();
-    assert!(inspected.status.success(), "{}", text(&inspected));
-    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
-    assert_eq!(json["Digest"].as_str(), Some(digest.as_str()));
+    assert_eq!(remote_digest(&destination, "ci:ci-pass-8Qm"), digest);
     assert_eq!(
         snapshot(docker.path()),
         docker_before,
@@ -161,7 +145,9 @@ fn namespaces_asked_for_in_an_unprivileged_container_fail_with_the_probes_messag
         "the probe's message: {stderr}"
     );
     assert!(!stderr.contains("mounting proc"), "{stderr}");
-    // The default (auto) picks the in-container mode and builds (tests/in_container.rs).
+    // The default (auto) picks the in-container mode and builds (tests/in_container.rs);
+    // --no-push writes nothing, so the workspace stays as it was.
+    let before = snapshot(workspace.path());
     let out = podman(
         &layout,
         &[(workspace.path(), "/workspace")],
@@ -169,6 +155,7 @@ fn namespaces_asked_for_in_an_unprivileged_container_fail_with_the_probes_messag
         &["--context", "dir:///workspace", "--no-push"],
     );
     assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(snapshot(workspace.path()), before, "the workspace changed");
 }
 
 #[test]

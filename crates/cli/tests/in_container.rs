@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use podman::{debug_image, podman, snapshot, text};
+use podman::{debug_image, docker_config, podman, remote_digest, snapshot, text};
 use strata_testkit::{TestRegistry, push_busybox_image};
 
 /// A registry with the busybox base, and its reference.
@@ -364,17 +364,7 @@ fn a_push_with_the_mounted_docker_config() {
         format!("FROM {}\nRUN echo pushed > /pushed\n", base.reference),
     )
     .unwrap();
-    let docker = tempfile::tempdir().unwrap();
-    use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode("ci:ci-pass-77x");
-    fs::write(
-        docker.path().join("config.json"),
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
-            registry.host()
-        ),
-    )
-    .unwrap();
+    let docker = docker_config(&registry.host(), "ci", "ci-pass-77x");
     let destination = format!("{}/team/app:1", registry.host());
     let (dir, _) = debug_image();
     let out = podman(
@@ -396,13 +386,5 @@ fn a_push_with_the_mounted_docker_config() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("ci-pass-77x"));
     let digest = fs::read_to_string(workspace.path().join("digest")).unwrap();
-    let skopeo = strata_testkit::find_program("skopeo", "skopeo").unwrap();
-    let inspected = Command::new(skopeo)
-        .args(["inspect", "--tls-verify=false", "--creds", "ci:ci-pass-77x"])
-        .arg(format!("docker://{destination}"))
-        .output()
-        .unwrap();
-    assert!(inspected.status.success(), "{}", text(&inspected));
-    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
-    assert_eq!(json["Digest"].as_str(), Some(digest.as_str()));
+    assert_eq!(remote_digest(&destination, "ci:ci-pass-77x"), digest);
 }

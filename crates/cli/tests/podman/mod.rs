@@ -122,3 +122,30 @@ pub fn debug_image() -> &'static (tempfile::TempDir, String) {
         (dir, digest)
     })
 }
+
+/// A Docker config directory (`config.json`) with `user:password` for `registry`, as a
+/// Kubernetes secret mounted at `/kaniko/.docker` holds it.
+pub fn docker_config(registry: &str, user: &str, password: &str) -> tempfile::TempDir {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    dir
+}
+
+/// The manifest digest skopeo reads for `destination` with `user:password`.
+pub fn remote_digest(destination: &str, creds: &str) -> String {
+    let skopeo = find_program("skopeo", "skopeo").unwrap();
+    let inspected = Command::new(skopeo)
+        .args(["inspect", "--tls-verify=false", "--creds", creds])
+        .arg(format!("docker://{destination}"))
+        .output()
+        .unwrap();
+    assert!(inspected.status.success(), "{}", text(&inspected));
+    let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    json["Digest"].as_str().unwrap_or_default().to_owned()
+}
