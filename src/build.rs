@@ -486,6 +486,7 @@ impl Build {
                     &engine.opts.ignore_paths,
                     engine.opts.ignore_var_run,
                 ),
+                untouchable: crate::incontainer::untouchable(state_dir),
                 slash: std::sync::Mutex::new(None),
             });
         }

@@ -90,6 +90,8 @@ pub(crate) struct Options {
 #[derive(Debug)]
 pub(crate) struct InContainer {
     pub ignore: Vec<String>,
+    /// Mount points and our own directories: no RUN mount may be placed on them.
+    pub untouchable: Vec<String>,
     pub slash: Mutex<Option<Vec<String>>>,
 }
 

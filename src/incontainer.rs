@@ -115,6 +115,22 @@ pub(crate) fn ignore_list(state_dir: &Path, extra: &[String], ignore_var_run: bo
         // /var/run is usually a link to /run, where runtimes keep their own files.
         paths.push("run".to_owned());
     }
+    paths.extend(untouchable(state_dir));
+    for path in extra {
+        paths.push(path.trim_matches('/').to_owned());
+    }
+    paths.retain(|p| !p.is_empty());
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// What nothing of a build may even be placed on: every mount point but `/` (volumes, the
+/// Docker config, `/etc/hosts`, secrets), the executor's own directory and the state
+/// directory. (`RUN --mount` targets there are refused; those on the rest of the ignore
+/// list, such as `/run/secrets`, are fine.)
+pub(crate) fn untouchable(state_dir: &Path) -> Vec<String> {
+    let mut paths = Vec::new();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for (point, _) in mounts.lines().filter_map(parse_mountinfo) {
         if point != "/" {
@@ -137,9 +153,6 @@ pub(crate) fn ignore_list(state_dir: &Path, extra: &[String], ignore_var_run: bo
     );
     for dir in own {
         paths.push(dir.to_string_lossy().trim_start_matches('/').to_owned());
-    }
-    for path in extra {
-        paths.push(path.trim_matches('/').to_owned());
     }
     paths.retain(|p| !p.is_empty());
     paths.sort();

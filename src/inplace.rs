@@ -59,6 +59,22 @@ impl Engine {
             ));
         }
         self.materialize_slash(mode, &image.layers)?;
+        // Resolved in the stage's filesystem, now in place.
+        for mount in &step.mounts {
+            let inner = strata_sandbox::resolve_in_root(Path::new("/"), &mount.target)?;
+            let inner = inner.trim_start_matches('/');
+            if let Some(mounted) = mode
+                .untouchable
+                .iter()
+                .find(|u| within(inner, u) || within(u, inner))
+            {
+                return Err(Error::Invalid(format!(
+                    "RUN --mount target {} is on or holds /{mounted}, a mount point or strata's own \
+                     directory, which the in-container mode never touches",
+                    mount.target
+                )));
+            }
+        }
         let root = Path::new("/");
         let scanner = strata_snapshot::Scanner::new(root).ignore(&mode.ignore);
         let before = scanner.scan()?;

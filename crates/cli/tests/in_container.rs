@@ -349,6 +349,20 @@ fn failures_say_where_and_the_volumes_and_executor_stay_intact() {
         stderr.contains("Dockerfile:2") && stderr.contains("--network=none"),
         "{stderr}"
     );
+    // A mount target on a volume (the workspace) is refused: nothing is placed there.
+    fs::write(
+        workspace.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN --mount=type=tmpfs,target=/workspace/scratch true\n"),
+    )
+    .unwrap();
+    let out = in_container(workspace.path(), &[], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/workspace/scratch") && stderr.contains("never touches"),
+        "{stderr}"
+    );
+    assert!(!workspace.path().join("scratch").exists());
 }
 
 #[test]
