@@ -480,13 +480,32 @@ impl Build {
         });
         let (mode, reason) = choose_isolation(&engine.opts, has_run)?;
         if mode == Isolation::InContainer {
+            // The build's inputs may be plain directories of the container, not volumes:
+            // replacing `/` must not take them away.
+            let mut inputs = vec![engine.context.root().to_owned()];
+            for secret in engine.opts.secrets.values() {
+                if let Secret::File(path) = secret {
+                    inputs.push(path.clone());
+                }
+            }
+            for source in engine.opts.named_contexts.values() {
+                if let Some(rest) = source.strip_prefix("oci-layout://") {
+                    inputs.push(PathBuf::from(
+                        rest.rsplit_once(':').map_or(rest, |(d, _)| d),
+                    ));
+                }
+            }
+            if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+                inputs.push(PathBuf::from(dir));
+            }
             engine.in_container = Some(crate::engine::InContainer {
                 ignore: crate::incontainer::ignore_list(
                     state_dir,
+                    &inputs,
                     &engine.opts.ignore_paths,
                     engine.opts.ignore_var_run,
                 ),
-                untouchable: crate::incontainer::untouchable(state_dir),
+                untouchable: crate::incontainer::untouchable(state_dir, &inputs),
                 slash: std::sync::Mutex::new(None),
             });
         }

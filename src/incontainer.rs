@@ -108,14 +108,19 @@ fn unescape(text: &str) -> String {
 }
 
 /// The paths (relative to `/`, no leading slash) the in-container mode never touches.
-pub(crate) fn ignore_list(state_dir: &Path, extra: &[String], ignore_var_run: bool) -> Vec<String> {
+pub(crate) fn ignore_list(
+    state_dir: &Path,
+    also: &[PathBuf],
+    extra: &[String],
+    ignore_var_run: bool,
+) -> Vec<String> {
     let mut paths: Vec<String> = ["proc", "sys", "dev"].map(str::to_owned).to_vec();
     if ignore_var_run {
         paths.push("var/run".to_owned());
         // /var/run is usually a link to /run, where runtimes keep their own files.
         paths.push("run".to_owned());
     }
-    paths.extend(untouchable(state_dir));
+    paths.extend(untouchable(state_dir, also));
     for path in extra {
         paths.push(path.trim_matches('/').to_owned());
     }
@@ -126,10 +131,12 @@ pub(crate) fn ignore_list(state_dir: &Path, extra: &[String], ignore_var_run: bo
 }
 
 /// What nothing of a build may even be placed on: every mount point but `/` (volumes, the
-/// Docker config, `/etc/hosts`, secrets), the executor's own directory and the state
-/// directory. (`RUN --mount` targets there are refused; those on the rest of the ignore
-/// list, such as `/run/secrets`, are fine.)
-pub(crate) fn untouchable(state_dir: &Path) -> Vec<String> {
+/// Docker config, `/etc/hosts`, secrets), the executor's own directory, the state directory,
+/// and `also` (the build's inputs: its context, secret files, named contexts, the Docker
+/// config directory), which may be plain directories of the container. (`RUN --mount`
+/// targets there are refused; those on the rest of the ignore list, such as
+/// `/run/secrets`, are fine.)
+pub(crate) fn untouchable(state_dir: &Path, also: &[PathBuf]) -> Vec<String> {
     let mut paths = Vec::new();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for (point, _) in mounts.lines().filter_map(parse_mountinfo) {
@@ -146,11 +153,9 @@ pub(crate) fn untouchable(state_dir: &Path) -> Vec<String> {
     {
         own.push(dir);
     }
-    own.push(
-        state_dir
-            .canonicalize()
-            .unwrap_or_else(|_| state_dir.to_owned()),
-    );
+    for dir in std::iter::once(state_dir).chain(also.iter().map(PathBuf::as_path)) {
+        own.push(dir.canonicalize().unwrap_or_else(|_| dir.to_owned()));
+    }
     for dir in own {
         paths.push(dir.to_string_lossy().trim_start_matches('/').to_owned());
     }
@@ -229,7 +234,18 @@ mod tests {
     #[test]
     fn the_ignore_list_holds_the_kernel_filesystems_mounts_and_our_own_directories() {
         let state = tempfile::tempdir().unwrap();
-        let list = ignore_list(state.path(), &["/cache/".to_owned()], true);
+        let context = tempfile::tempdir().unwrap();
+        let list = ignore_list(
+            state.path(),
+            &[context.path().to_owned()],
+            &["/cache/".to_owned()],
+            true,
+        );
+        let context = context.path().canonicalize().unwrap();
+        assert!(
+            list.iter()
+                .any(|p| *p == context.to_string_lossy().trim_start_matches('/'))
+        );
         for expected in ["proc", "sys", "dev", "var/run", "cache"] {
             assert!(list.iter().any(|p| p == expected), "{expected} in {list:?}");
         }

@@ -402,3 +402,39 @@ fn a_push_with_the_mounted_docker_config() {
     let digest = fs::read_to_string(workspace.path().join("digest")).unwrap();
     assert_eq!(remote_digest(&destination, "ci:ci-pass-77x"), digest);
 }
+
+/// GitLab's way: the job's shell puts the context (and a secret) in the container's own
+/// filesystem, not on a volume. Replacing `/` for the stage must not take them away.
+#[test]
+fn a_context_and_a_secret_in_the_containers_own_filesystem_survive_the_stage() {
+    let (_registry, base) = registry();
+    let workspace = tempfile::tempdir().unwrap();
+    fs::write(workspace.path().join("hello.txt"), "hello\n").unwrap();
+    fs::write(
+        workspace.path().join("Dockerfile"),
+        format!(
+            "FROM {base}\n\
+             RUN --mount=type=secret,id=t test -s /run/secrets/t && echo ran > /ran\n\
+             COPY hello.txt /hello.txt\n"
+        ),
+    )
+    .unwrap();
+    let (dir, _) = debug_image();
+    let script = "mkdir /ctx && cp -r /workspace/. /ctx && echo s3 > /my-secret && \
+                  /kaniko/executor --context dir:///ctx --no-push --secret id=t,src=/my-secret \
+                  --oci-layout-path /workspace/in --progress plain";
+    let out = podman(
+        &dir.path().join("debug"),
+        &[(workspace.path(), "/workspace")],
+        &["--entrypoint", "/busybox/sh"],
+        &["-c", script],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let (tree, _, _work) = judge(&workspace.path().join("in"));
+    assert_eq!(
+        tree.get("hello.txt").map(String::as_str),
+        Some("644 0:0 = \"hello\\n\"")
+    );
+    assert!(tree.contains_key("ran"));
+    assert!(!tree.contains_key("ctx") && !tree.contains_key("my-secret"));
+}
