@@ -201,6 +201,8 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
     let keep = needed(&holders);
     report.blobs += remove_unneeded(&blobs, &keep) + remove_unneeded(&cache_blobs, &keep);
     let mut size = sizes.total(dir);
+    // What removing each unit frees, counted afresh (the walk above has seen every inode).
+    let mut freeing = Sizes::default();
     let mut gone: Vec<Unit> = Vec::new();
     for (used, unit, held) in units {
         let too_old = options
@@ -211,16 +213,16 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
             continue;
         }
         let mut freed = match &unit {
-            Unit::Mount(path) => sizes.of_tree(path),
-            Unit::Entry(path) => sizes.of_file(path),
+            Unit::Mount(path) => freeing.of_tree(path),
+            Unit::Entry(path) => freeing.of_file(path),
             Unit::Image(_) => 0,
         };
         for digest in &held {
             if let Some(n) = holders.get_mut(digest) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    freed += sizes.of_file(&blob_path(&blobs, digest));
-                    freed += sizes.of_file(&blob_path(&cache_blobs, digest));
+                    freed += freeing.of_file(&blob_path(&blobs, digest));
+                    freed += freeing.of_file(&blob_path(&cache_blobs, digest));
                 }
             }
         }

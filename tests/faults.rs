@@ -555,3 +555,49 @@ async fn a_stalled_registry_does_not_hold_up_other_builds() {
     let (result, _) = stuck.await.unwrap();
     assert!(result.is_err(), "the stalled build must fail");
 }
+
+/// A size limit removes only the least recently used entries, as many as needed: with two
+/// entries of 1 MiB and a limit 512 KiB below the total, the older goes and the newer stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_to_a_size_removes_only_the_oldest_entries_needed() {
+    let state = tempfile::tempdir().unwrap();
+    let context = ContextBuilder::new()
+        .file("old", noise(1 << 20, 21))
+        .file("new", noise(1 << 20, 22))
+        .build()
+        .unwrap();
+    for name in ["old", "new"] {
+        let build = Build::new(context.path())
+            .dockerfile_text(format!("FROM scratch\nCOPY {name} /{name}\n"))
+            .state_dir(state.path());
+        run(build).await.0.unwrap();
+    }
+    // The entry of the first build is the least recently used.
+    let mut entries: Vec<PathBuf> = fs::read_dir(state.path().join("cache/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    entries.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
+    let (older, newer) = (entries[0].clone(), entries[1].clone());
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&older)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let before = strata::prune_state(state.path(), &strata::PruneOptions::new())
+        .unwrap()
+        .after;
+    let report = strata::prune_state(
+        state.path(),
+        &strata::PruneOptions::new().max_size(before - (512 << 10)),
+    )
+    .unwrap();
+    assert_eq!(report.cache_entries, 1, "{report:?}");
+    assert!(!older.exists(), "the older entry goes");
+    assert!(newer.exists(), "the newer entry stays");
+    assert!(report.after <= before - (512 << 10), "{report:?}");
+    assert_clean(state.path());
+}
