@@ -11,24 +11,17 @@
 
 #![allow(unsafe_code)]
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use rustix::event::{PollFd, PollFlags, Timespec};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::root::{self, Create};
-use crate::sandbox::split_lines;
+use crate::sandbox::{Stop, pump};
 use crate::step::{Cancel, DEFAULT_PATH, ExitStatus, Isolation, Network, Outcome, Step, Stream};
 use crate::user;
-
-/// How long output is still read after the command exits and its group is killed (a process
-/// that left the group with `setsid` may hold the pipes open).
-const DRAIN: Duration = Duration::from_millis(500);
 
 /// Runs `step` in place: its root must be `/` (the process's own root filesystem) and it may
 /// have no mounts (the caller makes them). Output comes line by line to `on_output`.
@@ -116,118 +109,33 @@ pub fn run_in_place(
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
     };
-    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         kill_group();
         return Err(Error::Lost(
             "the command's output pipes are missing".to_owned(),
         ));
     };
+    let pipes = [OwnedFd::from(stdout), OwnedFd::from(stderr)];
     let deadline = step.timeout.map(|t| started + t);
-    let mut open = [true, true];
-    let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut status = None;
-    let mut stopped: Option<Error> = None;
-    let mut drain_until: Option<Instant> = None;
-    loop {
-        if status.is_none() {
-            status = child
-                .try_wait()
-                .map_err(|e| Error::Lost(format!("waiting for the command: {e}")))?;
-            if status.is_some() {
-                // The command is done: whatever it left running goes with its group.
-                kill_group();
-                drain_until = Some(Instant::now() + DRAIN);
-            }
-        }
-        if stopped.is_none() && status.is_none() {
-            if cancel.is_cancelled() {
-                stopped = Some(Error::Cancelled);
-            } else if deadline.is_some_and(|d| Instant::now() >= d) {
-                stopped = Some(Error::TimedOut(step.timeout.unwrap_or_default()));
-            }
-            if stopped.is_some() {
-                kill_group();
-            }
-        }
-        if !open.iter().any(|o| *o) && status.is_some() {
-            break;
-        }
-        if drain_until.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let fds_raw = [stdout.as_raw_fd(), stderr.as_raw_fd()];
-        let watched: Vec<usize> = (0..2).filter(|&i| open[i]).collect();
-        if watched.is_empty() {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        let borrowed: Vec<_> = watched
-            .iter()
-            // SAFETY: the descriptors belong to `stdout` and `stderr`, alive for this loop.
-            .map(|&i| unsafe { std::os::fd::BorrowedFd::borrow_raw(fds_raw[i]) })
-            .collect();
-        let mut fds: Vec<PollFd<'_>> = borrowed
-            .iter()
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
-        let tick = Timespec {
-            tv_sec: 0,
-            tv_nsec: 50_000_000,
-        };
-        match rustix::event::poll(&mut fds, Some(&tick)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                kill_group();
-                return Err(Error::Lost(format!("polling the output: {e}")));
-            }
-        }
-        let ready: Vec<usize> = watched
-            .iter()
-            .zip(&fds)
-            .filter(|(_, fd)| !fd.revents().is_empty())
-            .map(|(&i, _)| i)
-            .collect();
-        drop(fds);
-        for i in ready {
-            let streams = [Stream::Stdout, Stream::Stderr];
-            let read = if i == 0 {
-                stdout.read(&mut buffer)
-            } else {
-                stderr.read(&mut buffer)
-            };
-            match read {
-                Ok(0) => {
-                    open[i] = false;
-                    if !pending[i].is_empty() {
-                        on_output(streams[i], &pending[i]);
-                        pending[i].clear();
-                    }
-                }
-                Ok(n) => split_lines(&mut pending[i], &buffer[..n], |line| {
-                    on_output(streams[i], line)
-                }),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    kill_group();
-                    return Err(Error::Lost(format!("reading the output: {e}")));
-                }
-            }
-        }
-    }
-    for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-        if !pending[i].is_empty() {
-            on_output(stream, &pending[i]);
-        }
-    }
-    let status = match status {
-        Some(status) => status,
-        None => child
-            .wait()
-            .map_err(|e| Error::Lost(format!("waiting for the command: {e}")))?,
-    };
-    if let Some(error) = stopped {
-        return Err(error);
+    // The command is done when its own process is: whatever it left running goes with its
+    // group (pump kills it).
+    let mut exited = || !matches!(child.try_wait(), Ok(None));
+    let stopped = pump(
+        &pipes,
+        deadline,
+        cancel,
+        &kill_group,
+        &mut exited,
+        &mut on_output,
+    );
+    kill_group();
+    let status = child
+        .wait()
+        .map_err(|e| Error::Lost(format!("waiting for the command: {e}")))?;
+    match stopped? {
+        Some(Stop::Timeout) => return Err(Error::TimedOut(step.timeout.unwrap_or_default())),
+        Some(Stop::Cancelled) => return Err(Error::Cancelled),
+        None => {}
     }
     let status = match (status.code(), status.signal()) {
         (Some(code), _) => ExitStatus::Code(code),

@@ -150,11 +150,17 @@ impl Sandbox {
 
         let launched = launch(&prepared.program, flags, self.id_map.as_ref())?;
         let deadline = step.timeout.map(|t| started + t);
+        let init = launched.init;
+        let kill = || {
+            let _ = rustix::process::kill_process(init, Signal::KILL);
+        };
+        // The pipes close when the namespace dies: nothing to watch besides them.
         let stopped = pump(
             &launched.output,
             deadline,
             cancel,
-            launched.init,
+            &kill,
+            &mut || false,
             &mut on_output,
         )?;
         let (wait, reports) = launched.wait()?;
@@ -766,18 +772,24 @@ impl Drop for KillOnDrop {
     }
 }
 
-enum Stop {
+pub(crate) enum Stop {
     Timeout,
     Cancelled,
 }
 
-/// Streams both output pipes to `on_output` line by line until both are closed, killing the
-/// init on timeout or cancellation (the pipes close when the namespace dies).
-fn pump(
+/// How long output is still read after `exited` says the command is done and its processes
+/// were killed (one that escaped them, with `setsid` for example, may hold the pipes open).
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Streams both output pipes to `on_output` line by line until both are closed. On timeout
+/// or cancellation `kill` is called; once `exited` says the command ended, `kill` is called
+/// too and the pipes are read for at most [`DRAIN`] more.
+pub(crate) fn pump(
     pipes: &[OwnedFd; 2],
     deadline: Option<Instant>,
     cancel: &Cancel,
-    init: Pid,
+    kill: &dyn Fn(),
+    exited: &mut dyn FnMut() -> bool,
     on_output: &mut impl FnMut(Stream, &[u8]),
 ) -> Result<Option<Stop>> {
     let streams = [Stream::Stdout, Stream::Stderr];
@@ -785,8 +797,16 @@ fn pump(
     let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
     let mut buffer = vec![0u8; 64 * 1024];
     let mut stopped = None;
+    let mut drain_until: Option<Instant> = None;
     while open.iter().any(|o| *o) {
-        if stopped.is_none() {
+        if drain_until.is_none() && exited() {
+            kill();
+            drain_until = Some(Instant::now() + DRAIN);
+        }
+        if drain_until.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if stopped.is_none() && drain_until.is_none() {
             let now = Instant::now();
             let reason = if cancel.is_cancelled() {
                 Some(Stop::Cancelled)
@@ -796,7 +816,7 @@ fn pump(
                 None
             };
             if let Some(reason) = reason {
-                let _ = rustix::process::kill_process(init, Signal::KILL);
+                kill();
                 stopped = Some(reason);
             }
         }
@@ -842,12 +862,18 @@ fn pump(
             }
         }
     }
+    // Cut short by the drain limit: what is left of a line still goes out.
+    for (i, stream) in streams.into_iter().enumerate() {
+        if !pending[i].is_empty() {
+            on_output(stream, &pending[i]);
+        }
+    }
     Ok(stopped)
 }
 
 /// Appends `data` to `pending` and hands out every complete line, and pieces of
 /// [`MAX_LINE`] bytes of a line that is longer.
-pub(crate) fn split_lines(pending: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(&[u8])) {
+fn split_lines(pending: &mut Vec<u8>, data: &[u8], mut emit: impl FnMut(&[u8])) {
     pending.extend_from_slice(data);
     let mut start = 0;
     while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
