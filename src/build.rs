@@ -478,7 +478,8 @@ impl Build {
         let has_run = file.nodes.iter().any(|n| {
             n.instruction == "run" || n.onbuild.as_ref().is_some_and(|t| t.instruction == "run")
         });
-        let (mode, reason) = choose_isolation(&engine.opts, has_run)?;
+        let (mode, reason, probed) = choose_isolation(&engine.opts, has_run)?;
+        engine.namespaces_probe = probed;
         if mode == Isolation::InContainer {
             // The build's inputs may be plain directories of the container, not volumes:
             // replacing `/` must not take them away.
@@ -578,37 +579,42 @@ async fn build_stages(engine: &Arc<Engine>) -> Result<Image> {
         .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Where this build's RUN steps execute, and why.
-fn choose_isolation(opts: &Options, has_run: bool) -> Result<(Isolation, String)> {
+/// Where this build's RUN steps execute, and why; with what the namespace probe found, when
+/// it ran (the sandbox then need not probe again).
+fn choose_isolation(
+    opts: &Options,
+    has_run: bool,
+) -> Result<(Isolation, String, Option<strata_sandbox::Support>)> {
     match opts.isolation {
-        Isolation::Namespaces => Ok((Isolation::Namespaces, "asked for".to_owned())),
+        Isolation::Namespaces => Ok((Isolation::Namespaces, "asked for".to_owned(), None)),
         Isolation::InContainer => {
             let why = crate::incontainer::check(opts.force)?;
-            Ok((Isolation::InContainer, format!("asked for; {why}")))
+            Ok((Isolation::InContainer, format!("asked for; {why}"), None))
         }
-        _ if !has_run => Ok((Isolation::Namespaces, "no RUN step".to_owned())),
+        _ if !has_run => Ok((Isolation::Namespaces, "no RUN step".to_owned(), None)),
         _ => {
-            let probe = strata_sandbox::probe();
-            match &probe.namespaces {
+            let support = strata_sandbox::probe().namespaces;
+            let (mode, reason) = match &support {
                 strata_sandbox::Support::Yes => {
-                    Ok((Isolation::Namespaces, "namespaces work here".to_owned()))
+                    (Isolation::Namespaces, "namespaces work here".to_owned())
                 }
                 strata_sandbox::Support::No(reason) => {
                     match crate::incontainer::container_marker() {
                         Some(_) => {
                             let why = crate::incontainer::check(opts.force)?;
-                            Ok((
+                            (
                                 Isolation::InContainer,
                                 format!("namespaces are not allowed here ({reason}); {why}"),
-                            ))
+                            )
                         }
-                        None => Ok((
+                        None => (
                             Isolation::Namespaces,
                             format!("not in a container, though namespaces fail: {reason}"),
-                        )),
+                        ),
                     }
                 }
-            }
+            };
+            Ok((mode, reason, Some(support)))
         }
     }
 }

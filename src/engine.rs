@@ -182,6 +182,8 @@ pub(crate) struct Engine {
     rootfs_count: AtomicUsize,
     /// Set when RUN steps run in the container's own root (stages then run one at a time).
     pub in_container: Option<InContainer>,
+    /// What choosing the isolation found of namespaces, when it probed.
+    pub namespaces_probe: Option<strata_sandbox::Support>,
 }
 
 /// One instruction being executed: where it is, for events, errors and cache explanations.
@@ -231,6 +233,7 @@ impl Engine {
             images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
             in_container: None,
+            namespaces_probe: None,
         }
     }
 
@@ -1154,10 +1157,14 @@ impl Engine {
     pub(crate) fn sandbox(&self) -> Result<&Sandbox> {
         self.sandbox
             .get_or_init(|| {
-                // Ask first, so that a container without the privileges gets the reason and
-                // what to change, not the raw error of the first mount that fails.
-                let probe = strata_sandbox::probe();
-                if let strata_sandbox::Support::No(reason) = &probe.namespaces {
+                // Ask first (unless choosing the isolation did), so that a container without
+                // the privileges gets the reason and what to change, not the raw error of the
+                // first mount that fails.
+                let support = self
+                    .namespaces_probe
+                    .clone()
+                    .unwrap_or_else(|| strata_sandbox::probe().namespaces);
+                if let strata_sandbox::Support::No(reason) = &support {
                     return Err(format!(
                         "strata runs RUN steps in Linux namespaces, and this machine or \
                          container does not allow them ({reason}). Give the container \
