@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use strata_sandbox::{Mount as SandboxMount, MountKind, Network, Step};
+use strata_snapshot::IgnoreList;
 
 use crate::engine::{Engine, InContainer, StageImage, StepAt};
 use crate::error::{Error, Result};
@@ -63,10 +64,12 @@ impl Engine {
         for mount in &step.mounts {
             let inner = strata_sandbox::resolve_in_root(Path::new("/"), &mount.target)?;
             let inner = inner.trim_start_matches('/');
+            // On or below one of them, or holding one.
+            let target = IgnoreList::new([inner]);
             if let Some(mounted) = mode
                 .untouchable
                 .iter()
-                .find(|u| within(inner, u) || within(u, inner))
+                .find(|u| IgnoreList::new([u.as_str()]).contains(inner) || target.contains(u))
             {
                 return Err(Error::Invalid(format!(
                     "RUN --mount target {} is on or holds /{mounted}, a mount point or strata's own \
@@ -97,10 +100,8 @@ impl Engine {
         undone?;
         check_outcome(outcome?, &step.argv, &tail)?;
         let after = scanner.scan()?;
-        let mut changes = strata_snapshot::diff(&before, &after);
-        changes
-            .changes
-            .retain(|c| !mode.ignore.iter().any(|i| within(&c.path, i)));
+        // The scanner left the ignore list out of both snapshots.
+        let changes = strata_snapshot::diff(&before, &after);
         let entries = crate::changes::entries(&changes)?;
         let layer = self.write_layer(entries)?;
         self.slash_made(mode, layer.as_ref())?;
@@ -271,12 +272,4 @@ fn first_existing(path: &Path) -> Option<PathBuf> {
         dir = dir.parent()?.to_owned();
     }
     Some(dir)
-}
-
-/// Whether `path` (relative, from a change set) is at or below `ignored`.
-fn within(path: &str, ignored: &str) -> bool {
-    path == ignored
-        || path
-            .strip_prefix(ignored)
-            .is_some_and(|rest| rest.starts_with('/'))
 }

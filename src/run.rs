@@ -345,15 +345,10 @@ impl Engine {
         if self.opts.ignore_paths.is_empty() {
             return;
         }
-        changes.changes.retain(|change| {
-            !self.opts.ignore_paths.iter().any(|ignored| {
-                change.path == *ignored
-                    || change
-                        .path
-                        .strip_prefix(ignored.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
-        });
+        let ignored = strata_snapshot::IgnoreList::new(&self.opts.ignore_paths);
+        changes
+            .changes
+            .retain(|change| !ignored.contains(&change.path));
     }
 }
 
