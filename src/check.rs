@@ -143,7 +143,7 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
     Ok(check)
 }
 
-fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     match fs::read_dir(dir) {
         Ok(entries) => {
             let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();

@@ -299,10 +299,9 @@ impl Sizes {
     }
 }
 
+/// The entries of `dir`; none when it cannot be read (pruning takes what it can see).
 fn list(dir: &Path) -> Vec<PathBuf> {
-    fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
+    crate::check::list(dir).unwrap_or_default()
 }
 
 fn modified(path: &Path) -> SystemTime {

@@ -37,11 +37,19 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if fs::remove_dir_all(&self.path).is_err() {
-            detach_mounts(&self.path);
-            let _ = fs::remove_dir_all(&self.path);
+        if let Err(error) = remove_build_dir(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "build directory not removed");
         }
     }
+}
+
+/// Removes a build's scratch directory, unmounting first any overlay left mounted in it.
+fn remove_build_dir(path: &Path) -> std::io::Result<()> {
+    if fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    detach_mounts(path);
+    fs::remove_dir_all(path)
 }
 
 /// The prefix of scratch directories that are being set up (not yet locked and renamed).
@@ -102,11 +110,8 @@ pub(crate) fn sweep(tmp: &Path) {
         if !stale {
             continue;
         }
-        if fs::remove_dir_all(&path).is_err() {
-            detach_mounts(&path);
-            if let Err(error) = fs::remove_dir_all(&path) {
-                tracing::warn!(path = %path.display(), %error, "stale build directory not removed");
-            }
+        if let Err(error) = remove_build_dir(&path) {
+            tracing::warn!(path = %path.display(), %error, "stale build directory not removed");
         }
     }
 }

@@ -442,36 +442,46 @@ pub struct BuildArgs {
     pub force_build_metadata: Option<String>,
 }
 
-/// Kaniko flags strata refuses, each with the reason: (flag, why).
-pub const REFUSED: &[(&str, &str)] = &[
+/// A Kaniko flag strata refuses: the flag, the reason, and whether it was given.
+pub type Refused = (&'static str, &'static str, fn(&BuildArgs) -> bool);
+
+/// Kaniko flags strata refuses, each with the reason (never silently ignored).
+pub const REFUSED: &[Refused] = &[
     (
         "--kaniko-dir",
         "strata keeps its state in --state-dir, and the executor's own directory is never \
          touched by a build",
+        |a| a.kaniko_dir.is_some(),
     ),
     (
         "--git",
         "git contexts are not supported yet; clone first and pass the directory",
+        |a| a.git.is_some(),
     ),
     (
         "--bucket",
         "object-store contexts are not supported yet; fetch the archive and pass tar://FILE",
+        |a| a.bucket.is_some(),
     ),
     (
         "--registry-client-cert",
         "client certificates (mutual TLS) are not supported yet",
+        |a| !a.registry_client_certs.is_empty(),
     ),
     (
         "--skip-default-registry-fallback",
         "strata always tries the registry itself after its mirrors",
+        |a| a.skip_default_registry_fallback.is_some(),
     ),
     (
         "--push-ignore-immutable-tag-errors",
         "strata reports every failed push",
+        |a| a.push_ignore_immutable_tag_errors.is_some(),
     ),
     (
         "--force-build-metadata",
         "strata adds no metadata layers to force",
+        |a| a.force_build_metadata.is_some(),
     ),
 ];
 
@@ -603,7 +613,7 @@ mod tests {
             "README flags the command lacks: {unknown:?}"
         );
         // Every refused flag has its reason.
-        for (flag, _) in REFUSED {
+        for (flag, _, _) in REFUSED {
             assert!(defined.contains(*flag), "{flag}");
         }
     }

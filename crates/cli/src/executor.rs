@@ -52,23 +52,12 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
 
 /// Kaniko flags strata refuses: a usage error naming the flag and why.
 fn refuse_unsupported(args: &BuildArgs) -> Result<(), Failure> {
-    let given = [
-        args.kaniko_dir.is_some(),
-        args.git.is_some(),
-        args.bucket.is_some(),
-        !args.registry_client_certs.is_empty(),
-        args.skip_default_registry_fallback.is_some(),
-        args.push_ignore_immutable_tag_errors.is_some(),
-        args.force_build_metadata.is_some(),
-    ];
-    for ((flag, why), given) in cli::REFUSED.iter().zip(given) {
-        if given {
-            return Err(Failure::Usage(format!(
-                "{flag} is not supported by strata: {why}"
-            )));
-        }
+    match cli::REFUSED.iter().find(|(_, _, given)| given(args)) {
+        Some((flag, why, _)) => Err(Failure::Usage(format!(
+            "{flag} is not supported by strata: {why}"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `KEY=VALUE` split, or a usage error naming the flag.

@@ -65,7 +65,7 @@ impl RegistryClient {
             .get(parsed)
             .send()
             .await
-            .map_err(|e| fail(describe(&e)))?;
+            .map_err(|e| fail(describe(e)))?;
         let status = response.status();
         if status != StatusCode::OK {
             return Err(fail(format!("HTTP {status}")));
@@ -92,7 +92,7 @@ impl RegistryClient {
         let mut size = 0u64;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| fail(format!("reading the body: {}", describe(&e))))?;
+            let chunk = chunk.map_err(|e| fail(format!("reading the body: {}", describe(e))))?;
             size += chunk.len() as u64;
             if size > limit {
                 return Err(fail(format!(
@@ -113,23 +113,10 @@ impl RegistryClient {
     }
 }
 
-/// What a failed request was, in words (timeouts and connection trouble named as such).
-fn describe(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out (the server stalled)"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let mut message = what.to_owned();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
+/// What a failed request was, in words: the registry client's message (its causes, and
+/// whether it timed out), without the URL, which the caller names already redacted.
+fn describe(e: reqwest::Error) -> String {
+    crate::http::HttpError::from(e.without_url()).message
 }
 
 /// `url` without the user name and password it may carry.
