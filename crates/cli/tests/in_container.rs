@@ -438,3 +438,30 @@ fn a_context_and_a_secret_in_the_containers_own_filesystem_survive_the_stage() {
     assert!(tree.contains_key("ran"));
     assert!(!tree.contains_key("ctx") && !tree.contains_key("my-secret"));
 }
+
+/// The executor is the container's PID 1, so what a RUN leaves behind becomes its child when
+/// orphaned: killed with the step's process group, it must also be reaped, not left a zombie.
+#[test]
+fn what_a_run_leaves_behind_is_killed_and_reaped() {
+    let (_registry, base) = registry();
+    let workspace = tempfile::tempdir().unwrap();
+    fs::write(
+        workspace.path().join("Dockerfile"),
+        format!(
+            "FROM {base}\n\
+             RUN (sleep 30 &) ; echo started\n\
+             RUN cat /proc/[0-9]*/stat | awk '{{print $3}}' | grep -c Z > /zombies || true\n"
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = in_container(workspace.path(), &[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(25));
+    let (tree, _, _work) = judge(&workspace.path().join("in"));
+    assert_eq!(
+        tree.get("zombies").map(String::as_str),
+        Some("644 0:0 = \"0\\n\""),
+        "a killed process was left a zombie"
+    );
+}

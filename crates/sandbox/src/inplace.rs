@@ -6,8 +6,9 @@
 //! The command gets the step's environment (a default `PATH` and the user's `HOME` when
 //! missing), its working directory (created when missing), and its user, group and
 //! supplementary groups from the root's `/etc/passwd` and `/etc/group`. It leads a process
-//! group of its own; when it ends, or on timeout or cancellation, the whole group is killed,
-//! so nothing it left running keeps the build waiting.
+//! group of its own; when it ends, or on timeout or cancellation, the whole group is killed
+//! (and reaped, where its orphans became ours), so nothing it left running keeps the build
+//! waiting.
 
 #![allow(unsafe_code)]
 
@@ -132,6 +133,9 @@ pub fn run_in_place(
     let status = child
         .wait()
         .map_err(|e| Error::Lost(format!("waiting for the command: {e}")))?;
+    if let Some(group) = group {
+        reap(group);
+    }
     match stopped? {
         Some(Stop::Timeout) => return Err(Error::TimedOut(step.timeout.unwrap_or_default())),
         Some(Stop::Cancelled) => return Err(Error::Cancelled),
@@ -151,4 +155,22 @@ pub fn run_in_place(
         },
         duration: started.elapsed(),
     })
+}
+
+/// Reaps what the command left in its process group and that became this process's
+/// children: as a container's PID 1 (the executor usually is) every orphan is ours, and a
+/// killed one would otherwise stay a zombie for the rest of the build. Waits at most
+/// 200 ms for the killed to die; other children of this process are never waited for.
+fn reap(group: rustix::process::Pid) {
+    let started = Instant::now();
+    loop {
+        match rustix::process::waitpgid(group, rustix::process::WaitOptions::NOHANG) {
+            Ok(Some(_)) => {}
+            Ok(None) if started.elapsed() < std::time::Duration::from_millis(200) => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            // None of the group is our child (ECHILD), or the rest does not die.
+            _ => return,
+        }
+    }
 }
