@@ -601,3 +601,55 @@ async fn pruning_to_a_size_removes_only_the_oldest_entries_needed() {
     assert!(report.after <= before - (512 << 10), "{report:?}");
     assert_clean(state.path());
 }
+
+#[tokio::test]
+async fn pruning_by_age_removes_only_what_was_not_used_within_it() {
+    let state = tempfile::tempdir().unwrap();
+    let context = ContextBuilder::new()
+        .file("old", noise(1 << 20, 23))
+        .file("new", noise(1 << 20, 24))
+        .build()
+        .unwrap();
+    let build_of = |name: &str| {
+        Build::new(context.path())
+            .dockerfile_text(format!("FROM scratch\nCOPY {name} /{name}\n"))
+            .state_dir(state.path())
+    };
+    for name in ["old", "new"] {
+        run(build_of(name)).await.0.unwrap();
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(state.path().join("cache/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
+    let (older, newer) = (entries[0].clone(), entries[1].clone());
+    // Last used eight days ago.
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 86_400);
+    fs::File::options()
+        .write(true)
+        .open(&older)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let week = std::time::Duration::from_secs(7 * 86_400);
+    let report =
+        strata::prune_state(state.path(), &strata::PruneOptions::new().max_age(week)).unwrap();
+    assert_eq!(report.cache_entries, 1, "{report:?}");
+    assert!(!older.exists(), "the entry unused for eight days goes");
+    assert!(newer.exists(), "the entry used today stays");
+    assert!(report.after < report.before, "{report:?}");
+    assert_clean(state.path());
+    // A second prune by the same age finds nothing more to remove.
+    let again =
+        strata::prune_state(state.path(), &strata::PruneOptions::new().max_age(week)).unwrap();
+    assert_eq!(again.cache_entries, 0, "{again:?}");
+    // The pruned step builds again (a miss), the kept one still hits.
+    let (result, events) = run(build_of("new")).await;
+    result.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, strata::Event::CacheHit { .. }))
+    );
+}

@@ -3,7 +3,7 @@
 //! test checks the README's Kaniko table against them.
 //!
 //! Parsing is two phases, as in ripgrep: clap turns the arguments into these raw structs,
-//! then [`crate::settings`] validates them into what the build needs.
+//! then `crate::executor` validates them into the builder's settings.
 
 use std::path::PathBuf;
 

@@ -25,7 +25,9 @@ fn registry() -> (TestRegistry, String) {
 }
 
 /// Builds `workspace` in the container (`--oci-layout-path /workspace/in`), with `extra`
-/// podman arguments and executor flags; returns the output.
+/// podman arguments and executor flags; returns the output. Every build, good or failed,
+/// leaves the workspace volume (but the layout it writes) and a Docker config mounted at
+/// `/kaniko/.docker` byte for byte as they were.
 fn in_container(
     workspace: &Path,
     volumes: &[(&Path, &str)],
@@ -33,8 +35,21 @@ fn in_container(
 ) -> std::process::Output {
     let (dir, _) = debug_image();
     let layout = dir.path().join("debug");
-    let mut all = vec![(workspace, "/workspace")];
+    let docker = tempfile::tempdir().unwrap();
+    fs::write(docker.path().join("config.json"), "{\"auths\":{}}").unwrap();
+    let mut all = vec![
+        (workspace, "/workspace"),
+        (docker.path(), "/kaniko/.docker"),
+    ];
     all.extend_from_slice(volumes);
+    let inputs = |dir: &Path| -> Vec<_> {
+        let output = dir.join("in");
+        snapshot(dir)
+            .into_iter()
+            .filter(|(path, _)| !path.starts_with(&output))
+            .collect()
+    };
+    let (workspace_before, docker_before) = (inputs(workspace), snapshot(docker.path()));
     let mut args = vec![
         "--context",
         "dir:///workspace",
@@ -47,7 +62,18 @@ fn in_container(
         "--log-timestamp=false",
     ];
     args.extend_from_slice(flags);
-    podman(&layout, &all, &[], &args)
+    let out = podman(&layout, &all, &[], &args);
+    assert!(
+        inputs(workspace) == workspace_before,
+        "the build changed the workspace: {}",
+        text(&out)
+    );
+    assert!(
+        snapshot(docker.path()) == docker_before,
+        "the build changed the mounted Docker config: {}",
+        text(&out)
+    );
+    out
 }
 
 /// The same build on the host, in namespaces, into `workspace/host`.
