@@ -529,45 +529,61 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Builds the needed stages, each as soon as its dependencies are done (independent stages
-/// at the same time), and assembles the target's image.
+/// Builds the needed stages, each as soon as the stages it needs are done (independent
+/// stages at the same time, at most [`stage_limit`] at once), and assembles the target's
+/// image. The first stage to fail cancels the others (their running steps are killed, their
+/// next steps never start), is reported at once as [`Event::BuildFailed`], and is the error
+/// returned once they have stopped.
 async fn build_stages(engine: &Arc<Engine>) -> Result<Image> {
     let mut done: HashMap<usize, Arc<StageResult>> = HashMap::new();
-    let mut remaining: Vec<usize> = engine.plan.needed.clone();
-    while !remaining.is_empty() {
-        let ready: Vec<usize> = remaining
-            .iter()
-            .copied()
-            .filter(|i| {
+    // In dependency order: in the in-container mode (one stage at a time) this is the order.
+    let mut waiting: Vec<usize> = engine.plan.needed.clone();
+    let limit = stage_limit(engine.in_container.is_some());
+    let mut running: tokio::task::JoinSet<(usize, Result<StageResult>)> =
+        tokio::task::JoinSet::new();
+    let mut failure: Option<Error> = None;
+    loop {
+        while failure.is_none() && running.len() < limit {
+            let ready = waiting.iter().position(|i| {
                 engine.plan.stages[*i]
                     .dependencies
                     .iter()
                     .all(|d| done.contains_key(d))
-            })
-            .collect();
-        if ready.is_empty() {
-            return Err(Error::Invalid(
-                "the stages depend on each other in a cycle".to_owned(),
-            ));
-        }
-        // The in-container mode has one root filesystem: one stage at a time, in order.
-        let ready: Vec<usize> = if engine.in_container.is_some() {
-            ready.into_iter().take(1).collect()
-        } else {
-            ready
-        };
-        remaining.retain(|i| !ready.contains(i));
-        let snapshot = Arc::new(done.clone());
-        let tasks = ready.iter().map(|&index| {
+            });
+            let Some(position) = ready else { break };
+            let index = waiting.remove(position);
             let engine = Arc::clone(engine);
-            let done = Arc::clone(&snapshot);
-            tokio::task::spawn_blocking(move || engine.build_stage(index, &done))
-        });
-        let results = futures_util::future::join_all(tasks).await;
-        for (index, result) in ready.into_iter().zip(results) {
-            let result = result.map_err(|e| Error::Task(e.to_string()))??;
-            done.insert(index, Arc::new(result));
+            // Every stage done so far (a base image's ONBUILD trigger may name one).
+            let finished = done.clone();
+            running.spawn_blocking(move || (index, engine.build_stage(index, &finished)));
         }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let outcome = match joined {
+            Ok((index, Ok(result))) => {
+                done.insert(index, Arc::new(result));
+                continue;
+            }
+            Ok((_, Err(error))) => error,
+            Err(join) => Error::Task(join.to_string()),
+        };
+        // The first failure wins; what the cancelled stages report after it is noise.
+        if failure.is_none() {
+            engine.cancel.cancel();
+            engine.emit(Event::BuildFailed {
+                message: outcome.to_string(),
+            });
+            failure = Some(outcome);
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    if !waiting.is_empty() {
+        return Err(Error::Invalid(
+            "the stages depend on each other in a cycle".to_owned(),
+        ));
     }
     let target = done
         .get(&engine.plan.target)
@@ -577,6 +593,17 @@ async fn build_stages(engine: &Arc<Engine>) -> Result<Image> {
     tokio::task::spawn_blocking(move || assemble(&engine2, image))
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// How many stages build at once: one in the in-container mode (one root filesystem), else
+/// one per core, at least two (stages wait on the network and on RUN commands as much as
+/// they compute).
+fn stage_limit(in_container: bool) -> usize {
+    if in_container {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+    }
 }
 
 /// Where this build's RUN steps execute, and why; with what the namespace probe found, when

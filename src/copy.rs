@@ -13,7 +13,7 @@ use strata_layer::{Entry, EntryKind, Metadata, Mtime};
 use strata_snapshot::HashMemo;
 
 use crate::context::{Context, Source, join};
-use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, clean_absolute};
+use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, clean_absolute, key_text};
 use crate::error::{Error, Result};
 
 impl Engine {
@@ -59,7 +59,7 @@ impl Engine {
         }
         let chmod = copy.chmod.as_deref().map(Chmod::parse).transpose()?;
         // Where the files come from, and their content digests for the key.
-        let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction));
+        let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction)?);
         for (name, value) in [
             ("chown", copy.chown.clone()),
             ("chmod", copy.chmod.clone()),
@@ -107,7 +107,7 @@ impl Engine {
                         h.update(layer.diff_id.as_bytes());
                         h.update(b"\n");
                     }
-                    h.update(format!("{:?}\n{:?}", copy.sources, copy.exclude).as_bytes());
+                    h.update(key_text(&(&copy.sources, &copy.exclude))?.as_bytes());
                     hex::encode(h.finalize())
                 };
                 let digest = match self.state.recall_digest(&name) {

@@ -343,6 +343,7 @@ impl Engine {
             .get(index)
             .ok_or_else(|| Error::Invalid(format!("no stage {index}")))?;
         let name = self.stage_name(index);
+        let stage_started = Instant::now();
         let at_from = |e: Error| Error::Step {
             position: Position {
                 file: self.file_name.clone(),
@@ -392,6 +393,10 @@ impl Engine {
                     source,
                 })?;
         for (i, located) in instructions.iter().enumerate() {
+            if self.cancel.is_cancelled() {
+                // Another stage failed: this one stops before its next step.
+                return Err(Error::Cancelled);
+            }
             let original = stage.nodes.get(i).map_or("", |n| n.original.trim());
             let at = StepAt {
                 stage: &name,
@@ -428,6 +433,10 @@ impl Engine {
                 .map_err(at_from)?;
             rootfs = None;
         }
+        self.emit(Event::StageFinished {
+            stage: name,
+            duration: stage_started.elapsed(),
+        });
         Ok(StageResult {
             image,
             rootfs: Mutex::new(rootfs),
@@ -540,13 +549,13 @@ impl Engine {
         stage: &Stage,
         done: &HashMap<usize, Arc<StageResult>>,
     ) -> Result<(StageImage, Option<Rootfs>)> {
-        let platform = self.opts.platform.to_string();
+        let platform = self.stage_platform(stage)?;
         match &stage.base {
             Base::Scratch => {
                 let mut config = ImageConfig {
-                    architecture: self.opts.platform.architecture.clone(),
-                    os: self.opts.platform.os.clone(),
-                    variant: self.opts.platform.variant.clone(),
+                    architecture: platform.architecture.clone(),
+                    os: platform.os.clone(),
+                    variant: platform.variant.clone(),
                     ..ImageConfig::default()
                 };
                 // BuildKit gives an image built from scratch the default PATH.
@@ -555,7 +564,7 @@ impl Engine {
                     StageImage {
                         config,
                         layers: Vec::new(),
-                        key: KeyBuilder::base_image("scratch", &platform),
+                        key: KeyBuilder::base_image("scratch", &platform.to_string()),
                         clock: self.opts.reproducible.map_or_else(|| rfc3339(0), rfc3339),
                         base_reference: None,
                         env_index: Default::default(),
@@ -569,12 +578,32 @@ impl Engine {
                     .ok_or_else(|| Error::Invalid(format!("stage {i} was not built")))?;
                 Ok((result.image.clone(), None))
             }
-            Base::Image(reference) => Ok((self.image(reference)?.image.clone(), None)),
+            Base::Image(reference) => Ok((self.image(reference, &platform)?.image.clone(), None)),
         }
     }
 
-    /// Resolves and pulls an image (or reads an `oci-layout://` directory) into the state.
-    pub(crate) fn pull(&self, name: &str) -> Result<StageImage> {
+    /// The platform a stage's base is for: its `FROM --platform` (expanded, with BuildKit's
+    /// `BUILDPLATFORM` and `TARGETPLATFORM` arguments), else the build's target platform.
+    pub(crate) fn stage_platform(&self, stage: &Stage) -> Result<Platform> {
+        let Some(text) = stage.platform.as_deref() else {
+            return Ok(self.opts.platform.clone());
+        };
+        let parsed = strata_dockerfile::Platform::parse(text).ok_or_else(|| {
+            Error::Invalid(format!(
+                "FROM --platform={text}: not a platform (expected os/arch[/variant], such as \
+                 linux/arm64)"
+            ))
+        })?;
+        Ok(Platform {
+            os: parsed.os,
+            architecture: parsed.architecture,
+            variant: parsed.variant,
+        })
+    }
+
+    /// Resolves and pulls an image for `platform` (or reads an `oci-layout://` directory) into
+    /// the state.
+    pub(crate) fn pull(&self, name: &str, platform: &Platform) -> Result<StageImage> {
         // A named build context stands in for the image it names.
         let reference = self
             .opts
@@ -585,23 +614,26 @@ impl Engine {
             reference: reference.to_owned(),
         });
         let (digest, downloaded) = if let Some(path) = reference.strip_prefix("oci-layout://") {
-            (self.import_layout(path)?, 0)
+            (self.import_layout(path, platform)?, 0)
         } else {
             let parsed = Reference::parse(reference)?;
-            match parsed.digest().filter(|d| self.complete_locally(d)) {
+            match parsed
+                .digest()
+                .filter(|d| self.complete_locally(d, platform))
+            {
                 // A pinned digest whose blobs are all here needs no network at all.
                 Some(digest) => (digest.to_owned(), 0),
                 None => {
                     let pulled = self.runtime.block_on(self.registry.pull(
                         &parsed,
-                        &self.opts.platform,
+                        platform,
                         &self.state.layout,
                     ))?;
                     (pulled.manifest_digest, pulled.downloaded)
                 }
             }
         };
-        let mut image = self.image_in_state(&digest)?;
+        let mut image = self.image_in_state(&digest, platform)?;
         image.base_reference = Some(reference.to_owned());
         self.emit(Event::Pulled {
             reference: reference.to_owned(),
@@ -613,8 +645,8 @@ impl Engine {
 
     /// Whether the manifest `digest` (or its platform manifest) and all its blobs are in the
     /// state directory.
-    pub(crate) fn complete_locally(&self, digest: &str) -> bool {
-        self.platform_manifest(&self.state.layout, digest)
+    pub(crate) fn complete_locally(&self, digest: &str, platform: &Platform) -> bool {
+        self.platform_manifest(&self.state.layout, digest, platform)
             .ok()
             .and_then(|d| {
                 let bytes = self.state.layout.read_blob(&d).ok()?;
@@ -628,15 +660,20 @@ impl Engine {
             .unwrap_or(false)
     }
 
-    /// The image manifest for our platform: `digest` itself, or its entry when it is an index.
-    pub(crate) fn platform_manifest(&self, layout: &Layout, digest: &str) -> Result<String> {
+    /// The image manifest for `platform`: `digest` itself, or its entry when it is an index.
+    pub(crate) fn platform_manifest(
+        &self,
+        layout: &Layout,
+        digest: &str,
+        platform: &Platform,
+    ) -> Result<String> {
         let bytes = layout.read_blob(digest)?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Invalid(format!("manifest {digest} is not JSON: {e}")))?;
         let Some(entries) = value["manifests"].as_array() else {
             return Ok(digest.to_owned());
         };
-        let chosen = self.opts.platform.select(entries, digest)?;
+        let chosen = platform.select(entries, digest)?;
         chosen["digest"]
             .as_str()
             .map(str::to_owned)
@@ -644,7 +681,7 @@ impl Engine {
     }
 
     /// Copies an image out of an OCI layout directory (`PATH[:TAG]`) into the state.
-    pub(crate) fn import_layout(&self, spec: &str) -> Result<String> {
+    pub(crate) fn import_layout(&self, spec: &str, platform: &Platform) -> Result<String> {
         let (path, tag) = match spec.rsplit_once(':') {
             Some((path, tag)) if !tag.contains('/') => (path, Some(tag)),
             _ => (spec, None),
@@ -656,7 +693,7 @@ impl Engine {
         }
         let source = Layout::open(path)?;
         let digest = match tag {
-            Some(tag) => source.image_manifest(tag, &self.opts.platform)?,
+            Some(tag) => source.image_manifest(tag, platform)?,
             None => {
                 let index = source.index()?;
                 let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
@@ -671,7 +708,7 @@ impl Engine {
                 }
             }
         };
-        let digest = self.platform_manifest(&source, &digest)?;
+        let digest = self.platform_manifest(&source, &digest, platform)?;
         let manifest: serde_json::Value = serde_json::from_slice(&source.read_blob(&digest)?)
             .map_err(|e| Error::Invalid(format!("manifest {digest}: {e}")))?;
         let mut blobs = vec![digest.clone()];
@@ -686,9 +723,9 @@ impl Engine {
     }
 
     /// The image whose manifest `digest` is in the state directory.
-    pub(crate) fn image_in_state(&self, digest: &str) -> Result<StageImage> {
+    pub(crate) fn image_in_state(&self, digest: &str, platform: &Platform) -> Result<StageImage> {
         let layout = &self.state.layout;
-        let digest = self.platform_manifest(layout, digest)?;
+        let digest = self.platform_manifest(layout, digest, platform)?;
         let manifest: serde_json::Value = serde_json::from_slice(&layout.read_blob(&digest)?)
             .map_err(|e| Error::Invalid(format!("manifest {digest}: {e}")))?;
         let config_digest = manifest["config"]["digest"]
@@ -721,7 +758,7 @@ impl Engine {
         Ok(StageImage {
             config,
             layers,
-            key: KeyBuilder::base_image(&digest, &self.opts.platform.to_string()),
+            key: KeyBuilder::base_image(&digest, &platform.to_string()),
             clock,
             base_reference: None,
             env_index: Default::default(),
@@ -805,9 +842,9 @@ impl Engine {
         image: &mut StageImage,
         instruction: &Instruction,
         at: &StepAt<'_>,
-    ) {
+    ) -> Result<()> {
         image.key = KeyBuilder::new(&image.key)
-            .instruction(&canonical(instruction))
+            .instruction(&canonical(instruction)?)
             .build()
             .digest;
         image.config.history.push(History {
@@ -816,6 +853,7 @@ impl Engine {
             empty_layer: true,
             ..History::default()
         });
+        Ok(())
     }
 
     /// Answers a layer step from the cache when it can. Returns whether it did.
@@ -937,8 +975,21 @@ impl Engine {
             store.record(&entry, blob.as_deref())?;
             crate::failpoint::hit("cache-entry-written");
             store.remember(&at.id, &key.inputs)?;
-            if let Some(remote) = self.remote.as_ref().filter(|_| self.opts.cache_repo_writes) {
-                remote.record(&entry, blob.as_deref())?;
+            if let Some(remote) = self.remote.as_ref().filter(|_| self.opts.cache_repo_writes)
+                && let Err(error) = remote.record(&entry, blob.as_deref())
+            {
+                // The step's result is in the image and the local cache: a cache repository
+                // that cannot be written costs later builds a miss, never this build (Kaniko
+                // warns too).
+                tracing::warn!(%error, "the step's layer was not recorded in the cache repository");
+                self.emit(Event::Warning {
+                    stage: Some(at.stage.to_owned()),
+                    line: Some(at.line),
+                    message: format!(
+                        "not recorded in the cache repository {}: {error}",
+                        remote.repository()
+                    ),
+                });
             }
         }
         if let Some(layer) = layer {
@@ -1031,7 +1082,7 @@ impl Engine {
             }
             Instruction::Run(run) => return self.run(image, rootfs, run, instruction, at),
         }
-        self.config_step(image, instruction, at);
+        self.config_step(image, instruction, at)?;
         Ok(false)
     }
 
@@ -1120,17 +1171,18 @@ impl Engine {
                 .cloned()
                 .ok_or_else(|| Error::Invalid(format!("stage {from} was not built")));
         }
-        self.image(from)
+        // An image named by `--from` is for the build's target platform, as in BuildKit.
+        self.image(from, &self.opts.platform)
     }
 
-    /// The image `reference` names, pulled on first use in this build.
-    fn image(&self, reference: &str) -> Result<Arc<StageResult>> {
+    /// The image `reference` names for `platform`, pulled on first use in this build.
+    fn image(&self, reference: &str, platform: &Platform) -> Result<Arc<StageResult>> {
         let poisoned = || Error::Task("image list poisoned".to_owned());
         let slot = Arc::clone(
             self.images
                 .lock()
                 .map_err(|_| poisoned())?
-                .entry(reference.to_owned())
+                .entry(format!("{reference} {platform}"))
                 .or_default(),
         );
         let mut slot = slot.lock().map_err(|_| poisoned())?;
@@ -1138,7 +1190,7 @@ impl Engine {
             return Ok(Arc::clone(found));
         }
         let pulled = Arc::new(StageResult {
-            image: self.pull(reference)?,
+            image: self.pull(reference, platform)?,
             rootfs: Mutex::new(None),
         });
         *slot = Some(Arc::clone(&pulled));
@@ -1170,8 +1222,9 @@ impl Engine {
                          container does not allow them ({reason}). Give the container \
                          CAP_SYS_ADMIN with seccomp and AppArmor unconfined, or allow \
                          unprivileged user namespaces; Dockerfiles without RUN build \
-                         anywhere. (RUN inside an unprivileged container, as Kaniko does it, \
-                         is not implemented yet.)"
+                         anywhere. Inside an unprivileged container, `--isolation \
+                         in-container` runs RUN steps as Kaniko does (the build then owns the \
+                         container's root filesystem)."
                     ));
                 }
                 Sandbox::new().map_err(|e| e.to_string())
@@ -1205,9 +1258,17 @@ impl Engine {
     }
 }
 
-/// The instruction as the cache key sees it: its typed, expanded form.
-pub(crate) fn canonical(instruction: &Instruction) -> String {
-    serde_json::to_string(instruction).unwrap_or_else(|_| format!("{instruction:?}"))
+/// The instruction as the cache key sees it: its typed, expanded form, serialised (never
+/// `Debug` output, which may change with any refactoring).
+pub(crate) fn canonical(instruction: &Instruction) -> Result<String> {
+    key_text(instruction)
+}
+
+/// A part of a cache key as serialised data: stable as long as the serialised form is, which
+/// the Dockerfile crate's tests pin.
+pub(crate) fn key_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| Error::Invalid(format!("describing a step for its cache key: {e}")))
 }
 
 /// The owner `WORKDIR` gives the directories it creates: the current `USER`.

@@ -80,6 +80,10 @@ pub enum Error {
     /// Running a step's command failed to start or was stopped.
     #[error(transparent)]
     Sandbox(#[from] strata_sandbox::Error),
+    /// The build was cancelled (another stage failed, or the build's future was dropped)
+    /// before this step started.
+    #[error("cancelled")]
+    Cancelled,
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),

@@ -112,6 +112,29 @@ pub enum Event {
         /// Why that mode: asked for, or what the probe found.
         reason: String,
     },
+    /// A stage finished: every step of it done (the build may go on with other stages).
+    StageFinished {
+        /// Its name, or its index.
+        stage: String,
+        /// How long it took, its base included.
+        duration: Duration,
+    },
+    /// The build failed: sent as soon as the first stage fails, before the stages running
+    /// beside it have stopped (they are cancelled); the build's error follows.
+    BuildFailed {
+        /// The error, as it will be returned.
+        message: String,
+    },
+    /// Something went wrong that does not fail the build (a cache repository that refused
+    /// a write, for example).
+    Warning {
+        /// The stage it concerns, when one.
+        stage: Option<String>,
+        /// The instruction's line, when one.
+        line: Option<usize>,
+        /// What happened.
+        message: String,
+    },
     /// The image is complete.
     Built {
         /// Its manifest digest.

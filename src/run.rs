@@ -12,7 +12,9 @@ use strata_dockerfile::{
 };
 use strata_sandbox::{Mount as SandboxMount, Network, Sharing, Step, Stream};
 
-use crate::engine::{Engine, Rootfs, Secret, StageImage, StepAt, canonical, clean_absolute};
+use crate::engine::{
+    Engine, Rootfs, Secret, StageImage, StepAt, canonical, clean_absolute, key_text,
+};
 use crate::error::{Error, Result};
 use crate::event::Event;
 
@@ -67,7 +69,7 @@ impl Engine {
             RunNetwork::None => Network::None,
             RunNetwork::Default | RunNetwork::Host => Network::Host,
         };
-        let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction));
+        let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction)?);
         for (k, v) in config.env_pairs() {
             key = key.env(&k, &v);
         }
@@ -89,7 +91,7 @@ impl Engine {
             } else {
                 clean_absolute(&format!("{workdir}/{}", mount.target))
             };
-            key = key.flag(&format!("mount {target}"), &format!("{mount:?}"));
+            key = key.flag(&format!("mount {target}"), &key_text(mount)?);
             match mount.kind {
                 MountType::Bind => {
                     let source = mount.source.clone().unwrap_or_default();
@@ -172,7 +174,7 @@ impl Engine {
                                 secret_env.push((name.clone(), value));
                                 continue;
                             }
-                            let file = private_file(&self.work, value.as_bytes())?;
+                            let file = private_file(value.as_bytes())?;
                             let path = file.path().to_owned();
                             secret_files.push(file);
                             path
@@ -208,7 +210,12 @@ impl Engine {
                 }
             }
         }
-        key = key.flag("network", &format!("{network:?}"));
+        // The network the step gets (`default` and `host` are the same one here).
+        let network_key = match network {
+            Network::None => "none",
+            _ => "host",
+        };
+        key = key.flag("network", network_key);
         let key = key.build();
         if self.cache_hit(image, &key, at)? {
             return Ok(true);
@@ -375,9 +382,9 @@ pub(crate) enum BindCopy {
     Tree(PathBuf),
 }
 
-/// A private file (mode 0600) holding `bytes`, in `/dev/shm` when it is writable (a secret
-/// never touches a disk), else in `fallback`; removed when dropped.
-fn private_file(fallback: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+/// A private file (mode 0600) holding `bytes` in `/dev/shm`: a secret given through the
+/// environment never touches a disk, and never falls back to one. Removed when dropped.
+fn private_file(bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let shm = Path::new("/dev/shm");
@@ -385,13 +392,16 @@ fn private_file(fallback: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile
         .prefix("strata-secret-")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(shm)
-        .or_else(|_| {
-            tempfile::Builder::new()
-                .prefix("secret-")
-                .permissions(fs::Permissions::from_mode(0o600))
-                .tempfile_in(fallback)
-        })
-        .map_err(Error::io(fallback))?;
+        .map_err(|e| Error::Io {
+            path: shm.to_owned(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (strata keeps a secret given by environment variable only in \
+                         memory-backed storage, and /dev/shm is not usable here)"
+                ),
+            ),
+        })?;
     file.write_all(bytes).map_err(Error::io(file.path()))?;
     Ok(file)
 }

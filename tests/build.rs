@@ -804,6 +804,49 @@ async fn copy_parents_and_symbolic_chmod() {
     );
 }
 
+/// A cache repository that refuses writes costs later builds a miss, never this build: the
+/// refusal is a warning, and the image is built.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_repository_that_refuses_writes_is_a_warning_not_a_failure() {
+    let fx = Fixture::new();
+    let read_only = strata_testkit::TestRegistry::builder()
+        .read_only()
+        .start()
+        .unwrap();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let repo = format!("{}/team/cache", read_only.host());
+    let dockerfile = "FROM {base}\nCOPY f /f\nRUN echo ran > /ran\n";
+    let client = strata_registry::RegistryClient::builder()
+        .retries(0)
+        .build();
+    let build = fx
+        .build(context.path(), dockerfile)
+        .cache_repo(&repo)
+        .registry(client);
+    let (image, events) = run(build).await;
+    let image = image.expect("the build succeeds although the cache repository refuses writes");
+    assert_eq!(image.cache_hits(), (0, 2));
+    let warnings: Vec<(Option<usize>, &String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Warning { line, message, .. } => Some((*line, message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        warnings.iter().map(|(line, _)| *line).collect::<Vec<_>>(),
+        [Some(2), Some(3)],
+        "one warning per step that ran: {warnings:?}"
+    );
+    assert!(
+        warnings.iter().all(|(_, m)| m.contains(&repo)),
+        "{warnings:?}"
+    );
+    // The local cache has both steps all the same.
+    let (again, _) = run(fx.build(context.path(), dockerfile)).await;
+    assert_eq!(again.unwrap().cache_hits(), (2, 2));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cache_repository_serves_a_second_machine() {
     let fx = Fixture::new();
@@ -927,6 +970,61 @@ async fn independent_stages_run_at_the_same_time() {
     assert!(
         right_started < left_finished,
         "the second stage started while the first one's RUN was running"
+    );
+}
+
+/// A stage starts as soon as the stages it needs are done, not when a whole wave is: C
+/// needs only A (fast), so it finishes while B (slow) is still running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_starts_when_its_own_dependencies_are_done() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = "FROM {base} AS a\nRUN echo a > /a\n\
+                      FROM {base} AS b\nRUN sleep 3; echo b > /b\n\
+                      FROM {base} AS c\nCOPY --from=a /a /c\n\
+                      FROM scratch\nCOPY --from=b /b /\nCOPY --from=c /c /\n";
+    let (image, events) = run(fx.build(context.path(), dockerfile)).await;
+    image.unwrap();
+    let finished = |name: &str| {
+        events
+            .iter()
+            .position(|e| matches!(e, Event::StageFinished { stage, .. } if stage == name))
+            .unwrap_or_else(|| panic!("stage {name} finished: {events:?}"))
+    };
+    assert!(
+        finished("c") < finished("b"),
+        "C, which needs only A, finished before the slow B: {events:?}"
+    );
+}
+
+/// The first stage to fail stops the others at once: a sibling's long RUN is killed, and the
+/// error is the failing step's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_stage_cancels_the_stages_beside_it() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = "FROM {base} AS slow\nRUN sleep 60\nRUN touch /never\n\
+                      FROM {base} AS bad\nRUN sleep 1; exit 3\n\
+                      FROM scratch\nCOPY --from=slow /never /\nCOPY --from=bad /bin/sh /\n";
+    let started = std::time::Instant::now();
+    let (result, events) = run(fx.build(context.path(), dockerfile)).await;
+    let elapsed = started.elapsed();
+    let error = result.expect_err("the build fails");
+    assert_eq!(error.position().map(|p| p.line), Some(5), "{error}");
+    assert!(error.to_string().contains("exit code 3"), "{error}");
+    assert!(
+        elapsed < std::time::Duration::from_secs(30),
+        "the 60-second RUN beside it was killed, not waited for ({elapsed:?})"
+    );
+    let failed = events
+        .iter()
+        .position(|e| matches!(e, Event::BuildFailed { .. }))
+        .expect("a build-failed event");
+    assert!(
+        !events[failed..]
+            .iter()
+            .any(|e| matches!(e, Event::StepStarted { line: 3, .. })),
+        "no step of the cancelled stage starts after the failure"
     );
 }
 
@@ -1191,4 +1289,90 @@ async fn one_put_for_registries_oci_layouts_and_docker_archives() {
     }
     let err = image.put("oci:").await.unwrap_err().to_string();
     assert!(err.contains("needs a directory"), "{err}");
+}
+
+/// `FROM --platform` picks the base image of that platform from an index, with BuildKit's
+/// `BUILDPLATFORM` and `TARGETPLATFORM`; the image's own platform is the target's.
+#[tokio::test(flavor = "multi_thread")]
+async fn from_platform_picks_that_platforms_image_from_an_index() {
+    let fx = Fixture::new();
+    let host = match std::env::consts::ARCH {
+        "aarch64" => "linux/arm64",
+        _ => "linux/amd64",
+    };
+    let foreign = if host == "linux/arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let multi = strata_testkit::push_platform_index(
+        &fx.registry,
+        "base/multi",
+        "1",
+        &["linux/amd64", "linux/arm64"],
+    )
+    .unwrap();
+    let context = ContextBuilder::new().build().unwrap();
+    let read =
+        |rootfs: &std::path::Path, name: &str| fs::read_to_string(rootfs.join(name)).unwrap();
+
+    // The host's platform is the target: one stage on the foreign image, one on the build
+    // platform's.
+    let dockerfile = format!(
+        "ARG WANT={foreign}\n\
+         FROM --platform=$WANT {multi} AS foreign\n\
+         FROM --platform=$BUILDPLATFORM {multi} AS native\n\
+         FROM {multi}\n\
+         COPY --from=foreign /platform /foreign\n\
+         COPY --from=native /platform /native\n"
+    );
+    let (image, _) = run(fx.build(context.path(), &dockerfile)).await;
+    let image = image.unwrap();
+    let (work, oci) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &oci);
+    assert_eq!(read(&rootfs, "platform"), format!("{host}\n"));
+    assert_eq!(read(&rootfs, "foreign"), format!("{foreign}\n"));
+    assert_eq!(read(&rootfs, "native"), format!("{host}\n"));
+    let config = skopeo_config(&oci);
+    assert_eq!(
+        format!(
+            "{}/{}",
+            config["os"].as_str().unwrap(),
+            config["architecture"].as_str().unwrap()
+        ),
+        host
+    );
+
+    // Another target platform: the final stage's base is that platform's image, a stage on
+    // `$BUILDPLATFORM` still the host's, and `$TARGETPLATFORM` names the target.
+    let dockerfile = format!(
+        "FROM --platform=$BUILDPLATFORM {multi} AS tools\n\
+         FROM --platform=$TARGETPLATFORM {multi}\n\
+         COPY --from=tools /platform /build-platform\n"
+    );
+    let build = fx.build(context.path(), &dockerfile).platform(foreign);
+    let (image, _) = run(build).await;
+    let image = image.unwrap();
+    let (work, oci) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &oci);
+    assert_eq!(read(&rootfs, "platform"), format!("{foreign}\n"));
+    assert_eq!(read(&rootfs, "build-platform"), format!("{host}\n"));
+    let config = skopeo_config(&oci);
+    assert_eq!(
+        format!(
+            "{}/{}",
+            config["os"].as_str().unwrap(),
+            config["architecture"].as_str().unwrap()
+        ),
+        foreign
+    );
+
+    // A platform the index lacks, and one that is not a platform: errors naming the line.
+    for (platform, wanted) in [("linux/s390x", "linux/s390x"), ("nonsense", "nonsense")] {
+        let dockerfile = format!("FROM scratch\nFROM --platform={platform} {multi}\n");
+        let (result, _) = run(fx.build(context.path(), &dockerfile)).await;
+        let error = result.expect_err("the build fails");
+        assert_eq!(error.position().map(|p| p.line), Some(2), "{error}");
+        assert!(error.to_string().contains(wanted), "{error}");
+    }
 }

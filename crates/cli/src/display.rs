@@ -212,6 +212,22 @@ impl Display {
             ),
             Event::Built { digest } => format!("built {digest}"),
             Event::Isolation { mode, reason } => format!("RUN steps: {mode} ({reason})"),
+            Event::StageFinished { stage, duration } => {
+                if self.mode == Mode::Tty {
+                    return None;
+                }
+                format!("[{stage}] stage done in {:.3}s", duration.as_secs_f64())
+            }
+            Event::Warning {
+                stage,
+                line,
+                message,
+            } => match (stage, line) {
+                (Some(stage), Some(line)) => format!("[{stage}] line {line}: warning: {message}"),
+                _ => format!("warning: {message}"),
+            },
+            // The error itself ends the output; the JSON log has it as an event too.
+            Event::BuildFailed { .. } => return None,
             other => format!("{other:?}"),
         })
     }
@@ -305,6 +321,19 @@ impl Display {
             Event::Isolation { mode, reason } => {
                 ("isolation", json!({ "mode": mode, "reason": reason }))
             }
+            Event::StageFinished { stage, duration } => (
+                "stage-finished",
+                json!({ "stage": stage, "seconds": duration.as_secs_f64() }),
+            ),
+            Event::BuildFailed { message } => ("build-failed", json!({ "error": message })),
+            Event::Warning {
+                stage,
+                line,
+                message,
+            } => (
+                "warning",
+                json!({ "stage": stage, "line": line, "warning": message }),
+            ),
             _ => ("event", json!({})),
         };
         let mut object = json!({ "time": now(), "event": kind });

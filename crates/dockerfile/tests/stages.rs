@@ -216,6 +216,22 @@ fn run_mounts_network_and_security() {
     assert_eq!(run.network, Network::None);
 }
 
+/// Cache keys hold the serialised form of mounts and networks: this pins it, so that a
+/// renamed field (which would silently change every key) fails here first.
+#[test]
+fn the_serialised_form_of_mounts_and_networks_is_stable() {
+    let text = "FROM scratch\nRUN --mount=type=cache,target=/c,sharing=locked,mode=0700,uid=1 \
+                --network=none make\n";
+    let Instruction::Run(run) = &last_stage(text)[0] else {
+        panic!()
+    };
+    assert_eq!(
+        serde_json::to_string(&run.mounts[0]).unwrap(),
+        r#"{"type":"cache","target":"/c","source":null,"from":null,"readonly":false,"id":"/c","sharing":"locked","mode":448,"uid":1,"gid":null,"required":false,"size":null,"env":null}"#
+    );
+    assert_eq!(serde_json::to_string(&run.network).unwrap(), r#""none""#);
+}
+
 #[test]
 fn healthcheck_options() {
     let text = "FROM scratch\nHEALTHCHECK --interval=1m30s --timeout=500ms --retries=3 CMD [\"true\"]\nHEALTHCHECK NONE\n";

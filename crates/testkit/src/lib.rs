@@ -33,6 +33,7 @@ mod context;
 mod error;
 mod fs;
 mod hostile;
+mod platforms;
 mod program;
 mod registry;
 mod tls;
@@ -43,6 +44,7 @@ pub use context::ContextBuilder;
 pub use error::Error;
 pub use fs::set_mtime;
 pub use hostile::{HostileServer, Reply, Request};
+pub use platforms::push_platform_index;
 pub use program::find_program;
 pub use registry::{RegistryBuilder, TestRegistry};
 

@@ -25,6 +25,7 @@ const BCRYPT_COST: u32 = 4;
 pub struct RegistryBuilder {
     auth: Option<(String, String)>,
     tls: bool,
+    read_only: bool,
 }
 
 impl fmt::Debug for RegistryBuilder {
@@ -32,6 +33,7 @@ impl fmt::Debug for RegistryBuilder {
         f.debug_struct("RegistryBuilder")
             .field("user", &self.auth.as_ref().map(|(user, _)| user))
             .field("tls", &self.tls)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -47,6 +49,13 @@ impl RegistryBuilder {
     /// (see [`TestRegistry::ca_pem`]).
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Serves pulls but refuses every push (the registry's read-only maintenance mode): a
+    /// cache repository that cannot be written.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
         self
     }
 
@@ -99,6 +108,11 @@ impl RegistryBuilder {
             ca_pem,
             process: None,
         };
+        let read_only = if self.read_only {
+            "    readonly:\n      enabled: true\n"
+        } else {
+            ""
+        };
         let mut last_error = None;
         // A free port found by binding port 0 may be taken by someone else before the registry
         // binds it; try a few ports before giving up.
@@ -108,7 +122,7 @@ impl RegistryBuilder {
                 "version: 0.1\n\
                  log:\n  level: info\n\
                  storage:\n  filesystem:\n    rootdirectory: \"{storage}\"\n  delete:\n    enabled: true\n\
-                 \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
+                 \x20 maintenance:\n    uploadpurging:\n      enabled: false\n{read_only}\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: strata-test-secret\n{tls_config}\
                  {auth_config}",
                 storage = storage.display(),
