@@ -82,18 +82,16 @@ fn collect(root: &Path, dir: &Path, entries: &mut Vec<Entry>) -> std::io::Result
     for child in children {
         let path = child.path();
         let meta = std::fs::symlink_metadata(&path)?;
+        // Names go into the layer as their bytes, UTF-8 or not.
         let relative = path
             .strip_prefix(root)
             .map_err(std::io::Error::other)?
-            .to_str()
-            .ok_or_else(|| std::io::Error::other(format!("{}: not UTF-8", path.display())))?
             .to_owned();
         let kind = if meta.is_dir() {
             EntryKind::Dir
         } else if meta.is_symlink() {
-            let target = std::fs::read_link(&path)?;
             EntryKind::Symlink {
-                target: target.to_string_lossy().into_owned(),
+                target: std::fs::read_link(&path)?,
             }
         } else if meta.is_file() {
             EntryKind::File {

@@ -22,7 +22,10 @@ pub(crate) fn entries(changes: &ChangeSet) -> Result<Vec<Entry>> {
             },
             ChangeKind::Added | ChangeKind::Modified => {
                 let info = change.info.as_ref().ok_or_else(|| {
-                    Error::Invalid(format!("change of {} has no file information", change.path))
+                    Error::Invalid(format!(
+                        "change of {} has no file information",
+                        change.path.display()
+                    ))
                 })?;
                 let kind = match (&change.hardlink_to, info.kind) {
                     (Some(target), Kind::File) => EntryKind::Hardlink {
@@ -30,7 +33,10 @@ pub(crate) fn entries(changes: &ChangeSet) -> Result<Vec<Entry>> {
                     },
                     (_, Kind::File) => EntryKind::File {
                         source: change.source.clone().ok_or_else(|| {
-                            Error::Invalid(format!("changed file {} has no source", change.path))
+                            Error::Invalid(format!(
+                                "changed file {} has no source",
+                                change.path.display()
+                            ))
                         })?,
                         size: info.size,
                     },

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use strata_cache::KeyBuilder;
@@ -203,7 +203,7 @@ impl Engine {
         }
         let dest_rel = dest_resolved.trim_start_matches('/').to_owned();
         let mtime_now = self.mtime_now();
-        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut entries: BTreeMap<PathBuf, Entry> = BTreeMap::new();
         let all_dirs = sources
             .iter()
             .all(|s| s.is_dir || archives.contains_key(&s.path))
@@ -244,7 +244,7 @@ impl Engine {
                     }
                     if let Some(entry) = file_entry(&path, &dir.path().join(&rel), &meta, metadata)?
                     {
-                        entries.insert(path, entry);
+                        entries.insert(path.into(), entry);
                     }
                 }
                 continue;
@@ -270,9 +270,9 @@ impl Engine {
                 if !dest_rel.is_empty() && !root.join(&dest_rel).is_dir() && !copy.parents {
                     let meta = fs::metadata(&host).map_err(Error::io(&host))?;
                     entries.insert(
-                        dest_rel.clone(),
+                        dest_rel.clone().into(),
                         Entry {
-                            path: dest_rel.clone(),
+                            path: dest_rel.clone().into(),
                             kind: EntryKind::Dir,
                             metadata: meta_of(&meta),
                         },
@@ -283,7 +283,7 @@ impl Engine {
                     let path = join(&dest_rel, &rel);
                     let full = host.join(&rel);
                     if let Some(entry) = file_entry(&path, &full, &meta, meta_of(&meta))? {
-                        entries.insert(path, entry);
+                        entries.insert(path.into(), entry);
                     }
                 }
             } else {
@@ -298,7 +298,7 @@ impl Engine {
                 };
                 let meta = fs::metadata(&host).map_err(Error::io(&host))?;
                 if let Some(entry) = file_entry(&path, &host, &meta, meta_of(&meta))? {
-                    entries.insert(path, entry);
+                    entries.insert(path.into(), entry);
                 }
             }
         }
@@ -309,9 +309,9 @@ impl Engine {
                 dest_rel.clone()
             };
             entries.insert(
-                path.clone(),
+                path.clone().into(),
                 Entry {
-                    path,
+                    path: path.into(),
                     kind: EntryKind::File {
                         source: download.file.path().to_owned(),
                         size: download.size,
@@ -334,9 +334,9 @@ impl Engine {
                 dest_rel.clone()
             };
             entries.insert(
-                path.clone(),
+                path.clone().into(),
                 Entry {
-                    path,
+                    path: path.into(),
                     kind: EntryKind::Bytes(file.data.clone().into_bytes()),
                     metadata: Metadata {
                         mode: chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false)),
@@ -371,14 +371,8 @@ fn file_entry(
     let kind = if meta.is_dir() {
         EntryKind::Dir
     } else if meta.file_type().is_symlink() {
+        // The target's exact bytes (they need not be UTF-8).
         let target = fs::read_link(full).map_err(Error::io(full))?;
-        // Converted exactly or refused: a lossy target would point somewhere else.
-        let target = target.into_os_string().into_string().map_err(|_| {
-            Error::Context(format!(
-                "{}: the symbolic link's target is not UTF-8",
-                full.display()
-            ))
-        })?;
         EntryKind::Symlink { target }
     } else if meta.is_file() {
         EntryKind::File {
@@ -389,7 +383,7 @@ fn file_entry(
         return Ok(None);
     };
     Ok(Some(Entry {
-        path: path.to_owned(),
+        path: path.into(),
         kind,
         metadata,
     }))

@@ -1146,7 +1146,7 @@ impl Engine {
                     )));
                 }
                 Err(_) => entries.push(Entry {
-                    path: prefix.clone(),
+                    path: prefix.clone().into(),
                     kind: EntryKind::Dir,
                     metadata: Metadata {
                         mode: 0o755,

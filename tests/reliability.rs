@@ -302,17 +302,99 @@ async fn copy_sources_that_cannot_be_read_exactly_are_errors_not_skipped() {
         context.path().join("links/bad"),
     )
     .unwrap();
-    for (dockerfile, names) in [
-        ("FROM scratch\nCOPY *.txt /out/\n", "odd-"),
-        ("FROM scratch\nCOPY links /links\n", "links/bad"),
-    ] {
+    // A name a pattern cannot be matched against exactly is an error naming it, never
+    // skipped.
+    let state = tempfile::tempdir().unwrap();
+    let dockerfile = "FROM scratch\nCOPY *.txt /out/\n";
+    let (result, _) = run(Build::new(context.path())
+        .dockerfile_text(dockerfile)
+        .state_dir(state.path()))
+    .await;
+    let text = result.expect_err(dockerfile).to_string();
+    assert!(
+        text.contains("Dockerfile:2") && text.contains("odd-"),
+        "{text}"
+    );
+
+    // A symbolic link's target that is not UTF-8 is carried exactly, not converted lossily.
+    let dockerfile = "FROM scratch\nCOPY links /links\n";
+    let (result, _) = run(Build::new(context.path())
+        .dockerfile_text(dockerfile)
+        .state_dir(state.path()))
+    .await;
+    let image = result.unwrap();
+    let (work, layout) = common::layout(&image);
+    let rootfs = common::umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read_link(rootfs.join("links/bad"))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        b"target-\xfe"
+    );
+}
+
+/// A RUN step may create a file whose name is not UTF-8 (legal on Linux and in tar): the
+/// build succeeds and the layer carries the name's exact bytes, as Go's tar reader (umoci)
+/// and GNU tar read them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_makes_a_name_that_is_not_utf8_keeps_its_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = "FROM {base}\n\
+                      RUN touch \"/odd-$(printf '\\377')-name\" && mkdir /d && ln -s \"../odd-$(printf '\\377')-name\" /d/link\n";
+    for mode in [strata::SnapshotMode::Overlay, strata::SnapshotMode::Walk] {
         let state = tempfile::tempdir().unwrap();
-        let (result, _) = run(Build::new(context.path())
-            .dockerfile_text(dockerfile)
-            .state_dir(state.path()))
-        .await;
-        let text = result.expect_err(dockerfile).to_string();
-        assert!(text.contains("Dockerfile:2"), "{text}");
-        assert!(text.contains(names), "{text}");
+        let build = fx
+            .build(context.path(), dockerfile)
+            .state_dir(state.path())
+            .snapshot_mode(mode);
+        let (image, _) = run(build).await;
+        let image = image.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let (work, layout) = common::layout(&image);
+        let rootfs = common::umoci_rootfs(work.path(), &layout);
+        let name = std::ffi::OsStr::from_bytes(b"odd-\xff-name");
+        assert!(
+            rootfs.join(name).is_file(),
+            "{mode:?}: the file keeps its name"
+        );
+        assert_eq!(
+            fs::read_link(rootfs.join("d/link"))
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            b"../odd-\xff-name",
+            "{mode:?}: the link keeps its target"
+        );
+        // GNU tar reads the same bytes from the layer.
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(image.digest().trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let top = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_owned();
+        let listing = std::process::Command::new("tar")
+            .args(["--quoting-style=literal", "-tzf"])
+            .arg(layout.join("blobs/sha256").join(top))
+            .output()
+            .unwrap();
+        assert!(listing.status.success(), "{listing:?}");
+        assert!(
+            listing
+                .stdout
+                .split(|b| *b == b'\n')
+                .any(|line| line == b"odd-\xff-name"),
+            "{mode:?}: {}",
+            String::from_utf8_lossy(&listing.stdout)
+        );
     }
 }

@@ -110,14 +110,14 @@ fn entries(root: &Path) -> Vec<Entry> {
             };
             if meta.is_dir() {
                 out.push(Entry {
-                    path: name,
+                    path: name.into(),
                     kind: EntryKind::Dir,
                     metadata,
                 });
                 stack.push(path);
             } else {
                 out.push(Entry {
-                    path: name,
+                    path: name.into(),
                     kind: EntryKind::File {
                         source: entry.path(),
                         size: meta.len(),

@@ -1,7 +1,8 @@
 //! What goes into a layer: entries with a path inside the image, a kind and metadata.
 
 use std::cmp::Ordering;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -57,13 +58,13 @@ pub enum EntryKind {
     Dir,
     /// A symbolic link.
     Symlink {
-        /// The link's target, as written.
-        target: String,
+        /// The link's target, as written (any bytes but NUL: Linux names need not be UTF-8).
+        target: PathBuf,
     },
     /// A hard link to another entry of the same layer (its path inside the image).
     Hardlink {
         /// The path of the entry it links to.
-        target: String,
+        target: PathBuf,
     },
     /// A character device.
     CharDevice {
@@ -91,7 +92,9 @@ pub enum EntryKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Entry {
     /// The path inside the image, relative (`etc/passwd`), `/`-separated, no `.` or `..`.
-    pub path: String,
+    /// Any bytes but NUL: file names on Linux need not be UTF-8, and the layer carries them
+    /// exactly.
+    pub path: PathBuf,
     /// What it is.
     pub kind: EntryKind,
     /// Its metadata (ignored for whiteouts, which are written as empty root-owned files).
@@ -104,40 +107,45 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 impl Entry {
-    /// The name this entry has in the tar stream (whiteouts get their `.wh.` name).
-    pub(crate) fn tar_name(&self) -> String {
+    /// The name this entry has in the tar stream, as bytes (whiteouts get their `.wh.` name).
+    pub(crate) fn tar_name(&self) -> Vec<u8> {
+        let path = self.path.as_os_str().as_bytes();
         match self.kind {
-            EntryKind::Whiteout => match self.path.rsplit_once('/') {
-                Some((dir, name)) => format!("{dir}/{WHITEOUT_PREFIX}{name}"),
-                None => format!("{WHITEOUT_PREFIX}{}", self.path),
-            },
-            EntryKind::OpaqueDir => format!("{}/{OPAQUE_MARKER}", self.path),
-            _ => self.path.clone(),
+            EntryKind::Whiteout => {
+                let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+                    Some(at) => (&path[..=at], &path[at + 1..]),
+                    None => (&path[..0], path),
+                };
+                [dir, WHITEOUT_PREFIX.as_bytes(), name].concat()
+            }
+            EntryKind::OpaqueDir => [path, b"/", OPAQUE_MARKER.as_bytes()].concat(),
+            _ => path.to_vec(),
         }
     }
 }
 
 /// Checks that `path` is a clean relative path inside the image.
-pub(crate) fn validate_path(path: &str) -> Result<()> {
+pub(crate) fn validate_path(path: &Path) -> Result<()> {
     let fail = |message: &str| {
         Err(Error::InvalidEntry {
-            path: path.to_owned(),
+            path: path.display().to_string(),
             message: message.to_owned(),
         })
     };
-    if path.is_empty() {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
         return fail("empty path");
     }
-    if path.starts_with('/') {
+    if bytes.starts_with(b"/") {
         return fail("absolute path (paths inside a layer are relative to the root)");
     }
-    if path.contains('\0') {
+    if bytes.contains(&0) {
         return fail("path contains a NUL byte");
     }
-    for component in path.split('/') {
+    for component in bytes.split(|b| *b == b'/') {
         match component {
-            "" => return fail("empty path component (`//` or a trailing `/`)"),
-            "." | ".." => return fail("`.` or `..` component"),
+            b"" => return fail("empty path component (`//` or a trailing `/`)"),
+            b"." | b".." => return fail("`.` or `..` component"),
             c if c.len() > 255 => return fail("a path component is longer than 255 bytes"),
             _ => {}
         }
@@ -160,40 +168,45 @@ fn rank(entry: &Entry) -> u8 {
 /// order.
 pub(crate) fn compare(a: &Entry, b: &Entry) -> Ordering {
     // An opaque marker belongs inside its directory: compare it as `path/` + rank 0.
-    let parent_and_name = |e: &Entry| -> (Vec<String>, u8, String) {
-        let mut parts: Vec<String> = e.path.split('/').map(str::to_owned).collect();
+    fn parent_and_name(e: &Entry) -> (Vec<&[u8]>, u8, &[u8]) {
+        let mut parts: Vec<&[u8]> = e
+            .path
+            .as_os_str()
+            .as_bytes()
+            .split(|b| *b == b'/')
+            .collect();
         match e.kind {
-            EntryKind::OpaqueDir => (parts, 0, String::new()),
+            EntryKind::OpaqueDir => (parts, 0, &[]),
             _ => {
                 let name = parts.pop().unwrap_or_default();
                 (parts, rank(e), name)
             }
         }
-    };
+    }
     let (pa, ra, na) = parent_and_name(a);
     let (pb, rb, nb) = parent_and_name(b);
     // Walk the common directory prefix.
     let common = pa.iter().zip(&pb).take_while(|(x, y)| x == y).count();
     match (pa.len() == common, pb.len() == common) {
-        (true, true) => (ra, na.as_bytes()).cmp(&(rb, nb.as_bytes())),
+        (true, true) => (ra, na).cmp(&(rb, nb)),
         // `a` is directly in a directory that is an ancestor of `b`'s parent: compare `a`'s
         // name with `b`'s next component.
         (true, false) => {
-            let next = pb[common].as_bytes();
+            let next = pb[common];
             if ra < 2 {
                 Ordering::Less
             } else {
-                na.as_bytes().cmp(next).then(Ordering::Less)
+                na.cmp(next).then(Ordering::Less)
             }
         }
         (false, true) => {
-            let next = pa[common].as_bytes();
+            let next = pa[common];
             if rb < 2 {
                 Ordering::Greater
             } else {
-                next.cmp(nb.as_bytes()).then(Ordering::Greater)
+                next.cmp(nb).then(Ordering::Greater)
             }
         }
-        (false, false) => pa[common].as_bytes().cmp(pb[common].as_bytes()),
+        (false, false) => pa[common].cmp(pb[common]),
     }
 }

@@ -25,7 +25,8 @@ pub(crate) mod kind {
 /// The fields of one header, before encoding.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HeaderFields<'a> {
-    pub name: &'a str,
+    /// The path, as bytes (Linux names need not be UTF-8).
+    pub name: &'a [u8],
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
@@ -33,7 +34,7 @@ pub(crate) struct HeaderFields<'a> {
     pub mtime_secs: i64,
     pub mtime_nanos: u32,
     pub kind: u8,
-    pub linkname: &'a str,
+    pub linkname: &'a [u8],
     pub uname: &'a str,
     pub gname: &'a str,
     pub devmajor: u32,
@@ -56,7 +57,10 @@ fn put_octal(field: &mut [u8], value: u64) -> bool {
 }
 
 fn put_str(field: &mut [u8], value: &str) -> bool {
-    let bytes = value.as_bytes();
+    put_bytes(field, value.as_bytes())
+}
+
+fn put_bytes(field: &mut [u8], bytes: &[u8]) -> bool {
     if bytes.len() > field.len() {
         return false;
     }
@@ -80,11 +84,11 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
 }
 
 /// Splits a long name into ustar's prefix (155) and name (100) at a `/`, when possible.
-fn split_ustar(name: &str) -> Option<(&str, &str)> {
+fn split_ustar(name: &[u8]) -> Option<(&[u8], &[u8])> {
     if name.len() <= 100 {
-        return Some(("", name));
+        return Some((&[], name));
     }
-    let bytes = name.as_bytes();
+    let bytes = name;
     let start = bytes.len().saturating_sub(101);
     (start..bytes.len().min(156))
         .filter(|&i| bytes[i] == b'/')
@@ -101,14 +105,14 @@ fn checksum(block: &mut [u8; BLOCK]) {
 
 fn ustar_block(
     fields: &HeaderFields<'_>,
-    name: &str,
-    prefix: &str,
-    linkname: &str,
+    name: &[u8],
+    prefix: &[u8],
+    linkname: &[u8],
     kind: u8,
     size: u64,
 ) -> [u8; BLOCK] {
     let mut block = [0u8; BLOCK];
-    put_str(&mut block[0..100], name);
+    put_bytes(&mut block[0..100], name);
     put_octal(&mut block[100..108], u64::from(fields.mode & 0o7777));
     put_octal(&mut block[108..116], fields.uid.min(0o7777777));
     put_octal(&mut block[116..124], fields.gid.min(0o7777777));
@@ -118,7 +122,7 @@ fn ustar_block(
         fields.mtime_secs.clamp(0, 0o77777777777) as u64,
     );
     block[156] = kind;
-    put_str(&mut block[157..257], linkname);
+    put_bytes(&mut block[157..257], linkname);
     block[257..263].copy_from_slice(b"ustar\0");
     block[263..265].copy_from_slice(b"00");
     if fields.uname.len() <= 32 {
@@ -131,7 +135,7 @@ fn ustar_block(
         put_octal(&mut block[329..337], u64::from(fields.devmajor));
         put_octal(&mut block[337..345], u64::from(fields.devminor));
     }
-    put_str(&mut block[345..500], prefix);
+    put_bytes(&mut block[345..500], prefix);
     checksum(&mut block);
     block
 }
@@ -140,6 +144,11 @@ fn ustar_block(
 /// header. The entry's data (if any) follows, padded to a block.
 pub(crate) fn encode_header(fields: &HeaderFields<'_>, out: &mut Vec<u8>) {
     let mut pax = Vec::new();
+    // A name that is not UTF-8 goes into the PAX records as its bytes, marked the way GNU tar
+    // marks it (POSIX's `hdrcharset`), so readers take it as bytes rather than text.
+    if std::str::from_utf8(fields.name).is_err() || std::str::from_utf8(fields.linkname).is_err() {
+        pax_record(&mut pax, "hdrcharset", b"BINARY");
+    }
     let split = if fields.name.is_ascii() {
         split_ustar(fields.name)
     } else {
@@ -148,12 +157,12 @@ pub(crate) fn encode_header(fields: &HeaderFields<'_>, out: &mut Vec<u8>) {
     let (prefix, name) = match split {
         Some(parts) => parts,
         None => {
-            pax_record(&mut pax, "path", fields.name.as_bytes());
-            ("", truncate(fields.name, 100))
+            pax_record(&mut pax, "path", fields.name);
+            (&[][..], truncate(fields.name, 100))
         }
     };
     let linkname = if fields.linkname.len() > 100 || !fields.linkname.is_ascii() {
-        pax_record(&mut pax, "linkpath", fields.linkname.as_bytes());
+        pax_record(&mut pax, "linkpath", fields.linkname);
         truncate(fields.linkname, 100)
     } else {
         fields.linkname
@@ -191,10 +200,12 @@ pub(crate) fn encode_header(fields: &HeaderFields<'_>, out: &mut Vec<u8>) {
     }
     if !pax.is_empty() {
         // Go's archive/tar names the extended header after the entry; any name works.
-        let pax_name = format!(
-            "PaxHeaders.0/{}",
-            truncate(fields.name.rsplit('/').next().unwrap_or(""), 80)
-        );
+        let base = fields
+            .name
+            .rsplit(|b| *b == b'/')
+            .next()
+            .unwrap_or_default();
+        let pax_name = [b"PaxHeaders.0/".as_slice(), truncate(base, 80)].concat();
         let pax_fields = HeaderFields {
             mode: 0o644,
             ..HeaderFields::default()
@@ -202,8 +213,8 @@ pub(crate) fn encode_header(fields: &HeaderFields<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(&ustar_block(
             &pax_fields,
             truncate(&pax_name, 100),
-            "",
-            "",
+            &[],
+            &[],
             kind::PAX,
             pax.len() as u64,
         ));
@@ -221,13 +232,17 @@ pub(crate) fn encode_header(fields: &HeaderFields<'_>, out: &mut Vec<u8>) {
     ));
 }
 
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+/// The longest prefix of `s` of at most `max` bytes, ending on a character boundary when `s`
+/// is UTF-8.
+fn truncate(s: &[u8], max: usize) -> &[u8] {
     if s.len() <= max {
         return s;
     }
+    let Ok(text) = std::str::from_utf8(s) else {
+        return &s[..max];
+    };
     let mut end = max;
-    while !s.is_char_boundary(end) {
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
     &s[..end]
@@ -354,8 +369,8 @@ mod tests {
     #[test]
     fn ustar_split() {
         let long = format!("{}/{}", "d".repeat(120), "f".repeat(90));
-        let (prefix, name) = split_ustar(&long).unwrap();
+        let (prefix, name) = split_ustar(long.as_bytes()).unwrap();
         assert_eq!((prefix.len(), name.len()), (120, 90));
-        assert!(split_ustar(&"x".repeat(101)).is_none());
+        assert!(split_ustar("x".repeat(101).as_bytes()).is_none());
     }
 }

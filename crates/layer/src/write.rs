@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use oci_spec::image::{Descriptor, Sha256Digest};
@@ -116,7 +118,7 @@ impl LayerWriter {
         for entry in &entries {
             if !names.insert(entry.tar_name()) {
                 return Err(Error::InvalidEntry {
-                    path: entry.path.clone(),
+                    path: entry.path.display().to_string(),
                     message: "appears twice".to_owned(),
                 });
             }
@@ -235,16 +237,16 @@ impl LayerWriter {
                 }
                 EntryKind::Dir => {
                     fields.kind = kind::DIR;
-                    dir_name = format!("{name}/");
+                    dir_name = [name.as_slice(), b"/"].concat();
                     fields.name = &dir_name;
                 }
                 EntryKind::Symlink { target } => {
                     fields.kind = kind::SYMLINK;
-                    fields.linkname = target;
+                    fields.linkname = target.as_os_str().as_bytes();
                 }
                 EntryKind::Hardlink { target } => {
                     fields.kind = kind::HARDLINK;
-                    fields.linkname = target;
+                    fields.linkname = target.as_os_str().as_bytes();
                 }
                 EntryKind::CharDevice { major, minor } => {
                     fields.kind = kind::CHAR;
@@ -281,7 +283,7 @@ impl LayerWriter {
                             source,
                         },
                         CopyError::Size(found) => Error::InvalidEntry {
-                            path: entry.path.clone(),
+                            path: entry.path.display().to_string(),
                             message: format!(
                                 "{} changed while being read: {} bytes announced, {found}",
                                 path.display(),
@@ -341,7 +343,7 @@ fn copy_exact(
 /// Makes every hardlink group write its contents once, at the first of its members in layer
 /// order, and link the others to it.
 fn resolve_hardlinks(entries: &mut [Entry]) -> Result<()> {
-    let index: HashMap<String, usize> = entries
+    let index: HashMap<PathBuf, usize> = entries
         .iter()
         .enumerate()
         .filter(|(_, e)| !matches!(e.kind, EntryKind::Whiteout | EntryKind::OpaqueDir))
@@ -357,13 +359,16 @@ fn resolve_hardlinks(entries: &mut [Entry]) -> Result<()> {
         let mut hops = 0;
         while let EntryKind::Hardlink { target } = &entries[at].kind {
             at = *index.get(target).ok_or_else(|| Error::InvalidEntry {
-                path: entry.path.clone(),
-                message: format!("hard link to `{target}`, which is not in the layer"),
+                path: entry.path.display().to_string(),
+                message: format!(
+                    "hard link to `{}`, which is not in the layer",
+                    target.display()
+                ),
             })?;
             hops += 1;
             if hops > entries.len() {
                 return Err(Error::InvalidEntry {
-                    path: entry.path.clone(),
+                    path: entry.path.display().to_string(),
                     message: "hard links form a cycle".to_owned(),
                 });
             }
@@ -373,10 +378,10 @@ fn resolve_hardlinks(entries: &mut [Entry]) -> Result<()> {
             EntryKind::File { .. } | EntryKind::Bytes(_)
         ) {
             return Err(Error::InvalidEntry {
-                path: entry.path.clone(),
+                path: entry.path.display().to_string(),
                 message: format!(
                     "hard link to `{}`, which is not a regular file",
-                    entries[at].path
+                    entries[at].path.display()
                 ),
             });
         }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -108,7 +109,8 @@ struct Found {
     full: PathBuf,
     kind: u8,
     mode: u32,
-    link: Option<String>,
+    /// A symlink's target, as its bytes.
+    link: Option<Vec<u8>>,
     meta: fs::Metadata,
 }
 
@@ -189,7 +191,7 @@ pub fn hash_context(
                     .unwrap_or_default();
                 hasher.update(hash.as_bytes());
             }
-            b'l' => hasher.update(f.link.as_deref().unwrap_or_default().as_bytes()),
+            b'l' => hasher.update(f.link.as_deref().unwrap_or_default()),
             _ => {}
         }
         let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
@@ -256,14 +258,9 @@ fn walk(
         let (kind, link) = if is_dir {
             (b'd', None)
         } else if ft.is_symlink() {
+            // The target's bytes: it need not be UTF-8.
             let target = fs::read_link(&full).map_err(Error::io(&full))?;
-            let target = target
-                .to_str()
-                .ok_or_else(|| Error::NotUtf8 {
-                    path: full.display().to_string(),
-                })?
-                .to_owned();
-            (b'l', Some(target))
+            (b'l', Some(target.into_os_string().into_vec()))
         } else if ft.is_file() {
             (b'f', None)
         } else {

@@ -1,7 +1,7 @@
 //! The change set between two snapshots.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::scan::{FileInfo, Kind, Snapshot};
 
@@ -23,8 +23,8 @@ pub enum ChangeKind {
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The path, relative to the root, `/`-separated.
-    pub path: String,
+    /// The path, relative to the root (any bytes: names need not be UTF-8).
+    pub path: PathBuf,
     /// How it changed.
     pub kind: ChangeKind,
     /// What is there now (`None` for deletions and opaque markers).
@@ -33,7 +33,7 @@ pub struct Change {
     pub source: Option<PathBuf>,
     /// For a file that shares its inode with a file listed earlier in this change set: that
     /// file's path (write it as a hard link).
-    pub hardlink_to: Option<String>,
+    pub hardlink_to: Option<PathBuf>,
 }
 
 /// What changed between two snapshots, ordered parents first, deterministic.
@@ -49,11 +49,12 @@ impl ChangeSet {
         self.changes.is_empty()
     }
 
-    /// The changes as (path, kind) pairs, for comparisons and messages.
+    /// The changes as (path, kind) pairs, for comparisons and messages (a name that is not
+    /// UTF-8 is shown with replacement characters here; the changes themselves keep its bytes).
     pub fn summary(&self) -> Vec<(String, ChangeKind)> {
         self.changes
             .iter()
-            .map(|c| (c.path.clone(), c.kind))
+            .map(|c| (c.path.to_string_lossy().into_owned(), c.kind))
             .collect()
     }
 
@@ -61,15 +62,10 @@ impl ChangeSet {
     /// and links files that share an inode.
     pub(crate) fn finish(mut self) -> ChangeSet {
         self.changes.sort_by(|a, b| {
-            let key = |c: &Change| {
-                (
-                    c.path.split('/').map(str::to_owned).collect::<Vec<_>>(),
-                    c.kind == ChangeKind::Opaque,
-                )
-            };
-            key(a).cmp(&key(b))
+            // Paths compare component by component, so parents come first.
+            (&a.path, a.kind == ChangeKind::Opaque).cmp(&(&b.path, b.kind == ChangeKind::Opaque))
         });
-        let mut first_of_inode: HashMap<(u64, u64), String> = HashMap::new();
+        let mut first_of_inode: HashMap<(u64, u64), PathBuf> = HashMap::new();
         for change in &mut self.changes {
             let Some(info) = &change.info else { continue };
             if info.kind != Kind::File || info.nlink < 2 {
@@ -128,8 +124,8 @@ fn same_directory(before: &FileInfo, after: &FileInfo) -> bool {
         }
 }
 
-fn parent(path: &str) -> Option<&str> {
-    path.rsplit_once('/').map(|(parent, _)| parent)
+fn parent(path: &Path) -> Option<&Path> {
+    path.parent().filter(|p| !p.as_os_str().is_empty())
 }
 
 /// The change set that turns `old` into `new`.
@@ -152,7 +148,7 @@ fn parent(path: &str) -> Option<&str> {
 pub fn diff(old: &Snapshot, new: &Snapshot) -> ChangeSet {
     // Directories whose old contents are entirely gone: deleted, replaced by a non-directory,
     // or replaced by another directory (a different inode: `rm -rf d && mkdir d`).
-    let mut hidden: BTreeMap<&str, ()> = BTreeMap::new();
+    let mut hidden: BTreeMap<&Path, ()> = BTreeMap::new();
     let mut changes = Vec::new();
     for (path, before) in &old.entries {
         if before.kind != Kind::Dir {
@@ -175,7 +171,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> ChangeSet {
             }
         }
     }
-    let under_hidden = |path: &str| {
+    let under_hidden = |path: &Path| {
         let mut at = parent(path);
         while let Some(dir) = at {
             if hidden.contains_key(dir) {
@@ -205,7 +201,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> ChangeSet {
             None => ChangeKind::Added,
             Some(_) if under_hidden(path) => ChangeKind::Added,
             // A replaced directory is listed with its opaque marker.
-            Some(before) if changed(before, after) || hidden.contains_key(path.as_str()) => {
+            Some(before) if changed(before, after) || hidden.contains_key(path.as_path()) => {
                 ChangeKind::Modified
             }
             Some(_) => continue,

@@ -180,7 +180,7 @@ impl Drop for OverlayMount {
 /// The version of `path` the merged view of `lowers` (top first) shows, if any: the top-most
 /// lower that has it, unless a whiteout, a non-directory or an opaque directory on its way
 /// hides it.
-fn in_lowers(lowers: &[PathBuf], path: &str) -> Result<Option<(PathBuf, FileInfo)>> {
+fn in_lowers(lowers: &[PathBuf], path: &Path) -> Result<Option<(PathBuf, FileInfo)>> {
     for lower in lowers {
         let candidate = lower.join(path);
         match fs::symlink_metadata(&candidate) {
@@ -213,9 +213,9 @@ fn in_lowers(lowers: &[PathBuf], path: &str) -> Result<Option<(PathBuf, FileInfo
 
 /// Whether something in `lower` on the way to `path` hides the layers below it: a whiteout,
 /// a non-directory, or an opaque directory.
-fn hidden_below(lower: &Path, path: &str) -> Result<bool> {
+fn hidden_below(lower: &Path, path: &Path) -> Result<bool> {
     let mut at = lower.to_owned();
-    let components: Vec<&str> = path.split('/').collect();
+    let components: Vec<_> = path.components().collect();
     for component in &components[..components.len().saturating_sub(1)] {
         at.push(component);
         match fs::symlink_metadata(&at) {
@@ -247,24 +247,13 @@ fn is_opaque(info: &FileInfo) -> bool {
 /// first). Costs a walk of the upper directory and one lookup in the lowers per changed path.
 pub fn upper_changes(upper: &Path, lowers: &[PathBuf]) -> Result<ChangeSet> {
     let mut changes = Vec::new();
-    let mut stack = vec![String::new()];
+    let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
-        let dir = if relative.is_empty() {
-            upper.to_owned()
-        } else {
-            upper.join(&relative)
-        };
+        let dir = upper.join(&relative);
         for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
             let entry = entry.map_err(Error::io(&dir))?;
-            let name = entry.file_name();
-            let name = name.to_str().ok_or_else(|| Error::NotUtf8 {
-                path: entry.path().display().to_string(),
-            })?;
-            let path = if relative.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{relative}/{name}")
-            };
+            // Any bytes: names need not be UTF-8, and the layer carries them exactly.
+            let path = relative.join(entry.file_name());
             let full = entry.path();
             let mut info = file_info(&full, false)?;
             if info.kind == Kind::CharDevice && info.rdev == (0, 0) {

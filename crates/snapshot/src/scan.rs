@@ -1,7 +1,6 @@
 //! Scanning a directory tree into a snapshot, on every core, never following symlinks.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -59,8 +58,8 @@ pub struct FileInfo {
     pub nlink: u64,
     /// Device numbers (major, minor) of a device node.
     pub rdev: (u32, u32),
-    /// Target of a symlink.
-    pub link_target: Option<String>,
+    /// Target of a symlink (any bytes: targets need not be UTF-8).
+    pub link_target: Option<PathBuf>,
     /// Extended attributes, sorted by name.
     pub xattrs: Vec<(String, Vec<u8>)>,
     /// SHA-256 of a regular file's contents, when the scan was asked for it.
@@ -76,8 +75,9 @@ pub struct FileInfo {
 pub struct Snapshot {
     /// The scanned directory.
     pub root: PathBuf,
-    /// Path → info, sorted by path.
-    pub entries: BTreeMap<String, FileInfo>,
+    /// Path (relative, no leading `/`; any bytes, since names need not be UTF-8) → info,
+    /// sorted component by component.
+    pub entries: BTreeMap<PathBuf, FileInfo>,
 }
 
 /// Paths never snapshotted: each is a path relative to the root, and covers itself and
@@ -99,13 +99,9 @@ impl IgnoreList {
     }
 
     /// Whether `path` (relative to the root) is ignored.
-    pub fn contains(&self, path: &str) -> bool {
-        self.prefixes.iter().any(|p| {
-            path == p
-                || (path.len() > p.len()
-                    && path.starts_with(p.as_str())
-                    && path.as_bytes()[p.len()] == b'/')
-        })
+    pub fn contains(&self, path: impl AsRef<Path>) -> bool {
+        let path = path.as_ref();
+        self.prefixes.iter().any(|p| path.starts_with(p))
     }
 }
 
@@ -175,15 +171,7 @@ pub fn file_info(path: &Path, hash: bool) -> Result<FileInfo> {
         Kind::Socket
     };
     let link_target = if kind == Kind::Symlink {
-        let target = fs::read_link(path).map_err(Error::io(path))?;
-        Some(
-            target
-                .to_str()
-                .ok_or_else(|| Error::NotUtf8 {
-                    path: path.display().to_string(),
-                })?
-                .to_owned(),
-        )
+        Some(fs::read_link(path).map_err(Error::io(path))?)
     } else {
         None
     };
@@ -294,9 +282,9 @@ impl Scanner {
 
     /// Walks the tree on every core (one task per directory) and returns the snapshot.
     pub fn scan(&self) -> Result<Snapshot> {
-        let found: Mutex<Vec<(String, FileInfo)>> = Mutex::new(Vec::new());
+        let found: Mutex<Vec<(PathBuf, FileInfo)>> = Mutex::new(Vec::new());
         let failure: Mutex<Option<Error>> = Mutex::new(None);
-        rayon::scope(|scope| self.walk(scope, String::new(), &found, &failure));
+        rayon::scope(|scope| self.walk(scope, PathBuf::new(), &found, &failure));
         if let Some(error) = failure.into_inner().ok().flatten() {
             return Err(error);
         }
@@ -310,26 +298,16 @@ impl Scanner {
     fn walk<'s>(
         &'s self,
         scope: &rayon::Scope<'s>,
-        relative: String,
-        found: &'s Mutex<Vec<(String, FileInfo)>>,
+        relative: PathBuf,
+        found: &'s Mutex<Vec<(PathBuf, FileInfo)>>,
         failure: &'s Mutex<Option<Error>>,
     ) {
         let result = (|| -> Result<()> {
-            let dir = if relative.is_empty() {
-                self.root.clone()
-            } else {
-                self.root.join(&relative)
-            };
+            let dir = self.root.join(&relative);
             let mut batch = Vec::new();
             for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
                 let entry = entry.map_err(Error::io(&dir))?;
-                let name = entry.file_name();
-                let name = name_str(&name, &dir)?;
-                let path = if relative.is_empty() {
-                    name.to_owned()
-                } else {
-                    format!("{relative}/{name}")
-                };
+                let path = relative.join(entry.file_name());
                 if self.ignore.contains(&path) {
                     continue;
                 }
@@ -351,10 +329,4 @@ impl Scanner {
             slot.get_or_insert(error);
         }
     }
-}
-
-fn name_str<'a>(name: &'a OsStr, dir: &Path) -> Result<&'a str> {
-    name.to_str().ok_or_else(|| Error::NotUtf8 {
-        path: dir.join(name).display().to_string(),
-    })
 }

@@ -57,7 +57,12 @@ pub fn tree_entries(root: &Path) -> Vec<Entry> {
             EntryKind::Dir
         } else if ft.is_symlink() {
             EntryKind::Symlink {
-                target: fs::read_link(&full).unwrap().to_str().unwrap().to_owned(),
+                target: fs::read_link(&full)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+                    .into(),
             }
         } else if ft.is_char_device() {
             EntryKind::CharDevice {
@@ -73,7 +78,7 @@ pub fn tree_entries(root: &Path) -> Vec<Entry> {
             EntryKind::Fifo
         } else if meta.nlink() > 1 && first_by_inode.contains_key(&(meta.dev(), meta.ino())) {
             EntryKind::Hardlink {
-                target: first_by_inode[&(meta.dev(), meta.ino())].clone(),
+                target: first_by_inode[&(meta.dev(), meta.ino())].clone().into(),
             }
         } else {
             if meta.nlink() > 1 {
@@ -85,7 +90,7 @@ pub fn tree_entries(root: &Path) -> Vec<Entry> {
             }
         };
         entries.push(Entry {
-            path,
+            path: path.into(),
             kind,
             metadata,
         });
