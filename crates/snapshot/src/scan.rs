@@ -247,7 +247,7 @@ pub fn hash_file(path: &Path) -> Result<[u8; 32]> {
 /// std::fs::create_dir_all(dir.path().join("proc/1")).unwrap();
 ///
 /// let snapshot = strata_snapshot::Scanner::new(dir.path()).ignore(["/proc"]).scan()?;
-/// assert!(snapshot.entries.contains_key("etc/hosts"));
+/// assert!(snapshot.entries.contains_key(std::path::Path::new("etc/hosts")));
 /// assert!(!snapshot.entries.keys().any(|p| p.starts_with("proc")));
 /// # Ok::<(), strata_snapshot::Error>(())
 /// ```
