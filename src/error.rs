@@ -20,7 +20,12 @@ impl std::fmt::Display for Position {
 }
 
 /// Everything that can make a build fail.
+///
+/// Match on [`Error::kind`] (and read [`Error::position`], [`Error::exit_code`],
+/// [`Error::http_status`], [`Error::is_retryable`]) rather than on the message: the variants
+/// may grow, and messages are for people.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The Dockerfile could not be read, parsed or planned.
     #[error("{}", dockerfile_message(file, source))]
@@ -121,7 +126,113 @@ fn tail(output: &[String]) -> String {
     }
 }
 
+/// What kind of failure an [`Error`] is, for callers that act on it: retry, ask for
+/// credentials, show the Dockerfile line, report a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The Dockerfile could not be read, parsed or planned ([`Error::position`] may be
+    /// `None`; the message has `FILE:LINE:COL`).
+    Dockerfile,
+    /// A `RUN` command exited non-zero or was killed ([`Error::exit_code`]).
+    StepFailed,
+    /// A registry refused credentials (HTTP 401) or access (403).
+    Auth,
+    /// A registry, a layout or a build context has no such image, blob or file (HTTP 404).
+    NotFound,
+    /// A registry or the network failed otherwise ([`Error::http_status`],
+    /// [`Error::is_retryable`]).
+    Registry,
+    /// A file or directory could not be used (the path is in the message).
+    Io,
+    /// The build context is not usable, or an instruction tried to leave it.
+    Context,
+    /// Something strata does not implement yet.
+    Unsupported,
+    /// The build was cancelled.
+    Cancelled,
+    /// Anything else that input or state made invalid: a layer, a cache entry, an
+    /// instruction's arguments.
+    Invalid,
+    /// A bug or a panic in a background task.
+    Internal,
+}
+
 impl Error {
+    /// What kind of failure this is (for a failed instruction, the kind of its cause).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Step { source, .. } => source.kind(),
+            Error::Dockerfile { .. } => ErrorKind::Dockerfile,
+            Error::RunFailed { .. } => ErrorKind::StepFailed,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Context(_) => ErrorKind::Context,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Task(_) => ErrorKind::Internal,
+            Error::Invalid(_) => ErrorKind::Invalid,
+            Error::Registry(e) => match e {
+                strata_registry::Error::NotFound { .. } => ErrorKind::NotFound,
+                strata_registry::Error::Io { .. } => ErrorKind::Io,
+                strata_registry::Error::CredentialHelper { .. } => ErrorKind::Auth,
+                strata_registry::Error::Registry { .. } => match e.http_status() {
+                    Some(401 | 403) => ErrorKind::Auth,
+                    Some(404) => ErrorKind::NotFound,
+                    _ => ErrorKind::Registry,
+                },
+                strata_registry::Error::InvalidReference { .. } => ErrorKind::Invalid,
+                _ => ErrorKind::Registry,
+            },
+            Error::Layer(strata_layer::Error::Io { .. }) => ErrorKind::Io,
+            Error::Layer(_) => ErrorKind::Invalid,
+            Error::Snapshot(strata_snapshot::Error::Io { .. }) => ErrorKind::Io,
+            Error::Snapshot(_) => ErrorKind::Invalid,
+            Error::Cache(_) => ErrorKind::Invalid,
+            Error::Sandbox(e) => match e {
+                strata_sandbox::Error::Io { .. } => ErrorKind::Io,
+                strata_sandbox::Error::Cancelled => ErrorKind::Cancelled,
+                strata_sandbox::Error::Unsupported(_) => ErrorKind::Unsupported,
+                strata_sandbox::Error::Exec { .. }
+                | strata_sandbox::Error::TimedOut(_)
+                | strata_sandbox::Error::Lost(_) => ErrorKind::StepFailed,
+                _ => ErrorKind::Invalid,
+            },
+        }
+    }
+
+    /// The exit code of the `RUN` command that failed, when it exited (rather than being
+    /// killed by a signal).
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Error::Step { source, .. } => source.exit_code(),
+            Error::RunFailed {
+                status: strata_sandbox::ExitStatus::Code(code),
+                ..
+            } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of the registry response that caused this error, when one did.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::Step { source, .. } => source.http_status(),
+            Error::Registry(e) => e.http_status(),
+            _ => None,
+        }
+    }
+
+    /// Whether running the same build again later may succeed: a registry or network failure
+    /// that strata's own retries could not get past (connection trouble, timeouts, 408, 429,
+    /// 5xx).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Step { source, .. } => source.is_retryable(),
+            Error::Registry(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

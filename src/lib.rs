@@ -59,7 +59,7 @@ pub use build::Build;
 pub use check::{StateCheck, StateFault, check_state};
 pub use context::ContextSource;
 pub use engine::{Secret, SnapshotMode};
-pub use error::{Error, Position, Result};
+pub use error::{Error, ErrorKind, Position, Result};
 pub use event::{Event, EventSink};
 pub use image::Image;
 pub use incontainer::{Isolation, container_marker};

@@ -368,10 +368,10 @@ impl RegistryClient {
             || (!self.builder.https_loopback
                 && !self.builder.https.contains(&registry)
                 && is_loopback_host(&registry));
-        let mut sessions = self.sessions.lock().map_err(|_| Error::Registry {
-            reference: reference.to_string(),
-            message: "session table poisoned".to_owned(),
-        })?;
+        let mut sessions = self
+            .sessions
+            .lock()
+            .map_err(|_| Error::registry(reference.to_string(), "session table poisoned"))?;
         let accept_invalid_certs = self.builder.skip_tls_verify
             || (pull && self.builder.skip_tls_verify_pull)
             || self.builder.skip_tls_verify_for.contains(&registry);
@@ -385,12 +385,10 @@ impl RegistryClient {
             ca_pems: &self.builder.ca_pems,
             timeouts: self.builder.timeouts,
         };
-        let session = Arc::new(Session::new(&registry, credential, options).map_err(|e| {
-            Error::Registry {
-                reference: reference.to_string(),
-                message: e.message,
-            }
-        })?);
+        let session = Arc::new(
+            Session::new(&registry, credential, options)
+                .map_err(|e| registry_error(reference, e))?,
+        );
         sessions.insert(
             (registry, plain, accept_invalid_certs),
             Arc::clone(&session),
@@ -435,10 +433,8 @@ impl RegistryClient {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Registry {
-            reference: reference.to_string(),
-            message: "no source to pull from".to_owned(),
-        }))
+        Err(last
+            .unwrap_or_else(|| Error::registry(reference.to_string(), "no source to pull from")))
     }
 
     /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`] bytes) by tag or digest.
@@ -885,6 +881,8 @@ fn registry_error(what: impl fmt::Display, e: HttpError) -> Error {
     Error::Registry {
         reference: what.to_string(),
         message: e.message,
+        status: e.status,
+        retryable: e.transient,
     }
 }
 

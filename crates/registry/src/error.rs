@@ -54,6 +54,12 @@ pub enum Error {
         reference: String,
         /// What the registry or the connection said, with the HTTP status where there was one.
         message: String,
+        /// The HTTP status of the response at fault, when there was one (401: not
+        /// authenticated, 403: not allowed, 404: no such thing, 429 and 5xx: try later).
+        status: Option<u16>,
+        /// Whether trying again later may succeed (connection trouble, a timeout, 408, 429,
+        /// 5xx), after strata's own retries gave up.
+        retryable: bool,
     },
     /// The image has no manifest for the platform asked for.
     #[error("{reference}: no image for platform {platform} (the index has: {available})")]
@@ -89,6 +95,36 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    /// An error of the registry at `reference` with no HTTP status, not worth retrying.
+    pub(crate) fn registry(reference: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Registry {
+            reference: reference.into(),
+            message: message.into(),
+            status: None,
+            retryable: false,
+        }
+    }
+
+    /// The HTTP status of the registry response that caused this error, when one did.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::Registry { status, .. } => *status,
+            _ => None,
+        }
+    }
+
+    /// Whether the same request may succeed later (connection trouble, timeouts, 408, 429,
+    /// 5xx): worth a retry of the whole operation.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Registry {
+                retryable: true,
+                ..
+            }
+        )
     }
 }
 

@@ -41,15 +41,10 @@ impl RegistryClient {
     ///
     /// Errors name the URL (without any user information it carries) and the HTTP status.
     pub async fn fetch_url(&self, url: &str, dir: &Path, limit: u64) -> Result<Fetched> {
-        let parsed = Url::parse(url).map_err(|e| Error::Registry {
-            reference: redact(url),
-            message: format!("not a valid URL: {e}"),
-        })?;
+        let parsed = Url::parse(url)
+            .map_err(|e| Error::registry(redact(url), format!("not a valid URL: {e}")))?;
         let shown = redact(url);
-        let fail = |message: String| Error::Registry {
-            reference: shown.clone(),
-            message,
-        };
+        let fail = |message: String| Error::registry(shown.clone(), message);
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(fail(
                 "only http and https URLs can be downloaded".to_owned(),
@@ -68,7 +63,14 @@ impl RegistryClient {
             .map_err(|e| fail(describe(e)))?;
         let status = response.status();
         if status != StatusCode::OK {
-            return Err(fail(format!("HTTP {status}")));
+            return Err(Error::Registry {
+                reference: shown.clone(),
+                message: format!("HTTP {status}"),
+                status: Some(status.as_u16()),
+                retryable: status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::REQUEST_TIMEOUT,
+            });
         }
         if let Some(announced) = response.content_length()
             && announced > limit

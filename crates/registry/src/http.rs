@@ -42,6 +42,8 @@ impl Default for Timeouts {
 pub(crate) struct HttpError {
     pub message: String,
     pub transient: bool,
+    /// The HTTP status of the response at fault, when there was one.
+    pub status: Option<u16>,
     /// The registry's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
 }
@@ -51,6 +53,7 @@ impl HttpError {
         HttpError {
             message: message.into(),
             transient: false,
+            status: None,
             retry_after: None,
         }
     }
@@ -79,6 +82,7 @@ impl From<reqwest::Error> for HttpError {
         HttpError {
             message,
             transient,
+            status: e.status().map(|s| s.as_u16()),
             retry_after: None,
         }
     }
@@ -236,19 +240,25 @@ impl Session {
         self.auth.lock().await.challenge = Some(challenge);
         let authorization = self.authorization(scopes, true).await?;
         if authorization.is_none() {
-            return Err(HttpError::permanent(format!(
-                "HTTP 401 from {}: {} needs credentials and none were found for it",
-                response.url(),
-                self.registry
-            )));
+            return Err(HttpError {
+                status: Some(401),
+                ..HttpError::permanent(format!(
+                    "HTTP 401 from {}: {} needs credentials and none were found for it",
+                    response.url(),
+                    self.registry
+                ))
+            });
         }
         let response = with_auth(make(&self.http)?, authorization).send().await?;
         if response.status() == StatusCode::UNAUTHORIZED {
-            return Err(HttpError::permanent(format!(
-                "HTTP 401 (authentication failed) from {} for {}",
-                response.url(),
-                self.registry
-            )));
+            return Err(HttpError {
+                status: Some(401),
+                ..HttpError::permanent(format!(
+                    "HTTP 401 (authentication failed) from {} for {}",
+                    response.url(),
+                    self.registry
+                ))
+            });
         }
         Ok(response)
     }
@@ -540,6 +550,7 @@ pub(crate) async fn status_error(response: Response) -> HttpError {
         transient: status.is_server_error()
             || status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT,
+        status: Some(status.as_u16()),
         retry_after,
     }
 }
