@@ -5,10 +5,17 @@ use std::time::Duration;
 
 /// Something that happened during a build. Events of one stage come in order; stages that
 /// run in parallel interleave.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Events serialise (serde) as flat objects tagged by `event` (`stage`, `pulling`, `pulled`,
+/// `step`, `cache-hit`, `cache-miss`, `output`, `step-done`, `transfer`, `pushed`,
+/// `isolation`, `stage-finished`, `build-failed`, `warning`, `built`), with durations in
+/// seconds: the form `strata build --log-format json` writes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Event {
     /// A stage started.
+    #[serde(rename = "stage")]
     StageStarted {
         /// Its name, or its index.
         stage: String,
@@ -30,12 +37,14 @@ pub enum Event {
         downloaded: usize,
     },
     /// An instruction started.
+    #[serde(rename = "step")]
     StepStarted {
         /// The stage.
         stage: String,
         /// The instruction's line in the Dockerfile.
         line: usize,
         /// The instruction, expanded.
+        #[serde(rename = "instruction")]
         text: String,
     },
     /// The cache had the step's result.
@@ -67,12 +76,14 @@ pub enum Event {
         text: String,
     },
     /// An instruction finished.
+    #[serde(rename = "step-done")]
     StepFinished {
         /// The stage.
         stage: String,
         /// The instruction's line.
         line: usize,
         /// How long it took.
+        #[serde(rename = "seconds", serialize_with = "seconds")]
         duration: Duration,
         /// Whether the cache answered it.
         cached: bool,
@@ -117,12 +128,14 @@ pub enum Event {
         /// Its name, or its index.
         stage: String,
         /// How long it took, its base included.
+        #[serde(rename = "seconds", serialize_with = "seconds")]
         duration: Duration,
     },
     /// The build failed: sent as soon as the first stage fails, before the stages running
     /// beside it have stopped (they are cancelled); the build's error follows.
     BuildFailed {
         /// The error, as it will be returned.
+        #[serde(rename = "error")]
         message: String,
     },
     /// Something went wrong that does not fail the build (a cache repository that refused
@@ -133,6 +146,7 @@ pub enum Event {
         /// The instruction's line, when one.
         line: Option<usize>,
         /// What happened.
+        #[serde(rename = "warning")]
         message: String,
     },
     /// The image is complete.
@@ -142,5 +156,40 @@ pub enum Event {
     },
 }
 
+/// A duration as seconds (a float), the way logs and JSON readers want it.
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
 /// Where events go: any `Fn(&Event)` that can be shared between threads.
 pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_flat_with_their_kind_and_seconds() {
+        let event = Event::StepFinished {
+            stage: "build".to_owned(),
+            line: 4,
+            duration: Duration::from_millis(1500),
+            cached: true,
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            serde_json::json!({
+                "event": "step-done", "stage": "build", "line": 4, "seconds": 1.5, "cached": true
+            })
+        );
+        let event = Event::StepStarted {
+            stage: "0".to_owned(),
+            line: 2,
+            text: "RUN make".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            serde_json::json!({"event": "step", "stage": "0", "line": 2, "instruction": "RUN make"})
+        );
+    }
+}

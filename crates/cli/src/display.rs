@@ -232,116 +232,23 @@ impl Display {
         })
     }
 
-    /// An event as a JSON object: `time`, `event` (its kind), `message` (the log line), and
-    /// its fields. Byte progress only at the start and end of each blob.
+    /// An event as a JSON object: the event's own serde form (`event`, its kind, and its
+    /// fields), with `time` and `message` (the log line). Byte progress only at the start and
+    /// end of each blob, as `push-blob` or `pull-blob`.
     fn json(&self, event: &Event) -> Option<Value> {
-        let (kind, fields) = match event {
-            Event::StageStarted { stage, base } => {
-                ("stage", json!({ "stage": stage, "base": base }))
+        let mut object = serde_json::to_value(event).ok()?;
+        if let Event::Transfer {
+            push, done, total, ..
+        } = event
+        {
+            if *done != 0 && done < total {
+                return None;
             }
-            Event::Pulling { reference } => ("pulling", json!({ "reference": reference })),
-            Event::Pulled {
-                reference,
-                digest,
-                downloaded,
-            } => (
-                "pulled",
-                json!({ "reference": reference, "digest": digest, "downloaded": downloaded }),
-            ),
-            Event::StepStarted { stage, line, text } => (
-                "step",
-                json!({ "stage": stage, "line": line, "instruction": text }),
-            ),
-            Event::CacheHit { stage, line } => {
-                ("cache-hit", json!({ "stage": stage, "line": line }))
-            }
-            Event::CacheMiss {
-                stage,
-                line,
-                reasons,
-            } => (
-                "cache-miss",
-                json!({ "stage": stage, "line": line, "reasons": reasons }),
-            ),
-            Event::Output {
-                stage,
-                line,
-                stderr,
-                text,
-            } => (
-                "output",
-                json!({ "stage": stage, "line": line, "stderr": stderr, "text": text }),
-            ),
-            Event::StepFinished {
-                stage,
-                line,
-                duration,
-                cached,
-            } => (
-                "step-done",
-                json!({
-                    "stage": stage,
-                    "line": line,
-                    "cached": cached,
-                    "seconds": duration.as_secs_f64(),
-                }),
-            ),
-            Event::Transfer {
-                reference,
-                digest,
-                push,
-                done,
-                total,
-            } => {
-                if *done != 0 && done < total {
-                    return None;
-                }
-                (
-                    if *push { "push-blob" } else { "pull-blob" },
-                    json!({ "reference": reference, "digest": digest, "done": done, "total": total }),
-                )
-            }
-            Event::Pushed {
-                reference,
-                digest,
-                uploaded,
-                mounted,
-                skipped,
-            } => (
-                "pushed",
-                json!({
-                    "reference": reference,
-                    "digest": digest,
-                    "uploaded": uploaded,
-                    "mounted": mounted,
-                    "skipped": skipped,
-                }),
-            ),
-            Event::Built { digest } => ("built", json!({ "digest": digest })),
-            Event::Isolation { mode, reason } => {
-                ("isolation", json!({ "mode": mode, "reason": reason }))
-            }
-            Event::StageFinished { stage, duration } => (
-                "stage-finished",
-                json!({ "stage": stage, "seconds": duration.as_secs_f64() }),
-            ),
-            Event::BuildFailed { message } => ("build-failed", json!({ "error": message })),
-            Event::Warning {
-                stage,
-                line,
-                message,
-            } => (
-                "warning",
-                json!({ "stage": stage, "line": line, "warning": message }),
-            ),
-            _ => ("event", json!({})),
-        };
-        let mut object = json!({ "time": now(), "event": kind });
+            object["event"] = json!(if *push { "push-blob" } else { "pull-blob" });
+        }
+        object["time"] = json!(now());
         if let Some(text) = self.text(event) {
             object["message"] = Value::String(text);
-        }
-        if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
-            object.extend(fields);
         }
         Some(object)
     }
