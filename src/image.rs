@@ -120,6 +120,9 @@ impl Image {
 
     /// Writes the image into the OCI image layout at `dir` (created when missing) under the
     /// name `tag`. Blobs are hard-linked from the state directory where possible.
+    ///
+    /// This blocks on file work: in async code use [`Image::put`] with `oci:DIR:TAG`, which
+    /// writes on a blocking thread.
     pub fn write_oci_layout(&self, dir: &Path, tag: &str) -> Result<()> {
         self.state
             .layout
@@ -143,6 +146,9 @@ impl Image {
 
     /// Writes the image as a docker-archive tarball (`docker load` reads it) at `path`, with
     /// `tags` as its names.
+    ///
+    /// This blocks on file work: in async code use [`Image::put`] with
+    /// `docker-archive:PATH:REF`, which writes on a blocking thread.
     pub fn write_docker_archive(&self, path: &Path, tags: &[&str]) -> Result<()> {
         let tags = tags
             .iter()

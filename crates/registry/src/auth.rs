@@ -141,7 +141,7 @@ impl Credentials {
             && let Some(config) = DockerConfig::read(path)?
         {
             if let Some(helper) = config.helper(&registry)
-                && let Some(credential) = run_helper(helper, &registry)?
+                && let Some(credential) = run_helper(helper, &registry, HELPER_TIMEOUT)?
             {
                 return Ok(credential);
             }
@@ -284,8 +284,20 @@ fn from_auths(
     }
 }
 
-/// Asks `docker-credential-<helper> get` for `registry`'s credentials.
-fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> {
+/// How long a credential helper may take to answer before it is killed and the lookup fails:
+/// helpers talk to keychains and cloud metadata services, which can hang.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The most a credential helper's answer may hold.
+const HELPER_OUTPUT_LIMIT: u64 = 64 * 1024;
+
+/// Asks `docker-credential-<helper> get` for `registry`'s credentials, killing the helper
+/// when it has not answered within `timeout`.
+fn run_helper(
+    helper: &str,
+    registry: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<Credential>> {
     let fail = |message: String| Error::CredentialHelper {
         helper: helper.to_owned(),
         registry: registry.to_owned(),
@@ -304,30 +316,83 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> {
     } else {
         registry
     };
-    let mut child = Command::new(format!("docker-credential-{helper}"))
+    run_helper_program(
+        std::ffi::OsStr::new(&format!("docker-credential-{helper}")),
+        helper,
+        registry,
+        server,
+        timeout,
+    )
+}
+
+/// Runs a credential helper program (`get`, the server on standard input) with a deadline.
+fn run_helper_program(
+    program: &std::ffi::OsStr,
+    helper: &str,
+    registry: &str,
+    server: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<Credential>> {
+    use std::io::Read;
+    let fail = |message: String| Error::CredentialHelper {
+        helper: helper.to_owned(),
+        registry: registry.to_owned(),
+        message,
+    };
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(format!("could not run it: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(server.as_bytes())
-            .map_err(|e| fail(format!("writing its input: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take()
+        && let Err(e) = stdin.write_all(server.as_bytes())
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(fail(format!("writing its input: {e}")));
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("waiting for it: {e}")))?;
-    if !output.status.success() {
-        let said = String::from_utf8_lossy(&output.stdout);
+    // Its answer is read on a thread of its own, so that a helper that never answers (or
+    // never closes its output) is killed at the deadline instead of hanging the build.
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut answer = Vec::new();
+        if let Some(stdout) = stdout {
+            let _ = stdout.take(HELPER_OUTPUT_LIMIT).read_to_end(&mut answer);
+        }
+        answer
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "no answer within {} s; it was stopped",
+                    timeout.as_secs_f64()
+                )));
+            }
+            Err(e) => return Err(fail(format!("waiting for it: {e}"))),
+        }
+    };
+    let answer = reader
+        .join()
+        .map_err(|_| fail("reading its answer failed".to_owned()))?;
+    if !status.success() {
+        let said = String::from_utf8_lossy(&answer);
         if said.contains("credentials not found") {
             return Ok(None);
         }
-        return Err(fail(format!("exited with {}", output.status)));
+        return Err(fail(format!("exited with {status}")));
     }
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|_| fail("its answer is not JSON".to_owned()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&answer).map_err(|_| fail("its answer is not JSON".to_owned()))?;
     let username = value["Username"].as_str().unwrap_or_default();
     let secret = value["Secret"].as_str().unwrap_or_default();
     if secret.is_empty() {
@@ -341,4 +406,37 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> {
             password: secret.to_owned(),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A helper that never answers is stopped at the deadline: the lookup fails with a clear
+    /// error instead of hanging the build.
+    #[test]
+    fn a_helper_that_hangs_is_stopped_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("docker-credential-hang");
+        std::fs::write(&program, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        let error = run_helper_program(
+            program.as_os_str(),
+            "hang",
+            "slow.example",
+            "slow.example",
+            std::time::Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "stopped at the deadline, not after the helper's 60 s"
+        );
+        assert!(
+            matches!(&error, Error::CredentialHelper { message, .. } if message.contains("no answer")),
+            "{error}"
+        );
+    }
 }

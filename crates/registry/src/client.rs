@@ -368,16 +368,16 @@ impl RegistryClient {
             || (!self.builder.https_loopback
                 && !self.builder.https.contains(&registry)
                 && is_loopback_host(&registry));
-        let mut sessions = self
-            .sessions
-            .lock()
-            .map_err(|_| Error::registry(reference.to_string(), "session table poisoned"))?;
+        let poisoned = || Error::registry(reference.to_string(), "session table poisoned");
         let accept_invalid_certs = self.builder.skip_tls_verify
             || (pull && self.builder.skip_tls_verify_pull)
             || self.builder.skip_tls_verify_for.contains(&registry);
-        if let Some(session) = sessions.get(&(registry.clone(), plain, accept_invalid_certs)) {
+        let key = (registry.clone(), plain, accept_invalid_certs);
+        if let Some(session) = self.sessions.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(Arc::clone(session));
         }
+        // Credentials are looked up outside the lock: a credential helper may take seconds
+        // (it has a deadline), and requests to other registries must not wait for it.
         let credential = self.credentials().get(&registry)?;
         let options = SessionOptions {
             plain,
@@ -389,11 +389,10 @@ impl RegistryClient {
             Session::new(&registry, credential, options)
                 .map_err(|e| registry_error(reference, e))?,
         );
-        sessions.insert(
-            (registry, plain, accept_invalid_certs),
-            Arc::clone(&session),
-        );
-        Ok(session)
+        // Two lookups of the same registry at once: the first session recorded is kept, so
+        // every request shares its tokens.
+        let mut sessions = self.sessions.lock().map_err(|_| poisoned())?;
+        Ok(Arc::clone(sessions.entry(key).or_insert(session)))
     }
 
     /// Pulls `reference` (the `platform` image, when it names an index) into `layout`: the

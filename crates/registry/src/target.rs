@@ -103,7 +103,8 @@ impl RegistryClient {
     /// Puts the image whose manifest is `manifest_digest` in `layout` at `target` and returns
     /// its manifest digest: a push (mounting blobs from `mount_from` where the registry
     /// can), a copy into an OCI layout (blobs hard-linked where possible), or a
-    /// docker-archive file.
+    /// docker-archive file. Local outputs are written on a blocking thread, never on the
+    /// async runtime's workers.
     pub async fn put(
         &self,
         layout: &Layout,
@@ -111,19 +112,33 @@ impl RegistryClient {
         target: &Target,
         mount_from: &[&Reference],
     ) -> Result<String> {
-        match target {
-            Target::Registry(reference) => Ok(self
+        if let Target::Registry(reference) = target {
+            return Ok(self
                 .push_mounting(layout, manifest_digest, reference, mount_from)
                 .await?
-                .manifest_digest),
-            Target::OciLayout { dir, name } => {
-                layout.copy_image(manifest_digest, &Layout::open(dir)?, name)?;
-                Ok(manifest_digest.to_owned())
-            }
-            Target::DockerArchive { path, tags } => {
-                crate::archive::write_docker_archive(layout, manifest_digest, tags, path)?;
-                Ok(manifest_digest.to_owned())
-            }
+                .manifest_digest);
+        }
+        let (layout, digest, target) = (layout.clone(), manifest_digest.to_owned(), target.clone());
+        tokio::task::spawn_blocking(move || write_local(&layout, &digest, &target))
+            .await
+            .map_err(|e| Error::registry(manifest_digest, format!("writing the image: {e}")))?
+    }
+}
+
+/// Writes an OCI layout or docker-archive output (blocking file work).
+fn write_local(layout: &Layout, manifest_digest: &str, target: &Target) -> Result<String> {
+    match target {
+        Target::Registry(reference) => Err(Error::registry(
+            reference.to_string(),
+            "a registry is not a local output",
+        )),
+        Target::OciLayout { dir, name } => {
+            layout.copy_image(manifest_digest, &Layout::open(dir)?, name)?;
+            Ok(manifest_digest.to_owned())
+        }
+        Target::DockerArchive { path, tags } => {
+            crate::archive::write_docker_archive(layout, manifest_digest, tags, path)?;
+            Ok(manifest_digest.to_owned())
         }
     }
 }
