@@ -292,20 +292,43 @@ impl Build {
     }
 
     /// Runs the build and returns the image, whose blobs are in the state directory.
-    pub async fn run(self) -> Result<Image> {
+    ///
+    /// Events reach the [`Build::on_event`] subscriber on a thread of their own (a slow
+    /// subscriber never stalls a step), in order, and all of them before this returns.
+    pub async fn run(mut self) -> Result<Image> {
         let runtime = tokio::runtime::Handle::current();
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let delivery = match self.events.take() {
+            Some(subscriber) => {
+                let (delivery, sink) = crate::delivery::Delivery::start(Arc::clone(&subscriber))
+                    .map_err(|e| Error::Task(format!("cannot start event delivery: {e}")))?;
+                self.events = Some(sink);
+                Some((delivery, subscriber))
+            }
+            None => None,
+        };
+        let subscriber = delivery.as_ref().map(|(_, s)| Arc::clone(s));
         let prepared = tokio::task::spawn_blocking(move || self.prepare(&state_dir, runtime))
             .await
-            .map_err(|e| Error::Task(e.to_string()))??;
-        let (engine, work) = prepared;
-        let engine = Arc::new(engine);
-        let _cancel_on_drop = CancelOnDrop(engine.cancel.clone());
-        let result = build_stages(&engine).await;
-        engine.save_memo();
-        let image = result?;
-        drop(work);
-        Ok(image)
+            .map_err(|e| Error::Task(e.to_string()));
+        let result = match prepared {
+            Ok(Ok((engine, work))) => {
+                let engine = Arc::new(engine);
+                let _cancel_on_drop = CancelOnDrop(engine.cancel.clone());
+                let result = build_stages(&engine).await;
+                engine.save_memo();
+                drop(work);
+                result
+            }
+            Ok(Err(e)) | Err(e) => Err(e),
+        };
+        if let Some((delivery, _)) = &delivery {
+            let delivery = delivery.clone();
+            // Waiting is blocking work: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || delivery.flush()).await;
+        }
+        // The image reports its own later events (pushes) to the subscriber directly.
+        result.map(|image| image.with_events(subscriber))
     }
 
     fn prepare(

@@ -38,6 +38,12 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
+    /// The same image, reporting its later events (pushes) to `events`.
+    pub(crate) fn with_events(mut self, events: Option<EventSink>) -> Image {
+        self.events = events;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         state: State,

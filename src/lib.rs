@@ -43,6 +43,7 @@ mod check;
 pub mod config;
 mod context;
 mod copy;
+mod delivery;
 mod download;
 mod engine;
 mod error;

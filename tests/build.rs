@@ -973,6 +973,51 @@ async fn independent_stages_run_at_the_same_time() {
     );
 }
 
+/// A subscriber that takes its time with every event never slows the step that sends them,
+/// and has every event, in order, by the time the build returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_event_subscriber_does_not_stall_a_running_step() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile =
+        "FROM {base}\nRUN i=0; while [ $i -lt 100 ]; do echo line $i; i=$((i+1)); done\n";
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let image = fx
+        .build(context.path(), dockerfile)
+        .on_event(move |event| {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            record.lock().unwrap().push(event.clone());
+        })
+        .run()
+        .await
+        .unwrap();
+    let events = seen.lock().unwrap().clone();
+    let outputs = events
+        .iter()
+        .filter(|e| matches!(e, Event::Output { .. }))
+        .count();
+    assert_eq!(outputs, 100, "every line was delivered");
+    assert!(
+        matches!(events.last(), Some(Event::Built { digest }) if digest == image.digest()),
+        "the last event, delivered before run() returned: {:?}",
+        events.last()
+    );
+    let run_took = events
+        .iter()
+        .find_map(|e| match e {
+            Event::StepFinished {
+                line: 2, duration, ..
+            } => Some(*duration),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        run_took < std::time::Duration::from_millis(2500),
+        "the RUN took {run_took:?}: it waited for a subscriber that needs 3 s for its output"
+    );
+}
+
 /// A stage starts as soon as the stages it needs are done, not when a whole wave is: C
 /// needs only A (fast), so it finishes while B (slow) is still running.
 #[tokio::test(flavor = "multi_thread")]
