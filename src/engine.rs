@@ -21,7 +21,7 @@ use strata_cache::{
 };
 use strata_dockerfile::{Base, CommandLine, Healthcheck, Instruction, Located, Plan, Stage};
 use strata_layer::{Compression, Entry, EntryKind, Extractor, LayerWriter, Metadata, Mtime};
-use strata_registry::{Layout, Platform, Reference, RegistryClient};
+use strata_registry::{Descriptor, Layout, Manifest, Platform, Reference, RegistryClient};
 use strata_sandbox::{Cancel, Sandbox};
 use strata_snapshot::HashMemo;
 
@@ -649,13 +649,12 @@ impl Engine {
         self.platform_manifest(&self.state.layout, digest, platform)
             .ok()
             .and_then(|d| {
-                let bytes = self.state.layout.read_blob(&d).ok()?;
-                let manifest: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-                let mut digests = vec![manifest["config"]["digest"].as_str()?.to_owned()];
-                for layer in manifest["layers"].as_array()? {
-                    digests.push(layer["digest"].as_str()?.to_owned());
-                }
-                Some(digests.iter().all(|d| self.state.layout.has_blob(d)))
+                let (config, layers) = image_manifest(&self.state.layout, &d).ok()?;
+                Some(
+                    std::iter::once(&config)
+                        .chain(&layers)
+                        .all(|blob| self.state.layout.has_blob(&blob.digest)),
+                )
             })
             .unwrap_or(false)
     }
@@ -667,17 +666,14 @@ impl Engine {
         digest: &str,
         platform: &Platform,
     ) -> Result<String> {
-        let bytes = layout.read_blob(digest)?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Invalid(format!("manifest {digest} is not JSON: {e}")))?;
-        let Some(entries) = value["manifests"].as_array() else {
-            return Ok(digest.to_owned());
-        };
-        let chosen = platform.select(entries, digest)?;
-        chosen["digest"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::Invalid(format!("index {digest} has an entry without a digest")))
+        match Manifest::parse(&layout.read_blob(digest)?, digest)? {
+            Manifest::Image { .. } => Ok(digest.to_owned()),
+            // Every entry of a parsed index has a valid digest.
+            Manifest::Index { manifests, .. } => platform.select(&manifests, digest)?["digest"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| Error::Invalid(format!("index {digest}: an entry has no digest"))),
+        }
     }
 
     /// Copies an image out of an OCI layout directory (`PATH[:TAG]`) into the state.
@@ -709,15 +705,10 @@ impl Engine {
             }
         };
         let digest = self.platform_manifest(&source, &digest, platform)?;
-        let manifest: serde_json::Value = serde_json::from_slice(&source.read_blob(&digest)?)
-            .map_err(|e| Error::Invalid(format!("manifest {digest}: {e}")))?;
-        let mut blobs = vec![digest.clone()];
-        blobs.extend(manifest["config"]["digest"].as_str().map(str::to_owned));
-        for layer in manifest["layers"].as_array().into_iter().flatten() {
-            blobs.extend(layer["digest"].as_str().map(str::to_owned));
-        }
-        for blob in blobs {
-            source.copy_blob(&blob, &self.state.layout)?;
+        let (config, layers) = image_manifest(&source, &digest)?;
+        source.copy_blob(&digest, &self.state.layout)?;
+        for blob in std::iter::once(&config).chain(&layers) {
+            source.copy_blob(&blob.digest, &self.state.layout)?;
         }
         Ok(digest)
     }
@@ -726,14 +717,10 @@ impl Engine {
     pub(crate) fn image_in_state(&self, digest: &str, platform: &Platform) -> Result<StageImage> {
         let layout = &self.state.layout;
         let digest = self.platform_manifest(layout, digest, platform)?;
-        let manifest: serde_json::Value = serde_json::from_slice(&layout.read_blob(&digest)?)
-            .map_err(|e| Error::Invalid(format!("manifest {digest}: {e}")))?;
-        let config_digest = manifest["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| Error::Invalid(format!("manifest {digest} has no config")))?;
+        let (config_blob, descriptors) = image_manifest(layout, &digest)?;
+        let config_digest = &config_blob.digest;
         let config: ImageConfig = serde_json::from_slice(&layout.read_blob(config_digest)?)
             .map_err(|e| Error::Invalid(format!("image config {config_digest}: {e}")))?;
-        let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
         if descriptors.len() != config.rootfs.diff_ids.len() {
             return Err(Error::Invalid(format!(
                 "image {digest}: {} layers but {} diff_ids",
@@ -742,16 +729,17 @@ impl Engine {
             )));
         }
         let layers = descriptors
-            .iter()
+            .into_iter()
             .zip(&config.rootfs.diff_ids)
             .map(|(d, diff_id)| LayerRef {
-                digest: d["digest"].as_str().unwrap_or_default().to_owned(),
+                digest: d.digest,
                 diff_id: diff_id.clone(),
-                size: d["size"].as_u64().unwrap_or(0),
-                media_type: d["mediaType"]
-                    .as_str()
-                    .unwrap_or("application/vnd.oci.image.layer.v1.tar+gzip")
-                    .to_owned(),
+                size: d.size,
+                media_type: if d.media_type.is_empty() {
+                    "application/vnd.oci.image.layer.v1.tar+gzip".to_owned()
+                } else {
+                    d.media_type
+                },
             })
             .collect();
         let clock = config.created.clone().unwrap_or_else(|| rfc3339(0));
@@ -1255,6 +1243,17 @@ impl Engine {
                 "snapshot mode overlay is unavailable here: {reason}"
             ))),
         }
+    }
+}
+
+/// The config and layer descriptors of the image manifest `digest` in `layout`, parsed and
+/// validated (digests, sizes, media types); an index is an error here.
+fn image_manifest(layout: &Layout, digest: &str) -> Result<(Descriptor, Vec<Descriptor>)> {
+    match Manifest::parse(&layout.read_blob(digest)?, digest)? {
+        Manifest::Image { config, layers, .. } => Ok((config, layers)),
+        Manifest::Index { .. } => Err(Error::Invalid(format!(
+            "{digest} is an image index where an image manifest was expected"
+        ))),
     }
 }
 

@@ -305,6 +305,25 @@ unsafe fn init(program: &Program, argv: &[*const c_char], envp: &[*const c_char]
         for fd in fds.parent {
             libc::close(fd);
         }
+        // The clone copied every descriptor the embedding process had open, among them the
+        // pipe ends of steps other threads are starting at this moment: held here, they would
+        // keep those steps' output open (their RUN could not end before this one). Only our
+        // own four stay.
+        let mut keep = [
+            fds.sync_read,
+            fds.status_write,
+            fds.stdout_write,
+            fds.stderr_write,
+        ];
+        keep.sort_unstable();
+        let mut from: c_int = 3;
+        for fd in keep {
+            if fd > from {
+                libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32);
+            }
+            from = from.max(fd + 1);
+        }
+        libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32);
         // Wait for the parent: it writes the id maps of a user namespace first. End of file
         // means the parent died or gave up.
         let mut byte = 0u8;

@@ -566,3 +566,32 @@ fn on_an_overlay_the_upper_directory_holds_only_the_commands_writes() {
     };
     assert_eq!(meta(&upper.join("etc")), meta(&root.path().join("etc")));
 }
+
+/// Steps started at the same moment from two threads are independent: a step's init holds
+/// no descriptor of another step, so a quick step never waits for a slow one's end (its
+/// output would stay open while the slow step's init held a copy of the write end).
+#[test]
+fn a_quick_step_never_waits_for_a_slow_one_started_beside_it() {
+    let quick_root = Root::new();
+    let slow_root = Root::new();
+    for round in 0..6 {
+        let barrier = std::sync::Barrier::new(2);
+        let (quick, _) = std::thread::scope(|scope| {
+            let slow = scope.spawn(|| {
+                barrier.wait();
+                run(&slow_root.sh("sleep 2"));
+            });
+            let quick = scope.spawn(|| {
+                barrier.wait();
+                let started = Instant::now();
+                run(&quick_root.sh("echo quick"));
+                started.elapsed()
+            });
+            (quick.join().unwrap(), slow.join().unwrap())
+        });
+        assert!(
+            quick < Duration::from_millis(1500),
+            "round {round}: the quick step took {quick:?}, waiting for the slow one"
+        );
+    }
+}
