@@ -213,13 +213,8 @@ impl Context {
                 Error::Context(format!("`{pattern}` is outside the build context"))
             })?;
             let matched = if has_wildcards(&clean) {
-                let found = self.glob(&clean)?;
-                if found.is_empty() {
-                    return Err(Error::Context(format!(
-                        "no source files were specified: nothing matches `{pattern}`"
-                    )));
-                }
-                found
+                // A wildcard may match nothing (BuildKit allows it): it copies nothing.
+                self.glob(&clean)?
             } else {
                 let path = self.follow(&clean, pattern)?;
                 if self.excluded(&path) && !path.is_empty() {

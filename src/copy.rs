@@ -193,8 +193,17 @@ impl Engine {
         let dest_exists_dir = root.join(dest_resolved.trim_start_matches('/')).is_dir();
         let trailing = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == ".";
         let count = sources.len() + copy.files.len() + downloads.len();
-        let dest_is_dir = trailing || dest_exists_dir;
-        if count > 1 && !dest_is_dir {
+        if count == 0 {
+            // Only wildcards that matched nothing: nothing to copy (BuildKit allows it).
+            self.finish_miss(image, key, at, None)?;
+            return Ok(false);
+        }
+        // BuildKit's rule counts the sources as written: one wildcard that matches several
+        // files copies them into the destination as a directory.
+        // (URLs are among the sources as written.)
+        let written = copy.sources.len() + copy.files.len();
+        let dest_is_dir = trailing || dest_exists_dir || count > 1;
+        if written > 1 && !(trailing || dest_exists_dir) {
             return Err(Error::Invalid(format!(
                 "when using {verb} with more than one source file, the destination must be a \
                  directory and end with a / ({})",
@@ -347,12 +356,6 @@ impl Engine {
                     },
                 },
             );
-        }
-        if entries.is_empty() && sources.is_empty() && copy.files.is_empty() && downloads.is_empty()
-        {
-            return Err(Error::Context(format!(
-                "{verb}: no source files were specified"
-            )));
         }
         let layer = self.write_layer(entries.into_values().collect())?;
         self.finish_miss(image, key, at, layer)?;

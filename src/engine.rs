@@ -558,8 +558,10 @@ impl Engine {
                     variant: platform.variant.clone(),
                     ..ImageConfig::default()
                 };
-                // BuildKit gives an image built from scratch the default PATH.
+                // BuildKit gives an image built from scratch the default PATH, and `/` as its
+                // working directory.
                 config.config.set_env("PATH", strata_sandbox::DEFAULT_PATH);
+                config.config.working_dir = Some("/".to_owned());
                 Ok((
                     StageImage {
                         config,

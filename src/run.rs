@@ -136,8 +136,21 @@ impl Engine {
                 }
                 MountType::Cache => {
                     let id = mount.id.clone().unwrap_or_else(|| target.clone());
-                    let dir = self.state.cache_mount(&id);
-                    fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+                    // Another owner or mode is another cache (as in BuildKit, where they make
+                    // the directory the cache starts from): never the old directory with the
+                    // old owner.
+                    let dir = match (mount.uid, mount.gid, mount.mode) {
+                        (None, None, None) => self.state.cache_mount(&id),
+                        (uid, gid, mode) => self.state.cache_mount(&format!(
+                            "{id}\0uid={}\0gid={}\0mode={:o}",
+                            uid.unwrap_or(0),
+                            gid.unwrap_or(0),
+                            mode.unwrap_or(0o755)
+                        )),
+                    };
+                    if !dir.exists() {
+                        new_cache_dir(&dir, mount.uid, mount.gid, mount.mode)?;
+                    }
                     let sharing = match mount.sharing {
                         strata_dockerfile::Sharing::Shared => Sharing::Shared,
                         strata_dockerfile::Sharing::Private => Sharing::Private,
@@ -372,6 +385,38 @@ pub(crate) fn check_outcome(
         status: outcome.status,
         output: tail.iter().cloned().collect(),
     })
+}
+
+/// Makes a cache mount's directory, owned `uid:gid` (default 0:0) with `mode` (default
+/// 0755), under a private name first so that no step ever sees it half made.
+fn new_cache_dir(dir: &Path, uid: Option<u32>, gid: Option<u32>, mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = dir
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("{}: no parent", dir.display())))?;
+    fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    let fresh = tempfile::Builder::new()
+        .prefix(".new-")
+        .tempdir_in(parent)
+        .map_err(Error::io(parent))?;
+    let path = fresh.path();
+    std::os::unix::fs::chown(path, Some(uid.unwrap_or(0)), Some(gid.unwrap_or(0)))
+        .map_err(Error::io(path))?;
+    fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(mode.unwrap_or(0o755) & 0o7777),
+    )
+    .map_err(Error::io(path))?;
+    let made = fresh.keep();
+    match fs::rename(&made, dir) {
+        Ok(()) => Ok(()),
+        // Another build made it first: theirs is as good.
+        Err(_) if dir.is_dir() => {
+            let _ = fs::remove_dir(&made);
+            Ok(())
+        }
+        Err(e) => Err(Error::io(dir)(e)),
+    }
 }
 
 /// What a bind mount gets a private copy of.

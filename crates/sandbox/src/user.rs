@@ -56,11 +56,12 @@ pub fn chown_ids(root_dir: &Path, spec: &str) -> Result<(u32, u32)> {
         Ok(uid) => uid,
         Err(_) => {
             let passwd = read_database(root_dir, "/etc/passwd")?.unwrap_or_default();
-            passwd_entries(&passwd)
-                .find(|e| e.name == user_part)
-                .ok_or_else(|| fail(format!("no user named `{user_part}` in /etc/passwd")))?
-                .ids("/etc/passwd", spec)?
-                .0
+            match passwd_entries(&passwd).find(|e| e.name == user_part) {
+                Some(entry) => entry.ids("/etc/passwd", spec)?.0,
+                // `root` is 0 even where no passwd file says so (BuildKit's rule).
+                None if user_part == "root" => 0,
+                None => return Err(fail(format!("no user named `{user_part}` in /etc/passwd"))),
+            }
         }
     };
     let gid = match group_part {
@@ -69,11 +70,11 @@ pub fn chown_ids(root_dir: &Path, spec: &str) -> Result<(u32, u32)> {
             Ok(gid) => gid,
             Err(_) => {
                 let groups = read_database(root_dir, "/etc/group")?.unwrap_or_default();
-                group_entries(&groups)
-                    .find(|e| e.name == group)
-                    .ok_or_else(|| fail(format!("no group named `{group}` in /etc/group")))?
-                    .ids("/etc/group", spec)?
-                    .0
+                match group_entries(&groups).find(|e| e.name == group) {
+                    Some(entry) => entry.ids("/etc/group", spec)?.0,
+                    None if group == "root" => 0,
+                    None => return Err(fail(format!("no group named `{group}` in /etc/group"))),
+                }
             }
         },
     };
@@ -200,6 +201,8 @@ fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<E
             entry.rest.to_owned()
         };
         matched_name = Some(entry.name.to_owned());
+    } else if user_arg == "root" {
+        // `root` is 0:0 even where no passwd file says so (BuildKit's rule).
     } else if !user_arg.is_empty() {
         user.uid = uid_arg.ok_or_else(|| {
             fail(match passwd {
@@ -210,6 +213,9 @@ fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<E
     }
 
     if group_arg.is_empty() {
+        // The primary group is always among the supplementary groups, also for a user
+        // without a passwd entry (BuildKit's fix for CVE-2023-25173).
+        user.groups = vec![user.gid];
         if let (Some(name), Some(text)) = (&matched_name, group) {
             // The primary group first, as Docker and buildah give it, then memberships.
             user.groups = vec![user.gid];
@@ -233,6 +239,7 @@ fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<E
         user.gid = match (found, gid_arg) {
             (Some(entry), _) => entry.ids("/etc/group", spec)?.0,
             (None, Some(gid)) => gid,
+            (None, None) if group_arg == "root" => 0,
             (None, None) => {
                 return Err(fail(match group {
                     Some(_) => format!("no group named `{group_arg}` in /etc/group"),
@@ -240,6 +247,7 @@ fn resolve_in(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<E
                 }));
             }
         };
+        user.groups = vec![user.gid];
     }
     Ok(user)
 }
@@ -255,6 +263,34 @@ mod tests {
 
     fn get(spec: &str) -> Result<ExecUser> {
         resolve_in(spec, Some(PASSWD), Some(GROUP))
+    }
+
+    #[test]
+    fn the_primary_group_is_always_a_supplementary_group() {
+        // A numeric user with no passwd entry (BuildKit's fix for CVE-2023-25173).
+        assert_eq!(get("4242").unwrap().groups, [0]);
+        assert_eq!(get("4242:77").unwrap().groups, [77]);
+        assert_eq!(get("app:staff").unwrap().groups, [50]);
+        assert_eq!(get("app").unwrap().groups, [1000, 50, 10]);
+    }
+
+    #[test]
+    fn root_is_zero_without_a_passwd_file() {
+        let root = resolve_in("root", None, None).unwrap();
+        assert_eq!(
+            (root.uid, root.gid, root.groups.as_slice()),
+            (0, 0, &[0][..])
+        );
+        let root = resolve_in("root:root", None, None).unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert!(
+            resolve_in("app", None, None).is_err(),
+            "other names still need an entry"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(chown_ids(empty.path(), "root").unwrap(), (0, 0));
+        assert_eq!(chown_ids(empty.path(), "root:root").unwrap(), (0, 0));
+        assert!(chown_ids(empty.path(), "app").is_err());
     }
 
     #[test]
@@ -277,14 +313,14 @@ mod tests {
         assert_eq!((u.uid, u.gid), (1000, 1000));
         let u = get("4242:4343").unwrap();
         assert_eq!((u.uid, u.gid), (4242, 4343));
-        assert!(u.groups.is_empty());
+        assert_eq!(u.groups, [4343], "only the primary group");
     }
 
     #[test]
     fn an_explicit_group_replaces_the_primary_and_drops_supplementary_groups() {
         let u = get("app:staff").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 50));
-        assert!(u.groups.is_empty());
+        assert_eq!(u.groups, [50], "the memberships of app are dropped");
     }
 
     #[test]

@@ -1,0 +1,115 @@
+//! Where strata follows BuildKit's Dockerfile semantics, one behaviour per test, each taken
+//! from a difference that a run of BuildKit's own assertions (and Kaniko's integration
+//! Dockerfiles) found.
+
+mod common;
+
+use std::fs;
+
+use common::{Fixture, layout, run, skopeo_config, umoci_rootfs};
+use strata_testkit::ContextBuilder;
+
+/// Builds `dockerfile` and returns (the unpacked root filesystem's work dir, its path, config).
+async fn build(
+    fx: &Fixture,
+    context: &std::path::Path,
+    dockerfile: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, serde_json::Value) {
+    let (image, _) = run(fx.build(context, dockerfile)).await;
+    let image = image.unwrap_or_else(|e| panic!("{dockerfile}: {e}"));
+    let (work, oci) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &oci);
+    let config = skopeo_config(&oci);
+    (work, rootfs, config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scratch_images_work_in_slash_and_root_needs_no_passwd_file() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    // FROM scratch gets `/` as its working directory; `USER root` is 0:0 where no
+    // /etc/passwd says so, so WORKDIR can create its directory.
+    let (_work, rootfs, config) = build(
+        &fx,
+        context.path(),
+        // (umoci, which unpacks the image here, cannot look `root` up either: USER 0 last.)
+        "FROM scratch\nCOPY f /f\nUSER root\nWORKDIR /made\nUSER 0\n",
+    )
+    .await;
+    assert_eq!(config["config"]["WorkingDir"], "/made");
+    assert!(rootfs.join("made").is_dir());
+    let (_work, _rootfs, config) = build(&fx, context.path(), "FROM scratch\nCOPY f /f\n").await;
+    assert_eq!(config["config"]["WorkingDir"], "/");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_numeric_user_without_an_entry_keeps_its_primary_group() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    // BuildKit's fix for CVE-2023-25173: the primary group is a supplementary group too.
+    let (_work, rootfs, _) = build(
+        &fx,
+        context.path(),
+        "FROM {base}\nUSER 4242:77\nRUN grep '^Groups:' /proc/self/status > /tmp/groups\n",
+    )
+    .await;
+    let groups = fs::read_to_string(rootfs.join("tmp/groups")).unwrap();
+    assert_eq!(
+        groups.split_whitespace().collect::<Vec<_>>(),
+        ["Groups:", "77"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wildcards_count_as_the_sources_written() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a.txt", "a\n")
+        .file("b.txt", "b\n")
+        .build()
+        .unwrap();
+    // A wildcard that matches nothing copies nothing; one that matches several files copies
+    // them into the destination as a directory, with or without its trailing slash.
+    let (_work, rootfs, _) = build(
+        &fx,
+        context.path(),
+        "FROM {base}\nCOPY nomatch* /none/\nCOPY *.txt /dst\n",
+    )
+    .await;
+    assert!(
+        !rootfs.join("none").exists(),
+        "nothing copied, nothing made"
+    );
+    assert_eq!(fs::read_to_string(rootfs.join("dst/a.txt")).unwrap(), "a\n");
+    assert_eq!(fs::read_to_string(rootfs.join("dst/b.txt")).unwrap(), "b\n");
+    // Two sources as written still need a directory destination.
+    let (result, _) = run(fx.build(context.path(), "FROM {base}\nCOPY a.txt b.txt /dst\n")).await;
+    let error = result.expect_err("two sources to a file");
+    assert!(error.to_string().contains("must be a directory"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_mounts_clean_their_id_and_honour_owner_and_mode() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = "FROM {base}\n\
+        RUN --mount=type=cache,target=/tmp/a/ echo kept > /tmp/a/f\n\
+        RUN --mount=type=cache,target=/tmp/a cp /tmp/a/f /seen\n\
+        RUN --mount=type=cache,target=/c,uid=1000,gid=1000,mode=0700 stat -c '%u %g %a' /c > /owned\n\
+        RUN --mount=type=cache,target=/c stat -c '%u %g %a' /c > /plain\n";
+    let (_work, rootfs, _) = build(&fx, context.path(), dockerfile).await;
+    assert_eq!(
+        fs::read_to_string(rootfs.join("seen")).unwrap(),
+        "kept\n",
+        "`/tmp/a/` and `/tmp/a` are one cache"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("owned")).unwrap(),
+        "1000 1000 700\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("plain")).unwrap(),
+        "0 0 755\n",
+        "another owner and mode is another cache"
+    );
+}
