@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use strata_dockerfile::{Dockerignore, has_wildcards, match_path};
-use strata_snapshot::{ContextDigest, HashMemo, Visit, hash_context};
+use strata_snapshot::{ContextDigest, HashMemo, Visit, hash_context, hash_context_with_owners};
 
 use crate::error::{Error, Result};
 
@@ -344,7 +344,12 @@ impl Context {
         let paths: Vec<String> = sources.iter().map(|s| s.path.clone()).collect();
         let exclude = exclude_patterns(exclude)?;
         let visit = self.visit(&exclude, &paths);
-        Ok(hash_context(&self.root, &paths, &visit, memo)?)
+        if self.strict {
+            Ok(hash_context(&self.root, &paths, &visit, memo)?)
+        } else {
+            // A stage's files are copied with their owners: an owner change is a change.
+            Ok(hash_context_with_owners(&self.root, &paths, &visit, memo)?)
+        }
     }
 
     /// The files below a directory source (relative to it), for copying, in order:

@@ -226,16 +226,26 @@ impl Engine {
                 .rsplit_once('/')
                 .map_or(String::new(), |(p, _)| p.to_owned())
         };
+        // The parents COPY makes get its --chown and --chmod too (BuildKit's rule).
+        let made_parent = |mut entry: Entry| {
+            if let Some(chmod) = &chmod {
+                entry.metadata.mode = chmod.apply(entry.metadata.mode, true);
+            }
+            entry
+        };
         for entry in self.missing_dirs(&root, &format!("/{parent_of_files}"), owner)? {
-            entries.insert(entry.path.clone(), entry);
+            entries.insert(entry.path.clone(), made_parent(entry));
         }
+        // From another stage without --chown, files keep their owners (BuildKit's rule); from
+        // the context they belong to root.
+        let keep_owners = from_stage.is_some() && copy.chown.is_none();
         let meta_of = |meta: &fs::Metadata| Metadata {
             mode: match &chmod {
                 Some(chmod) => chmod.apply(meta.mode() & 0o7777, meta.is_dir()),
                 None => meta.mode() & 0o7777,
             },
-            uid: owner.0,
-            gid: owner.1,
+            uid: if keep_owners { meta.uid() } else { owner.0 },
+            gid: if keep_owners { meta.gid() } else { owner.1 },
             mtime: Mtime {
                 secs: meta.mtime(),
                 nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
@@ -268,7 +278,9 @@ impl Engine {
                 };
                 let base = join(&dest_rel, parent);
                 for entry in self.missing_dirs(&root, &format!("/{base}"), owner)? {
-                    entries.entry(entry.path.clone()).or_insert(entry);
+                    entries
+                        .entry(entry.path.clone())
+                        .or_insert_with(|| made_parent(entry));
                 }
                 (base, true)
             } else {

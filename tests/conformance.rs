@@ -113,3 +113,44 @@ async fn cache_mounts_clean_their_id_and_honour_owner_and_mode() {
         "another owner and mode is another cache"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_from_a_stage_keeps_owners_and_chmod_reaches_made_parents() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let dockerfile = |owner: &str| {
+        format!(
+            "FROM {{base}} AS src\n\
+             RUN mkdir /d && echo x > /d/f && chown -R {owner} /d\n\
+             FROM {{base}}\n\
+             COPY --from=src /d /copied\n\
+             COPY --from=src --chown=7:8 /d/f /chowned\n\
+             COPY --chmod=0700 f /made/sub/f\n"
+        )
+    };
+    let (_work, rootfs, _) = build(&fx, context.path(), &dockerfile("1000:1000")).await;
+    let owner = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(rootfs.join(path)).unwrap();
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777)
+    };
+    assert_eq!(
+        owner("copied/f"),
+        (1000, 1000, 0o644),
+        "the source's owner is kept"
+    );
+    assert_eq!(owner("chowned"), (7, 8, 0o644), "--chown still wins");
+    assert_eq!(
+        owner("made"),
+        (0, 0, 0o700),
+        "--chmod reaches the parents COPY makes"
+    );
+    assert_eq!(owner("made/sub"), (0, 0, 0o700));
+    assert_eq!(owner("made/sub/f"), (0, 0, 0o700));
+    // The same files with another owner in the source stage: the copy is not a cache hit
+    // with the old owner.
+    let (_work, rootfs, _) = build(&fx, context.path(), &dockerfile("2000:2000")).await;
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(rootfs.join("copied/f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (2000, 2000));
+}

@@ -249,6 +249,9 @@ pub(crate) struct Context<'a> {
     pub(crate) escape: char,
     pub(crate) env: &'a dyn Env,
     pub(crate) build_args: Vec<(String, String)>,
+    /// Whether the build was given a value for this build argument (`--build-arg`): then an
+    /// `ARG`'s default is never evaluated (its `${VAR:?message}` must not fail the build).
+    pub(crate) given: &'a dyn Fn(&str) -> bool,
 }
 
 struct Checker<'a> {
@@ -574,7 +577,14 @@ impl Context<'_> {
             "copy" => {
                 let flags = checker.flags(flags::COPY)?;
                 let mut copy = self.copy(&checker, &flags)?;
-                copy.from = self.expand_opt(&checker, flags.string("from"))?;
+                let from = flags.string("from");
+                if let Some(from) = from.as_deref().filter(|f| f.contains('$')) {
+                    // As BuildKit: the source stage or image is named, never computed.
+                    return Err(checker.error(format!(
+                        "--from={from} uses a variable; name the stage or image itself"
+                    )));
+                }
+                copy.from = from;
                 copy.parents = flags.bool("parents").unwrap_or(false);
                 Instruction::Copy(copy)
             }
@@ -625,13 +635,17 @@ impl Context<'_> {
                 let mut args = Vec::new();
                 for word in &node.args {
                     let (name, default) = match word.split_once('=') {
-                        Some((name, value)) => (name, Some(self.expand(&checker, value)?)),
+                        Some((name, value)) => (name, Some(value)),
                         None => (word.as_str(), None),
                     };
                     let name = self.expand(&checker, name)?;
                     if name.is_empty() {
                         return Err(checker.error(format!("invalid ARG name in `{word}`")));
                     }
+                    let default = match default {
+                        Some(text) if !(self.given)(&name) => Some(self.expand(&checker, text)?),
+                        _ => None,
+                    };
                     let value = arg_values(&name, default);
                     args.push(ArgDecl { name, value });
                 }

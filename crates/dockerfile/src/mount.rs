@@ -172,6 +172,7 @@ pub(crate) fn parse_mount(
         if field.is_empty() {
             continue;
         }
+        let raw = field.split_once('=').map(|(_, v)| v);
         let (key, value) = match field.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(expand(v)?)),
             None => (field.trim().to_ascii_lowercase(), None),
@@ -192,6 +193,14 @@ pub(crate) fn parse_mount(
             }
             "target" | "dst" | "destination" => target = Some(need(value)?),
             "source" | "src" => source = Some(need(value)?),
+            "from" if raw.is_some_and(|v| v.contains('$')) => {
+                // As BuildKit: the stage or image a mount reads from is named, never computed
+                // (a variable would make the stage graph depend on expansion).
+                return Err(format!(
+                    "from={} uses a variable; name the stage or image itself",
+                    raw.unwrap_or_default()
+                ));
+            }
             "from" => from = Some(need(value)?),
             "readonly" | "ro" => readonly = Some(parse_bool(&key, value.as_deref())?),
             "readwrite" | "rw" => readonly = Some(!parse_bool(&key, value.as_deref())?),

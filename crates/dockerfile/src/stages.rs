@@ -224,10 +224,12 @@ impl Plan {
             }
             let mut scope_values = builtin.clone();
             scope_values.extend(global_values.iter().cloned());
+            let given = |name: &str| options.build_args.contains_key(name);
             let context = Context {
                 escape,
                 env: &scope_values,
                 build_args: Vec::new(),
+                given: &given,
             };
             let lookup = |name: &str, default: Option<String>| {
                 options.build_args.get(name).cloned().or(default)
@@ -547,11 +549,21 @@ impl Plan {
             let mut run_args = Vec::new();
             if node.instruction == "run" {
                 run_args = args.clone();
-                for proxy in PROXY_ARGS {
-                    if let Some(value) = self.options.build_args.get(proxy)
-                        && !run_args.iter().any(|(k, _)| k == proxy)
-                    {
-                        run_args.push((proxy.to_owned(), value.clone()));
+                // The proxy args reach RUN in both spellings with one value, as BuildKit's
+                // proxy environment gives them (the lower-case one wins when both are given).
+                for pair in PROXY_ARGS.chunks(2) {
+                    let [upper, lower] = pair else { continue };
+                    let value = self
+                        .options
+                        .build_args
+                        .get(*lower)
+                        .or_else(|| self.options.build_args.get(*upper));
+                    for name in [upper, lower] {
+                        if let Some(value) = value
+                            && !run_args.iter().any(|(k, _)| k == name)
+                        {
+                            run_args.push(((*name).to_owned(), value.clone()));
+                        }
                     }
                 }
             }
@@ -559,10 +571,12 @@ impl Plan {
                 env: &env_index,
                 args: &args,
             };
+            let given = |name: &str| self.options.build_args.contains_key(name);
             let context = Context {
                 escape: self.escape,
                 env: &scope,
                 build_args: run_args,
+                given: &given,
             };
             let lookup = |name: &str, default: Option<String>| {
                 self.options
@@ -618,5 +632,13 @@ fn builtin_args(options: &PlanOptions) -> Vec<(String, String)> {
             platform.variant.clone().unwrap_or_default(),
         ));
     }
+    // The target stage's name as asked for (BuildKit's `TARGETSTAGE`; `default` without one).
+    args.push((
+        "TARGETSTAGE".to_owned(),
+        options
+            .target
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+    ));
     args
 }

@@ -121,6 +121,22 @@ fn platform_args_are_predefined_globally_and_declarable_in_stages() {
     );
 }
 
+/// BuildKit's `TARGETSTAGE`: the target stage as asked for, `default` without a target.
+#[test]
+fn targetstage_names_the_target() {
+    let text = "FROM scratch AS build\nARG TARGETSTAGE\nENV T=$TARGETSTAGE\n\
+                FROM build AS final\nARG TARGETSTAGE\nENV T=$TARGETSTAGE\n";
+    let env_of = |plan: &Plan, stage: usize| match &plan.instructions(stage, &[]).unwrap()[1].value
+    {
+        Instruction::Env { vars } => vars[0].1.clone(),
+        other => panic!("{other:?}"),
+    };
+    let plan = plan_with(text, &[], None).unwrap();
+    assert_eq!(env_of(&plan, 1), "default");
+    let plan = plan_with(text, &[], Some("build")).unwrap();
+    assert_eq!(env_of(&plan, 0), "build");
+}
+
 #[test]
 fn run_sees_args_in_scope_and_proxy_args() {
     let plan = plan_with(
@@ -136,7 +152,9 @@ fn run_sees_args_in_scope_and_proxy_args() {
         run.build_args,
         [
             ("A".to_owned(), "1".to_owned()),
-            ("HTTP_PROXY".to_owned(), "http://p".to_owned())
+            ("HTTP_PROXY".to_owned(), "http://p".to_owned()),
+            // The predefined proxy args reach RUN in both spellings, as in BuildKit.
+            ("http_proxy".to_owned(), "http://p".to_owned())
         ]
     );
     assert_eq!(run.command, CommandLine::Shell("env".into()));
@@ -400,8 +418,33 @@ fn stage_errors() {
         error("FROM scratch AS a\nCOPY --from=b x y\nFROM scratch AS b\nCOPY --from=a x y\n")
             .contains("circular dependency")
     );
+    // The stage or image --from names is written out, never computed from a variable.
+    let err = error("FROM scratch\nARG SRC=a\nCOPY --from=$SRC x y\n");
+    assert!(err.contains("--from=$SRC uses a variable"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    let err = error("FROM scratch\nARG SRC=a\nRUN --mount=from=${SRC},target=/x true\n");
+    assert!(err.contains("from=${SRC} uses a variable"), "{err}");
     assert!(error("FROM scratch AS a\nCOPY --from=a x y\n").contains("circular dependency"));
     assert!(error("ARG A=1\n").contains("no FROM"));
+}
+
+/// An ARG's default is evaluated only when the build gives no value: its `${VAR:?message}`
+/// does not fail a build that sets VAR (also for global ARGs).
+#[test]
+fn arg_defaults_are_evaluated_only_when_no_value_is_given() {
+    let text = "ARG G=${UNSET:?global-needs-a-value}\nFROM scratch\n\
+                ARG V=${UNSET:?stage-needs-a-value}\nRUN echo $V\n";
+    let err = error(text);
+    assert!(err.contains("global-needs-a-value"), "{err}");
+    let err = plan_with(text, &[("G", "g")], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stage-needs-a-value"), "{err}");
+    let plan = plan_with(text, &[("G", "g"), ("V", "v")], None).unwrap();
+    let Instruction::Run(run) = &plan.instructions(0, &[]).unwrap()[1].value else {
+        panic!()
+    };
+    assert!(run.build_args.contains(&("V".to_owned(), "v".to_owned())));
 }
 
 #[test]

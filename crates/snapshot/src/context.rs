@@ -140,6 +140,28 @@ pub fn hash_context(
     visit: &(dyn Fn(&str, bool) -> Visit + Sync),
     memo: &mut HashMemo,
 ) -> Result<ContextDigest> {
+    hash_paths(root, paths, visit, memo, false)
+}
+
+/// [`hash_context`], with each path's owner (uid and gid) in its digest too: for trees whose
+/// owners are copied along (another stage's files, which `COPY --from` copies with their
+/// owners), where a build context's are not.
+pub fn hash_context_with_owners(
+    root: &Path,
+    paths: &[String],
+    visit: &(dyn Fn(&str, bool) -> Visit + Sync),
+    memo: &mut HashMemo,
+) -> Result<ContextDigest> {
+    hash_paths(root, paths, visit, memo, true)
+}
+
+fn hash_paths(
+    root: &Path,
+    paths: &[String],
+    visit: &(dyn Fn(&str, bool) -> Visit + Sync),
+    memo: &mut HashMemo,
+    owners: bool,
+) -> Result<ContextDigest> {
     let mut found: BTreeMap<String, Found> = BTreeMap::new();
     for start in paths {
         let start = start.trim_matches('/');
@@ -182,6 +204,10 @@ pub fn hash_context(
         let mut hasher = Sha256::new();
         hasher.update([f.kind]);
         hasher.update(f.mode.to_be_bytes());
+        if owners {
+            hasher.update(f.meta.uid().to_be_bytes());
+            hasher.update(f.meta.gid().to_be_bytes());
+        }
         match f.kind {
             b'f' => {
                 let hash = memo
