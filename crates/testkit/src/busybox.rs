@@ -120,8 +120,41 @@ pub fn push_busybox_image(
     let config = serde_json::to_vec(&config).map_err(|e| Error::Credentials(e.to_string()))?;
 
     let client = registry.client();
-    let layer_digest = client.push_blob(repository, &layer)?;
-    let config_digest = client.push_blob(repository, &config)?;
+    let pushed = push_one_layer_image(&client, repository, Some(tag), &layer, &config)?;
+    let (manifest_digest, config_digest, layer_digest) = (
+        pushed.manifest_digest,
+        pushed.config_digest,
+        pushed.layer_digest,
+    );
+    Ok(BaseImage {
+        reference: format!("{}/{repository}:{tag}", registry.host()),
+        manifest_digest,
+        config_digest,
+        layer_digest,
+        diff_id,
+        layer_size: layer.len() as u64,
+    })
+}
+
+/// The digests of an image [`push_one_layer_image`] pushed, and its manifest's size.
+pub(crate) struct Pushed {
+    pub manifest_digest: String,
+    pub manifest_size: usize,
+    pub config_digest: String,
+    pub layer_digest: String,
+}
+
+/// Pushes a gzip `layer` and a `config` to `repository` and an OCI manifest naming them under
+/// `reference` (a tag, or the manifest's own digest when `None`).
+pub(crate) fn push_one_layer_image(
+    client: &crate::RegistryClient,
+    repository: &str,
+    reference: Option<&str>,
+    layer: &[u8],
+    config: &[u8],
+) -> Result<Pushed> {
+    let layer_digest = client.push_blob(repository, layer)?;
+    let config_digest = client.push_blob(repository, config)?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -137,19 +170,18 @@ pub fn push_busybox_image(
         }],
     });
     let manifest = serde_json::to_vec(&manifest).map_err(|e| Error::Credentials(e.to_string()))?;
+    let own = crate::client::sha256_digest(&manifest);
     let manifest_digest = client.put_manifest(
         repository,
-        tag,
+        reference.unwrap_or(&own),
         "application/vnd.oci.image.manifest.v1+json",
         &manifest,
     )?;
-    Ok(BaseImage {
-        reference: format!("{}/{repository}:{tag}", registry.host()),
+    Ok(Pushed {
         manifest_digest,
+        manifest_size: manifest.len(),
         config_digest,
         layer_digest,
-        diff_id,
-        layer_size: layer.len() as u64,
     })
 }
 

@@ -58,34 +58,12 @@ pub fn push_platform_index(
             config["variant"] = json!(variant);
         }
         let config = serde_json::to_vec(&config).map_err(json_error)?;
-        let layer_digest = client.push_blob(repository, &layer)?;
-        let config_digest = client.push_blob(repository, &config)?;
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": [{
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": layer_digest,
-                "size": layer.len(),
-            }],
-        });
-        let manifest = serde_json::to_vec(&manifest).map_err(json_error)?;
-        let digest = sha256_digest(&manifest);
-        client.put_manifest(
-            repository,
-            &digest,
-            "application/vnd.oci.image.manifest.v1+json",
-            &manifest,
-        )?;
+        let pushed =
+            crate::busybox::push_one_layer_image(&client, repository, None, &layer, &config)?;
         manifests.push(json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": manifest.len(),
+            "digest": pushed.manifest_digest,
+            "size": pushed.manifest_size,
             "platform": platform_json,
         }));
     }
