@@ -57,8 +57,12 @@ pub(crate) struct Context {
 /// One matched `COPY` source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Source {
-    /// Relative to the context root (empty for the root itself).
+    /// Relative to the context root (empty for the root itself), symbolic links followed.
     pub path: String,
+    /// The name a file source is copied under: its own, as written or matched, even when it
+    /// is a symbolic link to another name (BuildKit copies the target's content under the
+    /// link's name).
+    pub name: String,
     /// Whether it is a directory (its contents are copied).
     pub is_dir: bool,
 }
@@ -227,6 +231,7 @@ impl Context {
                     Error::Context(format!("`{pattern}` not found in the build context"))
                 })?;
                 vec![Source {
+                    name: base_name(&clean),
                     path,
                     is_dir: meta.is_dir(),
                 }]
@@ -326,6 +331,7 @@ impl Context {
             let resolved = self.follow(&path, &path)?;
             let is_dir = self.root.join(&resolved).is_dir();
             out.push(Source {
+                name: base_name(&path),
                 path: resolved,
                 is_dir,
             });
@@ -445,6 +451,11 @@ fn unpack(reader: Box<dyn Read + Send>, scratch: &Path, name: &str) -> Result<te
         .apply(reader, dir.path())
         .map_err(|e| Error::Context(format!("context archive {name}: {e}")))?;
     Ok(dir)
+}
+
+/// The last component of a relative path (`""` for the root).
+fn base_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]

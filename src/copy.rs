@@ -308,12 +308,8 @@ impl Engine {
                     }
                 }
             } else {
-                let name = Path::new(&source.path)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
                 let path = if dest_is_dir {
-                    join(&dest_rel, &name)
+                    join(&dest_rel, &source.name)
                 } else {
                     dest_rel.clone()
                 };
@@ -375,8 +371,8 @@ impl Engine {
     }
 }
 
-/// The layer entry for one copied path; `None` for sockets and devices, which a build
-/// context does not carry.
+/// The layer entry for one copied path (a socket becomes an empty file); `None` for devices
+/// and pipes, which a build context does not carry.
 fn file_entry(
     path: &str,
     full: &Path,
@@ -394,6 +390,9 @@ fn file_entry(
             source: full.to_owned(),
             size: meta.len(),
         }
+    } else if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        // BuildKit copies a socket as an empty regular file.
+        EntryKind::Bytes(Vec::new())
     } else {
         return Ok(None);
     };

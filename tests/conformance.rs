@@ -154,3 +154,36 @@ async fn copy_from_a_stage_keeps_owners_and_chmod_reaches_made_parents() {
     let meta = fs::metadata(rootfs.join("copied/f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (2000, 2000));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_source_is_copied_under_its_own_name_and_a_socket_as_an_empty_file() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("target.txt", "the target\n")
+        .build()
+        .unwrap();
+    std::os::unix::fs::symlink("target.txt", context.path().join("link")).unwrap();
+    let _listener =
+        std::os::unix::net::UnixListener::bind(context.path().join("control.sock")).unwrap();
+    let (_work, rootfs, _) = build(
+        &fx,
+        context.path(),
+        "FROM scratch\nCOPY link /\nCOPY control.sock /run/\n",
+    )
+    .await;
+    let link = fs::symlink_metadata(rootfs.join("link")).unwrap();
+    assert!(
+        link.is_file(),
+        "the link's target content, under the link's name"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("link")).unwrap(),
+        "the target\n"
+    );
+    assert!(!rootfs.join("target.txt").exists());
+    let socket = fs::symlink_metadata(rootfs.join("run/control.sock")).unwrap();
+    assert!(
+        socket.is_file() && socket.len() == 0,
+        "an empty regular file"
+    );
+}
