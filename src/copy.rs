@@ -408,8 +408,9 @@ fn file_entry(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Chmod {
     Octal(u32),
-    /// Clauses of (who mask, operator, permission bits, `X`).
-    Symbolic(Vec<(u32, char, u32, bool)>),
+    /// Clauses of (who mask, operator, permission bits, `X`, the class whose current bits
+    /// are copied: `u`, `g` or `o` as in `go=u`, as its shift).
+    Symbolic(Vec<(u32, char, u32, bool, Option<u32>)>),
 }
 
 impl Chmod {
@@ -448,8 +449,26 @@ impl Chmod {
                 if !matches!(op, '+' | '-' | '=') {
                     return Err(bad());
                 }
-                let (mut bits, mut big_x) = (0u32, false);
+                let (mut bits, mut big_x, mut copy) = (0u32, false, None);
                 while let Some(c) = chars.peek().copied() {
+                    let class = match c {
+                        'u' => Some(6),
+                        'g' => Some(3),
+                        'o' => Some(0),
+                        _ => None,
+                    };
+                    if let Some(shift) = class {
+                        // `go=u`: the permissions another class has now.
+                        if copy.is_some() || bits != 0 || big_x {
+                            return Err(bad());
+                        }
+                        copy = Some(shift);
+                        chars.next();
+                        continue;
+                    }
+                    if copy.is_some() {
+                        return Err(bad());
+                    }
                     bits |= match c {
                         'r' => 0o444,
                         'w' => 0o222,
@@ -464,7 +483,7 @@ impl Chmod {
                     };
                     chars.next();
                 }
-                clauses.push((who, op, bits, big_x));
+                clauses.push((who, op, bits, big_x, copy));
                 any = true;
             }
             if !any {
@@ -479,8 +498,11 @@ impl Chmod {
             Chmod::Octal(mode) => *mode,
             Chmod::Symbolic(clauses) => {
                 let mut mode = mode & 0o7777;
-                for (who, op, bits, big_x) in clauses {
+                for (who, op, bits, big_x, copy) in clauses {
                     let mut bits = *bits;
+                    if let Some(shift) = copy {
+                        bits |= ((mode >> shift) & 0o7) * 0o111;
+                    }
                     if *big_x && (is_dir || mode & 0o111 != 0) {
                         bits |= 0o111;
                     }
@@ -513,6 +535,12 @@ mod tests {
         assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, false), 0o644);
         assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, true), 0o755);
         assert_eq!(Chmod::parse("+x").unwrap().apply(0o600, false), 0o711);
+        // Copying another class's permissions, as chmod(1) does (Kaniko's integration tests
+        // use it).
+        assert_eq!(Chmod::parse("go=u").unwrap().apply(0o740, false), 0o777);
+        assert_eq!(Chmod::parse("o=g").unwrap().apply(0o750, false), 0o755);
+        assert_eq!(Chmod::parse("g+u,o-o").unwrap().apply(0o604, false), 0o660);
+        assert!(Chmod::parse("g=ur").is_err());
         assert!(Chmod::parse("u*x").is_err());
         assert!(Chmod::parse("99999").is_err());
         assert!(Chmod::parse("").is_err());
