@@ -35,6 +35,9 @@ impl Engine {
             .shell
             .clone()
             .unwrap_or_else(|| vec!["/bin/sh".to_owned(), "-c".to_owned()]);
+        // A heredoc that starts with `#!` is run as a file by its interpreter (mounted at
+        // /dev/pipes/NAME for the step, as BuildKit does): (target, content).
+        let mut shebang_script: Option<(String, String)> = None;
         let argv = match &run.command {
             CommandLine::Exec(argv) => argv.clone(),
             CommandLine::Shell(text) => {
@@ -44,12 +47,34 @@ impl Engine {
                     let word = text.trim().trim_start_matches("<<").trim_start_matches('-');
                     let word = word.trim_matches(|c| c == '"' || c == '\'');
                     match run.files.as_slice() {
+                        [file] if file.name == word && file.data.starts_with("#!") => {
+                            if self.in_container.is_some() {
+                                return Err(Error::Unsupported(
+                                    "a RUN heredoc with a #! line in the in-container mode (it \
+                                     is run from /dev/pipes, which that mode never touches)"
+                                        .to_owned(),
+                                ));
+                            }
+                            let target = format!("/dev/pipes/{}", file.name);
+                            shebang_script = Some((target.clone(), file.data.clone()));
+                            target
+                        }
+                        // The heredoc is the script: the shell runs its content.
                         [file] if file.name == word => file.data.clone(),
-                        _ => {
-                            return Err(Error::Unsupported(
-                                "RUN with a heredoc used as a command's input or as an extra file"
-                                    .to_owned(),
-                            ));
+                        // Heredocs used as input (`cat <<EOF`, `python3 <<A 3<<B`): the
+                        // command and its documents go to the shell, which reads them itself
+                        // (BuildKit's way).
+                        files => {
+                            let mut whole = text.clone();
+                            for file in files {
+                                whole.push('\n');
+                                whole.push_str(&file.data);
+                                if !file.data.is_empty() && !file.data.ends_with('\n') {
+                                    whole.push('\n');
+                                }
+                                whole.push_str(&file.name);
+                            }
+                            whole
                         }
                     }
                 };
@@ -222,6 +247,25 @@ impl Engine {
                     return Err(Error::Unsupported("RUN --mount=type=ssh".to_owned()));
                 }
             }
+        }
+        if let Some((target, content)) = &shebang_script {
+            let script = tempfile::Builder::new()
+                .prefix("heredoc-")
+                .tempfile_in(&self.work)
+                .map_err(Error::io(&self.work))?;
+            fs::write(script.path(), content).map_err(Error::io(script.path()))?;
+            mounts.push(SandboxMount {
+                target: target.clone(),
+                // A private read-only copy with its mode, removed after the step: what a
+                // secret gets, and what the script needs.
+                kind: strata_sandbox::MountKind::Secret {
+                    source: script.path().to_owned(),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                },
+            });
+            secret_files.push(script);
         }
         // The network the step gets (`default` and `host` are the same one here).
         let network_key = match network {

@@ -187,3 +187,32 @@ async fn a_symlink_source_is_copied_under_its_own_name_and_a_socket_as_an_empty_
         "an empty regular file"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_heredocs_with_a_shebang_or_as_input_go_where_buildkit_sends_them() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    // A heredoc that starts with #! runs by its interpreter; heredocs used as a command's
+    // input (also on another descriptor) reach the shell whole.
+    let dockerfile = "FROM {base}\n\
+        RUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"from awk\" > \"/awk-out\" }\nEOF\n\
+        RUN cat <<EOF > /stdin-out\nline one\nline two\nEOF\n\
+        RUN <<A 3<<B cat /dev/stdin /proc/self/fd/3 > /both\nfirst\nA\nsecond\nB\n";
+    let (_work, rootfs, _) = build(&fx, context.path(), dockerfile).await;
+    assert_eq!(
+        fs::read_to_string(rootfs.join("awk-out")).unwrap(),
+        "from awk\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("stdin-out")).unwrap(),
+        "line one\nline two\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("both")).unwrap(),
+        "first\nsecond\n"
+    );
+    assert!(
+        !rootfs.join("dev/pipes").exists(),
+        "the script is in no layer"
+    );
+}
