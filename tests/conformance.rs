@@ -216,3 +216,19 @@ async fn run_heredocs_with_a_shebang_or_as_input_go_where_buildkit_sends_them() 
         "the script is in no layer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_onbuild_run_heredoc_keeps_its_body() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let parent = "FROM {base}\nONBUILD RUN <<EOF\necho from the trigger > /triggered\nEOF\n";
+    let (parent, _) = run(fx.build(context.path(), parent)).await;
+    let parent = parent.unwrap();
+    let reference = format!("{}/team/onbuild-heredoc:1", fx.registry.host());
+    parent.push(&reference).await.unwrap();
+    let (_work, rootfs, _) = build(&fx, context.path(), &format!("FROM {reference}\n")).await;
+    assert_eq!(
+        fs::read_to_string(rootfs.join("triggered")).unwrap(),
+        "from the trigger\n"
+    );
+}

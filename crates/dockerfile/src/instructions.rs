@@ -672,9 +672,18 @@ impl Context<'_> {
                 }
                 // The trigger must itself be valid.
                 self.instruction(trigger, arg_values)?;
-                Instruction::Onbuild {
-                    trigger: trigger.original.trim().to_owned(),
+                // The trigger with its here-documents, so that the image built on top reads
+                // the whole instruction.
+                let mut text = trigger.original.trim().to_owned();
+                for heredoc in &node.heredocs {
+                    text.push('\n');
+                    text.push_str(&heredoc.content);
+                    if !heredoc.content.is_empty() && !heredoc.content.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text.push_str(&heredoc.name);
                 }
+                Instruction::Onbuild { trigger: text }
             }
             "healthcheck" => {
                 let flags = checker.flags(flags::HEALTHCHECK)?;
