@@ -63,6 +63,9 @@ pub(crate) struct Source {
     /// is a symbolic link to another name (BuildKit copies the target's content under the
     /// link's name).
     pub name: String,
+    /// The path as written or matched, less what comes before a `/./` pivot in the pattern:
+    /// what `COPY --parents` keeps below the destination.
+    pub kept: String,
     /// Whether it is a directory (its contents are copied).
     pub is_dir: bool,
 }
@@ -216,9 +219,28 @@ impl Context {
             let clean = clean_relative(pattern).ok_or_else(|| {
                 Error::Context(format!("`{pattern}` is outside the build context"))
             })?;
+            // `COPY --parents a/./b/c` keeps `b/c`: the components before the pivot go.
+            let pivot = pattern
+                .split_once("/./")
+                .and_then(|(before, _)| clean_relative(before))
+                .map_or(0, |before| {
+                    before.split('/').filter(|p| !p.is_empty()).count()
+                });
+            let kept = |matched: &str| -> String {
+                matched
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .skip(pivot)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
             let matched = if has_wildcards(&clean) {
                 // A wildcard may match nothing (BuildKit allows it): it copies nothing.
-                self.glob(&clean)?
+                let mut found = self.glob(&clean)?;
+                for source in &mut found {
+                    source.kept = kept(&source.kept);
+                }
+                found
             } else {
                 let path = self.follow(&clean, pattern)?;
                 if self.excluded(&path) && !path.is_empty() {
@@ -232,6 +254,7 @@ impl Context {
                 })?;
                 vec![Source {
                     name: base_name(&clean),
+                    kept: kept(&clean),
                     path,
                     is_dir: meta.is_dir(),
                 }]
@@ -332,6 +355,7 @@ impl Context {
             let is_dir = self.root.join(&resolved).is_dir();
             out.push(Source {
                 name: base_name(&path),
+                kept: path.clone(),
                 path: resolved,
                 is_dir,
             });

@@ -28,11 +28,6 @@ impl Engine {
         at: &StepAt<'_>,
     ) -> Result<bool> {
         let verb = if add.is_some() { "ADD" } else { "COPY" };
-        if copy.parents && copy.sources.iter().any(|s| s.contains("/./")) {
-            return Err(Error::Unsupported(format!(
-                "{verb} --parents with a /./ pivot"
-            )));
-        }
         // ADD's http(s) sources are downloaded (every build: the content decides the key).
         let (urls, local): (Vec<String>, Vec<String>) = copy
             .sources
@@ -271,8 +266,9 @@ impl Engine {
             let host = source_ctx.root().join(&source.path);
             // With --parents, a source keeps its path below the destination.
             let (dest_rel, dest_is_dir) = if copy.parents {
-                let parent = match source.path.rsplit_once('/') {
-                    _ if source.is_dir => source.path.as_str(),
+                // The path as written (less a `/./` pivot's prefix), not where links lead.
+                let parent = match source.kept.rsplit_once('/') {
+                    _ if source.is_dir => source.kept.as_str(),
                     Some((parent, _)) => parent,
                     None => "",
                 };

@@ -232,3 +232,31 @@ async fn an_onbuild_run_heredoc_keeps_its_body() {
         "from the trigger\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_parents_keeps_the_path_after_a_pivot() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a/b/c.txt", "c\n")
+        .file("a/b/d/e.txt", "e\n")
+        .build()
+        .unwrap();
+    let dockerfile = "FROM scratch\n\
+        COPY --parents a/./b/c.txt /dst/\n\
+        COPY --parents a/./b/*/e.txt /wild/\n\
+        COPY --parents a/b/./d /dir/\n";
+    let (_work, rootfs, _) = build(&fx, context.path(), dockerfile).await;
+    assert_eq!(
+        fs::read_to_string(rootfs.join("dst/b/c.txt")).unwrap(),
+        "c\n"
+    );
+    assert!(!rootfs.join("dst/a").exists());
+    assert_eq!(
+        fs::read_to_string(rootfs.join("wild/b/d/e.txt")).unwrap(),
+        "e\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("dir/d/e.txt")).unwrap(),
+        "e\n"
+    );
+}
