@@ -225,11 +225,15 @@ impl<'a> Parser<'a> {
 
     /// Removes a trailing escape character (and blanks after it); says whether the logical
     /// line ends here.
+    ///
+    /// As in BuildKit, an escape character that is itself escaped (`\\` at the end of a
+    /// line) is text, not a continuation.
     fn trim_continuation(&self, line: &str) -> (String, bool) {
+        let escape = self.directives.escape;
         let trimmed = line.trim_end_matches([' ', '\t']);
-        match trimmed.strip_suffix(self.directives.escape) {
-            Some(rest) => (rest.to_owned(), false),
-            None => (line.to_owned(), true),
+        match trimmed.strip_suffix(escape) {
+            Some(rest) if rest.is_empty() || !rest.ends_with(escape) => (rest.to_owned(), false),
+            _ => (line.to_owned(), true),
         }
     }
 

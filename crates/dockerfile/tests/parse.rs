@@ -327,3 +327,17 @@ fn a_legacy_key_ending_in_the_escape_character_survives_printing() {
     let again = parse(&file.to_dockerfile()).unwrap();
     assert_eq!(again.nodes[0].args, file.nodes[0].args);
 }
+
+/// An escaped escape character at the end of a line is text, not a line continuation
+/// (BuildKit's rule): the next instruction stays an instruction.
+#[test]
+fn an_escaped_backslash_at_the_end_of_a_line_does_not_continue_it() {
+    let file = strata_dockerfile::parse("FROM scratch\nENV C trailing\\\\backslash\\\\\nENV D=1\n")
+        .unwrap();
+    assert_eq!(file.nodes.len(), 3, "{:?}", file.nodes);
+    assert_eq!(file.nodes[1].args[1], "trailing\\\\backslash\\\\");
+    assert_eq!(file.nodes[2].instruction, "env");
+    // One escape character still continues the line.
+    let file = strata_dockerfile::parse("FROM scratch\nENV C a\\\n  b\n").unwrap();
+    assert_eq!(file.nodes.len(), 2);
+}
