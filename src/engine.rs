@@ -468,6 +468,7 @@ impl Engine {
             Extractor::new()
                 .whiteouts(strata_layer::WhiteoutMode::Overlay)
                 .allow_devices(true)
+                .parents_like(&lower_dir)
                 .media_type(Some(layer.media_type.clone()))
                 .apply(BufReader::with_capacity(1 << 20, file), upper.path())?;
         }

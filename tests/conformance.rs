@@ -260,3 +260,42 @@ async fn copy_parents_keeps_the_path_after_a_pivot() {
         "e\n"
     );
 }
+
+/// Squashing the target stage's layers (`--single-snapshot`) keeps the base's directories as
+/// they were: two COPYs into /tmp leave its 1777 mode alone (they made it 0755).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_snapshot_keeps_the_mode_of_base_directories() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a", "a\n")
+        .file("b", "b\n")
+        .build()
+        .unwrap();
+    let dockerfile =
+        "FROM {base}\nCOPY a /tmp/a\nCOPY b /tmp/deeper/b\nRUN mkdir -p /home/app/new\n";
+    let build = fx.build(context.path(), dockerfile).single_snapshot(true);
+    let (image, _) = run(build).await;
+    let image = image.unwrap();
+    assert_eq!(
+        image.layers().len(),
+        2,
+        "the base's layer and one squashed layer"
+    );
+    let (work, oci) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &oci);
+    use std::os::unix::fs::MetadataExt;
+    let meta = |path: &str| {
+        let meta = fs::symlink_metadata(rootfs.join(path)).unwrap();
+        (meta.mode() & 0o7777, meta.uid(), meta.gid())
+    };
+    assert_eq!(meta("tmp"), (0o1777, 0, 0));
+    assert_eq!(
+        meta("home/app"),
+        (0o755, 1000, 1000),
+        "the base's owner stays"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("tmp/deeper/b")).unwrap(),
+        "b\n"
+    );
+}

@@ -51,6 +51,7 @@ pub struct Extractor {
     expected_diff_id: Option<String>,
     media_type: Option<String>,
     protected: Vec<PathBuf>,
+    parents_like: Option<PathBuf>,
 }
 
 /// What an extraction did.
@@ -145,6 +146,9 @@ struct Applier<'a> {
     as_root: bool,
     created: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, u32, i64, u32)>,
+    /// Directories created to hold entries, with the lower tree's time for them
+    /// ([`Extractor::parents_like`]).
+    implicit_times: Vec<(PathBuf, SystemTime)>,
     /// Directories of lower layers whose contents this layer changed, with their mtime
     /// before, restored at the end: a layer that does not list a directory leaves its times
     /// as the lower layer had them, as the merged view of an overlay shows them.
@@ -224,6 +228,8 @@ impl Applier<'_> {
                     fs::create_dir(&path).map_err(Error::io(&path))?;
                     self.created.insert(path.clone());
                     real.push(component);
+                    let relative: PathBuf = real.iter().collect();
+                    self.like_lower(&path, &relative)?;
                 }
                 Err(e) => return Err(Error::Io { path, source: e }),
             }
@@ -605,6 +611,31 @@ impl Applier<'_> {
     }
 
     /// Directory modes and times, deepest first, once nothing more is written into them.
+    /// A directory created to hold entries takes the lower tree's metadata for it, when asked
+    /// ([`Extractor::parents_like`]); its time is set at the end, after its entries.
+    fn like_lower(&mut self, path: &Path, relative: &Path) -> Result<()> {
+        let Some(lower) = &self.options.parents_like else {
+            return Ok(());
+        };
+        let Ok(meta) = fs::symlink_metadata(lower.join(relative)) else {
+            return Ok(());
+        };
+        if !meta.is_dir() {
+            return Ok(());
+        }
+        use std::os::unix::fs::MetadataExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(Error::io(path))?;
+        if self.as_root {
+            std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
+                .map_err(Error::io(path))?;
+        }
+        if let Ok(modified) = meta.modified() {
+            self.implicit_times.push((path.to_owned(), modified));
+        }
+        Ok(())
+    }
+
     fn finish_dirs(&mut self) -> Result<()> {
         // Lower directories first: an explicit entry of this layer for the same directory (the
         // root's `./`) then wins.
@@ -617,12 +648,22 @@ impl Applier<'_> {
                 dir.set_modified(modified).map_err(Error::io(&path))?;
             }
         }
+        let explicit: HashSet<PathBuf> = self.dirs.iter().map(|d| d.0.clone()).collect();
         for (path, mode, secs, nanos) in self.dirs.drain(..).rev() {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                 .map_err(Error::io(&path))?;
             let dir = File::open(&path).map_err(Error::io(&path))?;
             dir.set_modified(system_time(secs, nanos))
                 .map_err(Error::io(&path))?;
+        }
+        for (path, modified) in std::mem::take(&mut self.implicit_times) {
+            // A directory the layer did list got its own time above.
+            if explicit.contains(&path) {
+                continue;
+            }
+            if let Ok(dir) = File::open(&path) {
+                dir.set_modified(modified).map_err(Error::io(&path))?;
+            }
         }
         Ok(())
     }
@@ -707,6 +748,16 @@ impl Extractor {
         self
     }
 
+    /// Gives a directory the layer does not list, created only to hold its entries, the mode,
+    /// owner and modification time of the same directory under `lower` when there is one:
+    /// what an overlay's copy-up does, for a directory of overlay-style changes extracted
+    /// over the lower tree it belongs to (squashing layers). Without it, such directories
+    /// get 0755 and root.
+    pub fn parents_like(mut self, lower: impl Into<PathBuf>) -> Self {
+        self.parents_like = Some(lower.into());
+        self
+    }
+
     /// Removes everything below `root` except the protected paths ([`Extractor::protect`])
     /// and the directories that lead to them: the start of a fresh root filesystem on a live
     /// one. Symbolic links are removed, never followed.
@@ -773,6 +824,7 @@ impl Extractor {
             as_root,
             created: HashSet::new(),
             dirs: Vec::new(),
+            implicit_times: Vec::new(),
             touched: std::collections::HashMap::new(),
             cache: None,
             report: ExtractReport::default(),
