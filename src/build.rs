@@ -267,7 +267,8 @@ impl Build {
     }
 
     /// Reproducible output: every timestamp in layers, history and config is at most
-    /// `epoch` seconds (like `SOURCE_DATE_EPOCH`).
+    /// `epoch` seconds (like `SOURCE_DATE_EPOCH`). A `SOURCE_DATE_EPOCH` build arg does the
+    /// same, and wins over this, as in BuildKit.
     pub fn reproducible(mut self, epoch: i64) -> Build {
         self.reproducible = Some(epoch);
         self
@@ -463,6 +464,17 @@ impl Build {
             ),
             _ => None,
         };
+        // BuildKit's rule: a SOURCE_DATE_EPOCH build arg is the epoch of the image's dates
+        // (strata clamps file times to it too, as with `reproducible`); a value that is not a
+        // number of seconds is an error, never ignored.
+        let reproducible = match self.build_args.get("SOURCE_DATE_EPOCH") {
+            Some(text) => Some(text.trim().parse::<i64>().map_err(|_| {
+                Error::Invalid(format!(
+                    "build arg SOURCE_DATE_EPOCH={text}: not a Unix time in seconds"
+                ))
+            })?),
+            None => self.reproducible,
+        };
         let platform = Platform {
             os: target_platform.os.clone(),
             architecture: target_platform.architecture.clone(),
@@ -479,7 +491,7 @@ impl Build {
             work.path().to_owned(),
             Options {
                 platform,
-                reproducible: self.reproducible,
+                reproducible,
                 compression: self.compression,
                 labels: self.labels,
                 secrets: self.secrets,

@@ -299,3 +299,45 @@ async fn a_single_snapshot_keeps_the_mode_of_base_directories() {
         "b\n"
     );
 }
+
+/// A SOURCE_DATE_EPOCH build arg dates the image (BuildKit's rule), also without
+/// `reproducible`, and wins over it; a value that is not a time is an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_date_epoch_build_arg_dates_the_image() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let dockerfile = "FROM scratch\nCOPY f /f\nENTRYPOINT [\"/f\"]\n";
+    for reproducible in [None, Some(0)] {
+        let mut build = fx
+            .build(context.path(), dockerfile)
+            .build_arg("SOURCE_DATE_EPOCH", "1700000000");
+        if let Some(epoch) = reproducible {
+            build = build.reproducible(epoch);
+        }
+        let (image, _) = run(build).await;
+        let image = image.unwrap();
+        let (_work, oci) = layout(&image);
+        let config = skopeo_config(&oci);
+        assert_eq!(
+            config["created"], "2023-11-14T22:13:20Z",
+            "{reproducible:?}"
+        );
+        for entry in config["history"].as_array().unwrap() {
+            assert_eq!(
+                entry["created"], "2023-11-14T22:13:20Z",
+                "{reproducible:?}: {entry}"
+            );
+        }
+    }
+    let build = fx
+        .build(context.path(), dockerfile)
+        .build_arg("SOURCE_DATE_EPOCH", "not-a-timestamp");
+    let (result, _) = run(build).await;
+    let error = result.expect_err("an invalid epoch");
+    assert!(
+        error
+            .to_string()
+            .contains("SOURCE_DATE_EPOCH=not-a-timestamp"),
+        "{error}"
+    );
+}
