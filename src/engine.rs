@@ -1156,14 +1156,45 @@ impl Engine {
     /// build, like a base image).
     pub(crate) fn source_stage(&self, from: &str, at: &StepAt<'_>) -> Result<Arc<StageResult>> {
         if let Some(index) = self.plan.stage_by_reference(from) {
-            return at
-                .done
-                .get(&index)
-                .cloned()
-                .ok_or_else(|| Error::Invalid(format!("stage {from} was not built")));
+            return match at.done.get(&index) {
+                Some(stage) => Ok(Arc::clone(stage)),
+                // Only a base image's ONBUILD trigger can name a stage the plan did not know
+                // this stage needs: build it now, as BuildKit does.
+                None => self.stage_on_demand(index, at.done, 0),
+            };
         }
         // An image named by `--from` is for the build's target platform, as in BuildKit.
         self.image(from, &self.opts.platform)
+    }
+
+    /// Builds stage `index` (and what it needs that is not in `done`) outside the schedule:
+    /// for a stage that only a base image's ONBUILD trigger names.
+    fn stage_on_demand(
+        &self,
+        index: usize,
+        done: &HashMap<usize, Arc<StageResult>>,
+        depth: usize,
+    ) -> Result<Arc<StageResult>> {
+        if depth > self.plan.stages.len() {
+            return Err(Error::Invalid(format!(
+                "stage {} depends on itself through ONBUILD triggers",
+                self.stage_name(index)
+            )));
+        }
+        let mut have = done.clone();
+        let needs = self
+            .plan
+            .stages
+            .get(index)
+            .map(|s| s.dependencies.clone())
+            .unwrap_or_default();
+        for dependency in needs {
+            if !have.contains_key(&dependency) {
+                let built = self.stage_on_demand(dependency, &have, depth + 1)?;
+                have.insert(dependency, built);
+            }
+        }
+        Ok(Arc::new(self.build_stage(index, &have)?))
     }
 
     /// The image `reference` names for `platform`, pulled on first use in this build.

@@ -341,3 +341,23 @@ async fn a_source_date_epoch_build_arg_dates_the_image() {
         "{error}"
     );
 }
+
+/// A stage that only a base image's ONBUILD trigger names is built when the trigger runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_named_only_by_an_onbuild_trigger_is_built() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let parent = "FROM {base}\nONBUILD COPY --from=src /made /from-src\n";
+    let (parent, _) = run(fx.build(context.path(), parent)).await;
+    let parent = parent.unwrap();
+    let reference = format!("{}/team/onbuild-from:1", fx.registry.host());
+    parent.push(&reference).await.unwrap();
+    let child = format!(
+        "FROM {{base}} AS src\nRUN echo made by src > /made\nFROM {reference}\nRUN cat /from-src\n"
+    );
+    let (_work, rootfs, _) = build(&fx, context.path(), &child).await;
+    assert_eq!(
+        fs::read_to_string(rootfs.join("from-src")).unwrap(),
+        "made by src\n"
+    );
+}
