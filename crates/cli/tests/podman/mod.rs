@@ -11,15 +11,30 @@ use std::sync::OnceLock;
 use strata_testkit::find_program;
 
 /// A new directory whose path is all lower case (podman names an `oci:` image after it).
+///
+/// The name is not only the process id: the images kept in statics are never dropped, so a
+/// later test process that gets the same id must not collide with their directories.
 pub fn lowercase_dir() -> tempfile::TempDir {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNT.fetch_add(1, Ordering::Relaxed);
-    tempfile::Builder::new()
-        .prefix(&format!("strata-image-{}-{n}", std::process::id()))
-        .rand_bytes(0)
-        .tempdir()
-        .unwrap()
+    loop {
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let made = tempfile::Builder::new()
+            .prefix(&format!(
+                "strata-image-{}-{n}-{nanos:x}",
+                std::process::id()
+            ))
+            .rand_bytes(0)
+            .tempdir();
+        match made {
+            Ok(dir) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => continue,
+            Err(e) => panic!("a directory for the image: {e}"),
+        }
+    }
 }
 
 pub fn repository() -> PathBuf {
