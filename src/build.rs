@@ -7,7 +7,7 @@ use std::sync::Arc;
 use strata_cache::LocalStore;
 use strata_dockerfile::{Plan, PlanOptions};
 use strata_layer::Compression;
-use strata_registry::{Platform, RegistryClient};
+use strata_registry::RegistryClient;
 
 use crate::Isolation;
 use crate::config::{LayerRef, manifest};
@@ -299,16 +299,17 @@ impl Build {
     pub async fn run(mut self) -> Result<Image> {
         let runtime = tokio::runtime::Handle::current();
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
-        let delivery = match self.events.take() {
+        // The engine sends to the delivery's queue; the image gets the subscriber itself.
+        let subscriber = self.events.take();
+        let delivery = match &subscriber {
             Some(subscriber) => {
-                let (delivery, sink) = crate::delivery::Delivery::start(Arc::clone(&subscriber))
+                let (delivery, sink) = crate::delivery::Delivery::start(Arc::clone(subscriber))
                     .map_err(|e| Error::Task(format!("cannot start event delivery: {e}")))?;
                 self.events = Some(sink);
-                Some((delivery, subscriber))
+                Some(delivery)
             }
             None => None,
         };
-        let subscriber = delivery.as_ref().map(|(_, s)| Arc::clone(s));
         let prepared = tokio::task::spawn_blocking(move || self.prepare(&state_dir, runtime))
             .await
             .map_err(|e| Error::Task(e.to_string()));
@@ -323,8 +324,7 @@ impl Build {
             }
             Ok(Err(e)) | Err(e) => Err(e),
         };
-        if let Some((delivery, _)) = &delivery {
-            let delivery = delivery.clone();
+        if let Some(delivery) = delivery {
             // Waiting is blocking work: off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || delivery.flush()).await;
         }
@@ -475,11 +475,7 @@ impl Build {
             })?),
             None => self.reproducible,
         };
-        let platform = Platform {
-            os: target_platform.os.clone(),
-            architecture: target_platform.architecture.clone(),
-            variant: target_platform.variant.clone(),
-        };
+        let platform = crate::engine::registry_platform(target_platform);
         let engine = Engine::new(
             state,
             cache,

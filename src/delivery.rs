@@ -14,7 +14,6 @@ enum Message {
 }
 
 /// The sending side of one build's event delivery.
-#[derive(Clone)]
 pub(crate) struct Delivery {
     tx: Sender<Message>,
 }

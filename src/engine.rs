@@ -597,11 +597,7 @@ impl Engine {
                  linux/arm64)"
             ))
         })?;
-        Ok(Platform {
-            os: parsed.os,
-            architecture: parsed.architecture,
-            variant: parsed.variant,
-        })
+        Ok(registry_platform(parsed))
     }
 
     /// Resolves and pulls an image for `platform` (or reads an `oci-layout://` directory) into
@@ -1277,6 +1273,16 @@ impl Engine {
                 "snapshot mode overlay is unavailable here: {reason}"
             ))),
         }
+    }
+}
+
+/// The Dockerfile crate's platform as the registry crate names it (the two crates do not
+/// know each other).
+pub(crate) fn registry_platform(platform: strata_dockerfile::Platform) -> Platform {
+    Platform {
+        os: platform.os,
+        architecture: platform.architecture,
+        variant: platform.variant,
     }
 }
 

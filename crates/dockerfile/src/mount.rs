@@ -62,32 +62,6 @@ pub struct Mount {
     pub env: Option<String>,
 }
 
-/// `path` cleaned lexically as Go's `path.Clean` does: no empty, `.` or trailing components,
-/// `..` resolved against what precedes it (and dropped at the root).
-fn clean_path(path: &str) -> String {
-    let absolute = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|p| *p != "..") {
-                    parts.pop();
-                } else if !absolute {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    match (absolute, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_owned(),
-        (false, false) => joined,
-    }
-}
-
 /// Splits a CSV record (quotes group, `""` is a quote inside quotes).
 fn csv_fields(spec: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
@@ -261,7 +235,7 @@ pub(crate) fn parse_mount(
     };
     if kind == MountType::Cache && id.is_none() {
         // The target as a clean path: `/tmp/a/` and `/tmp/a` are one cache (BuildKit's rule).
-        id = Some(clean_path(&target));
+        id = Some(crate::ignore::clean_path(&target));
     }
     let readonly = readonly.unwrap_or(matches!(
         kind,

@@ -291,6 +291,15 @@ const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The most a credential helper's answer may hold.
 const HELPER_OUTPUT_LIMIT: u64 = 64 * 1024;
 
+/// A credential helper's failure, naming the helper and the registry (never the answer).
+fn helper_error(helper: &str, registry: &str, message: String) -> Error {
+    Error::CredentialHelper {
+        helper: helper.to_owned(),
+        registry: registry.to_owned(),
+        message,
+    }
+}
+
 /// Asks `docker-credential-<helper> get` for `registry`'s credentials, killing the helper
 /// when it has not answered within `timeout`.
 fn run_helper(
@@ -298,11 +307,7 @@ fn run_helper(
     registry: &str,
     timeout: std::time::Duration,
 ) -> Result<Option<Credential>> {
-    let fail = |message: String| Error::CredentialHelper {
-        helper: helper.to_owned(),
-        registry: registry.to_owned(),
-        message,
-    };
+    let fail = |message: String| helper_error(helper, registry, message);
     if !helper
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -334,11 +339,7 @@ fn run_helper_program(
     timeout: std::time::Duration,
 ) -> Result<Option<Credential>> {
     use std::io::Read;
-    let fail = |message: String| Error::CredentialHelper {
-        helper: helper.to_owned(),
-        registry: registry.to_owned(),
-        message,
-    };
+    let fail = |message: String| helper_error(helper, registry, message);
     let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
