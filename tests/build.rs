@@ -1335,6 +1335,22 @@ async fn one_put_for_registries_oci_layouts_and_docker_archives() {
     assert!(err.contains("needs a directory"), "{err}");
 }
 
+/// Builds, unpacks with umoci and returns (the work dir, the root filesystem, the config's
+/// `os/architecture` as skopeo reads it).
+async fn unpacked(build: strata::Build) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let (image, _) = run(build).await;
+    let image = image.unwrap();
+    let (work, oci) = layout(&image);
+    let rootfs = umoci_rootfs(work.path(), &oci);
+    let config = skopeo_config(&oci);
+    let platform = format!(
+        "{}/{}",
+        config["os"].as_str().unwrap(),
+        config["architecture"].as_str().unwrap()
+    );
+    (work, rootfs, platform)
+}
+
 /// `FROM --platform` picks the base image of that platform from an index, with BuildKit's
 /// `BUILDPLATFORM` and `TARGETPLATFORM`; the image's own platform is the target's.
 #[tokio::test(flavor = "multi_thread")]
@@ -1370,22 +1386,11 @@ async fn from_platform_picks_that_platforms_image_from_an_index() {
          COPY --from=foreign /platform /foreign\n\
          COPY --from=native /platform /native\n"
     );
-    let (image, _) = run(fx.build(context.path(), &dockerfile)).await;
-    let image = image.unwrap();
-    let (work, oci) = layout(&image);
-    let rootfs = umoci_rootfs(work.path(), &oci);
+    let (_work, rootfs, platform) = unpacked(fx.build(context.path(), &dockerfile)).await;
     assert_eq!(read(&rootfs, "platform"), format!("{host}\n"));
     assert_eq!(read(&rootfs, "foreign"), format!("{foreign}\n"));
     assert_eq!(read(&rootfs, "native"), format!("{host}\n"));
-    let config = skopeo_config(&oci);
-    assert_eq!(
-        format!(
-            "{}/{}",
-            config["os"].as_str().unwrap(),
-            config["architecture"].as_str().unwrap()
-        ),
-        host
-    );
+    assert_eq!(platform, host);
 
     // Another target platform: the final stage's base is that platform's image, a stage on
     // `$BUILDPLATFORM` still the host's, and `$TARGETPLATFORM` names the target.
@@ -1395,21 +1400,10 @@ async fn from_platform_picks_that_platforms_image_from_an_index() {
          COPY --from=tools /platform /build-platform\n"
     );
     let build = fx.build(context.path(), &dockerfile).platform(foreign);
-    let (image, _) = run(build).await;
-    let image = image.unwrap();
-    let (work, oci) = layout(&image);
-    let rootfs = umoci_rootfs(work.path(), &oci);
+    let (_work, rootfs, platform) = unpacked(build).await;
     assert_eq!(read(&rootfs, "platform"), format!("{foreign}\n"));
     assert_eq!(read(&rootfs, "build-platform"), format!("{host}\n"));
-    let config = skopeo_config(&oci);
-    assert_eq!(
-        format!(
-            "{}/{}",
-            config["os"].as_str().unwrap(),
-            config["architecture"].as_str().unwrap()
-        ),
-        foreign
-    );
+    assert_eq!(platform, foreign);
 
     // A platform the index lacks, and one that is not a platform: errors naming the line.
     for (platform, wanted) in [("linux/s390x", "linux/s390x"), ("nonsense", "nonsense")] {

@@ -23,6 +23,14 @@ async fn build(
     (work, rootfs, config)
 }
 
+/// Builds `dockerfile` and pushes it to the fixture's registry as `name`; its reference.
+async fn pushed(fx: &Fixture, context: &std::path::Path, dockerfile: &str, name: &str) -> String {
+    let (image, _) = run(fx.build(context, dockerfile)).await;
+    let reference = format!("{}/{name}", fx.registry.host());
+    image.unwrap().push(&reference).await.unwrap();
+    reference
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scratch_images_work_in_slash_and_root_needs_no_passwd_file() {
     let fx = Fixture::new();
@@ -222,10 +230,7 @@ async fn an_onbuild_run_heredoc_keeps_its_body() {
     let fx = Fixture::new();
     let context = ContextBuilder::new().build().unwrap();
     let parent = "FROM {base}\nONBUILD RUN <<EOF\necho from the trigger > /triggered\nEOF\n";
-    let (parent, _) = run(fx.build(context.path(), parent)).await;
-    let parent = parent.unwrap();
-    let reference = format!("{}/team/onbuild-heredoc:1", fx.registry.host());
-    parent.push(&reference).await.unwrap();
+    let reference = pushed(&fx, context.path(), parent, "team/onbuild-heredoc:1").await;
     let (_work, rootfs, _) = build(&fx, context.path(), &format!("FROM {reference}\n")).await;
     assert_eq!(
         fs::read_to_string(rootfs.join("triggered")).unwrap(),
@@ -348,10 +353,7 @@ async fn a_stage_named_only_by_an_onbuild_trigger_is_built() {
     let fx = Fixture::new();
     let context = ContextBuilder::new().build().unwrap();
     let parent = "FROM {base}\nONBUILD COPY --from=src /made /from-src\n";
-    let (parent, _) = run(fx.build(context.path(), parent)).await;
-    let parent = parent.unwrap();
-    let reference = format!("{}/team/onbuild-from:1", fx.registry.host());
-    parent.push(&reference).await.unwrap();
+    let reference = pushed(&fx, context.path(), parent, "team/onbuild-from:1").await;
     let child = format!(
         "FROM {{base}} AS src\nRUN echo made by src > /made\nFROM {reference}\nRUN cat /from-src\n"
     );

@@ -556,37 +556,49 @@ async fn a_stalled_registry_does_not_hold_up_other_builds() {
     assert!(result.is_err(), "the stalled build must fail");
 }
 
-/// A size limit removes only the least recently used entries, as many as needed: with two
-/// entries of 1 MiB and a limit 512 KiB below the total, the older goes and the newer stays.
-#[tokio::test(flavor = "multi_thread")]
-async fn pruning_to_a_size_removes_only_the_oldest_entries_needed() {
-    let state = tempfile::tempdir().unwrap();
+/// Two builds, `COPY old` then `COPY new` (1 MiB each, from `seeds`), into `state`; the
+/// first build's cache entry is then made `age` old. Returns the context and the entries
+/// (older, newer).
+async fn two_entries_the_first_aged(
+    state: &Path,
+    seeds: (u64, u64),
+    age: std::time::Duration,
+) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let context = ContextBuilder::new()
-        .file("old", noise(1 << 20, 21))
-        .file("new", noise(1 << 20, 22))
+        .file("old", noise(1 << 20, seeds.0))
+        .file("new", noise(1 << 20, seeds.1))
         .build()
         .unwrap();
     for name in ["old", "new"] {
         let build = Build::new(context.path())
             .dockerfile_text(format!("FROM scratch\nCOPY {name} /{name}\n"))
-            .state_dir(state.path());
+            .state_dir(state);
         run(build).await.0.unwrap();
     }
-    // The entry of the first build is the least recently used.
-    let mut entries: Vec<PathBuf> = fs::read_dir(state.path().join("cache/entries"))
+    let mut entries: Vec<PathBuf> = fs::read_dir(state.join("cache/entries"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(entries.len(), 2);
     entries.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
     let (older, newer) = (entries[0].clone(), entries[1].clone());
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     fs::File::options()
         .write(true)
         .open(&older)
         .unwrap()
-        .set_modified(long_ago)
+        .set_modified(std::time::SystemTime::now() - age)
         .unwrap();
+    (context, older, newer)
+}
+
+/// A size limit removes only the least recently used entries, as many as needed: with two
+/// entries of 1 MiB and a limit 512 KiB below the total, the older goes and the newer stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_to_a_size_removes_only_the_oldest_entries_needed() {
+    let state = tempfile::tempdir().unwrap();
+    // The entry of the first build is the least recently used.
+    let hour = std::time::Duration::from_secs(3600);
+    let (_context, older, newer) = two_entries_the_first_aged(state.path(), (21, 22), hour).await;
     let before = strata::prune_state(state.path(), &strata::PruneOptions::new())
         .unwrap()
         .after;
@@ -605,33 +617,10 @@ async fn pruning_to_a_size_removes_only_the_oldest_entries_needed() {
 #[tokio::test]
 async fn pruning_by_age_removes_only_what_was_not_used_within_it() {
     let state = tempfile::tempdir().unwrap();
-    let context = ContextBuilder::new()
-        .file("old", noise(1 << 20, 23))
-        .file("new", noise(1 << 20, 24))
-        .build()
-        .unwrap();
-    let build_of = |name: &str| {
-        Build::new(context.path())
-            .dockerfile_text(format!("FROM scratch\nCOPY {name} /{name}\n"))
-            .state_dir(state.path())
-    };
-    for name in ["old", "new"] {
-        run(build_of(name)).await.0.unwrap();
-    }
-    let mut entries: Vec<PathBuf> = fs::read_dir(state.path().join("cache/entries"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
-    let (older, newer) = (entries[0].clone(), entries[1].clone());
     // Last used eight days ago.
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 86_400);
-    fs::File::options()
-        .write(true)
-        .open(&older)
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    let eight_days = std::time::Duration::from_secs(8 * 86_400);
+    let (context, older, newer) =
+        two_entries_the_first_aged(state.path(), (23, 24), eight_days).await;
     let week = std::time::Duration::from_secs(7 * 86_400);
     let report =
         strata::prune_state(state.path(), &strata::PruneOptions::new().max_age(week)).unwrap();
@@ -645,7 +634,10 @@ async fn pruning_by_age_removes_only_what_was_not_used_within_it() {
         strata::prune_state(state.path(), &strata::PruneOptions::new().max_age(week)).unwrap();
     assert_eq!(again.cache_entries, 0, "{again:?}");
     // The pruned step builds again (a miss), the kept one still hits.
-    let (result, events) = run(build_of("new")).await;
+    let build = Build::new(context.path())
+        .dockerfile_text("FROM scratch\nCOPY new /new\n")
+        .state_dir(state.path());
+    let (result, events) = run(build).await;
     result.unwrap();
     assert!(
         events
