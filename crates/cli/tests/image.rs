@@ -10,7 +10,8 @@ use std::fs;
 use std::process::Command;
 
 use podman::{
-    build_image, docker_config, image, lowercase_dir, podman, remote_digest, snapshot, text,
+    build_image, build_image_in, docker_config, image, lowercase_dir, podman, remote_digest,
+    snapshot, text,
 };
 use strata_testkit::{TestRegistry, find_program};
 
@@ -18,9 +19,18 @@ use strata_testkit::{TestRegistry, find_program};
 fn the_image_is_reproducible_static_and_has_kanikos_layout() {
     let (dir, digest) = image();
     let layout = dir.path().join("executor");
-    // The same commit gives the same digest.
+    // The same commit gives the same digest, also built from an empty state directory (no
+    // layer of the first build reused).
     let again = lowercase_dir();
-    assert_eq!(&build_image(false, &again.path().join("executor")), digest);
+    let empty_state = tempfile::tempdir().unwrap();
+    assert_eq!(
+        &build_image_in(
+            false,
+            &again.path().join("executor"),
+            Some(empty_state.path())
+        ),
+        digest
+    );
     let skopeo = find_program("skopeo", "skopeo").unwrap();
     let out = Command::new(skopeo)
         .args(["inspect", "--config"])

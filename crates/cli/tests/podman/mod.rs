@@ -43,10 +43,19 @@ pub fn repository() -> PathBuf {
 
 /// `scripts/executor-image --profile dev [--debug] --oci-layout DIR`; the digest it prints.
 pub fn build_image(debug: bool, layout: &Path) -> String {
+    build_image_in(debug, layout, None)
+}
+
+/// [`build_image`], with the image built in the state directory `state` (default: the
+/// script's own, shared by every build of the image).
+pub fn build_image_in(debug: bool, layout: &Path, state: Option<&Path>) -> String {
     let mut command = Command::new(repository().join("scripts/executor-image"));
     command
         .args(["--profile", "dev", "--oci-layout"])
         .arg(layout);
+    if let Some(state) = state {
+        command.env("STRATA_IMAGE_STATE_DIR", state);
+    }
     if debug {
         command.arg("--debug");
     }
