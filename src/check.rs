@@ -49,6 +49,8 @@ pub struct StateCheck {
     pub bytes: u64,
     /// Cache entries read.
     pub cache_entries: usize,
+    /// Complete directories of the layer store (their trees are not hashed).
+    pub layers: usize,
     /// What is broken.
     pub faults: Vec<StateFault>,
     /// Temporary files and scratch directories of builds that were killed: not corrupt, only
@@ -127,6 +129,27 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
             repaired,
         });
     }
+    // The layer store: an entry is used only with its marker; one without is the remains of
+    // a strata older than the marker, or of a hand-made change.
+    for path in list(&dir.join(crate::layers::LAYERS))? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') && name.ends_with(".lock") {
+            continue;
+        }
+        check.layers += 1;
+        if !crate::layers::is_complete(&path) {
+            check.layers -= 1;
+            let repaired = repair && fs::remove_dir_all(&path).is_ok();
+            check.faults.push(StateFault {
+                path,
+                message: "an incomplete layer directory (no marker naming its diff_id)".to_owned(),
+                repaired,
+            });
+        }
+    }
     // Scratch of builds that were killed; live builds hold the lock of theirs.
     for path in list(&dir.join("tmp"))? {
         if path.is_dir() && !crate::state::is_live_build(&path) {
@@ -135,7 +158,7 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
     }
     if repair {
         for path in &check.leftovers {
-            let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
+            let _ = crate::state::remove_build_dir(path).or_else(|_| fs::remove_file(path));
         }
     }
     check.leftovers.sort();

@@ -140,11 +140,18 @@ impl StageImage {
     }
 }
 
-/// A stage's filesystem as a directory, with how many of its layers are applied.
+/// A stage's filesystem as a directory.
 #[derive(Debug)]
-pub(crate) struct Rootfs {
-    pub(crate) dir: PathBuf,
-    pub(crate) applied: usize,
+pub(crate) enum Rootfs {
+    /// A private directory its layers were extracted into, with how many are applied (where
+    /// overlays are unavailable: a RUN then runs in it and is found by two scans).
+    Private { dir: PathBuf, applied: usize },
+    /// A read-only overlay of the layer store's directories of `layers` (diff_ids).
+    View {
+        merged: PathBuf,
+        layers: Vec<String>,
+        _mount: Option<strata_snapshot::overlay::OverlayMount>,
+    },
 }
 
 /// An image of the build, pulled by the first stage that names it.
@@ -176,6 +183,10 @@ pub(crate) struct Engine {
     pub steps: AtomicUsize,
     sandbox: OnceLock<std::result::Result<Sandbox, String>>,
     overlay: OnceLock<std::result::Result<(), String>>,
+    /// Whether stages' filesystems are overlays of the layer store (decided once).
+    store_mode: OnceLock<bool>,
+    /// Each layer extracted once, shared by every build on the state directory.
+    pub layers: crate::layers::LayerStore,
     /// Images named by `FROM` or `--from`, pulled once per build (one slot per reference, so
     /// stages pulling different images do not wait for each other).
     images: Mutex<HashMap<String, ImageSlot>>,
@@ -212,6 +223,7 @@ impl Engine {
         runtime: tokio::runtime::Handle,
     ) -> Engine {
         let memo = HashMemo::load(&state.context_memo()).unwrap_or_default();
+        let layers = state.layers.clone();
         Engine {
             state,
             cache,
@@ -230,6 +242,8 @@ impl Engine {
             steps: AtomicUsize::new(0),
             sandbox: OnceLock::new(),
             overlay: OnceLock::new(),
+            store_mode: OnceLock::new(),
+            layers,
             images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
             in_container: None,
@@ -752,28 +766,151 @@ impl Engine {
         })
     }
 
-    /// Makes `rootfs` hold every layer of `layers`, creating it when needed.
+    /// Makes `rootfs` show every layer of `layers`, creating it when needed: a read-only
+    /// overlay of the layer store where overlays are usable, else a private directory the
+    /// layers not yet applied are extracted into.
     pub(crate) fn materialize(
         &self,
         rootfs: &mut Option<Rootfs>,
         layers: &[LayerRef],
     ) -> Result<PathBuf> {
-        if rootfs.is_none() {
+        if self.use_store() {
+            let wanted: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+            if let Some(Rootfs::View { merged, layers, .. }) = rootfs.as_ref()
+                && *layers == wanted
+            {
+                return Ok(merged.clone());
+            }
+            // The old view (fewer layers) goes before the new one is made.
+            *rootfs = None;
+            let mut lowers = self.layer_dirs(layers)?;
+            let (merged, mount) = if lowers.is_empty() {
+                (self.empty_dir()?, None)
+            } else {
+                // An empty directory at the bottom: a read-only overlay needs two lowers.
+                lowers.push(self.empty_dir()?);
+                let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
+                let merged = self.work.join(format!("view-{n}")).join("merged");
+                fs::create_dir_all(&merged).map_err(Error::io(&merged))?;
+                let mount =
+                    strata_snapshot::overlay::OverlayMount::mount_readonly(&lowers, &merged)?;
+                (merged, Some(mount))
+            };
+            *rootfs = Some(Rootfs::View {
+                merged: merged.clone(),
+                layers: wanted,
+                _mount: mount,
+            });
+            return Ok(merged);
+        }
+        if !matches!(rootfs, Some(Rootfs::Private { .. })) {
             let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
             let dir = self.work.join(format!("rootfs-{n}"));
             fs::create_dir(&dir).map_err(Error::io(&dir))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
                 .map_err(Error::io(&dir))?;
-            *rootfs = Some(Rootfs { dir, applied: 0 });
+            *rootfs = Some(Rootfs::Private { dir, applied: 0 });
         }
-        let Some(state) = rootfs.as_mut() else {
+        let Some(Rootfs::Private { dir, applied }) = rootfs.as_mut() else {
             return Err(Error::Invalid("no root filesystem".to_owned()));
         };
-        while let Some(layer) = layers.get(state.applied) {
-            self.apply_layer(layer, &state.dir)?;
-            state.applied += 1;
+        while let Some(layer) = layers.get(*applied) {
+            self.apply_layer(layer, dir)?;
+            *applied += 1;
         }
-        Ok(state.dir.clone())
+        Ok(dir.clone())
+    }
+
+    /// An empty directory of this build, made on first use: the root filesystem of a stage
+    /// with no layers, and the bottom of read-only overlays.
+    pub(crate) fn empty_dir(&self) -> Result<PathBuf> {
+        let dir = self.work.join("empty");
+        match fs::create_dir(&dir) {
+            Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                .map_err(Error::io(&dir))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&dir)(e)),
+        }
+        Ok(dir)
+    }
+
+    /// Whether stages' filesystems are overlays of the layer store: namespaces isolation
+    /// (not the in-container mode), overlay snapshots not turned off, and this process able
+    /// to mount overlays with `trusted.*` whiteouts (root).
+    pub(crate) fn use_store(&self) -> bool {
+        *self.store_mode.get_or_init(|| {
+            self.in_container.is_none()
+                && self.opts.snapshot_mode != SnapshotMode::Walk
+                && rustix::process::geteuid().is_root()
+                && strata_snapshot::overlay::probe().usable
+        })
+    }
+
+    /// The layer store's directory of each of `layers`, the top-most first; the layers the
+    /// store lacks are extracted, lowest first. Entries are keyed by chain id (the layer and
+    /// everything below it, as containerd keys its snapshots): a directory a layer holds
+    /// entries in without listing it is made with the metadata the layers below give it, as
+    /// an overlay's copy-up would, so the same layer on another base is another entry.
+    pub(crate) fn layer_dirs(&self, layers: &[LayerRef]) -> Result<Vec<PathBuf>> {
+        let chains = crate::layers::chain_ids(layers.iter().map(|l| l.diff_id.as_str()));
+        let mut dirs: Vec<PathBuf> = Vec::with_capacity(layers.len());
+        for (layer, chain) in layers.iter().zip(&chains) {
+            let dir = match self.layers.get(chain)? {
+                Some(dir) => dir,
+                None => self.store_layer(layer, chain, &dirs)?,
+            };
+            dirs.push(dir);
+        }
+        dirs.reverse();
+        Ok(dirs)
+    }
+
+    /// Extracts `layer` into the store as `chain` over `below` (its lower layers' directories,
+    /// lowest first), once: a build that finds another filling it waits for it.
+    fn store_layer(&self, layer: &LayerRef, chain: &str, below: &[PathBuf]) -> Result<PathBuf> {
+        let started = Instant::now();
+        let (tree, extracted) = self.layers.ensure(chain, &self.work, |tree| {
+            // The merged view of the layers below, for the directories this layer leaves out.
+            let mut view = None;
+            let lower = match below {
+                [] => None,
+                [one] => Some(one.clone()),
+                many => {
+                    let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
+                    let merged = self.work.join(format!("view-{n}")).join("merged");
+                    fs::create_dir_all(&merged).map_err(Error::io(&merged))?;
+                    let lowers: Vec<PathBuf> = many.iter().rev().cloned().collect();
+                    view = Some(strata_snapshot::overlay::OverlayMount::mount_readonly(
+                        &lowers, &merged,
+                    )?);
+                    Some(merged)
+                }
+            };
+            let file = self.state.layout.open_blob(&layer.digest)?;
+            let mut extractor = Extractor::new()
+                .whiteouts(strata_layer::WhiteoutMode::Overlay)
+                .allow_devices(true)
+                .expect_diff_id(Some(layer.diff_id.clone()))
+                .media_type(Some(layer.media_type.clone()));
+            if let Some(lower) = lower {
+                extractor = extractor.parents_like(lower);
+            }
+            extractor.apply(
+                crate::failpoint::Halfway::new(BufReader::with_capacity(1 << 20, file), layer.size),
+                tree,
+            )?;
+            if let Some(view) = view {
+                view.unmount()?;
+            }
+            Ok(())
+        })?;
+        if extracted {
+            self.emit(Event::LayerExtracted {
+                diff_id: layer.diff_id.clone(),
+                duration: started.elapsed(),
+            });
+        }
+        Ok(tree)
     }
 
     pub(crate) fn apply_layer(&self, layer: &LayerRef, dir: &Path) -> Result<()> {

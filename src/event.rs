@@ -116,6 +116,16 @@ pub enum Event {
         /// Blobs the registry had already.
         skipped: usize,
     },
+    /// A layer was extracted into the state directory's layer store (once per layer and
+    /// state directory: later steps and builds stack the extracted directory).
+    #[serde(rename = "extracted")]
+    LayerExtracted {
+        /// The layer's diff_id.
+        diff_id: String,
+        /// How long the extraction took.
+        #[serde(rename = "seconds", serialize_with = "seconds")]
+        duration: Duration,
+    },
     /// Where this build's RUN steps execute, and why (before the first stage).
     Isolation {
         /// `namespaces` or `in-container`.

@@ -52,6 +52,7 @@ pub mod failpoint;
 mod image;
 mod incontainer;
 mod inplace;
+mod layers;
 mod prune;
 mod run;
 mod state;

@@ -7,7 +7,9 @@
 //! - a base image recorded in `index.json` (its manifest, config and layers); its last use is
 //!   the newest access or change time of its manifest blob (reads update access times on
 //!   the usual `relatime` mounts; on `noatime` mounts the order is the pull order);
-//! - a cache-mount directory (`cache-mounts/<id>`), by its modification time.
+//! - a cache-mount directory (`cache-mounts/<id>`), by its modification time;
+//! - an extracted layer of the layer store (`layers/<hex>`), by its marker's time (every
+//!   build that stacks the layer sets it).
 //!
 //! Blobs that no unit needs (the manifests and configs of built images, layers of entries
 //! already gone) and the scratch of killed builds are always removed. Pruning takes the
@@ -79,6 +81,8 @@ pub struct PruneReport {
     pub images: usize,
     /// Cache-mount directories removed.
     pub cache_mounts: usize,
+    /// Extracted layers removed from the layer store.
+    pub layers: usize,
     /// Blobs removed (those of removed units and those nothing needed).
     pub blobs: usize,
 }
@@ -96,7 +100,7 @@ impl std::fmt::Display for PruneReport {
         write!(
             f,
             "pruned {}: {:.1} MiB → {:.1} MiB (freed {:.1} MiB: {} cache entries, {} images, \
-             {} cache mounts, {} blobs)",
+             {} cache mounts, {} extracted layers, {} blobs)",
             self.dir.display(),
             mib(self.before),
             mib(self.after),
@@ -104,6 +108,7 @@ impl std::fmt::Display for PruneReport {
             self.cache_entries,
             self.images,
             self.cache_mounts,
+            self.layers,
             self.blobs
         )
     }
@@ -115,6 +120,9 @@ enum Unit {
     Entry(PathBuf),
     Image(String),
     Mount(PathBuf),
+    /// A directory of the layer store (the blob it came from is a unit of its own: a layer
+    /// directory is only a copy, and one without its blob still serves overlays).
+    Layer(PathBuf),
 }
 
 /// Prunes the state directory `dir` within `options`.
@@ -180,6 +188,19 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
     for path in list(&dir.join("cache-mounts")) {
         units.push((modified(&path), Unit::Mount(path), Vec::new()));
     }
+    let layers = dir.join(crate::layers::LAYERS);
+    for path in list(&layers) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        // The marker's time is the last use (every build that uses the layer sets it).
+        units.push((
+            modified(&path.join("diff_id")),
+            Unit::Layer(path),
+            Vec::new(),
+        ));
+    }
     units.sort_by_key(|unit| unit.0);
 
     // Which units go: too old, then the oldest until the rest fits.
@@ -213,7 +234,7 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
             continue;
         }
         let mut freed = match &unit {
-            Unit::Mount(path) => freeing.of_tree(path),
+            Unit::Mount(path) | Unit::Layer(path) => freeing.of_tree(path),
             Unit::Entry(path) => freeing.of_file(path),
             Unit::Image(_) => 0,
         };
@@ -242,6 +263,11 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
                     report.cache_mounts += 1;
                 }
             }
+            Unit::Layer(path) => {
+                if fs::remove_dir_all(&path).is_ok() {
+                    report.layers += 1;
+                }
+            }
             Unit::Image(digest) => dropped.push(digest),
         }
     }
@@ -251,6 +277,18 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
     }
     let keep = needed(&holders);
     report.blobs += remove_unneeded(&blobs, &keep) + remove_unneeded(&cache_blobs, &keep);
+    // The locks of layer directories that are gone.
+    for path in list(&layers) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(hex) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock"))
+            && !layers.join(hex).exists()
+        {
+            let _ = fs::remove_file(&path);
+        }
+    }
     // Small records past the age limit.
     if let Some(age) = options.max_age {
         for dir in [dir.join("copy-digests"), dir.join("cache/steps")] {

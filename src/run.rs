@@ -293,9 +293,21 @@ impl Engine {
             self.run_in_place(mode, image, key, at, step)?;
             return Ok(false);
         }
-        let root = self.materialize(rootfs, &image.layers)?;
         let sandbox = self.sandbox()?;
         let overlay = self.use_overlay(sandbox)?;
+        // The overlay's lower directories, the top-most first: the layer store's directories
+        // of the stage's layers; else one private directory the layers are extracted into,
+        // which a RUN without overlay runs in.
+        let lowers = if overlay && self.use_store() {
+            let mut lowers = self.layer_dirs(&image.layers)?;
+            if lowers.is_empty() {
+                lowers.push(self.empty_dir()?);
+            }
+            lowers
+        } else {
+            vec![self.materialize(rootfs, &image.layers)?]
+        };
+        let root = lowers.first().cloned().unwrap_or_default();
         let scratch = tempfile::Builder::new()
             .prefix("run-")
             .tempdir_in(&self.work)
@@ -339,21 +351,36 @@ impl Engine {
             for dir in [&upper, &work, &merged] {
                 fs::create_dir(dir).map_err(Error::io(dir))?;
             }
-            let mount = strata_snapshot::overlay::OverlayMount::mount(
-                std::slice::from_ref(&root),
-                &upper,
-                &work,
-                &merged,
-            )?;
+            let mount =
+                strata_snapshot::overlay::OverlayMount::mount(&lowers, &upper, &work, &merged)?;
             let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
             mount.unmount()?;
             check_outcome(outcome?, &argv, &tail)?;
-            let mut changes =
-                strata_snapshot::overlay::upper_changes(&upper, std::slice::from_ref(&root))?;
+            let mut changes = strata_snapshot::overlay::upper_changes(&upper, &lowers)?;
+            let all = changes.changes.len();
             self.drop_ignored(&mut changes);
+            // The upper directory holds exactly the layer unless something was left out of
+            // it (an ignored path, a socket): then the store extracts the layer when needed.
+            let exact = changes.changes.len() == all
+                && !changes.changes.iter().any(|c| {
+                    c.info
+                        .as_ref()
+                        .is_some_and(|i| i.kind == strata_snapshot::Kind::Socket)
+                });
             entries = crate::changes::entries(&changes)?;
             let layer = self.write_layer(entries)?;
-            // The root filesystem gets the layer when a later step needs it.
+            if let Some(layer) = &layer
+                && exact
+                && self.use_store()
+            {
+                // No second extraction for the next step or the next build.
+                let mut ids: Vec<&str> = image.layers.iter().map(|l| l.diff_id.as_str()).collect();
+                ids.push(&layer.diff_id);
+                if let Some(chain) = crate::layers::chain_ids(ids).pop() {
+                    self.layers.adopt(&chain, &upper, &self.work)?;
+                }
+            }
+            // Other root filesystems get the layer when a later step needs it.
             self.finish_miss(image, key, at, layer)?;
         } else {
             let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
@@ -373,10 +400,10 @@ impl Engine {
             let made = layer.is_some();
             self.finish_miss(image, key, at, layer)?;
             // The directory already holds the step's changes.
-            if let Some(state) = rootfs.as_mut()
+            if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut()
                 && made
             {
-                state.applied += 1;
+                *applied += 1;
             }
         }
         Ok(false)

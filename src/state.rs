@@ -5,6 +5,7 @@
 //! blobs/sha256/<hex>   index.json  oci-layout     the OCI layout (skopeo and umoci read it)
 //! cache/                                          the local cache store
 //! cache-mounts/<id>/                              RUN --mount=type=cache directories
+//! layers/<hex>/root                               extracted layers (see `layers.rs`)
 //! copy-digests/<key>                              content digests of COPY --from sources
 //! context-memo.json                               file hashes of the last contexts
 //! tmp/                                            scratch, each build in its own directory
@@ -44,10 +45,9 @@ impl Drop for WorkDir {
 }
 
 /// Removes a build's scratch directory, unmounting first any overlay left mounted in it.
-fn remove_build_dir(path: &Path) -> std::io::Result<()> {
-    if fs::remove_dir_all(path).is_ok() {
-        return Ok(());
-    }
+pub(crate) fn remove_build_dir(path: &Path) -> std::io::Result<()> {
+    // Mounts first: removing through a merged view would only fill its upper directory
+    // with whiteouts (a view of the layer store is read-only).
     detach_mounts(path);
     fs::remove_dir_all(path)
 }
@@ -116,7 +116,8 @@ pub(crate) fn sweep(tmp: &Path) {
     }
 }
 
-/// Lazily unmounts overlays a killed build left under `dir` (its `run-*/merged`).
+/// Lazily unmounts overlays a build left under `dir` (its `run-*/merged` and
+/// `view-*/merged`).
 fn detach_mounts(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -136,6 +137,7 @@ fn detach_mounts(dir: &Path) {
 pub(crate) struct State {
     root: PathBuf,
     pub(crate) layout: Layout,
+    pub(crate) layers: crate::layers::LayerStore,
     _in_use: std::sync::Arc<fs::File>,
 }
 
@@ -187,9 +189,11 @@ impl State {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(Error::io(&path))?;
         }
+        let layers = crate::layers::LayerStore::open(&root)?;
         Ok(State {
             root,
             layout,
+            layers,
             _in_use: std::sync::Arc::new(lock),
         })
     }

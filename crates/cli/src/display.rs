@@ -212,6 +212,15 @@ impl Display {
             ),
             Event::Built { digest } => format!("built {digest}"),
             Event::Isolation { mode, reason } => format!("RUN steps: {mode} ({reason})"),
+            Event::LayerExtracted { diff_id, duration } => {
+                if self.mode == Mode::Tty {
+                    return None;
+                }
+                format!(
+                    "extracted layer {diff_id} in {:.3}s",
+                    duration.as_secs_f64()
+                )
+            }
             Event::StageFinished { stage, duration } => {
                 if self.mode == Mode::Tty {
                     return None;

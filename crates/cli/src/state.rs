@@ -28,11 +28,13 @@ pub fn run(args: &StateArgs) -> Result<(), Failure> {
                 println!("leftover: {}{done}", leftover.display());
             }
             println!(
-                "{}: {} blobs ({:.1} MiB) and {} cache entries checked, {} broken, {} leftovers",
+                "{}: {} blobs ({:.1} MiB), {} cache entries and {} extracted layers checked, \
+                 {} broken, {} leftovers",
                 dir.display(),
                 check.blobs,
                 check.bytes as f64 / (1 << 20) as f64,
                 check.cache_entries,
+                check.layers,
                 check.faults.len(),
                 check.leftovers.len()
             );

@@ -85,6 +85,68 @@ fn escape(path: &Path) -> Result<String> {
         .replace(':', "\\:"))
 }
 
+/// A mount error in words a user can act on.
+fn mount_error(e: rustix::io::Errno, merged: &Path) -> Error {
+    Error::OverlayUnavailable {
+        reason: match e {
+            rustix::io::Errno::PERM | rustix::io::Errno::ACCESS => {
+                "mounting needs root, or a user namespace on Linux 5.11 or later".to_owned()
+            }
+            other => format!("mount at {}: {other}", merged.display()),
+        },
+    }
+}
+
+/// Mounts a stack too deep for one page of options: `fsopen`, one `lowerdir+` per layer
+/// (top-most first, as in `lowerdir=`), `fsmount`, and `move_mount` onto `merged`.
+fn mount_deep(lowers: &[PathBuf], writable: Option<(&Path, &Path)>, merged: &Path) -> Result<()> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let step = |what: &str, e: rustix::io::Errno| match e {
+        rustix::io::Errno::PERM | rustix::io::Errno::ACCESS => mount_error(e, merged),
+        rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS => Error::OverlayUnavailable {
+            reason: format!(
+                "{} lower directories need the `lowerdir+` option of the new mount API \
+                 (Linux 6.8 or later): {what}: {e}",
+                lowers.len()
+            ),
+        },
+        other => Error::OverlayUnavailable {
+            reason: format!(
+                "overlay of {} layers at {}: {what}: {other}",
+                lowers.len(),
+                merged.display()
+            ),
+        },
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| step("fsopen", e))?;
+    for lower in lowers {
+        fsconfig_set_string(&fs, "lowerdir+", lower.as_path()).map_err(|e| step("lowerdir+", e))?;
+    }
+    if let Some((upper, work)) = writable {
+        fsconfig_set_string(&fs, "upperdir", upper).map_err(|e| step("upperdir", e))?;
+        fsconfig_set_string(&fs, "workdir", work).map_err(|e| step("workdir", e))?;
+    }
+    fsconfig_create(&fs).map_err(|e| step("create", e))?;
+    let attrs = if writable.is_some() {
+        MountAttrFlags::empty()
+    } else {
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+    };
+    let mount =
+        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| step("fsmount", e))?;
+    move_mount(
+        &mount,
+        "",
+        rustix::fs::CWD,
+        merged,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| step("move_mount", e))
+}
+
 /// A mounted overlay, unmounted when dropped.
 #[derive(Debug)]
 pub struct OverlayMount {
@@ -95,15 +157,33 @@ pub struct OverlayMount {
 impl OverlayMount {
     /// Mounts `lowers` (the top-most first) under `upper` at `merged`, with `work` as the
     /// work directory (same filesystem as `upper`, empty).
+    ///
+    /// A stack whose options do not fit in one page (about 40 lower directories under a
+    /// long state path) is mounted through the new mount API, one `lowerdir+` per layer
+    /// (Linux 6.8 and later); overlayfs itself takes up to 500 lower directories.
     pub fn mount(
         lowers: &[PathBuf],
         upper: &Path,
         work: &Path,
         merged: &Path,
     ) -> Result<OverlayMount> {
-        if lowers.is_empty() {
+        Self::mount_with(lowers, Some((upper, work)), merged)
+    }
+
+    /// Mounts `lowers` (the top-most first, at least two) read-only at `merged`: the
+    /// merged view of a stack of layers, with nowhere to write.
+    pub fn mount_readonly(lowers: &[PathBuf], merged: &Path) -> Result<OverlayMount> {
+        Self::mount_with(lowers, None, merged)
+    }
+
+    fn mount_with(
+        lowers: &[PathBuf],
+        writable: Option<(&Path, &Path)>,
+        merged: &Path,
+    ) -> Result<OverlayMount> {
+        if lowers.is_empty() || (writable.is_none() && lowers.len() < 2) {
             return Err(Error::OverlayUnavailable {
-                reason: "an overlay needs at least one lower directory".to_owned(),
+                reason: "an overlay needs a lower directory (two without an upper one)".to_owned(),
             });
         }
         let lowerdir = lowers
@@ -111,37 +191,29 @@ impl OverlayMount {
             .map(|l| escape(l))
             .collect::<Result<Vec<_>>>()?
             .join(":");
-        let options = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            escape(upper)?,
-            escape(work)?
-        );
-        if options.len() >= 4096 {
-            return Err(Error::OverlayUnavailable {
-                reason: format!(
-                    "{} lower directories make mount options longer than a page",
-                    lowers.len()
-                ),
-            });
+        let mut options = format!("lowerdir={lowerdir}");
+        if let Some((upper, work)) = writable {
+            options.push_str(&format!(
+                ",upperdir={},workdir={}",
+                escape(upper)?,
+                escape(work)?
+            ));
         }
-        let data = std::ffi::CString::new(options).map_err(|_| Error::OverlayUnavailable {
-            reason: "a directory path contains a NUL byte".to_owned(),
-        })?;
-        rustix::mount::mount(
-            "overlay",
-            merged,
-            "overlay",
-            rustix::mount::MountFlags::empty(),
-            Some(data.as_c_str()),
-        )
-        .map_err(|e| Error::OverlayUnavailable {
-            reason: match e {
-                rustix::io::Errno::PERM | rustix::io::Errno::ACCESS => {
-                    "mounting needs root, or a user namespace on Linux 5.11 or later".to_owned()
-                }
-                other => format!("mount at {}: {other}", merged.display()),
-            },
-        })?;
+        if options.len() >= 4096 {
+            mount_deep(lowers, writable, merged)?;
+        } else {
+            let data = std::ffi::CString::new(options).map_err(|_| Error::OverlayUnavailable {
+                reason: "a directory path contains a NUL byte".to_owned(),
+            })?;
+            rustix::mount::mount(
+                "overlay",
+                merged,
+                "overlay",
+                rustix::mount::MountFlags::empty(),
+                Some(data.as_c_str()),
+            )
+            .map_err(|e| mount_error(e, merged))?;
+        }
         Ok(OverlayMount {
             merged: merged.to_owned(),
             mounted: true,

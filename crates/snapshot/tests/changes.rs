@@ -328,3 +328,84 @@ fn a_write_that_puts_the_size_and_time_back_is_still_seen() {
         changes.changes
     );
 }
+
+/// A stack of 130 lower directories (deeper than one page of mount options under a long
+/// path) mounts through `lowerdir+`, in the same order as `lowerdir=`: the top-most first,
+/// a whiteout hiding what lies below it, an opaque directory hiding the layers under it;
+/// the read-only view of the same stack shows the same tree and refuses writes.
+#[test]
+fn a_stack_of_130_layers_mounts_in_order_with_whiteouts() {
+    if !probe().usable {
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "overlay unusable as root"
+        );
+        eprintln!("overlay not checked: not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A long base path, so that the options could never fit in one page.
+    let base = dir
+        .path()
+        .join("a-long-directory-name-for-the-layer-store-of-this-test");
+    let mut lowers = Vec::new();
+    for i in 0..130 {
+        let layer = base.join(format!("{i:03}-{}", "x".repeat(40)));
+        fs::create_dir_all(layer.join("d")).unwrap();
+        fs::write(layer.join(format!("d/file-{i}")), i.to_string()).unwrap();
+        fs::write(layer.join("shared"), i.to_string()).unwrap();
+        lowers.push(layer);
+    }
+    // Layer 100 deletes file-3 and makes `o` opaque over layer 5's content.
+    fs::create_dir_all(lowers[5].join("o")).unwrap();
+    fs::write(lowers[5].join("o/hidden"), "").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        lowers[100].join("d/file-3"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+    fs::create_dir(lowers[100].join("o")).unwrap();
+    rustix::fs::lsetxattr(
+        lowers[100].join("o"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::write(lowers[100].join("o/shown"), "").unwrap();
+    // Top-most first.
+    lowers.reverse();
+    let check = |merged: &Path| {
+        assert_eq!(fs::read_to_string(merged.join("shared")).unwrap(), "129");
+        assert!(!merged.join("d/file-3").exists());
+        assert!(merged.join("d/file-0").is_file() && merged.join("d/file-129").is_file());
+        assert_eq!(fs::read_dir(merged.join("d")).unwrap().count(), 129);
+        assert!(merged.join("o/shown").exists() && !merged.join("o/hidden").exists());
+    };
+    let [u, w, m, v]: [PathBuf; 4] =
+        ["upper", "work", "merged", "view"].map(|d| dir.path().join(d));
+    for d in [&u, &w, &m, &v] {
+        fs::create_dir(d).unwrap();
+    }
+    let mount = OverlayMount::mount(&lowers, &u, &w, &m).unwrap();
+    check(mount.merged());
+    fs::write(m.join("new"), "").unwrap();
+    mount.unmount().unwrap();
+    assert!(u.join("new").is_file());
+
+    let view = OverlayMount::mount_readonly(&lowers, &v).unwrap();
+    check(view.merged());
+    let refused = fs::write(v.join("new"), "").unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    view.unmount().unwrap();
+    // And a short stack, through the classic options string.
+    let short = OverlayMount::mount_readonly(&lowers[128..], &v).unwrap();
+    assert_eq!(fs::read_to_string(v.join("shared")).unwrap(), "1");
+    short.unmount().unwrap();
+}
