@@ -713,6 +713,8 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
             engine.steps.load(std::sync::atomic::Ordering::Relaxed),
         ),
         engine.events.clone(),
+        engine.runtime.clone(),
+        engine.blob_sources()?,
     ))
 }
 

@@ -187,6 +187,10 @@ pub(crate) struct Engine {
     store_mode: OnceLock<bool>,
     /// Each layer extracted once, shared by every build on the state directory.
     pub layers: crate::layers::LayerStore,
+    /// Layers this build knows but has not downloaded (a base's layers, cache hits from the
+    /// cache repository): blob digest → the repositories that hold it. The bytes come only
+    /// when something needs them ([`Engine::ensure_blob`]).
+    sources: Mutex<HashMap<String, Vec<String>>>,
     /// Images named by `FROM` or `--from`, pulled once per build (one slot per reference, so
     /// stages pulling different images do not wait for each other).
     images: Mutex<HashMap<String, ImageSlot>>,
@@ -244,6 +248,7 @@ impl Engine {
             overlay: OnceLock::new(),
             store_mode: OnceLock::new(),
             layers,
+            sources: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
             in_container: None,
@@ -271,6 +276,7 @@ impl Engine {
         }
         let held = slash.as_ref().map_or(0, Vec::len);
         for layer in &layers[held..] {
+            self.ensure_blob(layer)?;
             let file = self.state.layout.open_blob(&layer.digest)?;
             let report = Extractor::new()
                 .allow_devices(true)
@@ -478,6 +484,7 @@ impl Engine {
             .tempdir_in(&self.work)
             .map_err(Error::io(&self.work))?;
         for layer in &image.layers[base_layers..] {
+            self.ensure_blob(layer)?;
             let file = self.state.layout.open_blob(&layer.digest)?;
             Extractor::new()
                 .whiteouts(strata_layer::WhiteoutMode::Overlay)
@@ -637,7 +644,9 @@ impl Engine {
                 // A pinned digest whose blobs are all here needs no network at all.
                 Some(digest) => (digest.to_owned(), 0),
                 None => {
-                    let pulled = self.runtime.block_on(self.registry.pull(
+                    // The manifest and config only: the layers come when a step needs the
+                    // filesystem or an output needs their bytes.
+                    let pulled = self.runtime.block_on(self.registry.pull_manifest(
                         &parsed,
                         platform,
                         &self.state.layout,
@@ -647,6 +656,11 @@ impl Engine {
             }
         };
         let mut image = self.image_in_state(&digest, platform)?;
+        if !reference.starts_with("oci-layout://") {
+            for layer in &image.layers {
+                self.note_source(&layer.digest, reference)?;
+            }
+        }
         image.base_reference = Some(reference.to_owned());
         self.emit(Event::Pulled {
             reference: reference.to_owned(),
@@ -886,6 +900,7 @@ impl Engine {
                     Some(merged)
                 }
             };
+            self.ensure_blob(layer)?;
             let file = self.state.layout.open_blob(&layer.digest)?;
             let mut extractor = Extractor::new()
                 .whiteouts(strata_layer::WhiteoutMode::Overlay)
@@ -913,7 +928,65 @@ impl Engine {
         Ok(tree)
     }
 
+    /// What [`Engine::note_source`] recorded: blob digest → repositories.
+    pub(crate) fn blob_sources(&self) -> Result<HashMap<String, Vec<String>>> {
+        Ok(self
+            .sources
+            .lock()
+            .map_err(|_| Error::Task("blob sources poisoned".to_owned()))?
+            .clone())
+    }
+
+    /// Records that the repository `reference` holds the blob `digest`.
+    pub(crate) fn note_source(&self, digest: &str, reference: &str) -> Result<()> {
+        let mut sources = self
+            .sources
+            .lock()
+            .map_err(|_| Error::Task("blob sources poisoned".to_owned()))?;
+        let known = sources.entry(digest.to_owned()).or_default();
+        if !known.iter().any(|r| r == reference) {
+            known.push(reference.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Makes sure the state directory holds `layer`'s blob, downloading it from a repository
+    /// known to hold it (a lazily pulled base, a cache hit) when it does not.
+    pub(crate) fn ensure_blob(&self, layer: &LayerRef) -> Result<()> {
+        if self.state.layout.has_blob(&layer.digest) {
+            return Ok(());
+        }
+        let sources = self
+            .sources
+            .lock()
+            .map_err(|_| Error::Task("blob sources poisoned".to_owned()))?
+            .get(&layer.digest)
+            .cloned()
+            .unwrap_or_default();
+        let mut last = None;
+        for source in &sources {
+            let reference = Reference::parse(source)?;
+            match self.runtime.block_on(self.registry.fetch_blob(
+                &reference,
+                &layer.digest,
+                layer.size,
+                &self.state.layout,
+            )) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => e.into(),
+            None => Error::Invalid(format!(
+                "layer {} is not in the state directory, and no repository is known to hold it",
+                layer.digest
+            )),
+        })
+    }
+
     pub(crate) fn apply_layer(&self, layer: &LayerRef, dir: &Path) -> Result<()> {
+        self.ensure_blob(layer)?;
         let file = self.state.layout.open_blob(&layer.digest)?;
         Extractor::new()
             .allow_devices(true)
@@ -999,24 +1072,33 @@ impl Engine {
             return Ok(false);
         }
         let mut found = store.lookup(&key.digest)?;
+        if let Some(layer) = found.as_ref().and_then(|e| e.layer.as_ref())
+            && !self.state.layout.has_blob(&layer.digest)
+        {
+            let blob = store.open_layer(layer)?;
+            self.state.layout.write_blob(blob, Some(&layer.digest))?;
+        }
         if found.is_none()
             && let Some(remote) = &self.remote
             && let Some(entry) = remote.lookup(&key.digest)?
         {
-            // Kept locally too: the next build answers without the registry.
-            let blob = match &entry.layer {
-                Some(layer) => Some(self.state.layout.blob_path(&layer.digest)?),
-                None => None,
-            };
-            store.record(&entry, blob.as_deref())?;
+            match &entry.layer {
+                // A hit leaves the layer in the cache repository: fetched only if a later
+                // step or an output needs its bytes, mounted by a push to that registry.
+                Some(layer) if !self.state.layout.has_blob(&layer.digest) => {
+                    self.note_source(&layer.digest, &remote.repository())?;
+                }
+                // Kept locally too: the next build answers without the registry.
+                Some(layer) => {
+                    let blob = self.state.layout.blob_path(&layer.digest)?;
+                    store.record(&entry, Some(&blob))?;
+                }
+                None => store.record(&entry, None)?,
+            }
             found = Some(entry);
         }
         if let Some(entry) = found {
             if let Some(layer) = &entry.layer {
-                if !self.state.layout.has_blob(&layer.digest) {
-                    let blob = store.open_layer(&layer.digest)?;
-                    self.state.layout.write_blob(blob, Some(&layer.digest))?;
-                }
                 image.layers.push(LayerRef {
                     digest: layer.digest.clone(),
                     diff_id: layer.diff_id.clone(),

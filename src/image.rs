@@ -22,6 +22,9 @@ pub struct Image {
     cache_repo: Option<String>,
     cache: (usize, usize),
     events: Option<EventSink>,
+    runtime: tokio::runtime::Handle,
+    /// The repositories holding the layers the build did not download, by blob digest.
+    blob_sources: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -38,6 +41,85 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
+    /// The repositories the image's layers may be fetched or mounted from: the cache
+    /// repository (for cache hits) and the base image's repository.
+    fn sources(&self) -> Vec<Reference> {
+        [self.cache_repo.as_deref(), self.base_reference.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|r| !r.starts_with("oci-layout://"))
+            .filter_map(|r| Reference::parse(r).ok())
+            .collect()
+    }
+
+    /// Downloads the layers a build left in the registry (lazy cache hits, a base's layers no
+    /// step needed) into the state directory: an output that holds the bytes needs them.
+    async fn fetch_missing(&self) -> Result<()> {
+        let everywhere = self.sources();
+        for layer in &self.layers {
+            if self.state.layout.has_blob(&layer.digest) {
+                continue;
+            }
+            // Where the build saw the layer first, then every repository it came from.
+            let known: Vec<Reference> = self
+                .blob_sources
+                .get(&layer.digest)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| Reference::parse(r).ok())
+                .collect();
+            let sources = if known.is_empty() {
+                &everywhere
+            } else {
+                &known
+            };
+            let mut last = None;
+            for source in sources {
+                match self
+                    .registry
+                    .fetch_blob(source, &layer.digest, layer.size, &self.state.layout)
+                    .await
+                {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(e) = last {
+                return Err(e.into());
+            }
+            if !self.state.layout.has_blob(&layer.digest) {
+                return Err(Error::Invalid(format!(
+                    "layer {} is not in the state directory, and no repository is known to \
+                     hold it",
+                    layer.digest
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Image::fetch_missing`] from blocking code: on a thread of its own, so that it works
+    /// whether or not the caller is inside the runtime.
+    fn fetch_missing_blocking(&self) -> Result<()> {
+        if self
+            .layers
+            .iter()
+            .all(|l| self.state.layout.has_blob(&l.digest))
+        {
+            return Ok(());
+        }
+        let handle = self.runtime.clone();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| handle.block_on(self.fetch_missing()))
+                .join()
+                .unwrap_or_else(|_| Err(Error::Task("layer download failed".to_owned())))
+        })
+    }
+
     /// The same image, reporting its later events (pushes) to `events`.
     pub(crate) fn with_events(mut self, events: Option<EventSink>) -> Image {
         self.events = events;
@@ -56,6 +138,8 @@ impl Image {
         cache_repo: Option<String>,
         cache: (usize, usize),
         events: Option<EventSink>,
+        runtime: tokio::runtime::Handle,
+        blob_sources: std::collections::HashMap<String, Vec<String>>,
     ) -> Image {
         Image {
             state,
@@ -68,6 +152,8 @@ impl Image {
             cache_repo,
             cache,
             events,
+            runtime,
+            blob_sources,
         }
     }
 
@@ -99,14 +185,11 @@ impl Image {
     /// Pushes the image to `reference` (`registry/repository:tag`) and returns the manifest
     /// digest. Blobs the registry has are skipped; blobs of the base image, and layers the
     /// cache repository holds, are mounted from those repositories when they are on the same
-    /// registry (never uploaded twice).
+    /// registry (never uploaded twice). A layer the build left in its repository is
+    /// downloaded only when the registry cannot mount it.
     pub async fn push(&self, reference: &str) -> Result<String> {
         let to = Reference::parse(reference)?;
-        let sources: Vec<Reference> = [self.cache_repo.as_deref(), self.base_reference.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|r| Reference::parse(r).ok())
-            .collect();
+        let sources = self.sources();
         let sources: Vec<&Reference> = sources.iter().collect();
         let report = self
             .registry
@@ -130,6 +213,7 @@ impl Image {
     /// This blocks on file work: in async code use [`Image::put`] with `oci:DIR:TAG`, which
     /// writes on a blocking thread.
     pub fn write_oci_layout(&self, dir: &Path, tag: &str) -> Result<()> {
+        self.fetch_missing_blocking()?;
         self.state
             .layout
             .copy_image(&self.manifest.digest, &Layout::open(dir)?, tag)?;
@@ -143,10 +227,13 @@ impl Image {
     pub async fn put(&self, target: &str) -> Result<String> {
         match Target::parse(target)? {
             Target::Registry(reference) => self.push(&reference.to_string()).await,
-            other => Ok(self
-                .registry
-                .put(&self.state.layout, &self.manifest.digest, &other, &[])
-                .await?),
+            other => {
+                self.fetch_missing().await?;
+                Ok(self
+                    .registry
+                    .put(&self.state.layout, &self.manifest.digest, &other, &[])
+                    .await?)
+            }
         }
     }
 
@@ -160,6 +247,7 @@ impl Image {
             .iter()
             .map(|t| Reference::parse(t))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.fetch_missing_blocking()?;
         strata_registry::write_docker_archive(
             &self.state.layout,
             &self.manifest.digest,

@@ -20,7 +20,7 @@ use strata_registry::{Layout, Platform, Reference, RegistryClient};
 
 use crate::error::{Error, Result};
 use crate::key::KeyInputs;
-use crate::store::{CacheEntry, CacheStore};
+use crate::store::{CacheEntry, CacheStore, CachedLayer};
 
 /// The media type of an entry's config blob.
 pub const ENTRY_MEDIA_TYPE: &str = "application/vnd.strata.cache.entry.v1+json";
@@ -93,7 +93,9 @@ impl CacheStore for RegistryStore {
     /// build: the step is then simply run.
     fn lookup(&self, key: &str) -> Result<Option<CacheEntry>> {
         let reference = self.reference(key)?;
-        let pulled = match self.runtime.block_on(self.client.pull(
+        // The entry only: its layer stays in the registry until something needs its bytes
+        // ([`CacheStore::open_layer`]); a push to the same registry mounts it.
+        let pulled = match self.runtime.block_on(self.client.pull_manifest(
             &reference,
             &Platform::host(),
             &self.layout,
@@ -173,9 +175,21 @@ impl CacheStore for RegistryStore {
         Ok(())
     }
 
-    fn open_layer(&self, digest: &str) -> Result<File> {
+    /// Downloads the layer from the repository first when the layout lacks it (lookups
+    /// leave layers in the registry).
+    fn open_layer(&self, layer: &CachedLayer) -> Result<File> {
+        if !self.layout.has_blob(&layer.digest) {
+            self.runtime
+                .block_on(self.client.fetch_blob(
+                    &self.repository,
+                    &layer.digest,
+                    layer.size,
+                    &self.layout,
+                ))
+                .map_err(|e| self.remote(e.to_string()))?;
+        }
         self.layout
-            .open_blob(digest)
+            .open_blob(&layer.digest)
             .map_err(|e| self.remote(e.to_string()))
     }
 

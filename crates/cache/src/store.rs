@@ -44,8 +44,8 @@ pub trait CacheStore {
     fn lookup(&self, key: &str) -> Result<Option<CacheEntry>>;
     /// Records an entry; `layer_blob` is the file holding the layer blob, when there is one.
     fn record(&self, entry: &CacheEntry, layer_blob: Option<&Path>) -> Result<()>;
-    /// Opens a cached layer blob.
-    fn open_layer(&self, digest: &str) -> Result<File>;
+    /// Opens a cached layer blob (a registry store downloads it first when needed).
+    fn open_layer(&self, layer: &CachedLayer) -> Result<File>;
     /// Remembers the inputs of the step known as `step` (a name the engine gives it, such as
     /// `stage/index`), so that the next build can explain a miss.
     fn remember(&self, step: &str, inputs: &KeyInputs) -> Result<()>;
@@ -252,8 +252,8 @@ impl CacheStore for LocalStore {
         self.evict()
     }
 
-    fn open_layer(&self, digest: &str) -> Result<File> {
-        let path = self.blob_path(digest);
+    fn open_layer(&self, layer: &CachedLayer) -> Result<File> {
+        let path = self.blob_path(&layer.digest);
         File::open(&path).map_err(Error::io(path))
     }
 

@@ -41,7 +41,7 @@ fn a_recorded_step_hits_with_its_layer() {
     assert_eq!(hit.config, e.config);
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(
-        &mut store.open_layer(&e.layer.unwrap().digest).unwrap(),
+        &mut store.open_layer(&e.layer.unwrap()).unwrap(),
         &mut bytes,
     )
     .unwrap();
@@ -89,7 +89,7 @@ fn the_least_recently_used_entries_go_first() {
     assert!(store.lookup(&entries[2].key.digest).unwrap().is_some());
     assert!(
         store
-            .open_layer(&entries[1].layer.as_ref().unwrap().digest)
+            .open_layer(entries[1].layer.as_ref().unwrap())
             .is_err(),
         "its blob is gone too"
     );

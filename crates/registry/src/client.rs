@@ -408,6 +408,51 @@ impl RegistryClient {
         platform: &Platform,
         layout: &Layout,
     ) -> Result<PulledImage> {
+        self.pull_with(reference, platform, layout, true).await
+    }
+
+    /// [`RegistryClient::pull`] without the layers: the manifest and the config only (a
+    /// lazy pull). Fetch a layer later with [`RegistryClient::fetch_blob`] when its bytes are
+    /// needed; a push to the same registry can mount it without them.
+    pub async fn pull_manifest(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        layout: &Layout,
+    ) -> Result<PulledImage> {
+        self.pull_with(reference, platform, layout, false).await
+    }
+
+    /// Downloads the blob `digest` (`size` bytes, as its descriptor says) of `reference`'s
+    /// repository into `layout`, verified as it arrives; nothing when the layout has it.
+    pub async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        size: u64,
+        layout: &Layout,
+    ) -> Result<()> {
+        if layout.has_blob(digest) {
+            return Ok(());
+        }
+        // From the mirrors first, as the pull that named the blob did.
+        let mut last = None;
+        for candidate in &self.candidates(reference)? {
+            match self.pull_blob(candidate, digest, size, layout).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(%candidate, error = %e, "blob fetch failed; trying the next source");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| Error::registry(reference.to_string(), "no source to fetch from")))
+    }
+
+    /// Where `reference` is pulled from: each mirror of its registry, in order, then the
+    /// registry itself.
+    fn candidates(&self, reference: &Reference) -> Result<Vec<Reference>> {
         let mut candidates = Vec::new();
         for (registry, mirror) in &self.builder.mirrors {
             if registry == reference.registry() {
@@ -422,9 +467,19 @@ impl RegistryClient {
             }
         }
         candidates.push(reference.clone());
+        Ok(candidates)
+    }
+
+    async fn pull_with(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        layout: &Layout,
+        layers: bool,
+    ) -> Result<PulledImage> {
         let mut last = None;
-        for candidate in &candidates {
-            match self.pull_from(candidate, platform, layout).await {
+        for candidate in &self.candidates(reference)? {
+            match self.pull_from(candidate, platform, layout, layers).await {
                 Ok(pulled) => return Ok(pulled),
                 Err(e) => {
                     tracing::debug!(%candidate, error = %e, "pull failed; trying the next source");
@@ -467,6 +522,7 @@ impl RegistryClient {
         reference: &Reference,
         platform: &Platform,
         layout: &Layout,
+        with_layers: bool,
     ) -> Result<PulledImage> {
         let mut bytes = self.get_manifest(reference, reference.target()).await?;
         if let Some(pinned) = reference.digest()
@@ -508,6 +564,7 @@ impl RegistryClient {
         let config_digest = config.digest.clone();
         let layer_digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
         let mut wanted: Vec<(String, u64)> = Vec::new();
+        let layers = if with_layers { layers } else { Vec::new() };
         for descriptor in std::iter::once(config).chain(layers) {
             if !layout.has_blob(&descriptor.digest)
                 && !wanted.iter().any(|(d, _)| *d == descriptor.digest)
@@ -627,7 +684,10 @@ impl RegistryClient {
 
     /// [`RegistryClient::push`], trying to mount each missing blob from every repository of
     /// `mount_from` on the same registry in turn (the base image's repository, a cache
-    /// repository holding the step layers) before uploading it.
+    /// repository holding the step layers) before uploading it. A blob that must be uploaded
+    /// but is not in `layout` (an image pulled with [`RegistryClient::pull_manifest`]) is
+    /// first downloaded from the first repository of `mount_from`, on any registry, that
+    /// has it.
     pub async fn push_mounting(
         &self,
         layout: &Layout,
@@ -701,6 +761,7 @@ impl RegistryClient {
             })
             .map(|source| source.repository())
             .collect();
+        let fetch_from = mount_from;
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
             .map(|(digest, size)| {
                 let mount_sources = &mount_sources;
@@ -714,6 +775,10 @@ impl RegistryClient {
                         {
                             return Ok(BlobOutcome::Mounted);
                         }
+                    }
+                    if !layout.has_blob(&digest) {
+                        self.fetch_from_any(fetch_from, &digest, size, layout, to)
+                            .await?;
                     }
                     self.upload(layout, to, &digest, size).await?;
                     Ok(BlobOutcome::Uploaded)
@@ -730,6 +795,31 @@ impl RegistryClient {
             mounted: count(BlobOutcome::Mounted),
             skipped: count(BlobOutcome::Skipped),
         })
+    }
+
+    /// Downloads a blob the layout lacks from the first of `sources` that has it (a push of
+    /// an image pulled lazily, to a registry that could not mount it).
+    async fn fetch_from_any(
+        &self,
+        sources: &[&Reference],
+        digest: &str,
+        size: u64,
+        layout: &Layout,
+        to: &Reference,
+    ) -> Result<()> {
+        let mut last = None;
+        for source in sources {
+            match self.fetch_blob(source, digest, size, layout).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::registry(
+                to.to_string(),
+                format!("blob {digest} is neither here nor in a repository it came from"),
+            )
+        }))
     }
 
     /// Whether `to`'s repository has the blob (HEAD).

@@ -1,0 +1,190 @@
+//! Fresh-pod builds: an empty state directory, the cache in a registry repository. A cached
+//! step's layer stays in the registry until something needs its bytes, and a push to the
+//! registry that holds it mounts it: a fully cached build moves no layer at all.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::{Fixture, run};
+use strata_testkit::{ContextBuilder, TestRegistry, find_program};
+
+/// Requests in the registry's log after `from` lines that GET one of `digests` as a blob.
+fn blob_gets(registry: &TestRegistry, from: usize, digests: &[String]) -> usize {
+    registry
+        .log()
+        .lines()
+        .skip(from)
+        .filter(|l| l.contains("\"GET /v2/") && l.contains("strata/"))
+        .filter(|l| digests.iter().any(|d| l.contains(&format!("/blobs/{d}"))))
+        .count()
+}
+
+fn uploads(registry: &TestRegistry, from: usize, repository: &str) -> usize {
+    registry
+        .log()
+        .lines()
+        .skip(from)
+        .filter(|l| l.contains(&format!("\"PUT /v2/{repository}/blobs/uploads/")))
+        .count()
+}
+
+fn log_len(registry: &TestRegistry) -> usize {
+    registry.log().lines().count()
+}
+
+fn local_blob(state: &std::path::Path, digest: &str) -> bool {
+    state
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+        .is_file()
+}
+
+/// skopeo copies the pushed image into a layout and umoci unpacks it: the registry holds
+/// every blob the manifest names.
+fn pull_and_unpack(reference: &str) -> std::path::PathBuf {
+    let skopeo = find_program("skopeo", "skopeo").unwrap();
+    let work = tempfile::tempdir().unwrap().keep();
+    let layout = work.join("layout");
+    let status = Command::new(skopeo)
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:img", layout.display()))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    common::umoci_rootfs_tagged(&work, &layout, "img")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fully_cached_build_in_a_fresh_pod_downloads_and_uploads_no_layer() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("big", common::noise(2 << 20, 7))
+        .build()
+        .unwrap();
+    let cache = format!("{}/team/cache", fx.registry.host());
+    let dockerfile = "FROM {base}\nCOPY big /big\nRUN head -c 1000000 /dev/urandom > /made\nRUN echo done > /done\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile).cache_repo(&cache)).await;
+    let first = first.unwrap();
+    first
+        .push(&format!("{}/app/one:1", fx.registry.host()))
+        .await
+        .unwrap();
+    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+    assert_eq!(layers.len(), 4);
+
+    // A new pod: empty state directory, the same cache repository and registry.
+    let mark = log_len(&fx.registry);
+    let pod = tempfile::tempdir().unwrap();
+    let (second, _) = run(fx
+        .build(context.path(), dockerfile)
+        .state_dir(pod.path())
+        .cache_repo(&cache))
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second.cache_hits(), (3, 3));
+    assert_eq!(second.digest(), first.digest());
+    let target = format!("{}/app/two:1", fx.registry.host());
+    second.push(&target).await.unwrap();
+    assert_eq!(
+        blob_gets(&fx.registry, mark, &layers),
+        0,
+        "no layer downloaded:\n{}",
+        fx.registry.log()
+    );
+    assert!(
+        uploads(&fx.registry, mark, "app/two") <= 1,
+        "at most the config uploaded:\n{}",
+        fx.registry.log()
+    );
+    for layer in &layers {
+        assert!(
+            !local_blob(pod.path(), layer),
+            "{layer} stayed in the registry"
+        );
+    }
+    let root = pull_and_unpack(&target);
+    assert_eq!(fs::read_to_string(root.join("done")).unwrap(), "done\n");
+    assert_eq!(fs::metadata(root.join("made")).unwrap().len(), 1_000_000);
+
+    // An output that holds the bytes downloads them (and is a valid layout).
+    let mark = log_len(&fx.registry);
+    let (work, layout) = common::layout(&second);
+    assert_eq!(
+        blob_gets(&fx.registry, mark, &layers),
+        4,
+        "{}",
+        fx.registry.log()
+    );
+    let root = common::umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read(root.join("big")).unwrap(),
+        common::noise(2 << 20, 7)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_step_fetches_the_layers_below_it_and_pushes_mount_the_rest() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("a", "a\n").build().unwrap();
+    let cache = format!("{}/team/cache", fx.registry.host());
+    let before = "FROM {base}\nCOPY a /a\nRUN cat /a > /b\nRUN echo 1 > /c\n";
+    let (first, _) = run(fx.build(context.path(), before).cache_repo(&cache)).await;
+    let first = first.unwrap();
+    let below: Vec<String> = first.layers()[..3]
+        .iter()
+        .map(|l| l.digest.clone())
+        .collect();
+
+    let mark = log_len(&fx.registry);
+    let pod = tempfile::tempdir().unwrap();
+    let after = before.replace("echo 1", "echo 2");
+    let (second, _) = run(fx
+        .build(context.path(), &after)
+        .state_dir(pod.path())
+        .cache_repo(&cache))
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second.cache_hits(), (2, 3));
+    // The missing RUN needs the filesystem of the layers below it, each fetched once.
+    assert_eq!(blob_gets(&fx.registry, mark, &below), 3);
+    for layer in &below {
+        assert!(local_blob(pod.path(), layer));
+    }
+    // Another registry cannot mount: the push there uploads everything, from the bytes
+    // this build has or fetches.
+    let other = TestRegistry::start().unwrap();
+    let target = format!("{}/elsewhere/app:1", other.host());
+    second.push(&target).await.unwrap();
+    let root = pull_and_unpack(&target);
+    assert_eq!(fs::read_to_string(root.join("c")).unwrap(), "2\n");
+    assert_eq!(fs::read_to_string(root.join("b")).unwrap(), "a\n");
+}
+
+/// A fully cached build pushed to another registry: nothing could be mounted, so the layers
+/// come from the cache repository and the base's repository, then go up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lazy_image_pushed_to_another_registry_fetches_then_uploads() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("a", "a\n").build().unwrap();
+    let cache = format!("{}/team/cache", fx.registry.host());
+    let dockerfile = "FROM {base}\nCOPY a /a\nRUN cat /a > /b\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile).cache_repo(&cache)).await;
+    first.unwrap();
+    let pod = tempfile::tempdir().unwrap();
+    let (second, _) = run(fx
+        .build(context.path(), dockerfile)
+        .state_dir(pod.path())
+        .cache_repo(&cache))
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second.cache_hits(), (2, 2));
+    let other = TestRegistry::start().unwrap();
+    let target = format!("{}/copy/app:1", other.host());
+    second.push(&target).await.unwrap();
+    let root = pull_and_unpack(&target);
+    assert_eq!(fs::read_to_string(root.join("b")).unwrap(), "a\n");
+    assert!(root.join("bin/sh").exists(), "the base's layer went up too");
+}
