@@ -191,10 +191,36 @@ impl Image {
         let to = Reference::parse(reference)?;
         let sources = self.sources();
         let sources: Vec<&Reference> = sources.iter().collect();
+        // Per blob: where this build found it, and where earlier pushes put it.
+        let mut blobs: Vec<String> = self.layers.iter().map(|l| l.digest.clone()).collect();
+        blobs.push(self.config_digest.clone());
+        let mut known: std::collections::HashMap<String, Vec<Reference>> = Default::default();
+        for digest in &blobs {
+            let places = self
+                .blob_sources
+                .get(digest)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .chain(self.state.blob_sources(digest));
+            let parsed: Vec<Reference> = places.filter_map(|r| Reference::parse(&r).ok()).collect();
+            if !parsed.is_empty() {
+                known.insert(digest.clone(), parsed);
+            }
+        }
         let report = self
             .registry
-            .push_mounting(&self.state.layout, &self.manifest.digest, &to, &sources)
+            .push_with_sources(
+                &self.state.layout,
+                &self.manifest.digest,
+                &to,
+                &sources,
+                &known,
+            )
             .await?;
+        if let Err(error) = self.state.remember_sources(&blobs, &to.name()) {
+            tracing::debug!(%error, "where the blobs went is not remembered");
+        }
         if let Some(sink) = &self.events {
             sink(&Event::Pushed {
                 reference: to.to_string(),

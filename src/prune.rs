@@ -291,7 +291,11 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
     }
     // Small records past the age limit.
     if let Some(age) = options.max_age {
-        for dir in [dir.join("copy-digests"), dir.join("cache/steps")] {
+        for dir in [
+            dir.join("copy-digests"),
+            dir.join("cache/steps"),
+            dir.join(crate::state::BLOB_SOURCES),
+        ] {
             for path in list(&dir) {
                 if now.duration_since(modified(&path)).unwrap_or_default() > age {
                     let _ = fs::remove_file(&path);

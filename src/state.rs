@@ -6,6 +6,7 @@
 //! cache/                                          the local cache store
 //! cache-mounts/<id>/                              RUN --mount=type=cache directories
 //! layers/<hex>/root                               extracted layers (see `layers.rs`)
+//! blob-sources/<hex>                              repositories a blob was pushed to
 //! copy-digests/<key>                              content digests of COPY --from sources
 //! context-memo.json                               file hashes of the last contexts
 //! tmp/                                            scratch, each build in its own directory
@@ -51,6 +52,9 @@ pub(crate) fn remove_build_dir(path: &Path) -> std::io::Result<()> {
     detach_mounts(path);
     fs::remove_dir_all(path)
 }
+
+/// Where blobs were pushed to, one file per blob (`blob-sources/<hex>`, a repository per line).
+pub(crate) const BLOB_SOURCES: &str = "blob-sources";
 
 /// The prefix of scratch directories that are being set up (not yet locked and renamed).
 const NEW_PREFIX: &str = ".new-build-";
@@ -240,6 +244,42 @@ impl State {
 
     pub(crate) fn context_memo(&self) -> PathBuf {
         self.root.join("context-memo.json")
+    }
+
+    /// The repositories (`registry/name`) a blob was pushed to, as remembered by
+    /// [`State::remember_sources`]: where a later push can mount it from.
+    pub(crate) fn blob_sources(&self, digest: &str) -> Vec<String> {
+        let Some(hex) = digest.strip_prefix("sha256:") else {
+            return Vec::new();
+        };
+        fs::read_to_string(self.root.join(BLOB_SOURCES).join(hex))
+            .map(|text| text.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds `repository` to what is remembered of where each of `digests` is (a hint: two
+    /// builds recording at once may lose one line, never corrupt the record). At most the
+    /// last 16 repositories are kept per blob.
+    pub(crate) fn remember_sources(&self, digests: &[String], repository: &str) -> Result<()> {
+        let dir = self.root.join(BLOB_SOURCES);
+        fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        for digest in digests {
+            let Some(hex) = digest.strip_prefix("sha256:") else {
+                continue;
+            };
+            let mut known = self.blob_sources(digest);
+            if known.iter().any(|r| r == repository) {
+                continue;
+            }
+            known.push(repository.to_owned());
+            let keep = known.len().saturating_sub(16);
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(Error::io(&dir))?;
+            tmp.write_all(known[keep..].join("\n").as_bytes())
+                .map_err(Error::io(tmp.path()))?;
+            let path = dir.join(hex);
+            tmp.persist(&path).map_err(|e| Error::io(&path)(e.error))?;
+        }
+        Ok(())
     }
 
     /// A remembered content digest (`copy-digests/<name>`).

@@ -188,3 +188,60 @@ async fn a_lazy_image_pushed_to_another_registry_fetches_then_uploads() {
     assert_eq!(fs::read_to_string(root.join("b")).unwrap(), "a\n");
     assert!(root.join("bin/sh").exists(), "the base's layer went up too");
 }
+
+/// A push remembers where it put each blob (`blob-sources/` in the state directory): the
+/// same image pushed to another repository of the registry mounts every blob, the config
+/// included, and uploads nothing; a later build's push mounts the layers it shares.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_repository_of_the_registry_gets_every_blob_mounted() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("big", common::noise(1 << 20, 3))
+        .build()
+        .unwrap();
+    let dockerfile = "FROM {base}\nCOPY big /big\nRUN echo made > /made\n";
+    let (image, _) = run(fx.build(context.path(), dockerfile)).await;
+    let image = image.unwrap();
+    image
+        .push(&format!("{}/app/one:1", fx.registry.host()))
+        .await
+        .unwrap();
+    let mark = log_len(&fx.registry);
+    let target = format!("{}/app/three:1", fx.registry.host());
+    image.push(&target).await.unwrap();
+    assert_eq!(
+        uploads(&fx.registry, mark, "app/three"),
+        0,
+        "{}",
+        fx.registry.log()
+    );
+    let mounts = fx
+        .registry
+        .log()
+        .lines()
+        .skip(mark)
+        .filter(|l| l.contains("\"POST /v2/app/three/blobs/uploads/?") && l.contains("\" 201 "))
+        .count();
+    assert_eq!(mounts, 4, "three layers and the config mounted");
+    let root = pull_and_unpack(&target);
+    assert_eq!(fs::read_to_string(root.join("made")).unwrap(), "made\n");
+    // Another build in the same state directory, pushed to a third repository: the layers
+    // it shares with the first image are mounted from where that one went.
+    let (other, _) = run(fx.build(
+        context.path(),
+        &format!("{dockerfile}RUN echo more > /more\n"),
+    ))
+    .await;
+    let mark = log_len(&fx.registry);
+    other
+        .unwrap()
+        .push(&format!("{}/app/four:1", fx.registry.host()))
+        .await
+        .unwrap();
+    assert_eq!(
+        uploads(&fx.registry, mark, "app/four"),
+        2,
+        "the new layer and the new config only:\n{}",
+        fx.registry.log()
+    );
+}

@@ -695,6 +695,21 @@ impl RegistryClient {
         to: &Reference,
         mount_from: &[&Reference],
     ) -> Result<PushReport> {
+        self.push_with_sources(layout, manifest_digest, to, mount_from, &HashMap::new())
+            .await
+    }
+
+    /// [`RegistryClient::push_mounting`] with, per blob digest, the repositories known to
+    /// hold that blob (pulled from or pushed to before): tried first for that blob, to mount
+    /// it on the same registry or to fetch it when it is not in `layout`.
+    pub async fn push_with_sources(
+        &self,
+        layout: &Layout,
+        manifest_digest: &str,
+        to: &Reference,
+        mount_from: &[&Reference],
+        known: &HashMap<String, Vec<Reference>>,
+    ) -> Result<PushReport> {
         let bytes = layout.read_blob(manifest_digest)?;
         let (manifests, index_type) = match Manifest::parse(&bytes, &to.to_string())? {
             Manifest::Image {
@@ -703,7 +718,7 @@ impl RegistryClient {
                 layers,
             } => {
                 let image = (&bytes[..], media_type.as_str(), config, layers);
-                return self.push_image(layout, image, to, mount_from).await;
+                return self.push_image(layout, image, to, mount_from, known).await;
             }
             Manifest::Index {
                 manifests,
@@ -730,7 +745,7 @@ impl RegistryClient {
             };
             let image = (&child[..], media_type.as_str(), config, layers);
             let pushed = self
-                .push_image(layout, image, &to.with_digest(digest)?, mount_from)
+                .push_image(layout, image, &to.with_digest(digest)?, mount_from, known)
                 .await?;
             report.uploaded += pushed.uploaded;
             report.mounted += pushed.mounted;
@@ -747,6 +762,7 @@ impl RegistryClient {
         (bytes, media_type, config, layers): (&[u8], &str, Descriptor, Vec<Descriptor>),
         to: &Reference,
         mount_from: &[&Reference],
+        known: &HashMap<String, Vec<Reference>>,
     ) -> Result<PushReport> {
         let mut blobs: Vec<(String, u64)> = Vec::new();
         for descriptor in std::iter::once(config).chain(layers) {
@@ -754,18 +770,29 @@ impl RegistryClient {
                 blobs.push((descriptor.digest, descriptor.size));
             }
         }
-        let mount_sources: Vec<&str> = mount_from
-            .iter()
-            .filter(|source| {
-                source.registry() == to.registry() && source.repository() != to.repository()
-            })
-            .map(|source| source.repository())
-            .collect();
-        let fetch_from = mount_from;
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
             .map(|(digest, size)| {
-                let mount_sources = &mount_sources;
+                // The repositories known to hold this blob first, then the general ones.
+                let mut fetch_from: Vec<&Reference> = Vec::new();
+                for source in known
+                    .get(&digest)
+                    .into_iter()
+                    .flatten()
+                    .chain(mount_from.iter().copied())
+                {
+                    if !fetch_from.iter().any(|r| r.name() == source.name()) {
+                        fetch_from.push(source);
+                    }
+                }
+                let mount_sources: Vec<&str> = fetch_from
+                    .iter()
+                    .filter(|source| {
+                        source.registry() == to.registry() && source.repository() != to.repository()
+                    })
+                    .map(|source| source.repository())
+                    .collect();
                 async move {
+                    let fetch_from = &fetch_from[..];
                     if self.blob_exists(to, &digest).await? {
                         return Ok::<BlobOutcome, Error>(BlobOutcome::Skipped);
                     }
