@@ -245,3 +245,58 @@ async fn a_second_repository_of_the_registry_gets_every_blob_mounted() {
         fx.registry.log()
     );
 }
+
+/// With credentials (htpasswd): a fresh pod's fully cached build mounts every layer from
+/// the cache repository and the base's repository, which the credentials can read.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authenticated_registry_mounts_across_repositories() {
+    let guarded = TestRegistry::builder()
+        .basic_auth("ci", "pod-pass-4Xz")
+        .start()
+        .unwrap();
+    let base = strata_testkit::push_busybox_image(&guarded, "base/busybox", "1").unwrap();
+    let context = ContextBuilder::new().file("a", "a\n").build().unwrap();
+    let cache = format!("{}/team/cache", guarded.host());
+    let dockerfile = format!("FROM {}\nCOPY a /a\nRUN cat /a > /b\n", base.reference);
+    let build = |state: &std::path::Path| {
+        strata::Build::new(context.path())
+            .dockerfile_text(dockerfile.clone())
+            .state_dir(state)
+            .isolation(strata::Isolation::Namespaces)
+            .registry(
+                strata::registry::RegistryClient::builder()
+                    .credentials(strata::registry::Credentials::none().insert(
+                        &guarded.host(),
+                        strata::registry::Credential::Basic {
+                            username: "ci".to_owned(),
+                            password: "pod-pass-4Xz".to_owned(),
+                        },
+                    ))
+                    .build(),
+            )
+            .cache_repo(&cache)
+    };
+    let first = tempfile::tempdir().unwrap();
+    let (image, _) = run(build(first.path())).await;
+    let layers: Vec<String> = image
+        .unwrap()
+        .layers()
+        .iter()
+        .map(|l| l.digest.clone())
+        .collect();
+    let pod = tempfile::tempdir().unwrap();
+    let mark = log_len(&guarded);
+    let (image, _) = run(build(pod.path())).await;
+    let image = image.unwrap();
+    assert_eq!(image.cache_hits(), (2, 2));
+    image
+        .push(&format!("{}/team/app:1", guarded.host()))
+        .await
+        .unwrap();
+    assert_eq!(blob_gets(&guarded, mark, &layers), 0, "{}", guarded.log());
+    assert!(
+        uploads(&guarded, mark, "team/app") <= 1,
+        "{}",
+        guarded.log()
+    );
+}
