@@ -65,6 +65,7 @@ pub struct Build {
     uncached: Vec<String>,
     max_download: u64,
     cache_repo_writes: bool,
+    cache_from: Vec<String>,
     isolation: Isolation,
     force: bool,
     ignore_var_run: bool,
@@ -110,6 +111,7 @@ impl Build {
             uncached: Vec::new(),
             max_download: strata_registry::DEFAULT_DOWNLOAD_LIMIT,
             cache_repo_writes: true,
+            cache_from: Vec::new(),
             isolation: Isolation::Auto,
             force: false,
             ignore_var_run: true,
@@ -169,6 +171,16 @@ impl Build {
     /// step that ran.
     pub fn cache_repo(mut self, repository: impl Into<String>) -> Build {
         self.cache_repo = Some(repository.into());
+        self
+    }
+
+    /// An image built earlier by strata (`registry/name:tag`) whose layers answer the
+    /// steps they were made by, without a cache repository (repeatable; BuildKit's and
+    /// buildah's `--cache-from`). strata records each layer's cache key in the manifest
+    /// annotation [`crate::CACHE_KEYS_ANNOTATION`]; images without it are ignored with a
+    /// warning. Hits leave the layers in the image's repository until something needs them.
+    pub fn cache_from(mut self, image: impl Into<String>) -> Build {
+        self.cache_from.push(image.into());
         self
     }
 
@@ -498,6 +510,7 @@ impl Build {
                 uncached: self.uncached,
                 max_download: self.max_download,
                 cache_repo_writes: self.cache_repo_writes,
+                cache_from: self.cache_from,
                 isolation: self.isolation,
                 force: self.force,
                 ignore_var_run: self.ignore_var_run,
@@ -692,7 +705,18 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
         serde_json::to_vec(&config).map_err(|e| Error::Invalid(format!("image config: {e}")))?;
     let config_blob = engine.state.layout.write_blob_bytes(&config_bytes)?;
     let layers: Vec<LayerRef> = stage.layers.clone();
-    let manifest_value = manifest(&config_blob.digest, config_blob.size, &layers);
+    let mut manifest_value = manifest(&config_blob.digest, config_blob.size, &layers);
+    // The steps' cache keys, for `--cache-from` (aligned with the layers).
+    let keys: Vec<Option<&(String, String)>> = layers
+        .iter()
+        .map(|l| stage.layer_keys.get(&l.digest))
+        .collect();
+    if keys.iter().any(Option::is_some) {
+        let text = serde_json::to_string(&keys)
+            .map_err(|e| Error::Invalid(format!("image manifest: {e}")))?;
+        manifest_value["annotations"] =
+            serde_json::json!({ crate::engine::CACHE_KEYS_ANNOTATION: text });
+    }
     let manifest_bytes = serde_json::to_vec(&manifest_value)
         .map_err(|e| Error::Invalid(format!("image manifest: {e}")))?;
     let manifest_blob = engine.state.layout.write_blob_bytes(&manifest_bytes)?;
@@ -715,6 +739,7 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
         engine.events.clone(),
         engine.runtime.clone(),
         engine.blob_sources()?,
+        engine.opts.cache_from.clone(),
     ))
 }
 

@@ -31,6 +31,14 @@ use crate::error::{Error, Position, Result};
 use crate::event::{Event, EventSink};
 use crate::state::State;
 
+/// The manifest annotation of images strata builds: for each layer, the cache key and date
+/// of the step that made it (`null` for the base's layers), a JSON array as a string, so that
+/// `--cache-from` can reuse them.
+pub const CACHE_KEYS_ANNOTATION: &str = "dev.strata.cache.v1";
+
+/// A step a `--cache-from` image answers: its layer, its date, and the image.
+type CacheFromStep = (LayerRef, String, String);
+
 /// How RUN steps find what they changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotMode {
@@ -76,6 +84,8 @@ pub(crate) struct Options {
     /// Whether steps that ran are recorded in the cache repository (Kaniko's
     /// `--no-push-cache` turns it off; lookups still happen).
     pub cache_repo_writes: bool,
+    /// Images built by strata whose steps' cache keys answer lookups (`--cache-from`).
+    pub cache_from: Vec<String>,
     /// Where RUN steps execute, as asked for.
     pub isolation: crate::Isolation,
     /// The in-container mode outside a container (Kaniko's `--force`).
@@ -110,6 +120,9 @@ pub(crate) struct StageImage {
     /// Where each ENV name sits in `config.config.env`, and how many entries the index
     /// covers: ENV steps cost O(1), not a scan of the environment.
     pub env_index: (HashMap<String, usize>, usize),
+    /// The cache key and date of the step that made each layer of this build (by layer
+    /// digest): the image's manifest carries them, for `--cache-from`.
+    pub layer_keys: HashMap<String, (String, String)>,
 }
 
 impl StageImage {
@@ -191,6 +204,8 @@ pub(crate) struct Engine {
     /// cache repository): blob digest → the repositories that hold it. The bytes come only
     /// when something needs them ([`Engine::ensure_blob`]).
     sources: Mutex<HashMap<String, Vec<String>>>,
+    /// The steps the `--cache-from` images answer: cache key → (layer, date, image).
+    cache_from: OnceLock<HashMap<String, CacheFromStep>>,
     /// Images named by `FROM` or `--from`, pulled once per build (one slot per reference, so
     /// stages pulling different images do not wait for each other).
     images: Mutex<HashMap<String, ImageSlot>>,
@@ -249,6 +264,7 @@ impl Engine {
             store_mode: OnceLock::new(),
             layers,
             sources: Mutex::new(HashMap::new()),
+            cache_from: OnceLock::new(),
             images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
             in_container: None,
@@ -592,6 +608,7 @@ impl Engine {
                         clock: self.opts.reproducible.map_or_else(|| rfc3339(0), rfc3339),
                         base_reference: None,
                         env_index: Default::default(),
+                        layer_keys: HashMap::new(),
                     },
                     None,
                 ))
@@ -777,6 +794,7 @@ impl Engine {
             clock,
             base_reference: None,
             env_index: Default::default(),
+            layer_keys: HashMap::new(),
         })
     }
 
@@ -926,6 +944,66 @@ impl Engine {
             });
         }
         Ok(tree)
+    }
+
+    /// The steps the `--cache-from` images answer, read once (manifest and config of each,
+    /// no layer). An image without strata's annotation, or one that cannot be read, is left
+    /// out with a warning: the build then simply misses.
+    fn cache_from_index(&self) -> &HashMap<String, CacheFromStep> {
+        self.cache_from.get_or_init(|| {
+            let mut index = HashMap::new();
+            for source in &self.opts.cache_from {
+                match self.read_cache_from(source) {
+                    Ok(steps) if steps.is_empty() => self.emit(Event::Warning {
+                        stage: None,
+                        line: None,
+                        message: format!(
+                            "--cache-from {source}: no cache keys in the image (not built by \
+                             strata?); it is ignored"
+                        ),
+                    }),
+                    Ok(steps) => index.extend(steps),
+                    Err(error) => self.emit(Event::Warning {
+                        stage: None,
+                        line: None,
+                        message: format!("--cache-from {source}: {error}; it is ignored"),
+                    }),
+                }
+            }
+            index
+        })
+    }
+
+    fn read_cache_from(&self, source: &str) -> Result<Vec<(String, CacheFromStep)>> {
+        let reference = Reference::parse(source)?;
+        let pulled = self.runtime.block_on(self.registry.pull_manifest(
+            &reference,
+            &self.opts.platform,
+            &self.state.layout,
+        ))?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&self.state.layout.read_blob(&pulled.manifest_digest)?)
+                .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
+        let Some(keys) = manifest["annotations"][CACHE_KEYS_ANNOTATION].as_str() else {
+            return Ok(Vec::new());
+        };
+        let keys: Vec<Option<(String, String)>> = serde_json::from_str(keys)
+            .map_err(|e| Error::Invalid(format!("annotation {CACHE_KEYS_ANNOTATION}: {e}")))?;
+        let image = self.image_in_state(&pulled.manifest_digest, &self.opts.platform)?;
+        if keys.len() != image.layers.len() {
+            return Err(Error::Invalid(format!(
+                "annotation {CACHE_KEYS_ANNOTATION} names {} layers, the image has {}",
+                keys.len(),
+                image.layers.len()
+            )));
+        }
+        Ok(keys
+            .into_iter()
+            .zip(image.layers)
+            .filter_map(|(key, layer)| {
+                key.map(|(key, created)| (key, (layer, created, source.to_owned())))
+            })
+            .collect())
     }
 
     /// What [`Engine::note_source`] recorded: blob digest → repositories.
@@ -1097,6 +1175,25 @@ impl Engine {
             }
             found = Some(entry);
         }
+        if found.is_none()
+            && let Some((layer, created, source)) = self.cache_from_index().get(&key.digest)
+        {
+            // An image built earlier answers: its layer stays in its repository until needed.
+            if !self.state.layout.has_blob(&layer.digest) {
+                self.note_source(&layer.digest, source)?;
+            }
+            found = Some(CacheEntry {
+                key: key.clone(),
+                layer: Some(CachedLayer {
+                    digest: layer.digest.clone(),
+                    diff_id: layer.diff_id.clone(),
+                    size: layer.size,
+                    media_type: layer.media_type.clone(),
+                }),
+                config: json!({ "created": created }),
+                created_unix: 0,
+            });
+        }
         if let Some(entry) = found {
             if let Some(layer) = &entry.layer {
                 image.layers.push(LayerRef {
@@ -1108,6 +1205,12 @@ impl Engine {
             }
             if let Some(created) = entry.config["created"].as_str() {
                 image.clock = created.to_owned();
+            }
+            if let Some(layer) = &entry.layer {
+                image.layer_keys.insert(
+                    layer.digest.clone(),
+                    (key.digest.clone(), image.clock.clone()),
+                );
             }
             image.config.history.push(History {
                 created: Some(image.clock.clone()),
@@ -1199,6 +1302,10 @@ impl Engine {
             }
         }
         if let Some(layer) = layer {
+            image.layer_keys.insert(
+                layer.digest.clone(),
+                (key.digest.clone(), image.clock.clone()),
+            );
             image.layers.push(layer);
         }
         image.key = key.digest;

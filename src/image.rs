@@ -25,6 +25,8 @@ pub struct Image {
     runtime: tokio::runtime::Handle,
     /// The repositories holding the layers the build did not download, by blob digest.
     blob_sources: std::collections::HashMap<String, Vec<String>>,
+    /// The `--cache-from` images: their repositories may hold any of the image's blobs.
+    cache_from: Vec<String>,
 }
 
 impl std::fmt::Debug for Image {
@@ -47,6 +49,7 @@ impl Image {
         [self.cache_repo.as_deref(), self.base_reference.as_deref()]
             .into_iter()
             .flatten()
+            .chain(self.cache_from.iter().map(String::as_str))
             .filter(|r| !r.starts_with("oci-layout://"))
             .filter_map(|r| Reference::parse(r).ok())
             .collect()
@@ -140,6 +143,7 @@ impl Image {
         events: Option<EventSink>,
         runtime: tokio::runtime::Handle,
         blob_sources: std::collections::HashMap<String, Vec<String>>,
+        cache_from: Vec<String>,
     ) -> Image {
         Image {
             state,
@@ -154,6 +158,7 @@ impl Image {
             events,
             runtime,
             blob_sources,
+            cache_from,
         }
     }
 

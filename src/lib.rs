@@ -60,7 +60,7 @@ mod state;
 pub use build::Build;
 pub use check::{StateCheck, StateFault, check_state};
 pub use context::ContextSource;
-pub use engine::{Secret, SnapshotMode};
+pub use engine::{CACHE_KEYS_ANNOTATION, Secret, SnapshotMode};
 pub use error::{Error, ErrorKind, Position, Result};
 pub use event::{Event, EventSink};
 pub use image::Image;

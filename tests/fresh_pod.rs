@@ -57,6 +57,23 @@ fn pull_and_unpack(reference: &str) -> std::path::PathBuf {
     common::umoci_rootfs_tagged(&work, &layout, "img")
 }
 
+/// A build in a new pod: an empty state directory (kept with the image), `cache` as the
+/// cache repository.
+async fn in_a_fresh_pod(
+    fx: &Fixture,
+    context: &std::path::Path,
+    dockerfile: &str,
+    cache: &str,
+) -> (strata::Image, tempfile::TempDir) {
+    let pod = tempfile::tempdir().unwrap();
+    let (image, _) = run(fx
+        .build(context, dockerfile)
+        .state_dir(pod.path())
+        .cache_repo(cache))
+    .await;
+    (image.unwrap(), pod)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fully_cached_build_in_a_fresh_pod_downloads_and_uploads_no_layer() {
     let fx = Fixture::new();
@@ -77,15 +94,18 @@ async fn a_fully_cached_build_in_a_fresh_pod_downloads_and_uploads_no_layer() {
 
     // A new pod: empty state directory, the same cache repository and registry.
     let mark = log_len(&fx.registry);
-    let pod = tempfile::tempdir().unwrap();
-    let (second, _) = run(fx
-        .build(context.path(), dockerfile)
-        .state_dir(pod.path())
-        .cache_repo(&cache))
-    .await;
-    let second = second.unwrap();
+    let (second, pod) = in_a_fresh_pod(&fx, context.path(), dockerfile, &cache).await;
     assert_eq!(second.cache_hits(), (3, 3));
     assert_eq!(second.digest(), first.digest());
+    // One request to the cache repository per step: the manifest carries the entry.
+    let lookups = fx
+        .registry
+        .log()
+        .lines()
+        .skip(mark)
+        .filter(|l| l.contains("\"GET /v2/team/cache/"))
+        .count();
+    assert_eq!(lookups, 3, "{}", fx.registry.log());
     let target = format!("{}/app/two:1", fx.registry.host());
     second.push(&target).await.unwrap();
     assert_eq!(
@@ -139,14 +159,8 @@ async fn a_changed_step_fetches_the_layers_below_it_and_pushes_mount_the_rest() 
         .collect();
 
     let mark = log_len(&fx.registry);
-    let pod = tempfile::tempdir().unwrap();
     let after = before.replace("echo 1", "echo 2");
-    let (second, _) = run(fx
-        .build(context.path(), &after)
-        .state_dir(pod.path())
-        .cache_repo(&cache))
-    .await;
-    let second = second.unwrap();
+    let (second, pod) = in_a_fresh_pod(&fx, context.path(), &after, &cache).await;
     assert_eq!(second.cache_hits(), (2, 3));
     // The missing RUN needs the filesystem of the layers below it, each fetched once.
     assert_eq!(blob_gets(&fx.registry, mark, &below), 3);
@@ -173,13 +187,7 @@ async fn a_lazy_image_pushed_to_another_registry_fetches_then_uploads() {
     let dockerfile = "FROM {base}\nCOPY a /a\nRUN cat /a > /b\n";
     let (first, _) = run(fx.build(context.path(), dockerfile).cache_repo(&cache)).await;
     first.unwrap();
-    let pod = tempfile::tempdir().unwrap();
-    let (second, _) = run(fx
-        .build(context.path(), dockerfile)
-        .state_dir(pod.path())
-        .cache_repo(&cache))
-    .await;
-    let second = second.unwrap();
+    let (second, _pod) = in_a_fresh_pod(&fx, context.path(), dockerfile, &cache).await;
     assert_eq!(second.cache_hits(), (2, 2));
     let other = TestRegistry::start().unwrap();
     let target = format!("{}/copy/app:1", other.host());
@@ -298,5 +306,63 @@ async fn an_authenticated_registry_mounts_across_repositories() {
         uploads(&guarded, mark, "team/app") <= 1,
         "{}",
         guarded.log()
+    );
+}
+
+/// `--cache-from` an image strata pushed earlier: its steps hit without a cache repository,
+/// and its layers stay in its repository (the push to the same registry mounts them). An
+/// image strata did not build is ignored with a warning, and the build misses cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_from_an_image_built_earlier_hits_without_a_cache_repository() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("a", "a\n").build().unwrap();
+    let dockerfile = "FROM {base}\nCOPY a /a\nRUN cat /a > /b && echo ran\nWORKDIR /w\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile)).await;
+    let first = first.unwrap();
+    let pushed = format!("{}/app/main:1", fx.registry.host());
+    first.push(&pushed).await.unwrap();
+    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+
+    let pod = tempfile::tempdir().unwrap();
+    let mark = log_len(&fx.registry);
+    let (second, events) = run(fx
+        .build(context.path(), dockerfile)
+        .state_dir(pod.path())
+        .cache_from(&pushed))
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second.cache_hits(), (3, 3));
+    assert_eq!(second.digest(), first.digest());
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, strata::Event::Output { .. }))
+    );
+    assert_eq!(blob_gets(&fx.registry, mark, &layers), 0);
+    second
+        .push(&format!("{}/app/next:1", fx.registry.host()))
+        .await
+        .unwrap();
+    assert!(
+        uploads(&fx.registry, mark, "app/next") == 0,
+        "{}",
+        fx.registry.log()
+    );
+
+    // The base image was not built by strata: no keys, a warning, every step runs.
+    let pod = tempfile::tempdir().unwrap();
+    let (third, events) = run(fx
+        .build(context.path(), dockerfile)
+        .state_dir(pod.path())
+        .cache_from(&fx.base))
+    .await;
+    let third = third.unwrap();
+    assert_eq!(third.cache_hits(), (0, 3));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            strata::Event::Warning { message, .. } if message.contains("no cache keys")
+        )),
+        "{events:?}"
     );
 }

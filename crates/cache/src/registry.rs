@@ -5,7 +5,8 @@
 //! the [`CacheEntry`] itself (media type [`ENTRY_MEDIA_TYPE`]) and whose one layer, when the
 //! step made one, is the step's layer blob: the same blob the built image references, so a
 //! registry stores it once. The manifest carries an `org.opencontainers.image.created`
-//! annotation; entries older than the store's TTL count as misses.
+//! annotation, and the entry itself in [`ENTRY_ANNOTATION`] so that a lookup is one request;
+//! entries older than the store's TTL count as misses.
 //!
 //! The store stages blobs in an OCI image layout (the engine's state directory) and reaches
 //! the registry through a [`RegistryClient`]; its methods block on the given Tokio runtime,
@@ -21,6 +22,10 @@ use strata_registry::{Layout, Platform, Reference, RegistryClient};
 use crate::error::{Error, Result};
 use crate::key::KeyInputs;
 use crate::store::{CacheEntry, CacheStore, CachedLayer};
+
+/// The manifest annotation that carries the entry itself (the config blob's JSON), so a
+/// lookup is one request.
+pub const ENTRY_ANNOTATION: &str = "dev.strata.cache.entry";
 
 /// The media type of an entry's config blob.
 pub const ENTRY_MEDIA_TYPE: &str = "application/vnd.strata.cache.entry.v1+json";
@@ -80,6 +85,24 @@ impl RegistryStore {
             message,
         }
     }
+
+    /// The entry, unless it is filed under another key or older than the TTL.
+    fn live(
+        &self,
+        entry: CacheEntry,
+        key: &str,
+        reference: &Reference,
+    ) -> Result<Option<CacheEntry>> {
+        if entry.key.digest != key {
+            return Err(self.remote(format!("entry {reference} holds {}", entry.key.digest)));
+        }
+        if let Some(ttl) = self.ttl
+            && now_unix().saturating_sub(entry.created_unix) > ttl.as_secs()
+        {
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
 }
 
 fn now_unix() -> u64 {
@@ -93,6 +116,30 @@ impl CacheStore for RegistryStore {
     /// build: the step is then simply run.
     fn lookup(&self, key: &str) -> Result<Option<CacheEntry>> {
         let reference = self.reference(key)?;
+        // One round trip: the manifest carries the entry in an annotation (entries written
+        // before it did are read from their config blob, a second request).
+        let manifest = match self
+            .runtime
+            .block_on(self.client.fetch_manifest(&reference))
+        {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::debug!(%reference, %error, "registry cache: no entry");
+                return Ok(None);
+            }
+        };
+        let inline = serde_json::from_slice::<serde_json::Value>(&manifest)
+            .ok()
+            .and_then(|m| {
+                m["annotations"][ENTRY_ANNOTATION]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+        if let Some(text) = inline {
+            let entry: CacheEntry = serde_json::from_str(&text)
+                .map_err(|e| self.remote(format!("entry {reference} is damaged: {e}")))?;
+            return self.live(entry, key, &reference);
+        }
         // The entry only: its layer stays in the registry until something needs its bytes
         // ([`CacheStore::open_layer`]); a push to the same registry mounts it.
         let pulled = match self.runtime.block_on(self.client.pull_manifest(
@@ -112,15 +159,7 @@ impl CacheStore for RegistryStore {
             .map_err(|e| self.remote(e.to_string()))?;
         let entry: CacheEntry = serde_json::from_slice(&bytes)
             .map_err(|e| self.remote(format!("entry {reference} is damaged: {e}")))?;
-        if entry.key.digest != key {
-            return Err(self.remote(format!("entry {reference} holds {}", entry.key.digest)));
-        }
-        if let Some(ttl) = self.ttl
-            && now_unix().saturating_sub(entry.created_unix) > ttl.as_secs()
-        {
-            return Ok(None);
-        }
-        Ok(Some(entry))
+        self.live(entry, key, &reference)
     }
 
     fn record(&self, entry: &CacheEntry, layer_blob: Option<&Path>) -> Result<()> {
@@ -148,17 +187,20 @@ impl CacheStore for RegistryStore {
                 "size": layer.size,
             }));
         }
-        let config = serde_json::to_vec(&entry).map_err(|e| self.remote(e.to_string()))?;
+        let config_bytes = serde_json::to_vec(&entry).map_err(|e| self.remote(e.to_string()))?;
         let config = self
             .layout
-            .write_blob_bytes(&config)
+            .write_blob_bytes(&config_bytes)
             .map_err(|e| self.remote(e.to_string()))?;
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": { "mediaType": ENTRY_MEDIA_TYPE, "digest": config.digest, "size": config.size },
             "layers": layers,
-            "annotations": { "org.opencontainers.image.created": entry.created_unix.to_string() },
+            "annotations": {
+                "org.opencontainers.image.created": entry.created_unix.to_string(),
+                ENTRY_ANNOTATION: String::from_utf8_lossy(&config_bytes),
+            },
         });
         let manifest = serde_json::to_vec(&manifest).map_err(|e| self.remote(e.to_string()))?;
         let manifest = self

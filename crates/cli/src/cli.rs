@@ -194,6 +194,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "REPO")]
     pub cache_repo: Option<String>,
 
+    /// An image built earlier by strata whose layers answer the steps that made them, with
+    /// no cache repository (repeatable).
+    #[arg(long = "cache-from", value_name = "IMAGE")]
+    pub cache_from: Vec<String>,
+
     /// Kaniko's base-image cache directory: in strata the state directory, which holds
     /// base images and the layer cache.
     #[arg(long, value_name = "DIR")]

@@ -204,6 +204,9 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
         }
         build = build.cache_repo(repo);
     }
+    for image in &args.cache_from {
+        build = build.cache_from(image);
+    }
     if let Some(ttl) = &args.cache_ttl {
         let ttl = go_duration(ttl).ok_or_else(|| {
             Failure::Usage(format!(

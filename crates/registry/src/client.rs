@@ -491,6 +491,23 @@ impl RegistryClient {
             .unwrap_or_else(|| Error::registry(reference.to_string(), "no source to pull from")))
     }
 
+    /// The manifest `reference` names, as the registry sends it (an index stays an index):
+    /// one request, at most [`MAX_MANIFEST_SIZE`] bytes, checked against the reference's
+    /// digest when it has one. Nothing is written anywhere.
+    pub async fn fetch_manifest(&self, reference: &Reference) -> Result<Vec<u8>> {
+        let bytes = self.get_manifest(reference, reference.target()).await?;
+        if let Some(pinned) = reference.digest()
+            && sha256(&bytes) != pinned
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest of {reference}"),
+                expected: pinned.to_owned(),
+                actual: sha256(&bytes),
+            });
+        }
+        Ok(bytes)
+    }
+
     /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`] bytes) by tag or digest.
     async fn get_manifest(&self, reference: &Reference, target: &str) -> Result<Vec<u8>> {
         let session = self.session(reference, true)?;
