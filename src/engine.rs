@@ -1219,7 +1219,7 @@ impl Engine {
                 ..History::default()
             });
             image.key = key.digest.clone();
-            store.remember(&at.id, &key.inputs)?;
+            store.remember(&at.id, key)?;
             self.steps.fetch_add(1, Ordering::Relaxed);
             self.hits.fetch_add(1, Ordering::Relaxed);
             self.emit(Event::CacheHit {
@@ -1283,7 +1283,7 @@ impl Engine {
             };
             store.record(&entry, blob.as_deref())?;
             crate::failpoint::hit("cache-entry-written");
-            store.remember(&at.id, &key.inputs)?;
+            store.remember(&at.id, &key)?;
             if let Some(remote) = self.remote.as_ref().filter(|_| self.opts.cache_repo_writes)
                 && let Err(error) = remote.record(&entry, blob.as_deref())
             {

@@ -236,7 +236,7 @@ impl CacheStore for RegistryStore {
     }
 
     /// Explanations stay local: the registry keeps entries only.
-    fn remember(&self, _step: &str, _inputs: &KeyInputs) -> Result<()> {
+    fn remember(&self, _step: &str, _key: &crate::key::CacheKey) -> Result<()> {
         Ok(())
     }
 

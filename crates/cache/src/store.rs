@@ -48,7 +48,7 @@ pub trait CacheStore {
     fn open_layer(&self, layer: &CachedLayer) -> Result<File>;
     /// Remembers the inputs of the step known as `step` (a name the engine gives it, such as
     /// `stage/index`), so that the next build can explain a miss.
-    fn remember(&self, step: &str, inputs: &KeyInputs) -> Result<()>;
+    fn remember(&self, step: &str, key: &CacheKey) -> Result<()>;
     /// The inputs remembered for `step` by an earlier build.
     fn recall(&self, step: &str) -> Result<Option<KeyInputs>>;
 }
@@ -257,16 +257,26 @@ impl CacheStore for LocalStore {
         File::open(&path).map_err(Error::io(path))
     }
 
-    fn remember(&self, step: &str, inputs: &KeyInputs) -> Result<()> {
-        let path = self
-            .root
-            .join("steps")
-            .join(format!("{}.json", file_name(step)));
-        let bytes = serde_json::to_vec(inputs).map_err(|e| Error::Damaged {
+    /// Writes the inputs (`steps/<name>.json`) and, beside them, the key they make
+    /// (`steps/<name>.key`): when the step is remembered with that key already (a cache hit
+    /// of an unchanged step), nothing is written, however many files its inputs list.
+    fn remember(&self, step: &str, key: &CacheKey) -> Result<()> {
+        let name = file_name(step);
+        let steps = self.root.join("steps");
+        let path = steps.join(format!("{name}.json"));
+        let key_path = steps.join(format!("{name}.key"));
+        if path.is_file() && fs::read(&key_path).is_ok_and(|k| k == key.digest.as_bytes()) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&key.inputs).map_err(|e| Error::Damaged {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        self.write_atomic(&path, &bytes)
+        // The key file goes last: a crash between the two leaves inputs without their key,
+        // which the next build simply writes again.
+        let _ = fs::remove_file(&key_path);
+        self.write_atomic(&path, &bytes)?;
+        self.write_atomic(&key_path, key.digest.as_bytes())
     }
 
     fn recall(&self, step: &str) -> Result<Option<KeyInputs>> {

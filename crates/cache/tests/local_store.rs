@@ -140,13 +140,29 @@ fn steps_remember_their_inputs_for_explanations() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).unwrap();
     assert!(store.recall("app/3").unwrap().is_none());
-    let before = entry(1, None).key.inputs;
+    let before = entry(1, None).key;
     store.remember("app/3", &before).unwrap();
-    let now = entry(2, None).key.inputs;
+    let now = entry(2, None).key;
     assert_eq!(
-        strata_cache::explain(&store.recall("app/3").unwrap().unwrap(), &now),
+        strata_cache::explain(&store.recall("app/3").unwrap().unwrap(), &now.inputs),
         ["instruction changed (was `RUN step 1`)"]
     );
+    // Remembering the same key again writes nothing; another key replaces the inputs.
+    let json = dir
+        .path()
+        .join("steps")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let written = fs::metadata(&json).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    store.remember("app/3", &before).unwrap();
+    assert_eq!(fs::metadata(&json).unwrap().modified().unwrap(), written);
+    store.remember("app/3", &now).unwrap();
+    assert_eq!(store.recall("app/3").unwrap().unwrap(), now.inputs);
 }
 
 #[test]

@@ -87,8 +87,13 @@ impl HashMemo {
         }
     }
 
-    /// Saves the memo through a temporary file renamed into place.
+    /// Saves the memo through a temporary file renamed into place; nothing when no file was
+    /// hashed since it was loaded and `path` exists (a rebuild where nothing changed writes
+    /// nothing).
     pub fn save(&self, path: &Path) -> Result<()> {
+        if self.misses == 0 && path.is_file() {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(self).map_err(|e| Error::Memo {
             path: path.to_owned(),
             message: e.to_string(),

@@ -1,6 +1,7 @@
 //! Build-context digests: sensitive to what a COPY would copy, blind to the rest.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
@@ -149,6 +150,14 @@ fn the_memo_makes_an_unchanged_context_cost_a_metadata_scan() {
     let second = hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
     assert_eq!(first, second);
     assert_eq!(memo.stats(), (2, 0), "nothing hashed again");
+    // Nothing was hashed: saving writes nothing (the file keeps its inode and time).
+    let before = fs::metadata(&memo_path).unwrap();
+    memo.save(&memo_path).unwrap();
+    let after = fs::metadata(&memo_path).unwrap();
+    assert_eq!(
+        (before.ino(), before.modified().unwrap()),
+        (after.ino(), after.modified().unwrap())
+    );
 
     // Same size, same mtime, new contents: the ctime gives it away.
     let meta = fs::metadata(dir.path().join("src/main.rs")).unwrap();
