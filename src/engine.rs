@@ -604,7 +604,7 @@ impl Engine {
                     StageImage {
                         config,
                         layers: Vec::new(),
-                        key: KeyBuilder::base_image("scratch", &platform.to_string()),
+                        key: self.base_key("scratch", &platform),
                         clock: self.opts.reproducible.map_or_else(|| rfc3339(0), rfc3339),
                         base_reference: None,
                         env_index: Default::default(),
@@ -790,7 +790,7 @@ impl Engine {
         Ok(StageImage {
             config,
             layers,
-            key: KeyBuilder::base_image(&digest, &platform.to_string()),
+            key: self.base_key(&digest, platform),
             clock,
             base_reference: None,
             env_index: Default::default(),
@@ -806,7 +806,23 @@ impl Engine {
         rootfs: &mut Option<Rootfs>,
         layers: &[LayerRef],
     ) -> Result<PathBuf> {
-        if self.use_store() {
+        if self.use_store() && !matches!(rootfs, Some(Rootfs::Private { .. })) {
+            match self.store_view(rootfs, layers) {
+                Ok(merged) => return Ok(merged),
+                // A stack this kernel cannot mount: one private directory instead.
+                Err(Error::Snapshot(strata_snapshot::Error::OverlayUnavailable { reason })) => {
+                    tracing::info!(%reason, layers = layers.len(), "layer stack not mountable; extracting into one directory");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.private_rootfs(rootfs, layers)
+    }
+
+    /// A read-only overlay of the layer store's directories of `layers` in `rootfs` (kept
+    /// while the layers are the same).
+    fn store_view(&self, rootfs: &mut Option<Rootfs>, layers: &[LayerRef]) -> Result<PathBuf> {
+        {
             let wanted: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
             if let Some(Rootfs::View { merged, layers, .. }) = rootfs.as_ref()
                 && *layers == wanted
@@ -833,8 +849,17 @@ impl Engine {
                 layers: wanted,
                 _mount: mount,
             });
-            return Ok(merged);
+            Ok(merged)
         }
+    }
+
+    /// `rootfs` as a private directory holding `layers` (extracted into it, the ones not yet
+    /// applied), made when it is not one yet.
+    pub(crate) fn private_rootfs(
+        &self,
+        rootfs: &mut Option<Rootfs>,
+        layers: &[LayerRef],
+    ) -> Result<PathBuf> {
         if !matches!(rootfs, Some(Rootfs::Private { .. })) {
             let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
             let dir = self.work.join(format!("rootfs-{n}"));
@@ -874,8 +899,38 @@ impl Engine {
             self.in_container.is_none()
                 && self.opts.snapshot_mode != SnapshotMode::Walk
                 && rustix::process::geteuid().is_root()
+                && self.trusted_xattrs()
                 && strata_snapshot::overlay::probe().usable
         })
+    }
+
+    /// The key a stage's chain starts from: the base and the platform, and the epoch of a
+    /// reproducible build (its layers' times are clamped to it, so they are other layers
+    /// than those of a build without one, and must never answer for them).
+    fn base_key(&self, base: &str, platform: &Platform) -> String {
+        match self.opts.reproducible {
+            None => KeyBuilder::base_image(base, &platform.to_string()),
+            Some(epoch) => KeyBuilder::base_image(base, &format!("{platform} epoch={epoch}")),
+        }
+    }
+
+    /// Whether this process can mark directories opaque the way the store keeps them
+    /// (`trusted.overlay.opaque`): root in the first user namespace can, root of a nested
+    /// one (a rootless container) cannot.
+    fn trusted_xattrs(&self) -> bool {
+        let Ok(dir) = tempfile::Builder::new()
+            .prefix("xattr-probe-")
+            .tempdir_in(&self.work)
+        else {
+            return false;
+        };
+        rustix::fs::lsetxattr(
+            dir.path(),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok()
     }
 
     /// The layer store's directory of each of `layers`, the top-most first; the layers the

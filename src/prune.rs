@@ -264,6 +264,9 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
                 }
             }
             Unit::Layer(path) => {
+                // The marker first: an entry half removed (a prune killed on the way) is
+                // then never taken for a complete one.
+                let _ = fs::remove_file(path.join("diff_id"));
                 if fs::remove_dir_all(&path).is_ok() {
                     report.layers += 1;
                 }

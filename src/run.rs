@@ -298,7 +298,8 @@ impl Engine {
         // The overlay's lower directories, the top-most first: the layer store's directories
         // of the stage's layers; else one private directory the layers are extracted into,
         // which a RUN without overlay runs in.
-        let lowers = if overlay && self.use_store() {
+        let mut store = overlay && self.use_store();
+        let mut lowers = if store {
             let mut lowers = self.layer_dirs(&image.layers)?;
             if lowers.is_empty() {
                 lowers.push(self.empty_dir()?);
@@ -351,8 +352,20 @@ impl Engine {
             for dir in [&upper, &work, &merged] {
                 fs::create_dir(dir).map_err(Error::io(dir))?;
             }
-            let mount =
-                strata_snapshot::overlay::OverlayMount::mount(&lowers, &upper, &work, &merged)?;
+            let mount = match strata_snapshot::overlay::OverlayMount::mount(
+                &lowers, &upper, &work, &merged,
+            ) {
+                Ok(mount) => mount,
+                // A stack this kernel cannot mount (too deep for one page of options
+                // before Linux 6.8's `lowerdir+`): the layers in one private directory.
+                Err(strata_snapshot::Error::OverlayUnavailable { reason }) if store => {
+                    tracing::info!(%reason, layers = lowers.len(), "layer stack not mountable; extracting into one directory");
+                    store = false;
+                    lowers = vec![self.private_rootfs(rootfs, &image.layers)?];
+                    strata_snapshot::overlay::OverlayMount::mount(&lowers, &upper, &work, &merged)?
+                }
+                Err(e) => return Err(e.into()),
+            };
             let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
             mount.unmount()?;
             check_outcome(outcome?, &argv, &tail)?;
@@ -369,15 +382,22 @@ impl Engine {
                 });
             entries = crate::changes::entries(&changes)?;
             let layer = self.write_layer(entries)?;
+            // With clamped times (`--reproducible`, SOURCE_DATE_EPOCH) the upper directory's
+            // times are not the layer's: a later step reading them would make the build
+            // depend on the clock, so the layer is extracted from its blob when needed.
             if let Some(layer) = &layer
                 && exact
-                && self.use_store()
+                && self.opts.reproducible.is_none()
+                && store
             {
                 // No second extraction for the next step or the next build.
                 let mut ids: Vec<&str> = image.layers.iter().map(|l| l.diff_id.as_str()).collect();
                 ids.push(&layer.diff_id);
-                if let Some(chain) = crate::layers::chain_ids(ids).pop() {
-                    self.layers.adopt(&chain, &upper, &self.work)?;
+                if let Some(chain) = crate::layers::chain_ids(ids).pop()
+                    && let Err(error) = self.layers.adopt(&chain, &upper, &self.work)
+                {
+                    // Only a saving lost: the store extracts the layer when it is needed.
+                    tracing::debug!(%error, "upper directory not moved into the layer store");
                 }
             }
             // Other root filesystems get the layer when a later step needs it.

@@ -53,6 +53,13 @@ pub(crate) fn remove_build_dir(path: &Path) -> std::io::Result<()> {
     fs::remove_dir_all(path)
 }
 
+/// The hex of a well-formed `sha256:` digest (it names a file), else `None`.
+fn sha256_hex(digest: &str) -> Option<&str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Where blobs were pushed to, one file per blob (`blob-sources/<hex>`, a repository per line).
 pub(crate) const BLOB_SOURCES: &str = "blob-sources";
 
@@ -249,7 +256,7 @@ impl State {
     /// The repositories (`registry/name`) a blob was pushed to, as remembered by
     /// [`State::remember_sources`]: where a later push can mount it from.
     pub(crate) fn blob_sources(&self, digest: &str) -> Vec<String> {
-        let Some(hex) = digest.strip_prefix("sha256:") else {
+        let Some(hex) = sha256_hex(digest) else {
             return Vec::new();
         };
         fs::read_to_string(self.root.join(BLOB_SOURCES).join(hex))
@@ -264,7 +271,7 @@ impl State {
         let dir = self.root.join(BLOB_SOURCES);
         fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         for digest in digests {
-            let Some(hex) = digest.strip_prefix("sha256:") else {
+            let Some(hex) = sha256_hex(digest) else {
                 continue;
             };
             let mut known = self.blob_sources(digest);
