@@ -106,10 +106,7 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
             continue;
         }
         let text = fs::read_to_string(&path).unwrap_or_default();
-        let valid = text
-            .strip_prefix("sha256:")
-            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
-        if !valid {
+        if crate::state::sha256_hex(&text).is_none() {
             let repaired = repair && fs::remove_file(&path).is_ok();
             check.faults.push(StateFault {
                 path,

@@ -186,6 +186,29 @@ pub struct LayerRef {
     pub media_type: String,
 }
 
+/// The cache's record of a layer, and back: the same four fields.
+impl From<&LayerRef> for strata_cache::CachedLayer {
+    fn from(l: &LayerRef) -> Self {
+        strata_cache::CachedLayer {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        }
+    }
+}
+
+impl From<&strata_cache::CachedLayer> for LayerRef {
+    fn from(l: &strata_cache::CachedLayer) -> Self {
+        LayerRef {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        }
+    }
+}
+
 /// Docker's layer media types and their OCI equivalents (the bytes are the same).
 pub fn oci_layer_media_type(media_type: &str) -> String {
     match media_type {

@@ -200,6 +200,8 @@ pub(crate) struct Engine {
     store_mode: OnceLock<bool>,
     /// Each layer extracted once, shared by every build on the state directory.
     pub layers: crate::layers::LayerStore,
+    /// The store entries this build has found or made: chain id → tree.
+    resolved: Mutex<HashMap<String, PathBuf>>,
     /// Layers this build knows but has not downloaded (a base's layers, cache hits from the
     /// cache repository): blob digest → the repositories that hold it. The bytes come only
     /// when something needs them ([`Engine::ensure_blob`]).
@@ -263,6 +265,7 @@ impl Engine {
             overlay: OnceLock::new(),
             store_mode: OnceLock::new(),
             layers,
+            resolved: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             cache_from: OnceLock::new(),
             images: Mutex::new(HashMap::new()),
@@ -822,35 +825,42 @@ impl Engine {
     /// A read-only overlay of the layer store's directories of `layers` in `rootfs` (kept
     /// while the layers are the same).
     fn store_view(&self, rootfs: &mut Option<Rootfs>, layers: &[LayerRef]) -> Result<PathBuf> {
+        let wanted: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        if let Some(Rootfs::View { merged, layers, .. }) = rootfs.as_ref()
+            && *layers == wanted
         {
-            let wanted: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
-            if let Some(Rootfs::View { merged, layers, .. }) = rootfs.as_ref()
-                && *layers == wanted
-            {
-                return Ok(merged.clone());
-            }
-            // The old view (fewer layers) goes before the new one is made.
-            *rootfs = None;
-            let mut lowers = self.layer_dirs(layers)?;
-            let (merged, mount) = if lowers.is_empty() {
-                (self.empty_dir()?, None)
-            } else {
-                // An empty directory at the bottom: a read-only overlay needs two lowers.
-                lowers.push(self.empty_dir()?);
-                let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
-                let merged = self.work.join(format!("view-{n}")).join("merged");
-                fs::create_dir_all(&merged).map_err(Error::io(&merged))?;
-                let mount =
-                    strata_snapshot::overlay::OverlayMount::mount_readonly(&lowers, &merged)?;
-                (merged, Some(mount))
-            };
-            *rootfs = Some(Rootfs::View {
-                merged: merged.clone(),
-                layers: wanted,
-                _mount: mount,
-            });
-            Ok(merged)
+            return Ok(merged.clone());
         }
+        // The old view (fewer layers) goes before the new one is made.
+        *rootfs = None;
+        let mut lowers = self.layer_dirs(layers)?;
+        let (merged, mount) = if lowers.is_empty() {
+            (self.empty_dir()?, None)
+        } else {
+            // An empty directory at the bottom: a read-only overlay needs two lowers.
+            lowers.push(self.empty_dir()?);
+            let (merged, mount) = self.mount_view(&lowers)?;
+            (merged, Some(mount))
+        };
+        *rootfs = Some(Rootfs::View {
+            merged: merged.clone(),
+            layers: wanted,
+            _mount: mount,
+        });
+        Ok(merged)
+    }
+
+    /// A read-only overlay of `lowers` (the top-most first, at least two) at a fresh
+    /// `view-N/merged` of this build (where a killed build's sweep detaches it).
+    fn mount_view(
+        &self,
+        lowers: &[PathBuf],
+    ) -> Result<(PathBuf, strata_snapshot::overlay::OverlayMount)> {
+        let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
+        let merged = self.work.join(format!("view-{n}")).join("merged");
+        fs::create_dir_all(&merged).map_err(Error::io(&merged))?;
+        let mount = strata_snapshot::overlay::OverlayMount::mount_readonly(lowers, &merged)?;
+        Ok((merged, mount))
     }
 
     /// `rootfs` as a private directory holding `layers` (extracted into it, the ones not yet
@@ -942,14 +952,31 @@ impl Engine {
         let chains = crate::layers::chain_ids(layers.iter().map(|l| l.diff_id.as_str()));
         let mut dirs: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for (layer, chain) in layers.iter().zip(&chains) {
-            let dir = match self.layers.get(chain)? {
+            // Each entry is looked up (and its use recorded) once per build: every RUN and
+            // view of a stage asks again for the same layers, and an entry this build has
+            // seen stays (pruning waits for builds).
+            let seen = self.resolved()?.get(chain).cloned();
+            let dir = match seen {
                 Some(dir) => dir,
-                None => self.store_layer(layer, chain, &dirs)?,
+                None => {
+                    let dir = match self.layers.get(chain)? {
+                        Some(dir) => dir,
+                        None => self.store_layer(layer, chain, &dirs)?,
+                    };
+                    self.resolved()?.insert(chain.clone(), dir.clone());
+                    dir
+                }
             };
             dirs.push(dir);
         }
         dirs.reverse();
         Ok(dirs)
+    }
+
+    fn resolved(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, PathBuf>>> {
+        self.resolved
+            .lock()
+            .map_err(|_| Error::Task("layer store lookups poisoned".to_owned()))
     }
 
     /// Extracts `layer` into the store as `chain` over `below` (its lower layers' directories,
@@ -963,13 +990,9 @@ impl Engine {
                 [] => None,
                 [one] => Some(one.clone()),
                 many => {
-                    let n = self.rootfs_count.fetch_add(1, Ordering::Relaxed);
-                    let merged = self.work.join(format!("view-{n}")).join("merged");
-                    fs::create_dir_all(&merged).map_err(Error::io(&merged))?;
                     let lowers: Vec<PathBuf> = many.iter().rev().cloned().collect();
-                    view = Some(strata_snapshot::overlay::OverlayMount::mount_readonly(
-                        &lowers, &merged,
-                    )?);
+                    let (merged, mount) = self.mount_view(&lowers)?;
+                    view = Some(mount);
                     Some(merged)
                 }
             };
@@ -1089,33 +1112,22 @@ impl Engine {
         if self.state.layout.has_blob(&layer.digest) {
             return Ok(());
         }
-        let sources = self
+        let sources: Vec<Reference> = self
             .sources
             .lock()
             .map_err(|_| Error::Task("blob sources poisoned".to_owned()))?
             .get(&layer.digest)
-            .cloned()
-            .unwrap_or_default();
-        let mut last = None;
-        for source in &sources {
-            let reference = Reference::parse(source)?;
-            match self.runtime.block_on(self.registry.fetch_blob(
-                &reference,
-                &layer.digest,
-                layer.size,
-                &self.state.layout,
-            )) {
-                Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(match last {
-            Some(e) => e.into(),
-            None => Error::Invalid(format!(
-                "layer {} is not in the state directory, and no repository is known to hold it",
-                layer.digest
-            )),
-        })
+            .into_iter()
+            .flatten()
+            .map(|r| Reference::parse(r))
+            .collect::<std::result::Result<_, _>>()?;
+        let sources: Vec<&Reference> = sources.iter().collect();
+        self.runtime.block_on(crate::image::fetch_layer(
+            &self.registry,
+            &self.state.layout,
+            &sources,
+            layer,
+        ))
     }
 
     pub(crate) fn apply_layer(&self, layer: &LayerRef, dir: &Path) -> Result<()> {
@@ -1239,24 +1251,14 @@ impl Engine {
             }
             found = Some(CacheEntry {
                 key: key.clone(),
-                layer: Some(CachedLayer {
-                    digest: layer.digest.clone(),
-                    diff_id: layer.diff_id.clone(),
-                    size: layer.size,
-                    media_type: layer.media_type.clone(),
-                }),
+                layer: Some(CachedLayer::from(layer)),
                 config: json!({ "created": created }),
                 created_unix: 0,
             });
         }
         if let Some(entry) = found {
             if let Some(layer) = &entry.layer {
-                image.layers.push(LayerRef {
-                    digest: layer.digest.clone(),
-                    diff_id: layer.diff_id.clone(),
-                    size: layer.size,
-                    media_type: layer.media_type.clone(),
-                });
+                image.layers.push(LayerRef::from(layer));
             }
             if let Some(created) = entry.config["created"].as_str() {
                 image.clock = created.to_owned();
@@ -1327,12 +1329,7 @@ impl Engine {
             };
             let entry = CacheEntry {
                 key: key.clone(),
-                layer: layer.as_ref().map(|l| CachedLayer {
-                    digest: l.digest.clone(),
-                    diff_id: l.diff_id.clone(),
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                }),
+                layer: layer.as_ref().map(CachedLayer::from),
                 config: json!({ "created": image.clock }),
                 created_unix: 0,
             };

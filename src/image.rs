@@ -60,9 +60,6 @@ impl Image {
     async fn fetch_missing(&self) -> Result<()> {
         let everywhere = self.sources();
         for layer in &self.layers {
-            if self.state.layout.has_blob(&layer.digest) {
-                continue;
-            }
             // Where the build saw the layer first, then every repository it came from.
             let known: Vec<Reference> = self
                 .blob_sources
@@ -71,35 +68,12 @@ impl Image {
                 .flatten()
                 .filter_map(|r| Reference::parse(r).ok())
                 .collect();
-            let sources = if known.is_empty() {
-                &everywhere
+            let sources: Vec<&Reference> = if known.is_empty() {
+                everywhere.iter().collect()
             } else {
-                &known
+                known.iter().collect()
             };
-            let mut last = None;
-            for source in sources {
-                match self
-                    .registry
-                    .fetch_blob(source, &layer.digest, layer.size, &self.state.layout)
-                    .await
-                {
-                    Ok(()) => {
-                        last = None;
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            if let Some(e) = last {
-                return Err(e.into());
-            }
-            if !self.state.layout.has_blob(&layer.digest) {
-                return Err(Error::Invalid(format!(
-                    "layer {} is not in the state directory, and no repository is known to \
-                     hold it",
-                    layer.digest
-                )));
-            }
+            fetch_layer(&self.registry, &self.state.layout, &sources, layer).await?;
         }
         Ok(())
     }
@@ -287,4 +261,26 @@ impl Image {
         )
         .map_err(Error::from)
     }
+}
+
+/// Downloads `layer` into `layout` from the first of `sources` that has it (nothing when
+/// the layout has it): a layer the build left in a registry, needed after all.
+pub(crate) async fn fetch_layer(
+    registry: &RegistryClient,
+    layout: &Layout,
+    sources: &[&Reference],
+    layer: &LayerRef,
+) -> Result<()> {
+    if layout.has_blob(&layer.digest) {
+        return Ok(());
+    }
+    if sources.is_empty() {
+        return Err(Error::Invalid(format!(
+            "layer {} is not in the state directory, and no repository is known to hold it",
+            layer.digest
+        )));
+    }
+    Ok(registry
+        .fetch_blob_from(sources, &layer.digest, layer.size, layout)
+        .await?)
 }

@@ -56,9 +56,7 @@ pub(crate) fn chain_ids<'a>(diff_ids: impl IntoIterator<Item = &'a str>) -> Vec<
 
 /// The hex part of a `sha256:` diff_id (anything else is refused: it names a directory).
 fn hex_of(diff_id: &str) -> Result<&str> {
-    diff_id
-        .strip_prefix("sha256:")
-        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    crate::state::sha256_hex(diff_id)
         .ok_or_else(|| Error::Invalid(format!("{diff_id:?} is not a sha256 diff_id")))
 }
 

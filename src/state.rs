@@ -54,7 +54,7 @@ pub(crate) fn remove_build_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// The hex of a well-formed `sha256:` digest (it names a file), else `None`.
-fn sha256_hex(digest: &str) -> Option<&str> {
+pub(crate) fn sha256_hex(digest: &str) -> Option<&str> {
     digest
         .strip_prefix("sha256:")
         .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))

@@ -821,7 +821,7 @@ impl RegistryClient {
                         }
                     }
                     if !layout.has_blob(&digest) {
-                        self.fetch_from_any(fetch_from, &digest, size, layout, to)
+                        self.fetch_blob_from(fetch_from, &digest, size, layout)
                             .await?;
                     }
                     self.upload(layout, to, &digest, size).await?;
@@ -841,15 +841,15 @@ impl RegistryClient {
         })
     }
 
-    /// Downloads a blob the layout lacks from the first of `sources` that has it (a push of
-    /// an image pulled lazily, to a registry that could not mount it).
-    async fn fetch_from_any(
+    /// Downloads the blob `digest` into `layout` from the first of `sources` (repositories,
+    /// on any registry) that has it: a layer pulled lazily, needed after all. Nothing when
+    /// the layout has it; the last source's error when none has it.
+    pub async fn fetch_blob_from(
         &self,
         sources: &[&Reference],
         digest: &str,
         size: u64,
         layout: &Layout,
-        to: &Reference,
     ) -> Result<()> {
         let mut last = None;
         for source in sources {
@@ -858,12 +858,14 @@ impl RegistryClient {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            Error::registry(
-                to.to_string(),
-                format!("blob {digest} is neither here nor in a repository it came from"),
-            )
-        }))
+        match last {
+            Some(e) => Err(e),
+            None if layout.has_blob(digest) => Ok(()),
+            None => Err(Error::registry(
+                digest.to_owned(),
+                "the blob is not here, and no repository is known to hold it",
+            )),
+        }
     }
 
     /// Whether `to`'s repository has the blob (HEAD).
