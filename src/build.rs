@@ -367,6 +367,31 @@ impl Build {
             Err(e) => return Err(e),
         };
         let work = state.work_dir()?;
+        let named_contexts = named_contexts(&self.named_contexts)?;
+        let mut registry = self
+            .registry
+            .unwrap_or_else(|| RegistryClient::builder().build());
+        if self.events.is_some() || crate::failpoint::any() {
+            let sink = self.events.clone();
+            registry = registry.with_progress(Arc::new(move |t: &strata_registry::Transfer| {
+                let push = t.direction == strata_registry::Direction::Push;
+                if !push && t.done == t.total {
+                    crate::failpoint::hit("blob-staged");
+                }
+                if push && t.done > 0 && t.done < t.total {
+                    crate::failpoint::hit("mid-push");
+                }
+                if let Some(sink) = &sink {
+                    sink(&Event::Transfer {
+                        reference: t.reference.clone(),
+                        digest: t.digest.clone(),
+                        push,
+                        done: t.done,
+                        total: t.total,
+                    })
+                }
+            }));
+        }
         // .dockerignore: `<Dockerfile>.dockerignore` beside the Dockerfile first.
         let ignore = match &self.context {
             ContextSource::Dir(dir) => {
@@ -384,7 +409,55 @@ impl Build {
             ContextSource::Dir(dir) => Some(dir.join("Dockerfile")),
             _ => None,
         };
-        let context = Context::open(self.context, work.path(), ignore.as_deref())?;
+        let mut default_labels = BTreeMap::new();
+        let context = match self.context {
+            ContextSource::Git(git) => {
+                let started = std::time::Instant::now();
+                let dir = Context::scratch_dir(work.path())?;
+                let checkout =
+                    crate::git::checkout(&git, work.path(), dir.path(), self.max_download)?;
+                if let Some(sink) = &self.events {
+                    sink(&Event::ContextFetched {
+                        source: checkout.url.clone(),
+                        revision: Some(checkout.commit.clone()),
+                        bytes: checkout.bytes,
+                        duration: started.elapsed(),
+                    });
+                }
+                default_labels.insert(
+                    "org.opencontainers.image.revision".to_owned(),
+                    checkout.commit.clone(),
+                );
+                default_labels.insert(
+                    "org.opencontainers.image.source".to_owned(),
+                    checkout.url.clone(),
+                );
+                Context::open_unpacked(dir, None)?
+            }
+            ContextSource::Url(url) => {
+                let started = std::time::Instant::now();
+                let fetched =
+                    runtime.block_on(registry.fetch_url(&url, work.path(), self.max_download))?;
+                let shown = crate::git::redact(&url);
+                let file = std::fs::File::open(fetched.file.path())
+                    .map_err(Error::io(fetched.file.path()))?;
+                let context = Context::open_stream(
+                    Box::new(std::io::BufReader::new(file)),
+                    work.path(),
+                    &shown,
+                )?;
+                if let Some(sink) = &self.events {
+                    sink(&Event::ContextFetched {
+                        source: shown,
+                        revision: None,
+                        bytes: fetched.size,
+                        duration: started.elapsed(),
+                    });
+                }
+                context
+            }
+            local => Context::open(local, work.path(), ignore.as_deref())?,
+        };
         // The Dockerfile: a tar context's is inside the archive (`Dockerfile`, or a relative
         // --dockerfile found there), as Kaniko reads it.
         let (file_name, text) = match &self.dockerfile {
@@ -439,31 +512,6 @@ impl Build {
         } else {
             None
         };
-        let named_contexts = named_contexts(&self.named_contexts)?;
-        let mut registry = self
-            .registry
-            .unwrap_or_else(|| RegistryClient::builder().build());
-        if self.events.is_some() || crate::failpoint::any() {
-            let sink = self.events.clone();
-            registry = registry.with_progress(Arc::new(move |t: &strata_registry::Transfer| {
-                let push = t.direction == strata_registry::Direction::Push;
-                if !push && t.done == t.total {
-                    crate::failpoint::hit("blob-staged");
-                }
-                if push && t.done > 0 && t.done < t.total {
-                    crate::failpoint::hit("mid-push");
-                }
-                if let Some(sink) = &sink {
-                    sink(&Event::Transfer {
-                        reference: t.reference.clone(),
-                        digest: t.digest.clone(),
-                        push,
-                        done: t.done,
-                        total: t.total,
-                    })
-                }
-            }));
-        }
         let remote = match (&self.cache_repo, &cache) {
             (Some(repository), Some(_)) => Some(
                 strata_cache::RegistryStore::new(
@@ -502,6 +550,7 @@ impl Build {
                 reproducible,
                 compression: self.compression,
                 labels: self.labels,
+                default_labels,
                 secrets: self.secrets,
                 snapshot_mode: self.snapshot_mode,
                 single_snapshot: self.single_snapshot,
@@ -693,10 +742,13 @@ fn choose_isolation(
 /// Writes the final config and manifest into the state's blobs.
 fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> {
     let mut config = stage.config;
-    if !engine.opts.labels.is_empty() {
+    if !engine.opts.labels.is_empty() || !engine.opts.default_labels.is_empty() {
         let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
         for (k, v) in &engine.opts.labels {
             labels.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &engine.opts.default_labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
     config.created = Some(stage.clock.clone());

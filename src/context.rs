@@ -18,6 +18,11 @@ pub enum ContextSource {
     Tar(PathBuf),
     /// A tar stream, plain or compressed, such as standard input.
     TarStream(Box<dyn Read + Send>),
+    /// A git repository: fetched shallowly and checked out without its `.git` directory.
+    Git(crate::GitSource),
+    /// A tar archive (plain, gzip or zstd) at an `http://` or `https://` URL, downloaded with
+    /// the registry client's TLS settings and the build's download limit.
+    Url(String),
 }
 
 impl std::fmt::Debug for ContextSource {
@@ -26,6 +31,8 @@ impl std::fmt::Debug for ContextSource {
             ContextSource::Dir(p) => f.debug_tuple("Dir").field(p).finish(),
             ContextSource::Tar(p) => f.debug_tuple("Tar").field(p).finish(),
             ContextSource::TarStream(_) => f.write_str("TarStream(..)"),
+            ContextSource::Git(g) => f.debug_tuple("Git").field(g).finish(),
+            ContextSource::Url(u) => f.debug_tuple("Url").field(&crate::git::redact(u)).finish(),
         }
     }
 }
@@ -103,7 +110,43 @@ impl Context {
                 let dir = unpack(reader, scratch, "the context stream")?;
                 (dir.path().to_owned(), Some(dir))
             }
+            ContextSource::Git(_) | ContextSource::Url(_) => {
+                return Err(Error::Invalid(
+                    "a remote context must be fetched before it is opened".to_owned(),
+                ));
+            }
         };
+        Context::finish(root, unpacked, ignore)
+    }
+
+    /// A fresh directory under `scratch` to fetch a remote context into.
+    pub(crate) fn scratch_dir(scratch: &Path) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix("context-")
+            .tempdir_in(scratch)
+            .map_err(Error::io(scratch))
+    }
+
+    /// A context fetched into `dir` (a git checkout), read as an unpacked archive.
+    pub(crate) fn open_unpacked(dir: tempfile::TempDir, ignore: Option<&str>) -> Result<Context> {
+        Context::finish(dir.path().to_owned(), Some(dir), ignore)
+    }
+
+    /// A context from a tar stream, `name` naming it in errors.
+    pub(crate) fn open_stream(
+        reader: Box<dyn Read + Send>,
+        scratch: &Path,
+        name: &str,
+    ) -> Result<Context> {
+        let dir = unpack(reader, scratch, name)?;
+        Context::finish(dir.path().to_owned(), Some(dir), None)
+    }
+
+    fn finish(
+        root: PathBuf,
+        unpacked: Option<tempfile::TempDir>,
+        ignore: Option<&str>,
+    ) -> Result<Context> {
         // The context's own `.dockerignore`: absent is fine, unreadable (not UTF-8, a
         // directory, no permission) is an error, never "no exclusions".
         let own = match ignore {

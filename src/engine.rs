@@ -67,6 +67,9 @@ pub(crate) struct Options {
     pub reproducible: Option<i64>,
     pub compression: Compression,
     pub labels: BTreeMap<String, String>,
+    /// Labels the image gets unless the Dockerfile or the caller set them (the revision and
+    /// source of a git context).
+    pub default_labels: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, Secret>,
     pub snapshot_mode: SnapshotMode,
     /// One layer for everything the target stage added (Kaniko's `--single-snapshot`).

@@ -67,6 +67,17 @@ pub enum Error {
     /// An instruction is valid but asks for something this build cannot do.
     #[error("{0}")]
     Invalid(String),
+    /// Fetching a remote source (a git repository, an archive URL, an object-store object)
+    /// failed; `kind` says how ([`ErrorKind::Auth`], [`ErrorKind::NotFound`], …).
+    #[error("{location}: {message}")]
+    Fetch {
+        /// The source, without credentials.
+        location: String,
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// What went wrong.
+        message: String,
+    },
     /// A feature strata does not implement yet: named, never silently ignored.
     #[error("not supported yet: {0}")]
     Unsupported(String),
@@ -167,6 +178,7 @@ impl Error {
             Error::RunFailed { .. } => ErrorKind::StepFailed,
             Error::Io { .. } => ErrorKind::Io,
             Error::Context(_) => ErrorKind::Context,
+            Error::Fetch { kind, .. } => *kind,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Task(_) => ErrorKind::Internal,

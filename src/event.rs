@@ -7,7 +7,7 @@ use std::time::Duration;
 /// run in parallel interleave.
 ///
 /// Events serialise (serde) as flat objects tagged by `event` (`stage`, `pulling`, `pulled`,
-/// `step`, `cache-hit`, `cache-miss`, `output`, `step-done`, `transfer`, `pushed`,
+/// `context`, `step`, `cache-hit`, `cache-miss`, `output`, `step-done`, `transfer`, `pushed`,
 /// `isolation`, `stage-finished`, `build-failed`, `warning`, `built`), with durations in
 /// seconds: the form `strata build --log-format json` writes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -123,6 +123,20 @@ pub enum Event {
         /// The layer's diff_id.
         diff_id: String,
         /// How long the extraction took.
+        #[serde(rename = "seconds", serialize_with = "seconds")]
+        duration: Duration,
+    },
+    /// A remote build context (a git repository, an archive URL) is on disk.
+    #[serde(rename = "context")]
+    ContextFetched {
+        /// Where it came from, without credentials.
+        source: String,
+        /// The commit that was checked out, for a git context.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        revision: Option<String>,
+        /// Bytes of files (git) or of the archive (URL) fetched.
+        bytes: u64,
+        /// How long fetching and unpacking took.
         #[serde(rename = "seconds", serialize_with = "seconds")]
         duration: Duration,
     },

@@ -1,6 +1,6 @@
 //! strata builds OCI container images from Dockerfiles without a daemon.
 //!
-//! [`Build`] takes a context (a directory or a tar archive) and a Dockerfile, builds the
+//! [`Build`] takes a context (a directory, a tar archive, a git repository or an archive URL) and a Dockerfile, builds the
 //! stages the target needs (independent stages at the same time), looks every layer step up
 //! in the cache first, runs `RUN` steps in Linux namespaces, and returns an [`Image`] that
 //! can be pushed to registries or written as an OCI layout or a docker-archive tarball.
@@ -49,6 +49,7 @@ mod engine;
 mod error;
 mod event;
 pub mod failpoint;
+mod git;
 mod image;
 mod incontainer;
 mod inplace;
@@ -63,6 +64,7 @@ pub use context::ContextSource;
 pub use engine::{CACHE_KEYS_ANNOTATION, Secret, SnapshotMode};
 pub use error::{Error, ErrorKind, Position, Result};
 pub use event::{Event, EventSink};
+pub use git::{GitSource, PullMethod, redact as redact_url};
 pub use image::Image;
 pub use incontainer::{Isolation, container_marker};
 pub use prune::{PruneOptions, PruneReport, prune_state};

@@ -143,7 +143,9 @@ pub enum Compression {
 #[command(next_display_order = None)]
 pub struct BuildArgs {
     /// The build context: a directory, dir://DIR, tar://FILE (plain or compressed),
-    /// tar://stdin or -.
+    /// tar://stdin or -; a git repository (Kaniko's git://HOST/PATH[#REF][#COMMIT], fetched
+    /// over HTTPS or as GIT_PULL_METHOD says; https://HOST/PATH.git[#REF][:SUBDIR];
+    /// git@HOST:PATH[#REF]); or a tar archive at an https:// URL.
     #[arg(short = 'c', long, value_name = "CONTEXT", default_value = ".")]
     pub context: String,
 
@@ -418,8 +420,9 @@ pub struct BuildArgs {
     #[arg(long, hide = true, value_name = "DIR")]
     pub kaniko_dir: Option<String>,
 
-    /// Not supported: see the message.
-    #[arg(long, hide = true, value_name = "OPTIONS")]
+    /// Options of a git context: branch=NAME, single-branch=BOOL, recurse-submodules=BOOL,
+    /// insecure-skip-tls=BOOL (comma-separated, as Kaniko's --git).
+    #[arg(long, value_name = "OPTIONS")]
     pub git: Option<String>,
 
     /// Not supported: see the message.
@@ -457,11 +460,6 @@ pub const REFUSED: &[Refused] = &[
         "strata keeps its state in --state-dir, and the executor's own directory is never \
          touched by a build",
         |a| a.kaniko_dir.is_some(),
-    ),
-    (
-        "--git",
-        "git contexts are not supported yet; clone first and pass the directory",
-        |a| a.git.is_some(),
     ),
     (
         "--bucket",

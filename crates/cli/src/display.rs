@@ -212,6 +212,21 @@ impl Display {
             ),
             Event::Built { digest } => format!("built {digest}"),
             Event::Isolation { mode, reason } => format!("RUN steps: {mode} ({reason})"),
+            Event::ContextFetched {
+                source,
+                revision,
+                bytes,
+                duration,
+            } => match revision {
+                Some(commit) => format!(
+                    "context {source} at {commit}: {bytes} bytes in {:.1}s",
+                    duration.as_secs_f64()
+                ),
+                None => format!(
+                    "context {source}: {bytes} bytes in {:.1}s",
+                    duration.as_secs_f64()
+                ),
+            },
             Event::LayerExtracted { diff_id, duration } => {
                 if self.mode == Mode::Tty {
                     return None;

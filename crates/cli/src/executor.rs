@@ -115,17 +115,7 @@ fn state_dir(args: &BuildArgs) -> Result<Option<PathBuf>, Failure> {
 
 async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
     let started = Instant::now();
-    let mut context_text = args.context.clone();
-    if let Some(sub) = &args.context_sub_path {
-        if context_text.starts_with("tar://") || context_text == "-" {
-            return Err(Failure::Usage(
-                "--context-sub-path needs a directory context".to_owned(),
-            ));
-        }
-        let base = context_text.trim_start_matches("dir://").to_owned();
-        context_text = Path::new(&base).join(sub).display().to_string();
-    }
-    let (context, name) = context_source(&context_text)?;
+    let (context, name) = context_source(&args)?;
     let context_dir = match &context {
         ContextSource::Dir(dir) => Some(dir.clone()),
         _ => None,
@@ -375,8 +365,79 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// The context source and the name an unnamed output gets.
-fn context_source(text: &str) -> Result<(ContextSource, String), Failure> {
+fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> {
+    let text = args.context.as_str();
+    let sub = args.context_sub_path.as_deref();
+    let git_options = args.git.as_deref();
+    if let Some(options) = git_options
+        && !is_git(text)
+    {
+        return Err(Failure::Usage(format!(
+            "--git {options}: the context {} is not a git repository",
+            strata::redact_url(text)
+        )));
+    }
+    if is_git(text) {
+        let mut source = match text.strip_prefix("git://") {
+            // Kaniko's form: the host and path, fetched over HTTPS unless GIT_PULL_METHOD
+            // says otherwise.
+            Some(rest) => strata::GitSource::kaniko(rest, strata::PullMethod::from_env()),
+            None => strata::GitSource::parse(text),
+        }
+        .map_err(|e| Failure::Usage(format!("--context: {e}")))?
+        .credentials_from_env();
+        if let Some(options) = git_options {
+            source = git_flag(source, options)?;
+        }
+        if let Some(sub) = sub {
+            let joined = match source.subdir_path() {
+                Some(first) => format!("{}/{sub}", first.trim_end_matches('/')),
+                None => sub.to_owned(),
+            };
+            source = source.subdir(joined);
+        }
+        for text in &args.registry_certificates {
+            if let Some((_, path)) = text.split_once('=') {
+                source = source.ca_file(path);
+            }
+        }
+        let name = source
+            .url()
+            .trim_end_matches('/')
+            .rsplit(['/', ':'])
+            .next()
+            .map(|n| n.trim_end_matches(".git").to_lowercase())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "image".to_owned());
+        return Ok((ContextSource::Git(source), name));
+    }
+    if text.starts_with("https://") || text.starts_with("http://") {
+        if sub.is_some() {
+            return Err(Failure::Usage(
+                "--context-sub-path needs a directory or git context".to_owned(),
+            ));
+        }
+        let name = text
+            .split(['?', '#'])
+            .next()
+            .and_then(|u| u.rsplit('/').next())
+            .map(|n| {
+                n.trim_end_matches(".gz")
+                    .trim_end_matches(".zst")
+                    .trim_end_matches(".tgz")
+                    .trim_end_matches(".tar")
+                    .to_lowercase()
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "image".to_owned());
+        return Ok((ContextSource::Url(text.to_owned()), name));
+    }
     if text == "-" || text == "tar://stdin" {
+        if sub.is_some() {
+            return Err(Failure::Usage(
+                "--context-sub-path needs a directory or git context".to_owned(),
+            ));
+        }
         return Ok((
             ContextSource::TarStream(Box::new(std::io::stdin())),
             "image".to_owned(),
@@ -386,25 +447,87 @@ fn context_source(text: &str) -> Result<(ContextSource, String), Failure> {
         && !matches!(scheme, "dir" | "tar")
     {
         return Err(Failure::Usage(format!(
-            "--context {text}: {scheme}:// contexts are not supported by strata yet; \
-             fetch the context first and pass a directory or a tar file"
+            "--context {}: {scheme}:// contexts are not supported by strata yet; \
+             fetch the context first and pass a directory or a tar file",
+            strata::redact_url(text)
         )));
     }
     if let Some(path) = text.strip_prefix("tar://") {
+        if sub.is_some() {
+            return Err(Failure::Usage(
+                "--context-sub-path needs a directory or git context".to_owned(),
+            ));
+        }
         let name = Path::new(path).file_stem().map_or("image".to_owned(), |s| {
             s.to_string_lossy().trim_end_matches(".tar").to_owned()
         });
         return Ok((ContextSource::Tar(path.into()), name));
     }
-    let dir = PathBuf::from(text.strip_prefix("dir://").unwrap_or(text));
+    let mut dir = PathBuf::from(text.strip_prefix("dir://").unwrap_or(text));
+    if let Some(sub) = sub {
+        dir = dir.join(sub);
+    }
     if !dir.is_dir() {
-        return Err(Failure::Usage(format!("--context {text}: not a directory")));
+        return Err(Failure::Usage(format!(
+            "--context {}: not a directory",
+            dir.display()
+        )));
     }
     let name = std::fs::canonicalize(&dir)
         .ok()
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()))
         .unwrap_or_else(|| "image".to_owned());
     Ok((ContextSource::Dir(dir), name))
+}
+
+/// Whether a context names a git repository: Kaniko's `git://`, `ssh://`, `git@HOST:PATH`,
+/// or an http(s) URL whose path ends in `.git` or that has a `#` fragment (BuildKit's rule).
+fn is_git(text: &str) -> bool {
+    if text.starts_with("git://") || text.starts_with("ssh://") || text.starts_with("git@") {
+        return true;
+    }
+    if text.starts_with("https://") || text.starts_with("http://") {
+        let (url, fragment) = text.split_once('#').unwrap_or((text, ""));
+        let path = url.split('?').next().unwrap_or(url).trim_end_matches('/');
+        return path.ends_with(".git") || !fragment.is_empty();
+    }
+    false
+}
+
+/// Kaniko's `--git` options: `branch=NAME,single-branch=BOOL,recurse-submodules=BOOL,
+/// insecure-skip-tls=BOOL`.
+fn git_flag(mut source: strata::GitSource, text: &str) -> Result<strata::GitSource, Failure> {
+    let boolean = |key: &str, value: &str| match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Failure::Usage(format!(
+            "--git {key}={value}: expected true or false"
+        ))),
+    };
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            Failure::Usage(format!(
+                "--git {part}: expected KEY=VALUE (branch, single-branch, recurse-submodules, \
+                 insecure-skip-tls)"
+            ))
+        })?;
+        match key {
+            "branch" => source = source.reference(value),
+            // strata always fetches the one ref it builds.
+            "single-branch" => {
+                boolean(key, value)?;
+            }
+            "recurse-submodules" => source = source.submodules(boolean(key, value)?),
+            "insecure-skip-tls" => source = source.insecure_skip_tls(boolean(key, value)?),
+            _ => {
+                return Err(Failure::Usage(format!(
+                    "--git {key}: unknown option (branch, single-branch, recurse-submodules, \
+                     insecure-skip-tls)"
+                )));
+            }
+        }
+    }
+    Ok(source)
 }
 
 fn registry_client(args: &BuildArgs) -> Result<RegistryClient, Failure> {

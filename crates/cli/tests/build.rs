@@ -93,10 +93,10 @@ fn unimplemented_and_unknown_flags_are_usage_errors() {
             "--kaniko-dir=/x",
             "--kaniko-dir is not supported by strata: strata keeps its state",
         ),
-        ("--git=branch=main", "--git is not supported by strata"),
+        ("--git=branch=main", "is not a git repository"),
         (
-            "--context=git://example.com/x",
-            "git:// contexts are not supported",
+            "--context=s3://bucket/ctx.tar.gz",
+            "s3:// contexts are not supported",
         ),
         ("--no-such-flag", "--no-such-flag"),
         ("--cache=maybe", "--cache"),
@@ -367,4 +367,133 @@ fn verbosity_error_leaves_only_the_report() {
         stderr.contains("'loud'") && stderr.contains("--verbosity"),
         "{stderr}"
     );
+}
+
+/// Kaniko's git context forms through the command line, against real git servers: `git://`
+/// over plain HTTP (`GIT_PULL_METHOD=http`) with `--git branch=…`, and an HTTPS repository
+/// with `GIT_USERNAME`/`GIT_PASSWORD` and the server's CA given as a registry certificate.
+/// The password appears in no output line and no file the build leaves.
+#[test]
+fn git_contexts_in_kaniko_form() {
+    use strata_testkit::{ContextBuilder, GitServer, git};
+    let cwd = tempfile::tempdir().unwrap();
+    let repos = cwd.path().join("repos");
+    let work = cwd.path().join("work");
+    ContextBuilder::new()
+        .file("Dockerfile", "FROM scratch\nCOPY hello.txt /\n")
+        .file("hello.txt", "main\n")
+        .write_into(&work)
+        .unwrap();
+    git(&work, &["init", "-q"]).unwrap();
+    git(&work, &["add", "."]).unwrap();
+    git(&work, &["commit", "-qm", "one"]).unwrap();
+    git(&work, &["checkout", "-qb", "release"]).unwrap();
+    std::fs::write(work.join("hello.txt"), "release\n").unwrap();
+    git(&work, &["commit", "-qam", "release"]).unwrap();
+    let release = git(&work, &["rev-parse", "HEAD"]).unwrap();
+    std::fs::create_dir(&repos).unwrap();
+    git(
+        cwd.path(),
+        &["clone", "-q", "--bare", "work", "repos/app.git"],
+    )
+    .unwrap();
+    let password = "cli-git-password-778";
+    let server = GitServer::start(&repos, "builder", password).unwrap();
+    let state = cwd.path().join("state");
+
+    let http = server.http_url("app.git");
+    let context = format!("git://{}", http.trim_start_matches("http://"));
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .current_dir(cwd.path())
+        .env("GIT_PULL_METHOD", "http")
+        .args([
+            "--context",
+            &context,
+            "--git",
+            "branch=release,single-branch=true",
+        ])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("at {release}")),
+        "the built commit is reported: {stderr}"
+    );
+    let layout = cwd.path().join("out/app");
+    let rootfs = common::umoci_rootfs_tagged(cwd.path(), &layout, "latest");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
+        "release\n"
+    );
+
+    let https = server.https_url("app.git");
+    let host = https
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let certificate = format!("{host}={}", server.ca_path().display());
+    let run = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .current_dir(cwd.path())
+            .env("GIT_USERNAME", "builder")
+            .env("GIT_PASSWORD", password)
+            .args(["--context", &format!("{https}#main"), "--no-push"])
+            .args(["--registry-certificate", &certificate])
+            .args(["--state-dir", state.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = run(password);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains(password), "{shown}");
+    let wrong = "wrong-password-991";
+    let out = run(wrong);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("refused the credentials"), "{shown}");
+    assert!(!shown.contains(wrong), "{shown}");
+    for path in walk_files(cwd.path()) {
+        if path.starts_with(&repos) || path.starts_with(&work) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(password) || path.ends_with("users"),
+            "{} holds the password",
+            path.display()
+        );
+    }
+}
+
+fn walk_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => out.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    out
 }

@@ -322,7 +322,7 @@ fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     fs::write(path, contents).map_err(Error::io(path))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(Error::io("127.0.0.1:0"))?;
     let port = listener
         .local_addr()
@@ -343,7 +343,7 @@ fn log_tail(path: &Path, start: u64) -> String {
 }
 
 /// A child process owned by a thread that lives exactly as long as the child is wanted.
-struct Supervised {
+pub(crate) struct Supervised {
     pid: u32,
     status: Arc<Mutex<Option<ExitStatus>>>,
     stop: mpsc::Sender<()>,
@@ -351,7 +351,7 @@ struct Supervised {
 }
 
 impl Supervised {
-    fn spawn(mut command: Command) -> std::io::Result<Supervised> {
+    pub(crate) fn spawn(mut command: Command) -> std::io::Result<Supervised> {
         set_parent_death_signal(&mut command);
         let (started_tx, started_rx) = mpsc::channel();
         let (stop, stop_rx) = mpsc::channel::<()>();
@@ -393,11 +393,11 @@ impl Supervised {
         })
     }
 
-    fn exit_status(&self) -> Option<ExitStatus> {
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
         self.status.lock().ok().and_then(|slot| *slot)
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }
