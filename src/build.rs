@@ -415,7 +415,7 @@ impl Build {
                 let started = std::time::Instant::now();
                 let dir = Context::scratch_dir(work.path())?;
                 let checkout =
-                    crate::git::checkout(&git, work.path(), dir.path(), self.max_download)?;
+                    crate::git::checkout(&git, work.path(), dir.path(), self.max_download, false)?;
                 if let Some(sink) = &self.events {
                     sink(&Event::ContextFetched {
                         source: checkout.url.clone(),

@@ -28,11 +28,15 @@ impl Engine {
         at: &StepAt<'_>,
     ) -> Result<bool> {
         let verb = if add.is_some() { "ADD" } else { "COPY" };
-        // ADD's http(s) sources are downloaded (every build: the content decides the key).
-        let (urls, local): (Vec<String>, Vec<String>) = copy
+        // ADD's git sources are fetched and its http(s) sources downloaded (every build: the
+        // commit or the content decides the key).
+        let (repos, others): (Vec<String>, Vec<String>) = copy
             .sources
             .iter()
             .cloned()
+            .partition(|s| add.is_some() && crate::git::is_git_source(s));
+        let (urls, local): (Vec<String>, Vec<String>) = others
+            .into_iter()
             .partition(|s| add.is_some() && crate::download::is_url(s));
         if let Some(source) = local
             .iter()
@@ -42,8 +46,14 @@ impl Engine {
                 "{verb} from a git repository or a non-http URL ({source})"
             )));
         }
+        let keep_git_dir = add.is_some_and(|a| a.keep_git_dir);
+        if keep_git_dir && repos.is_empty() {
+            return Err(Error::Invalid(
+                "ADD --keep-git-dir needs a git repository source".to_owned(),
+            ));
+        }
         let checksum = add.and_then(|a| a.checksum.as_deref());
-        if checksum.is_some() && (urls.is_empty() || !local.is_empty()) {
+        if checksum.is_some() && (urls.is_empty() || !local.is_empty() || !repos.is_empty()) {
             return Err(Error::Invalid(
                 "ADD --checksum needs http(s) sources only".to_owned(),
             ));
@@ -51,6 +61,25 @@ impl Engine {
         let mut downloads = Vec::new();
         for url in &urls {
             downloads.push((url.clone(), crate::download::download(self, url, checksum)?));
+        }
+        // Each repository is checked out into the build's scratch directory; its commit is in
+        // the key (credentials: GIT_TOKEN, or GIT_USERNAME and GIT_PASSWORD, as for a git
+        // context).
+        let mut checkouts = Vec::new();
+        for text in &repos {
+            let source = crate::GitSource::parse(text)?.credentials_from_env();
+            let dir = tempfile::Builder::new()
+                .prefix("git-add-")
+                .tempdir_in(&self.work)
+                .map_err(Error::io(&self.work))?;
+            let checkout = crate::git::checkout(
+                &source,
+                &self.work,
+                dir.path(),
+                self.opts.max_download,
+                keep_git_dir,
+            )?;
+            checkouts.push((crate::git::redact(text), checkout.commit, dir));
         }
         let chmod = copy.chmod.as_deref().map(Chmod::parse).transpose()?;
         // Where the files come from, and their content digests for the key.
@@ -130,6 +159,9 @@ impl Engine {
         for (url, download) in &downloads {
             key = key.file(url, &download.digest);
         }
+        for (url, commit, _) in &checkouts {
+            key = key.file(url, &format!("git:{commit}:keep-git-dir={keep_git_dir}"));
+        }
         for file in &copy.files {
             key = key.file(
                 &format!("<<{}", file.name),
@@ -187,7 +219,7 @@ impl Engine {
         let dest_resolved = strata_sandbox::resolve_in_root(&root, &clean_absolute(&dest_text))?;
         let dest_exists_dir = root.join(dest_resolved.trim_start_matches('/')).is_dir();
         let trailing = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == ".";
-        let count = sources.len() + copy.files.len() + downloads.len();
+        let count = sources.len() + copy.files.len() + downloads.len() + checkouts.len();
         if count == 0 {
             // Only wildcards that matched nothing: nothing to copy (BuildKit allows it).
             self.finish_miss(image, key, at, None)?;
@@ -311,6 +343,27 @@ impl Engine {
                 };
                 let meta = fs::metadata(&host).map_err(Error::io(&host))?;
                 if let Some(entry) = file_entry(&path, &host, &meta, meta_of(&meta))? {
+                    entries.insert(path.into(), entry);
+                }
+            }
+        }
+        // A repository's files go into the destination, as a directory's do.
+        for (_, _, dir) in &checkouts {
+            if !dest_rel.is_empty() && !root.join(&dest_rel).is_dir() {
+                let meta = fs::metadata(dir.path()).map_err(Error::io(dir.path()))?;
+                entries.insert(
+                    dest_rel.clone().into(),
+                    Entry {
+                        path: dest_rel.clone().into(),
+                        kind: EntryKind::Dir,
+                        metadata: meta_of(&meta),
+                    },
+                );
+            }
+            for (rel, meta) in Context::for_rootfs(dir.path()).walk("", &[])? {
+                let path = join(&dest_rel, &rel);
+                let full = dir.path().join(&rel);
+                if let Some(entry) = file_entry(&path, &full, &meta, meta_of(&meta))? {
                     entries.insert(path.into(), entry);
                 }
             }

@@ -249,13 +249,20 @@ pub(crate) fn checkout(
     scratch: &Path,
     dest: &Path,
     limit: u64,
+    keep_git_dir: bool,
 ) -> Result<Checkout> {
+    if keep_git_dir && source.subdir.is_some() {
+        return Err(Error::Invalid(format!(
+            "{}: --keep-git-dir cannot be combined with a subdirectory",
+            source.url
+        )));
+    }
     let mut budget = Budget {
         left: limit,
         limit,
         written: 0,
     };
-    let commit = fetch_tree(source, scratch, dest, &mut budget, 0)?;
+    let commit = fetch_tree(source, scratch, dest, &mut budget, 0, keep_git_dir)?;
     // The root as a fresh clone has it (a temporary directory is 0700).
     {
         use std::os::unix::fs::PermissionsExt;
@@ -286,6 +293,7 @@ fn fetch_tree(
     dest: &Path,
     budget: &mut Budget,
     depth: usize,
+    keep_git_dir: bool,
 ) -> Result<String> {
     let shown = source.url.clone();
     let repo_dir = tempfile::Builder::new()
@@ -311,7 +319,47 @@ fn fetch_tree(
     };
     writer.gitmodules = writer.read_gitmodules(tree.detach())?;
     writer.write_tree(tree.detach(), dest, "")?;
+    if keep_git_dir {
+        keep_repository(repo_dir.path(), dest, tree.detach(), &shown)?;
+    }
     Ok(commit.to_string())
+}
+
+/// BuildKit's `ADD --keep-git-dir`: the fetched (shallow) repository becomes `dest/.git`,
+/// no longer bare, with an index of the checked-out tree, so that `git` in later steps sees
+/// a clean checkout.
+fn keep_repository(repo: &Path, dest: &Path, tree: gix::ObjectId, url: &str) -> Result<()> {
+    let git_dir = dest.join(".git");
+    copy_tree(repo, &git_dir)?;
+    let config = git_dir.join("config");
+    let text = fs::read_to_string(&config).map_err(Error::io(&config))?;
+    let text = text.replace("bare = true", "bare = false");
+    fs::write(&config, text).map_err(Error::io(&config))?;
+    let fail = |e: String| Error::Context(format!("{url}: writing .git: {e}"));
+    let worktree =
+        gix::open_opts(dest, gix::open::Options::isolated()).map_err(|e| fail(e.to_string()))?;
+    let mut index = worktree
+        .index_from_tree(&tree)
+        .map_err(|e| fail(e.to_string()))?;
+    index
+        .write(Default::default(), Default::default())
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    create_dir(to)?;
+    for entry in fs::read_dir(from).map_err(Error::io(from))? {
+        let entry = entry.map_err(Error::io(from))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(Error::io(&source))?;
+        if kind.is_dir() {
+            copy_tree(&source, &target)?;
+        } else if kind.is_file() {
+            fs::copy(&source, &target).map_err(Error::io(&source))?;
+        }
+    }
+    Ok(())
 }
 
 /// What the credentials callback saw: whether the server asked, and whether it refused what
@@ -674,7 +722,14 @@ impl TreeWriter<'_> {
         sub.reference = None;
         sub.commit = Some(commit.to_string());
         sub.subdir = None;
-        fetch_tree(&sub, self.scratch, target, self.budget, self.depth + 1)?;
+        fetch_tree(
+            &sub,
+            self.scratch,
+            target,
+            self.budget,
+            self.depth + 1,
+            false,
+        )?;
         Ok(())
     }
 }
@@ -699,6 +754,20 @@ fn create_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir(path).map_err(Error::io(path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(Error::io(path))
+}
+
+/// Whether an `ADD` source names a git repository (BuildKit's rule): `git://`, `ssh://`,
+/// `git@HOST:PATH`, or an http(s) URL whose path ends in `.git`.
+pub(crate) fn is_git_source(text: &str) -> bool {
+    if text.starts_with("git://") || text.starts_with("ssh://") || text.starts_with("git@") {
+        return true;
+    }
+    if text.starts_with("https://") || text.starts_with("http://") {
+        let url = text.split('#').next().unwrap_or(text);
+        let path = url.split('?').next().unwrap_or(url).trim_end_matches('/');
+        return path.ends_with(".git");
+    }
+    false
 }
 
 /// Whether a link at `path` (relative to the tree's root) with `target` points outside the

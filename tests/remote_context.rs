@@ -440,6 +440,44 @@ async fn tar_archives_over_https() {
     assert_eq!(result.unwrap_err().kind(), ErrorKind::NotFound);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn add_of_a_repository_with_and_without_its_git_dir() {
+    let repos = repos();
+    let state = tempfile::tempdir().unwrap();
+    let context = ContextBuilder::new().build().unwrap();
+    let dockerfile = format!(
+        "FROM scratch\nADD {}#v1 /tagged\nADD --keep-git-dir {} /kept/\n",
+        repos.server.http_url("app.git"),
+        repos.server.git_url("app.git"),
+    );
+    let (image, _) = run(build(context.path(), state.path()).dockerfile_text(dockerfile)).await;
+    let image = image.unwrap();
+    let (work, layout) = common::layout(&image);
+    let root = common::umoci_rootfs(work.path(), &layout);
+    assert_eq!(
+        fs::read_to_string(root.join("tagged/a.txt")).unwrap(),
+        "first\n"
+    );
+    assert!(!root.join("tagged/.git").exists());
+    assert_eq!(
+        fs::read_to_string(root.join("kept/a.txt")).unwrap(),
+        "second\n"
+    );
+    // The kept repository is a clean checkout of the commit, for git itself.
+    let kept = root.join("kept");
+    let head = git(&kept, &["rev-parse", "HEAD"]).unwrap();
+    assert_eq!(head, repos.tip);
+    let status = git(&kept, &["status", "--porcelain", "--ignore-submodules"]).unwrap();
+    assert_eq!(status, "", "a clean checkout");
+    // A second build with nothing changed hits the cache: the commit is the key.
+    let dockerfile = format!(
+        "FROM scratch\nADD {}#v1 /tagged\n",
+        repos.server.http_url("app.git")
+    );
+    let (again, _) = run(build(context.path(), state.path()).dockerfile_text(dockerfile)).await;
+    assert_eq!(again.unwrap().cache_hits().0, 1);
+}
+
 fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
