@@ -456,6 +456,30 @@ impl Build {
                 }
                 context
             }
+            ContextSource::Object(url) => {
+                let started = std::time::Instant::now();
+                let fetched = runtime.block_on(crate::objects::fetch(
+                    &url,
+                    work.path(),
+                    self.max_download,
+                ))?;
+                let file = std::fs::File::open(fetched.file.path())
+                    .map_err(Error::io(fetched.file.path()))?;
+                let context = Context::open_stream(
+                    Box::new(std::io::BufReader::new(file)),
+                    work.path(),
+                    &url,
+                )?;
+                if let Some(sink) = &self.events {
+                    sink(&Event::ContextFetched {
+                        source: url.clone(),
+                        revision: None,
+                        bytes: fetched.size,
+                        duration: started.elapsed(),
+                    });
+                }
+                context
+            }
             local => Context::open(local, work.path(), ignore.as_deref())?,
         };
         // The Dockerfile: a tar context's is inside the archive (`Dockerfile`, or a relative

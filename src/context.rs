@@ -23,6 +23,10 @@ pub enum ContextSource {
     /// A tar archive (plain, gzip or zstd) at an `http://` or `https://` URL, downloaded with
     /// the registry client's TLS settings and the build's download limit.
     Url(String),
+    /// A tar archive in an object store: `s3://BUCKET/KEY`, `gs://BUCKET/KEY` or
+    /// `https://ACCOUNT.blob.core.windows.net/CONTAINER/KEY` (a bucket alone means its
+    /// `context.tar.gz`, as in Kaniko), with credentials from the environment.
+    Object(String),
 }
 
 impl std::fmt::Debug for ContextSource {
@@ -33,7 +37,16 @@ impl std::fmt::Debug for ContextSource {
             ContextSource::TarStream(_) => f.write_str("TarStream(..)"),
             ContextSource::Git(g) => f.debug_tuple("Git").field(g).finish(),
             ContextSource::Url(u) => f.debug_tuple("Url").field(&crate::git::redact(u)).finish(),
+            ContextSource::Object(u) => f.debug_tuple("Object").field(u).finish(),
         }
+    }
+}
+
+impl ContextSource {
+    /// Whether `text` is an object-store URL strata reads as a context (`s3://`, `gs://`,
+    /// `https://ACCOUNT.blob.core.windows.net/…`).
+    pub fn is_object_url(text: &str) -> bool {
+        crate::objects::is_object_url(text)
     }
 }
 
@@ -110,7 +123,7 @@ impl Context {
                 let dir = unpack(reader, scratch, "the context stream")?;
                 (dir.path().to_owned(), Some(dir))
             }
-            ContextSource::Git(_) | ContextSource::Url(_) => {
+            ContextSource::Git(_) | ContextSource::Url(_) | ContextSource::Object(_) => {
                 return Err(Error::Invalid(
                     "a remote context must be fetched before it is opened".to_owned(),
                 ));

@@ -54,6 +54,7 @@ mod image;
 mod incontainer;
 mod inplace;
 mod layers;
+mod objects;
 mod prune;
 mod run;
 mod state;

@@ -145,7 +145,8 @@ pub struct BuildArgs {
     /// The build context: a directory, dir://DIR, tar://FILE (plain or compressed),
     /// tar://stdin or -; a git repository (Kaniko's git://HOST/PATH[#REF][#COMMIT], fetched
     /// over HTTPS or as GIT_PULL_METHOD says; https://HOST/PATH.git[#REF][:SUBDIR];
-    /// git@HOST:PATH[#REF]); or a tar archive at an https:// URL.
+    /// git@HOST:PATH[#REF]); a tar archive at an https:// URL; or one in an object store
+    /// (s3://BUCKET/KEY, gs://BUCKET/KEY, https://ACCOUNT.blob.core.windows.net/CONTAINER/KEY).
     #[arg(short = 'c', long, value_name = "CONTEXT", default_value = ".")]
     pub context: String,
 
@@ -425,8 +426,9 @@ pub struct BuildArgs {
     #[arg(long, value_name = "OPTIONS")]
     pub git: Option<String>,
 
-    /// Not supported: see the message.
-    #[arg(short = 'b', long, hide = true, value_name = "BUCKET")]
+    /// The build context as an object-store bucket: gs://BUCKET (or BUCKET), s3://BUCKET,
+    /// each holding context.tar.gz, or a full object URL (Kaniko's --bucket).
+    #[arg(short = 'b', long, value_name = "BUCKET")]
     pub bucket: Option<String>,
 
     /// Not supported: see the message.
@@ -460,11 +462,6 @@ pub const REFUSED: &[Refused] = &[
         "strata keeps its state in --state-dir, and the executor's own directory is never \
          touched by a build",
         |a| a.kaniko_dir.is_some(),
-    ),
-    (
-        "--bucket",
-        "object-store contexts are not supported yet; fetch the archive and pass tar://FILE",
-        |a| a.bucket.is_some(),
     ),
     (
         "--registry-client-cert",

@@ -366,7 +366,26 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The context source and the name an unnamed output gets.
 fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> {
-    let text = args.context.as_str();
+    // Kaniko's --bucket: the context is the bucket (Google Cloud Storage unless a scheme is
+    // given), whose context.tar.gz holds it.
+    let from_bucket;
+    let text = match &args.bucket {
+        Some(bucket) => {
+            if args.context != "." {
+                return Err(Failure::Usage(format!(
+                    "--bucket {bucket} and --context {} both name the context: give one",
+                    strata::redact_url(&args.context)
+                )));
+            }
+            from_bucket = if bucket.contains("://") {
+                bucket.clone()
+            } else {
+                format!("gs://{bucket}")
+            };
+            from_bucket.as_str()
+        }
+        None => args.context.as_str(),
+    };
     let sub = args.context_sub_path.as_deref();
     let git_options = args.git.as_deref();
     if let Some(options) = git_options
@@ -411,25 +430,22 @@ fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> 
             .unwrap_or_else(|| "image".to_owned());
         return Ok((ContextSource::Git(source), name));
     }
+    if ContextSource::is_object_url(text) {
+        if sub.is_some() {
+            return Err(Failure::Usage(
+                "--context-sub-path needs a directory or git context".to_owned(),
+            ));
+        }
+        let name = object_name(text);
+        return Ok((ContextSource::Object(text.to_owned()), name));
+    }
     if text.starts_with("https://") || text.starts_with("http://") {
         if sub.is_some() {
             return Err(Failure::Usage(
                 "--context-sub-path needs a directory or git context".to_owned(),
             ));
         }
-        let name = text
-            .split(['?', '#'])
-            .next()
-            .and_then(|u| u.rsplit('/').next())
-            .map(|n| {
-                n.trim_end_matches(".gz")
-                    .trim_end_matches(".zst")
-                    .trim_end_matches(".tgz")
-                    .trim_end_matches(".tar")
-                    .to_lowercase()
-            })
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "image".to_owned());
+        let name = object_name(text);
         return Ok((ContextSource::Url(text.to_owned()), name));
     }
     if text == "-" || text == "tar://stdin" {
@@ -478,6 +494,22 @@ fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> 
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()))
         .unwrap_or_else(|| "image".to_owned());
     Ok((ContextSource::Dir(dir), name))
+}
+
+/// The output name for an archive context: its file name less the archive extensions.
+fn object_name(text: &str) -> String {
+    text.split(['?', '#'])
+        .next()
+        .and_then(|u| u.trim_end_matches('/').rsplit('/').next())
+        .map(|n| {
+            n.trim_end_matches(".gz")
+                .trim_end_matches(".zst")
+                .trim_end_matches(".tgz")
+                .trim_end_matches(".tar")
+                .to_lowercase()
+        })
+        .filter(|n| !n.is_empty() && *n != "context")
+        .unwrap_or_else(|| "image".to_owned())
 }
 
 /// Whether a context names a git repository: Kaniko's `git://`, `ssh://`, `git@HOST:PATH`,

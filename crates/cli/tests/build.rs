@@ -95,8 +95,8 @@ fn unimplemented_and_unknown_flags_are_usage_errors() {
         ),
         ("--git=branch=main", "is not a git repository"),
         (
-            "--context=s3://bucket/ctx.tar.gz",
-            "s3:// contexts are not supported",
+            "--context=ftp://host/ctx.tar.gz",
+            "ftp:// contexts are not supported",
         ),
         ("--no-such-flag", "--no-such-flag"),
         ("--cache=maybe", "--cache"),
