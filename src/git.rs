@@ -30,6 +30,7 @@ pub struct GitSource {
     insecure_skip_tls: bool,
     ca_files: Vec<PathBuf>,
     credentials: Option<(String, String)>,
+    ssh_command: Option<String>,
 }
 
 impl std::fmt::Debug for GitSource {
@@ -84,6 +85,7 @@ impl GitSource {
             insecure_skip_tls: false,
             ca_files: Vec::new(),
             credentials: None,
+            ssh_command: None,
         };
         source.take_url_credentials()?;
         Ok(source)
@@ -189,10 +191,22 @@ impl GitSource {
         self
     }
 
+    /// The command that runs `ssh` for `ssh://` and `git@HOST:PATH` repositories (git's
+    /// `core.sshCommand`), for a key or a known-hosts file of its own:
+    /// `ssh -i KEY -o UserKnownHostsFile=FILE`. Without it, `ssh` uses the user's `~/.ssh`
+    /// and `SSH_AUTH_SOCK`, and checks the host key against `~/.ssh/known_hosts`.
+    pub fn ssh_command(mut self, command: impl Into<String>) -> GitSource {
+        self.ssh_command = Some(command.into());
+        self
+    }
+
     /// Kaniko's credentials from the environment: `GIT_TOKEN` (sent as the user name, with no
-    /// password), else `GIT_USERNAME` and `GIT_PASSWORD`.
-    pub fn credentials_from_env(self) -> GitSource {
+    /// password), else `GIT_USERNAME` and `GIT_PASSWORD`; and git's `GIT_SSH_COMMAND`.
+    pub fn credentials_from_env(mut self) -> GitSource {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        if let Some(command) = var("GIT_SSH_COMMAND") {
+            self.ssh_command = Some(command);
+        }
         match (var("GIT_TOKEN"), var("GIT_USERNAME"), var("GIT_PASSWORD")) {
             (Some(token), _, _) => self.credentials(token, ""),
             (None, None, None) => self,
@@ -472,6 +486,9 @@ fn fetch_with(
         gix::open::Options::isolated(),
     )
     .map_err(|e| fail(e.to_string()))?;
+    if let Some(command) = &source.ssh_command {
+        prepare = prepare.with_in_memory_config_overrides([format!("core.sshCommand={command}")]);
+    }
     if shallow {
         prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN));
     }
@@ -575,6 +592,12 @@ fn fetch_error(shown: &str, auth: &AuthState, message: String) -> Error {
             "the server asks for credentials: set GIT_USERNAME and GIT_PASSWORD, or GIT_TOKEN"
                 .to_owned()
         }
+    } else if is_ssh(shown) {
+        format!(
+            "{message} (ssh could not connect, or the server refused it: check the key, that \
+             the host is in known_hosts, where strata never adds an unknown host, and the \
+             repository path; ssh's own message is on standard error)"
+        )
     } else {
         message
     };
@@ -583,6 +606,11 @@ fn fetch_error(shown: &str, auth: &AuthState, message: String) -> Error {
         kind,
         message,
     }
+}
+
+/// Whether a URL is fetched over SSH (`ssh://` or `USER@HOST:PATH`).
+fn is_ssh(url: &str) -> bool {
+    url.starts_with("ssh://") || (!url.contains("://") && url.contains('@') && url.contains(':'))
 }
 
 /// Writes a tree's entries with strata's own rules.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::run;
 use strata::{Build, ContextSource, ErrorKind, Event, GitSource, PullMethod};
-use strata_testkit::{ContextBuilder, GitServer, git};
+use strata_testkit::{ContextBuilder, GitServer, SshServer, git};
 
 const PASSWORD: &str = "s3cret-git-password";
 const DOCKERFILE: &str = "FROM scratch\nCOPY . /src/\n";
@@ -19,7 +19,7 @@ const DOCKERFILE: &str = "FROM scratch\nCOPY . /src/\n";
 /// Bare repositories `app.git`, `lib.git` (a submodule of app) and `evil.git` (a link out),
 /// served by real git servers, with the commits the tests name.
 struct Repos {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     server: GitServer,
     /// The working tree of `app` (main), for directory builds and `git archive`.
     work: std::path::PathBuf,
@@ -118,7 +118,7 @@ fn repos() -> Repos {
     .unwrap();
     let server = GitServer::start(&bare, "builder", PASSWORD).unwrap();
     Repos {
-        _dir: dir,
+        dir,
         server,
         work,
         first,
@@ -285,6 +285,33 @@ async fn submodules_and_the_git_protocol() {
     let (image, _) = run(build(ContextSource::Git(source), state.path())).await;
     let tree = files(&image.unwrap());
     assert!(tree.contains_key("src/lib/lib.txt"), "{tree:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_with_a_key_and_known_hosts() {
+    let repos = repos();
+    let ssh = SshServer::start().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let url = ssh.url(&repos.dir.path().join("repos/app.git"));
+    let source = GitSource::parse(&format!("{url}#feature"))
+        .unwrap()
+        .ssh_command(ssh.ssh_command(None));
+    let (image, events) = run(build(ContextSource::Git(source), state.path())).await;
+    let image = image.unwrap();
+    assert!(files(&image)["src/a.txt"].contains("feature"));
+    assert_eq!(fetched(&events).unwrap().0, url);
+    // A host whose key is not known is refused, never trusted on first use.
+    let empty = state.path().join("known_hosts");
+    fs::write(&empty, "").unwrap();
+    let source = GitSource::parse(&url)
+        .unwrap()
+        .ssh_command(ssh.ssh_command(Some(&empty)));
+    let (result, _) = run(build(ContextSource::Git(source), state.path())).await;
+    let error = result.unwrap_err();
+    assert!(
+        error.to_string().contains("known_hosts"),
+        "the host key check is named: {error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

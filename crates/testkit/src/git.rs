@@ -231,3 +231,115 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
+
+/// OpenSSH's `sshd` on a loopback port, serving the repositories of the machine by absolute
+/// path to the current user, with a generated host key and a generated client key; it stops
+/// when dropped.
+pub struct SshServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    process: Option<Supervised>,
+}
+
+impl SshServer {
+    /// Starts `sshd` (Debian's `openssh-server`) on a free port.
+    pub fn start() -> Result<SshServer> {
+        let sshd = PathBuf::from("/usr/sbin/sshd");
+        if !sshd.exists() {
+            return Err(Error::MissingProgram {
+                program: "sshd".to_owned(),
+                package: "openssh-server".to_owned(),
+            });
+        }
+        let keygen = find_program("ssh-keygen", "openssh-client")?;
+        let dir = tempfile::tempdir().map_err(Error::io("temporary directory"))?;
+        for name in ["host_key", "client_key"] {
+            let status = Command::new(&keygen)
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.path().join(name))
+                .status()
+                .map_err(Error::io(&keygen))?;
+            if !status.success() {
+                return Err(Error::Credentials(format!("ssh-keygen {name} failed")));
+            }
+        }
+        let public = std::fs::read_to_string(dir.path().join("client_key.pub"))
+            .map_err(Error::io(dir.path()))?;
+        let authorized = dir.path().join("authorized_keys");
+        std::fs::write(&authorized, public).map_err(Error::io(&authorized))?;
+        // sshd's privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = free_port()?;
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {authorized}\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {pid}\n",
+            host = dir.path().join("host_key").display(),
+            authorized = authorized.display(),
+            pid = dir.path().join("sshd.pid").display(),
+        );
+        let config_path = dir.path().join("sshd_config");
+        std::fs::write(&config_path, config).map_err(Error::io(&config_path))?;
+        let host_public = std::fs::read_to_string(dir.path().join("host_key.pub"))
+            .map_err(Error::io(dir.path()))?;
+        let known = dir.path().join("known_hosts");
+        std::fs::write(&known, format!("[127.0.0.1]:{port} {host_public}"))
+            .map_err(Error::io(&known))?;
+        let mut command = Command::new(&sshd);
+        command
+            .arg("-D")
+            .arg("-f")
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let process = Supervised::spawn(command).map_err(Error::io(&sshd))?;
+        let server = SshServer {
+            dir,
+            port,
+            process: Some(process),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = server
+                .process
+                .as_ref()
+                .and_then(Supervised::exit_status)
+                .is_some();
+            if exited || Instant::now() > deadline {
+                return Err(Error::RegistryStart {
+                    reason: format!("sshd did not listen on port {port}"),
+                    log: String::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT/ABSOLUTE/PATH` for a repository on this machine.
+    pub fn url(&self, path: &Path) -> String {
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".to_owned());
+        format!("ssh://{user}@127.0.0.1:{}{}", self.port, path.display())
+    }
+
+    /// An `ssh` command with the client key, checking the host against `known_hosts` (the
+    /// server's own key unless `known_hosts` is given).
+    pub fn ssh_command(&self, known_hosts: Option<&Path>) -> String {
+        let known = known_hosts.map_or_else(|| self.dir.path().join("known_hosts"), Path::to_owned);
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} \
+             -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            self.dir.path().join("client_key").display(),
+            known.display()
+        )
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.stop();
+        }
+    }
+}

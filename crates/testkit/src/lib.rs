@@ -45,7 +45,7 @@ pub use client::RegistryClient;
 pub use context::ContextBuilder;
 pub use error::Error;
 pub use fs::set_mtime;
-pub use git::{GitServer, git};
+pub use git::{GitServer, SshServer, git};
 pub use hostile::{HostileServer, Reply, Request};
 pub use objects::{AZURITE_ACCOUNT, AZURITE_KEY, ObjectKind, ObjectServer, test_tools};
 pub use platforms::push_platform_index;
