@@ -466,6 +466,27 @@ fn git_contexts_in_kaniko_form() {
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(shown.contains("refused the credentials"), "{shown}");
     assert!(!shown.contains(wrong), "{shown}");
+    // Without the CA the server's certificate is refused, unless --git insecure-skip-tls.
+    let unverified = |flag: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .current_dir(cwd.path())
+            .env("GIT_USERNAME", "builder")
+            .env("GIT_PASSWORD", password)
+            .args(["--context", &https, "--no-push"])
+            .args(["--state-dir", state.to_str().unwrap()]);
+        if let Some(flag) = flag {
+            command.args(["--git", flag]);
+        }
+        command.output().unwrap()
+    };
+    assert_eq!(unverified(None).status.code(), Some(1));
+    let out = unverified(Some("insecure-skip-tls=true"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for path in walk_files(cwd.path()) {
         if path.starts_with(&repos) || path.starts_with(&work) {
             continue;
