@@ -382,6 +382,8 @@ fn git_contexts_in_kaniko_form() {
     ContextBuilder::new()
         .file("Dockerfile", "FROM scratch\nCOPY hello.txt /\n")
         .file("hello.txt", "main\n")
+        .file("nested/Dockerfile", "FROM scratch\nCOPY inner.txt /\n")
+        .file("nested/inner.txt", "inner\n")
         .write_into(&work)
         .unwrap();
     git(&work, &["init", "-q"]).unwrap();
@@ -486,6 +488,38 @@ fn git_contexts_in_kaniko_form() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // GIT_TOKEN is sent as the user name with no password (Kaniko's rule), and
+    // --context-sub-path picks a directory of the repository.
+    let token = "tok-5551-abc";
+    let token_server = GitServer::start(&repos, token, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .current_dir(cwd.path())
+        .env("GIT_TOKEN", token)
+        .args([
+            "--context",
+            &format!("{}#main", token_server.https_url("app.git")),
+        ])
+        .args(["--context-sub-path", "nested"])
+        .args([
+            "--registry-certificate",
+            &format!("{host}={}", token_server.ca_path().display()),
+        ])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains(token), "{shown}");
+    std::fs::create_dir(cwd.path().join("nested")).unwrap();
+    let nested = common::umoci_rootfs_tagged(&cwd.path().join("nested"), &layout, "latest");
+    assert_eq!(
+        std::fs::read_to_string(nested.join("inner.txt")).unwrap(),
+        "inner\n"
     );
     for path in walk_files(cwd.path()) {
         if path.starts_with(&repos) || path.starts_with(&work) {
