@@ -20,6 +20,18 @@ use crate::error::{Error, ErrorKind, Result};
 ///
 /// Parse one from the forms Kaniko and BuildKit accept ([`GitSource::parse`],
 /// [`GitSource::kaniko`]) or build it from parts; credentials are never shown by `Debug`.
+///
+/// ```no_run
+/// # async fn example() -> strata::Result<()> {
+/// use strata::{Build, ContextSource, GitSource};
+/// let source = GitSource::parse("https://git.example.com/team/app.git#v1.2:service")?
+///     .credentials_from_env();
+/// let image = Build::new(ContextSource::Git(source)).run().await?;
+/// // The commit that was built is the image's `org.opencontainers.image.revision` label.
+/// # let _ = image;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct GitSource {
     url: String,
@@ -380,7 +392,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// it was given.
 #[derive(Default)]
 struct AuthState {
-    asked: AtomicBool,
+    /// The server asked for credentials and there were none to give.
+    asked_without: AtomicBool,
     refused: AtomicBool,
 }
 
@@ -512,7 +525,9 @@ fn fetch_with(
             use gix::credentials::helper::Action;
             match action {
                 Action::Get(context) => {
-                    state.asked.store(true, Ordering::SeqCst);
+                    if credentials.is_none() {
+                        state.asked_without.store(true, Ordering::SeqCst);
+                    }
                     match &credentials {
                         Some((username, password)) => {
                             Ok(Some(gix::credentials::protocol::Outcome {
@@ -580,7 +595,7 @@ fn http_options(
 }
 
 fn fetch_error(shown: &str, auth: &AuthState, message: String) -> Error {
-    let kind = if auth.refused.load(Ordering::SeqCst) || auth.asked.load(Ordering::SeqCst) {
+    let kind = if auth.refused.load(Ordering::SeqCst) || auth.asked_without.load(Ordering::SeqCst) {
         ErrorKind::Auth
     } else {
         ErrorKind::Context
