@@ -327,7 +327,7 @@ fn fetch_tree(
         .tempdir_in(scratch)
         .map_err(Error::io(scratch))?;
     let auth = Arc::new(AuthState::default());
-    let (repo, commit) = fetch(source, repo_dir.path(), &auth)?;
+    let (repo, commit) = fetch(source, repo_dir.path(), &auth, budget.limit)?;
     let commit_obj = repo
         .find_commit(commit)
         .map_err(|e| fetch_error(&shown, &auth, format!("commit {commit}: {e}")))?;
@@ -402,6 +402,7 @@ fn fetch(
     source: &GitSource,
     repo_dir: &Path,
     auth: &Arc<AuthState>,
+    limit: u64,
 ) -> Result<(gix::Repository, gix::ObjectId)> {
     let shown = &source.url;
     let is_oid = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -416,7 +417,7 @@ fn fetch(
                 "{shown}: `{commit}` is not a full commit id (40 hex digits)"
             )));
         }
-        let attempt = fetch_with(source, repo_dir, auth, Revision::Exact(commit), true);
+        let attempt = fetch_with(source, repo_dir, auth, Revision::Exact(commit), true, limit);
         match attempt {
             Ok(repo) => {
                 let oid = gix::ObjectId::from_hex(commit.as_bytes())
@@ -434,7 +435,7 @@ fn fetch(
                     Some(r) => Revision::Named(r),
                     None => Revision::Head,
                 };
-                let repo = fetch_with(source, repo_dir, auth, revision, false)?;
+                let repo = fetch_with(source, repo_dir, auth, revision, false, limit)?;
                 let oid = gix::ObjectId::from_hex(commit.as_bytes())
                     .map_err(|e| Error::Context(format!("{shown}: {e}")))?;
                 if repo.find_commit(oid).is_err() {
@@ -456,7 +457,7 @@ fn fetch(
         Some(r) => Revision::Named(r),
         None => Revision::Head,
     };
-    let repo = fetch_with(source, repo_dir, auth, revision, true)?;
+    let repo = fetch_with(source, repo_dir, auth, revision, true, limit)?;
     let head = repo
         .head_id()
         .map_err(|e| fetch_error(shown, auth, format!("no commit was fetched: {e}")))?;
@@ -485,6 +486,7 @@ fn fetch_with(
     auth: &Arc<AuthState>,
     revision: Revision<'_>,
     shallow: bool,
+    limit: u64,
 ) -> Result<gix::Repository> {
     let shown = source.url.clone();
     let fail = |message: String| fetch_error(&shown, auth, message);
@@ -552,11 +554,56 @@ fn fetch_with(
         connection.set_transport_options(Box::new(http_options(&ca_files, insecure)));
         Ok(())
     });
+    // gix has no size limit of its own: a watchdog stops the fetch when what it wrote passes
+    // the download limit (a hostile server's endless pack must not fill the disk).
     let interrupt = AtomicBool::new(false);
-    let (repo, _outcome) = prepare
-        .fetch_only(gix::progress::Discard, &interrupt)
-        .map_err(|e| fail(format!("{e:#}")))?;
+    let done = AtomicBool::new(false);
+    let too_big = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if disk_usage(repo_dir) > limit {
+                    too_big.store(true, Ordering::SeqCst);
+                    interrupt.store(true, Ordering::SeqCst);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let result = prepare.fetch_only(gix::progress::Discard, &interrupt);
+        done.store(true, Ordering::SeqCst);
+        result
+    });
+    if too_big.load(Ordering::SeqCst) || disk_usage(repo_dir) > limit {
+        return Err(Error::Fetch {
+            location: shown.clone(),
+            kind: ErrorKind::Invalid,
+            message: format!(
+                "the repository's data is larger than the download limit of {limit} bytes"
+            ),
+        });
+    }
+    let (repo, _outcome) = result.map_err(|e| fail(format!("{e:#}")))?;
     Ok(repo)
+}
+
+/// Bytes of the files below `dir`.
+fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// The HTTP transport's options: extra CA certificates and certificate checks.
