@@ -429,11 +429,13 @@ async fn tar_archives_over_https() {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(context.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let (from_dir, _) = run(build(context.path(), state.path())).await;
+    let from_dir = from_dir.unwrap();
     assert_eq!(
-        files(&from_dir.unwrap()),
+        files(&from_dir),
         files(&image),
         "the same files as the directory"
     );
+    assert_eq!(from_dir.digest(), image.digest());
     // Truncated: an error, no image.
     fs::write(
         repos.server.www().join("short.tar.gz"),

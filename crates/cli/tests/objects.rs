@@ -85,6 +85,18 @@ fn check(kind: ObjectKind, url: &str, env: &[(&str, String)], bucket_flag: Optio
     for secret in [AWS_SECRET, AZURITE_KEY] {
         assert!(!shown.contains(secret), "{shown}");
     }
+    // Nor in any file the build left in the state directory or the output.
+    for path in walk(cwd.path()) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in [AWS_SECRET, AZURITE_KEY] {
+            assert!(
+                !text.contains(secret),
+                "{} holds a credential",
+                path.display()
+            );
+        }
+    }
     let mut local = vec!["--context", dir.to_str().unwrap()];
     local.extend(common);
     let from_dir = digest(&strata(cwd.path(), &[], &local));
@@ -143,4 +155,22 @@ fn azure_blob_contexts() {
     ];
     let url = format!("https://{AZURITE_ACCOUNT}.blob.core.windows.net/ctx/app/context.tar.gz");
     check(ObjectKind::Azure, &url, &env, None);
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => out.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    out
 }
