@@ -597,6 +597,9 @@ impl Build {
         });
         let (mode, reason, probed) = choose_isolation(&engine.opts, has_run)?;
         engine.namespaces_probe = probed;
+        if mode == Isolation::Namespaces && !rustix::process::geteuid().is_root() {
+            engine.id_map = Some(strata_sandbox::UserNamespaceMap::for_caller());
+        }
         if mode == Isolation::InContainer {
             // The build's inputs may be plain directories of the container, not volumes:
             // replacing `/` must not take them away.

@@ -219,6 +219,9 @@ pub(crate) struct Engine {
     pub in_container: Option<InContainer>,
     /// What choosing the isolation found of namespaces, when it probed.
     pub namespaces_probe: Option<strata_sandbox::Support>,
+    /// Rootless RUN steps (namespaces, not root): the user namespace's map, to record the ids
+    /// the step saw rather than the host ids its files got.
+    pub id_map: Option<strata_sandbox::UserNamespaceMap>,
 }
 
 /// One instruction being executed: where it is, for events, errors and cache explanations.
@@ -275,6 +278,7 @@ impl Engine {
             rootfs_count: AtomicUsize::new(0),
             in_container: None,
             namespaces_probe: None,
+            id_map: None,
         }
     }
 
@@ -1144,6 +1148,34 @@ impl Engine {
                 crate::failpoint::Halfway::new(BufReader::with_capacity(1 << 20, file), layer.size),
                 dir,
             )?;
+        Ok(())
+    }
+
+    /// Gives a rootless step's entries the ids its processes saw: host ids of files written
+    /// inside the user namespace are mapped back through its map; an id with no mapping is an
+    /// error naming the path, never written as a host id.
+    pub(crate) fn ids_inside(&self, entries: &mut [Entry]) -> Result<()> {
+        let Some(map) = &self.id_map else {
+            return Ok(());
+        };
+        for entry in entries {
+            if matches!(entry.kind, EntryKind::Whiteout | EntryKind::OpaqueDir) {
+                continue;
+            }
+            let meta = &mut entry.metadata;
+            match (map.uid_inside(meta.uid), map.gid_inside(meta.gid)) {
+                (Some(uid), Some(gid)) => (meta.uid, meta.gid) = (uid, gid),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "/{}: owner {}:{} on the host has no id inside the build's user \
+                         namespace (rootless build)",
+                        entry.path.display(),
+                        meta.uid,
+                        meta.gid
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -346,7 +346,7 @@ impl Engine {
         let mut tail: VecDeque<String> = VecDeque::new();
         let mut on_output =
             |stream: Stream, line: &[u8]| self.step_output(at, &mut tail, stream, line);
-        let entries;
+        let mut entries;
         if overlay {
             let work = scratch.path().join("work");
             for dir in [&upper, &work, &merged] {
@@ -381,6 +381,7 @@ impl Engine {
                         .is_some_and(|i| i.kind == strata_snapshot::Kind::Socket)
                 });
             entries = crate::changes::entries(&changes)?;
+            self.ids_inside(&mut entries)?;
             let layer = self.write_layer(entries)?;
             // With clamped times (`--reproducible`, SOURCE_DATE_EPOCH) the upper directory's
             // times are not the layer's: a later step reading them would make the build
@@ -416,6 +417,7 @@ impl Engine {
             let mut changes = strata_snapshot::diff(&before, &after);
             self.drop_ignored(&mut changes);
             entries = crate::changes::entries(&changes)?;
+            self.ids_inside(&mut entries)?;
             let layer = self.write_layer(entries)?;
             let made = layer.is_some();
             self.finish_miss(image, key, at, layer)?;

@@ -17,6 +17,7 @@ mod display;
 mod dockerfile;
 mod executor;
 mod state;
+mod userns;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -84,11 +85,18 @@ fn with_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(with_subcommand(std::env::args_os().collect())) {
+    let raw: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(with_subcommand(raw.clone())) {
         Ok(cli) => cli,
         // Help and version go to stdout with 0; usage errors to stderr with 2, naming the flag.
         Err(e) => e.exit(),
     };
+    // An ordinary user with subordinate ids builds as root of a user namespace of its own.
+    if matches!(cli.command, Command::Build(_) | Command::State(_))
+        && let Some(code) = userns::enter(&raw)
+    {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let outcome = match cli.command {
         Command::Build(args) => executor::run(*args),
         Command::Dockerfile(args) => dockerfile::run(&args),

@@ -198,3 +198,88 @@ mod tests {
         assert!(!map.allows_setgroups());
     }
 }
+
+/// The user namespace a process of the calling user gets: the caller as root, and its
+/// subordinate ranges (`/etc/subuid`, `/etc/subgid`, through `newuidmap`/`newgidmap`) as ids
+/// 1… when it has them. The same map the sandbox writes for rootless steps, for callers that
+/// enter a namespace of their own (a command re-executing itself as root inside one) or that
+/// translate host ids of files written inside one back to the ids the namespace saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespaceMap(IdMap);
+
+impl UserNamespaceMap {
+    /// The map for the calling user.
+    pub fn for_caller() -> UserNamespaceMap {
+        UserNamespaceMap(IdMap::for_caller())
+    }
+
+    /// Whether the caller has subordinate ranges (and the helpers to map them): without them,
+    /// only root exists inside.
+    pub fn has_ranges(&self) -> bool {
+        matches!(self.0, IdMap::Ranges { .. })
+    }
+
+    /// Writes the maps of the user namespace whose first process is `pid` (which must not have
+    /// been mapped yet).
+    pub fn apply(&self, pid: i32) -> Result<()> {
+        self.0.apply(pid)
+    }
+
+    /// The id inside the namespace of host uid `host`, if it has one.
+    pub fn uid_inside(&self, host: u32) -> Option<u32> {
+        match &self.0 {
+            IdMap::Single { uid, .. } => (host == *uid).then_some(0),
+            IdMap::Ranges { uid, uids, .. } => inside(host, *uid, *uids),
+        }
+    }
+
+    /// The id inside the namespace of host gid `host`, if it has one.
+    pub fn gid_inside(&self, host: u32) -> Option<u32> {
+        match &self.0 {
+            IdMap::Single { gid, .. } => (host == *gid).then_some(0),
+            IdMap::Ranges { gid, gids, .. } => inside(host, *gid, *gids),
+        }
+    }
+}
+
+fn inside(host: u32, own: u32, range: Range) -> Option<u32> {
+    if host == own {
+        return Some(0);
+    }
+    let host = u64::from(host);
+    (host >= range.start && host < range.start + range.count)
+        .then(|| u32::try_from(host - range.start + 1).ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_map_back_inside() {
+        let map = UserNamespaceMap(IdMap::Ranges {
+            uid: 1001,
+            gid: 1001,
+            uids: Range {
+                start: 100000,
+                count: 65536,
+            },
+            gids: Range {
+                start: 100000,
+                count: 65536,
+            },
+            newuidmap: PathBuf::new(),
+            newgidmap: PathBuf::new(),
+        });
+        assert_eq!(map.uid_inside(1001), Some(0));
+        assert_eq!(map.uid_inside(100999), Some(1000));
+        assert_eq!(map.uid_inside(100000), Some(1));
+        assert_eq!(map.uid_inside(165536), None);
+        assert_eq!(map.gid_inside(5), None);
+        let single = UserNamespaceMap(IdMap::Single { uid: 7, gid: 8 });
+        assert_eq!(single.uid_inside(7), Some(0));
+        assert_eq!(single.gid_inside(8), Some(0));
+        assert_eq!(single.uid_inside(0), None);
+    }
+}

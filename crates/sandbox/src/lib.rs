@@ -59,6 +59,8 @@ mod unsupported;
 
 pub use error::{Error, Result};
 #[cfg(target_os = "linux")]
+pub use idmap::UserNamespaceMap;
+#[cfg(target_os = "linux")]
 pub use inplace::run_in_place;
 #[cfg(target_os = "linux")]
 pub use probe::{Probe, Support, probe};

@@ -1,0 +1,123 @@
+//! Rootless builds inside a user namespace of their own, as `buildah unshare` does.
+//!
+//! Run by an ordinary user with subordinate id ranges (`/etc/subuid`, `/etc/subgid`, and the
+//! `newuidmap`/`newgidmap` helpers of Debian's `uidmap`), the command re-executes itself in a
+//! new user namespace where the user is root and the ranges are ids 1…. There it extracts
+//! layers with their owners, runs steps and scans their changes with the ids the image has,
+//! like a build as root: the image does not depend on who built it. Without ranges, or where
+//! user namespaces are denied, the command goes on as it is (steps still run in a namespace
+//! of their own, and their files' host ids are mapped back).
+//!
+//! The handshake: the first process spawns its own executable with `unshare(CLONE_NEWUSER)`
+//! before `execve`; the new process waits on a pipe; the first process writes the maps with
+//! the helpers and writes a byte; the new process executes itself once more, now root in the
+//! namespace with its capabilities, and its exit status becomes the first process's.
+
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Command;
+
+/// The variable that carries the handshake's state: `wait:FD` in the process waiting for its
+/// maps, `inside` in the process that runs the build, `off` to never enter a namespace.
+pub const ENV: &str = "STRATA_USERNS";
+
+/// Enters a user namespace when that is possible and useful: returns the exit code of the
+/// command run inside, or `None` to go on in this process.
+pub fn enter(args: &[OsString]) -> Option<i32> {
+    let state = std::env::var(ENV).ok();
+    if let Some(fd) = state.as_deref().and_then(|s| s.strip_prefix("wait:")) {
+        return Some(wait_and_exec(fd, args));
+    }
+    if state.is_some() || rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let map = strata::sandbox::UserNamespaceMap::for_caller();
+    if !map.has_ranges() {
+        return None;
+    }
+    let (read, write) = rustix::pipe::pipe().ok()?;
+    let write_fd = write.as_raw_fd();
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .args(args.iter().skip(1))
+        .env(ENV, format!("wait:{}", read.as_raw_fd()));
+    if let Some(arg0) = args.first() {
+        command.arg0(arg0);
+    }
+    // SAFETY: the closure runs between fork and exec and makes only raw system calls
+    // (close, unshare, prctl, getppid, _exit); it allocates nothing and takes no locks.
+    let parent = std::process::id();
+    unsafe {
+        command.pre_exec(move || {
+            libc::close(write_fd);
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    // User namespaces denied (a container's seccomp profile, a sysctl): go on as we are.
+    let mut child = command.spawn().ok()?;
+    drop(read);
+    let pid = i32::try_from(child.id()).ok()?;
+    if let Err(error) = map.apply(pid) {
+        let _ = child.kill();
+        let _ = child.wait();
+        tracing::debug!(%error, "subordinate ids not mapped; building without them");
+        return None;
+    }
+    let mut write = std::fs::File::from(write);
+    if write.write_all(b"1").is_err() {
+        let _ = child.kill();
+    }
+    drop(write);
+    // The child gets the terminal's signals too; wait for it whatever they do to us.
+    let status = loop {
+        match child.wait() {
+            Ok(status) => break status,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Some(1),
+        }
+    };
+    Some(
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+    )
+}
+
+/// In the new namespace: waits for the maps, then executes the command again as root there.
+fn wait_and_exec(fd: &str, args: &[OsString]) -> i32 {
+    let Ok(raw) = fd.parse::<i32>() else {
+        return 1;
+    };
+    // SAFETY: the fd was inherited for this purpose and is used by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut byte = [0u8; 1];
+    let mut pipe = std::fs::File::from(fd);
+    if !matches!(pipe.read(&mut byte), Ok(1)) {
+        return 1;
+    }
+    drop(pipe);
+    let mut command = Command::new("/proc/self/exe");
+    command.args(args.iter().skip(1)).env(ENV, "inside");
+    if let Some(arg0) = args.first() {
+        command.arg0(arg0);
+    }
+    let error = command.exec();
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("strata: cannot re-execute itself in its user namespace: {error}");
+    }
+    1
+}
