@@ -1140,7 +1140,7 @@ impl Engine {
     pub(crate) fn apply_layer(&self, layer: &LayerRef, dir: &Path) -> Result<()> {
         self.ensure_blob(layer)?;
         let file = self.state.layout.open_blob(&layer.digest)?;
-        Extractor::new()
+        let report = Extractor::new()
             .allow_devices(true)
             .expect_diff_id(Some(layer.diff_id.clone()))
             .media_type(Some(layer.media_type.clone()))
@@ -1148,6 +1148,13 @@ impl Engine {
                 crate::failpoint::Halfway::new(BufReader::with_capacity(1 << 20, file), layer.size),
                 dir,
             )?;
+        for warning in report.warnings {
+            self.emit(Event::Warning {
+                stage: None,
+                line: None,
+                message: format!("layer {}: {warning}", layer.digest),
+            });
+        }
         Ok(())
     }
 

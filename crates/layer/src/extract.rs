@@ -445,16 +445,31 @@ impl Applier<'_> {
                     rustix::fs::FileType::BlockDevice
                 };
                 let dev = rustix::fs::makedev(header.device.0, header.device.1);
-                rustix::fs::mknodat(
+                match rustix::fs::mknodat(
                     rustix::fs::CWD,
                     &target,
                     file_type,
                     rustix::fs::Mode::from_raw_mode(header.mode),
                     dev,
-                )
-                .map_err(|e| Error::io(&target)(e.into()))?;
-                self.owner_and_xattrs(header, &target)?;
-                self.set_times_nofollow(header, &target);
+                ) {
+                    Ok(()) => {
+                        self.owner_and_xattrs(header, &target)?;
+                        self.set_times_nofollow(header, &target);
+                    }
+                    // Not permitted here (a user namespace, a container without CAP_MKNOD):
+                    // the node is left out of the tree with a warning. A device of a base
+                    // image is replaced by the runtime's /dev when a container runs, and the
+                    // layer itself, which keeps it, is not rewritten.
+                    Err(rustix::io::Errno::PERM) => {
+                        self.report.warnings.push(format!(
+                            "{}: device node {}:{} not created (not permitted here)",
+                            header.display_name(),
+                            header.device.0,
+                            header.device.1
+                        ));
+                    }
+                    Err(e) => return Err(Error::io(&target)(e.into())),
+                }
             }
             ReadKind::Fifo => {
                 rustix::fs::mknodat(
