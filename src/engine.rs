@@ -513,7 +513,7 @@ impl Engine {
             self.ensure_blob(layer)?;
             let file = self.state.layout.open_blob(&layer.digest)?;
             Extractor::new()
-                .whiteouts(strata_layer::WhiteoutMode::Overlay)
+                .whiteouts(self.overlay_whiteouts())
                 .allow_devices(true)
                 .parents_like(&lower_dir)
                 .media_type(Some(layer.media_type.clone()))
@@ -910,7 +910,8 @@ impl Engine {
 
     /// Whether stages' filesystems are overlays of the layer store: namespaces isolation
     /// (not the in-container mode), overlay snapshots not turned off, and this process able
-    /// to mount overlays with `trusted.*` whiteouts (root).
+    /// to mount overlays with their whiteouts: `trusted.*` as root, `user.*` (`userxattr`)
+    /// as root of a user namespace (a rootless build).
     pub(crate) fn use_store(&self) -> bool {
         *self.store_mode.get_or_init(|| {
             self.in_container.is_none()
@@ -931,9 +932,9 @@ impl Engine {
         }
     }
 
-    /// Whether this process can mark directories opaque the way the store keeps them
-    /// (`trusted.overlay.opaque`): root in the first user namespace can, root of a nested
-    /// one (a rootless container) cannot.
+    /// Whether this process can mark directories opaque the way its overlays read them:
+    /// `trusted.overlay.opaque` as root of the first user namespace, `user.overlay.opaque`
+    /// in another (where overlays are mounted with `userxattr`).
     fn trusted_xattrs(&self) -> bool {
         let Ok(dir) = tempfile::Builder::new()
             .prefix("xattr-probe-")
@@ -943,11 +944,28 @@ impl Engine {
         };
         rustix::fs::lsetxattr(
             dir.path(),
-            "trusted.overlay.opaque",
+            self.opaque_xattr(),
             b"y",
             rustix::fs::XattrFlags::empty(),
         )
         .is_ok()
+    }
+
+    fn opaque_xattr(&self) -> &'static str {
+        if strata_snapshot::overlay::in_user_namespace() {
+            "user.overlay.opaque"
+        } else {
+            "trusted.overlay.opaque"
+        }
+    }
+
+    /// How extracted layers keep whiteouts for this process's overlays.
+    pub(crate) fn overlay_whiteouts(&self) -> strata_layer::WhiteoutMode {
+        if strata_snapshot::overlay::in_user_namespace() {
+            strata_layer::WhiteoutMode::OverlayUser
+        } else {
+            strata_layer::WhiteoutMode::Overlay
+        }
     }
 
     /// The layer store's directory of each of `layers`, the top-most first; the layers the
@@ -1006,7 +1024,7 @@ impl Engine {
             self.ensure_blob(layer)?;
             let file = self.state.layout.open_blob(&layer.digest)?;
             let mut extractor = Extractor::new()
-                .whiteouts(strata_layer::WhiteoutMode::Overlay)
+                .whiteouts(self.overlay_whiteouts())
                 .allow_devices(true)
                 .expect_diff_id(Some(layer.diff_id.clone()))
                 .media_type(Some(layer.media_type.clone()));

@@ -32,6 +32,10 @@ pub fn enter(args: &[OsString]) -> Option<i32> {
     if let Some(fd) = state.as_deref().and_then(|s| s.strip_prefix("wait:")) {
         return Some(wait_and_exec(fd, args));
     }
+    if state.as_deref() == Some("inside") {
+        private_mounts();
+        return None;
+    }
     if state.is_some() || rustix::process::geteuid().is_root() {
         return None;
     }
@@ -94,6 +98,25 @@ pub fn enter(args: &[OsString]) -> Option<i32> {
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
     )
+}
+
+/// Root of the user namespace, this process takes a mount namespace of its own, so that it
+/// can mount the layer store's overlays (with `userxattr`) as a build as root does. Failing
+/// that, builds extract each stage's layers instead.
+fn private_mounts() {
+    // SAFETY: plain system calls with constant arguments, made before any thread starts.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return;
+        }
+        libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+    }
 }
 
 /// In the new namespace: waits for the maps, then executes the command again as root there.

@@ -169,6 +169,14 @@ fn rootless_builds_equal_root_builds() {
             as_root,
             "uid {uid} (ranges: {needs_ranges}) built another image than root"
         );
+        if needs_ranges {
+            // In its own user and mount namespaces, the build used the layer store: overlays
+            // mounted with `userxattr`.
+            let stored = std::fs::read_dir(state.join("layers"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert!(stored > 0, "no layer store in {}", state.display());
+        }
         if !needs_ranges {
             // Without ranges, only root exists inside: USER app with RUN is a clear error.
             let file = format!("{ROOT_ONLY}USER app\nRUN touch /tmp/x\n");

@@ -39,6 +39,9 @@ pub enum WhiteoutMode {
     /// Turn them into overlayfs whiteouts: a 0/0 character device, and the
     /// `trusted.overlay.opaque` attribute (needs root).
     Overlay,
+    /// The same with the `user.overlay.opaque` attribute, for overlays mounted with the
+    /// `userxattr` option (root of a user namespace, rootless).
+    OverlayUser,
 }
 
 /// Options for extracting layers; cheap to clone and reuse.
@@ -507,18 +510,18 @@ impl Applier<'_> {
                 File::create(&target).map_err(Error::io(&target))?;
                 self.created.insert(target);
             }
-            WhiteoutMode::Overlay => {
+            WhiteoutMode::Overlay | WhiteoutMode::OverlayUser => {
                 let dir = self
                     .resolve_dir(header, parent, true)?
                     .ok_or_else(|| refused(header, "parent could not be created"))?;
                 if opaque {
-                    rustix::fs::lsetxattr(
-                        &dir,
-                        "trusted.overlay.opaque",
-                        b"y",
-                        rustix::fs::XattrFlags::empty(),
-                    )
-                    .map_err(|e| Error::io(&dir)(e.into()))?;
+                    let name = if self.options.whiteouts == WhiteoutMode::OverlayUser {
+                        "user.overlay.opaque"
+                    } else {
+                        "trusted.overlay.opaque"
+                    };
+                    rustix::fs::lsetxattr(&dir, name, b"y", rustix::fs::XattrFlags::empty())
+                        .map_err(|e| Error::io(&dir)(e.into()))?;
                 } else {
                     let target = dir.join(OsStr::from_bytes(hidden));
                     self.remove(&target)?;

@@ -20,6 +20,20 @@ fn is_overlay_xattr(name: &str) -> bool {
     name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
 }
 
+/// Whether this process is in a user namespace other than the first (rootless, or a
+/// container with its own user namespace). There overlayfs is mounted with `userxattr`: it
+/// keeps its attributes as `user.overlay.*`, since `trusted.*` needs root of the first
+/// namespace.
+pub fn in_user_namespace() -> bool {
+    static NESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NESTED.get_or_init(|| {
+        fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields != ["0", "0", "4294967295"]
+        })
+    })
+}
+
 /// Whether overlayfs can be used here, and why not when it cannot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlaySupport {
@@ -122,6 +136,9 @@ fn mount_deep(lowers: &[PathBuf], writable: Option<(&Path, &Path)>, merged: &Pat
         },
     };
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| step("fsopen", e))?;
+    if in_user_namespace() {
+        rustix::mount::fsconfig_set_flag(&fs, "userxattr").map_err(|e| step("userxattr", e))?;
+    }
     for lower in lowers {
         fsconfig_set_string(&fs, "lowerdir+", lower.as_path()).map_err(|e| step("lowerdir+", e))?;
     }
@@ -198,6 +215,9 @@ impl OverlayMount {
                 escape(upper)?,
                 escape(work)?
             ));
+        }
+        if in_user_namespace() {
+            options.push_str(",userxattr");
         }
         if options.len() >= 4096 {
             mount_deep(lowers, writable, merged)?;
