@@ -176,6 +176,28 @@ fn rootless_builds_equal_root_builds() {
                 .map(|d| d.count())
                 .unwrap_or(0);
             assert!(stored > 0, "no layer store in {}", state.display());
+            // The cache works the same: a second build takes every step from it.
+            let again = build(Some(uid), cwd.path(), &ctx, "Dockerfile", &state);
+            assert_eq!(digest(&again), as_root);
+            let stdout = String::from_utf8_lossy(&again.stdout);
+            assert!(stdout.contains("8 of 8 steps from the cache"), "{stdout}");
+            // And the state check finds nothing wrong in the user's state directory.
+            let check = Command::new("setpriv")
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .args(["--init-groups", "--"])
+                .arg(env!("CARGO_BIN_EXE_strata"))
+                .args(["state", "check", "--state-dir"])
+                .arg(&state)
+                .env("HOME", cwd.path())
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&check.stdout),
+                String::from_utf8_lossy(&check.stderr)
+            );
         }
         if !needs_ranges {
             // Without ranges, only root exists inside: USER app with RUN is a clear error.
