@@ -31,6 +31,11 @@ enum DockerfileSource {
 
 /// A build, configured with chained calls and started with [`Build::run`].
 ///
+/// Run by an ordinary user, a build gives root's image when the program first re-executes
+/// itself in a user namespace with [`crate::sandbox::enter_user_namespace`] (the `strata`
+/// command does); in the caller's own process, steps' files get the ids they had inside, but
+/// base images' owners are not applied on disk.
+///
 /// Every setting has a default: the `Dockerfile` at the context's root, the host's platform,
 /// the state directory of [`default_state_dir`], the local cache on, gzip layers, events
 /// nowhere.

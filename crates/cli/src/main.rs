@@ -17,7 +17,6 @@ mod display;
 mod dockerfile;
 mod executor;
 mod state;
-mod userns;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -93,7 +92,7 @@ fn main() -> ExitCode {
     };
     // An ordinary user with subordinate ids builds as root of a user namespace of its own.
     if matches!(cli.command, Command::Build(_) | Command::State(_))
-        && let Some(code) = userns::enter(&raw)
+        && let Some(code) = strata::sandbox::enter_user_namespace(&raw)
     {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }

@@ -51,6 +51,8 @@ mod inplace;
 #[cfg(target_os = "linux")]
 mod probe;
 #[cfg(target_os = "linux")]
+mod reexec;
+#[cfg(target_os = "linux")]
 mod root;
 #[cfg(target_os = "linux")]
 mod sandbox;
@@ -65,6 +67,8 @@ pub use inplace::run_in_place;
 #[cfg(target_os = "linux")]
 pub use probe::{Probe, Support, probe};
 #[cfg(target_os = "linux")]
+pub use reexec::{ENV as USERNS_ENV, enter_user_namespace};
+#[cfg(target_os = "linux")]
 pub use root::resolve_in_root;
 #[cfg(target_os = "linux")]
 pub use sandbox::{MAX_LINE, Sandbox, SandboxBuilder};
@@ -73,6 +77,8 @@ pub use step::{
     Outcome, Sharing, Step, Stream,
 };
 #[cfg(not(target_os = "linux"))]
-pub use unsupported::{MAX_LINE, Probe, Sandbox, SandboxBuilder, Support, probe, run_in_place};
+pub use unsupported::{
+    MAX_LINE, Probe, Sandbox, SandboxBuilder, Support, enter_user_namespace, probe, run_in_place,
+};
 #[cfg(target_os = "linux")]
 pub use user::chown_ids;

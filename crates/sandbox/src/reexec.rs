@@ -1,12 +1,13 @@
 //! Rootless builds inside a user namespace of their own, as `buildah unshare` does.
 //!
-//! Run by an ordinary user with subordinate id ranges (`/etc/subuid`, `/etc/subgid`, and the
-//! `newuidmap`/`newgidmap` helpers of Debian's `uidmap`), the command re-executes itself in a
-//! new user namespace where the user is root and the ranges are ids 1…. There it extracts
-//! layers with their owners, runs steps and scans their changes with the ids the image has,
-//! like a build as root: the image does not depend on who built it. Without ranges, or where
-//! user namespaces are denied, the command goes on as it is (steps still run in a namespace
-//! of their own, and their files' host ids are mapped back).
+//! Called at the start of `main` by an ordinary user with subordinate id ranges
+//! (`/etc/subuid`, `/etc/subgid`, and the `newuidmap`/`newgidmap` helpers of Debian's
+//! `uidmap`), [`enter_user_namespace`] re-executes the program in a new user namespace where
+//! the user is root and the ranges are ids 1…, with a mount namespace of its own. There a
+//! build extracts layers with their owners, mounts overlays, runs steps and scans their
+//! changes with the ids the image has, like a build as root: the image does not depend on who
+//! built it. Without ranges, or where user namespaces are denied, the program goes on as it is
+//! (steps still run in a namespace of their own, and their files' host ids are mapped back).
 //!
 //! The handshake: the first process spawns its own executable with `unshare(CLONE_NEWUSER)`
 //! before `execve`; the new process waits on a pipe; the first process writes the maps with
@@ -25,9 +26,16 @@ use std::process::Command;
 /// maps, `inside` in the process that runs the build, `off` to never enter a namespace.
 pub const ENV: &str = "STRATA_USERNS";
 
-/// Enters a user namespace when that is possible and useful: returns the exit code of the
-/// command run inside, or `None` to go on in this process.
-pub fn enter(args: &[OsString]) -> Option<i32> {
+/// Re-executes this program (`/proc/self/exe` with `args`, the program's own arguments
+/// including its name) as root of a new user namespace mapping the caller's subordinate ids,
+/// when the caller is not root and has them. Returns the exit code of the program run inside,
+/// which the caller should exit with, or `None` to go on in this process: when running as
+/// root, when already inside, without ranges, where user namespaces or the helpers are denied,
+/// or with `STRATA_USERNS=off`.
+///
+/// Call it first thing in `main`, before any thread starts: the process inside takes its
+/// mount namespace on this call too.
+pub fn enter_user_namespace(args: &[OsString]) -> Option<i32> {
     let state = std::env::var(ENV).ok();
     if let Some(fd) = state.as_deref().and_then(|s| s.strip_prefix("wait:")) {
         return Some(wait_and_exec(fd, args));
@@ -39,7 +47,7 @@ pub fn enter(args: &[OsString]) -> Option<i32> {
     if state.is_some() || rustix::process::geteuid().is_root() {
         return None;
     }
-    let map = strata::sandbox::UserNamespaceMap::for_caller();
+    let map = crate::idmap::UserNamespaceMap::for_caller();
     if !map.has_ranges() {
         return None;
     }
@@ -138,9 +146,6 @@ fn wait_and_exec(fd: &str, args: &[OsString]) -> i32 {
         command.arg0(arg0);
     }
     let error = command.exec();
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("strata: cannot re-execute itself in its user namespace: {error}");
-    }
+    tracing::error!(%error, "cannot re-execute in the user namespace");
     1
 }
