@@ -417,6 +417,7 @@ impl Build {
         let mut default_labels = BTreeMap::new();
         let context = match self.context {
             ContextSource::Git(git) => {
+                let git = git.with_tls_of(&registry);
                 let started = std::time::Instant::now();
                 let dir = Context::scratch_dir(work.path())?;
                 let checkout =

@@ -67,7 +67,9 @@ impl Engine {
         // context).
         let mut checkouts = Vec::new();
         for text in &repos {
-            let source = crate::GitSource::parse(text)?.credentials_from_env();
+            let source = crate::GitSource::parse(text)?
+                .credentials_from_env()
+                .with_tls_of(&self.registry);
             let dir = tempfile::Builder::new()
                 .prefix("git-add-")
                 .tempdir_in(&self.work)

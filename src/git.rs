@@ -41,6 +41,7 @@ pub struct GitSource {
     submodules: bool,
     insecure_skip_tls: bool,
     ca_files: Vec<PathBuf>,
+    ca_pems: Vec<Vec<u8>>,
     credentials: Option<(String, String)>,
     ssh_command: Option<String>,
 }
@@ -96,6 +97,7 @@ impl GitSource {
             submodules: false,
             insecure_skip_tls: false,
             ca_files: Vec::new(),
+            ca_pems: Vec::new(),
             credentials: None,
             ssh_command: None,
         };
@@ -190,6 +192,32 @@ impl GitSource {
     /// Trust the CA certificates in this PEM file too, for an HTTPS server.
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> GitSource {
         self.ca_files.push(path.into());
+        self
+    }
+
+    /// Trust the CA certificates of this PEM text too, for an HTTPS server.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> GitSource {
+        self.ca_pems.push(pem.into());
+        self
+    }
+
+    /// The host (`name[:port]`) of an http(s) URL, for its TLS settings.
+    pub(crate) fn http_host(&self) -> Option<&str> {
+        let rest = self
+            .url
+            .strip_prefix("https://")
+            .or_else(|| self.url.strip_prefix("http://"))?;
+        let authority = rest.split('/').next()?;
+        Some(authority.rsplit('@').next().unwrap_or(authority))
+    }
+
+    /// Trusts the extra CA certificates a registry client trusts for this repository's host.
+    /// Its "accept any certificate" settings are registry settings and are not taken: a git
+    /// server is skipped only by [`GitSource::insecure_skip_tls`].
+    pub(crate) fn with_tls_of(mut self, registry: &strata_registry::RegistryClient) -> GitSource {
+        if let Some(host) = self.http_host() {
+            self.ca_pems.extend(registry.tls_for(host).ca_pems);
+        }
         self
     }
 
@@ -517,7 +545,11 @@ fn fetch_with(
             .map_err(|e| Error::Context(format!("{shown}: ref `{r}`: {e}")))?,
     };
     let credentials = source.credentials.clone();
-    let ca_files = source.ca_files.clone();
+    let mut ca = Vec::new();
+    for path in &source.ca_files {
+        ca.push(fs::read(path).map_err(Error::io(path))?);
+    }
+    ca.extend(source.ca_pems.iter().cloned());
     let insecure = source.insecure_skip_tls;
     let state = Arc::clone(auth);
     prepare = prepare.configure_connection(move |connection| {
@@ -551,7 +583,7 @@ fn fetch_with(
                 Action::Store(_) => Ok(None),
             }
         });
-        connection.set_transport_options(Box::new(http_options(&ca_files, insecure)));
+        connection.set_transport_options(Box::new(http_options(&ca, insecure)));
         Ok(())
     });
     // gix has no size limit of its own: a watchdog stops the fetch when what it wrote passes
@@ -606,23 +638,19 @@ fn disk_usage(dir: &Path) -> u64 {
     total
 }
 
-/// The HTTP transport's options: extra CA certificates and certificate checks.
+/// The HTTP transport's options: extra CA certificates (PEM) and certificate checks.
 fn http_options(
-    ca_files: &[PathBuf],
+    ca_pems: &[Vec<u8>],
     insecure: bool,
 ) -> gix::protocol::transport::client::blocking_io::http::Options {
     use gix::error::ErrorExt;
     use gix::protocol::transport::client::blocking_io::http;
-    let ca_files = ca_files.to_vec();
+    let ca_pems = ca_pems.to_vec();
     let backend = http::reqwest::Options {
         configure_client: Some(Box::new(move |mut builder| {
-            for path in &ca_files {
-                let pem = fs::read(path).map_err(|e| {
-                    std::io::Error::other(format!("CA file {}: {e}", path.display())).raise()
-                })?;
-                let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    std::io::Error::other(format!("CA file {}: {e}", path.display())).raise()
-                })?;
+            for pem in &ca_pems {
+                let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| std::io::Error::other(format!("CA certificate: {e}")).raise())?;
                 for certificate in certificates {
                     builder = builder.add_root_certificate(certificate);
                 }

@@ -498,6 +498,22 @@ async fn add_of_a_repository_with_and_without_its_git_dir() {
     assert_eq!(head, repos.tip);
     let status = git(&kept, &["status", "--porcelain", "--ignore-submodules"]).unwrap();
     assert_eq!(status, "", "a clean checkout");
+    // Over HTTPS, the repository's server is trusted as the registry client trusts it (its
+    // CA certificates); credentials in the URL are moved out of it.
+    let https = repos.server.https_url("app.git").replacen(
+        "https://",
+        &format!("https://builder:{PASSWORD}@"),
+        1,
+    );
+    let registry = strata::registry::RegistryClient::builder()
+        .ca_pem(fs::read(repos.server.ca_path()).unwrap())
+        .build();
+    let (image, _) = run(build(context.path(), state.path())
+        .registry(registry)
+        .dockerfile_text(format!("FROM scratch\nADD {https}#feature /https/\n")))
+    .await;
+    let tree = files(&image.unwrap());
+    assert!(tree["https/a.txt"].contains("feature"), "{tree:?}");
     // A second build with nothing changed hits the cache: the commit is the key.
     let dockerfile = format!(
         "FROM scratch\nADD {}#v1 /tagged\n",

@@ -415,11 +415,6 @@ fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> 
             };
             source = source.subdir(joined);
         }
-        for text in &args.registry_certificates {
-            if let Some((_, path)) = text.split_once('=') {
-                source = source.ca_file(path);
-            }
-        }
         let name = source
             .url()
             .trim_end_matches('/')

@@ -346,6 +346,17 @@ impl RegistryClient {
             .unwrap_or_else(Credentials::from_env)
     }
 
+    /// The TLS settings this client uses for `host` (`name[:port]`), for other HTTPS clients
+    /// that should trust what it trusts (a git fetch): the extra CA certificates and whether
+    /// any certificate is accepted (`skip_tls_verify`, or for that host).
+    pub fn tls_for(&self, host: &str) -> TlsSettings {
+        TlsSettings {
+            ca_pems: self.builder.ca_pems.clone(),
+            accept_invalid_certs: self.builder.skip_tls_verify
+                || self.builder.skip_tls_verify_for.iter().any(|h| h == host),
+        }
+    }
+
     /// A plain HTTP client for `host` (`name[:port]`) with this client's TLS settings,
     /// timeouts and proxies, for downloads that are not registry requests.
     pub(crate) fn http_client(&self, host: &str) -> std::result::Result<reqwest::Client, String> {
@@ -1221,4 +1232,13 @@ pub struct PushReport {
     pub mounted: usize,
     /// Blobs the registry already had.
     pub skipped: usize,
+}
+
+/// TLS settings of a [`RegistryClient`] for one host ([`RegistryClient::tls_for`]).
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// Extra CA certificates (PEM) trusted besides the system's.
+    pub ca_pems: Vec<Vec<u8>>,
+    /// Whether any certificate is accepted.
+    pub accept_invalid_certs: bool,
 }

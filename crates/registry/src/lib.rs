@@ -44,7 +44,7 @@ mod verify;
 
 pub use archive::write_docker_archive;
 pub use auth::{Credential, Credentials, DockerConfig};
-pub use client::{ClientBuilder, Platform, PulledImage, PushReport, RegistryClient};
+pub use client::{ClientBuilder, Platform, PulledImage, PushReport, RegistryClient, TlsSettings};
 pub use error::{Error, Result};
 pub use fetch::{DEFAULT_DOWNLOAD_LIMIT, Fetched};
 pub use layout::{BlobInfo, Layout, REF_NAME};
