@@ -181,6 +181,52 @@ fn rootless_builds_equal_root_builds() {
             assert_eq!(digest(&again), as_root);
             let stdout = String::from_utf8_lossy(&again.stdout);
             assert!(stdout.contains("8 of 8 steps from the cache"), "{stdout}");
+            // A SIGTERM to the command ends the build inside its namespace too: nothing of
+            // the user's is left running.
+            std::fs::write(ctx.join("Dockerfile.slow"), format!("{BASE}RUN sleep 60\n")).unwrap();
+            let mut slow = Command::new("setpriv")
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .args(["--init-groups", "--"])
+                .arg(env!("CARGO_BIN_EXE_strata"))
+                .arg("--context")
+                .arg(&ctx)
+                .arg("--dockerfile")
+                .arg(ctx.join("Dockerfile.slow"))
+                .arg("--state-dir")
+                .arg(&state)
+                .current_dir(cwd.path())
+                .env("HOME", cwd.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let running = |pattern: &str| {
+                Command::new("pgrep")
+                    .args(["-u", &uid.to_string(), "-f", pattern])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !running("sleep 60") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slow step never started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let pid = rustix::process::Pid::from_raw(slow.id() as i32).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            let _ = slow.wait();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while running("strata") || running("sleep 60") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the build went on after its command was terminated"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             // And the state check finds nothing wrong in the user's state directory.
             let check = Command::new("setpriv")
                 .arg(format!("--reuid={uid}"))

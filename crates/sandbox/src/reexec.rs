@@ -41,6 +41,7 @@ pub fn enter_user_namespace(args: &[OsString]) -> Option<i32> {
         return Some(wait_and_exec(fd, args));
     }
     if state.as_deref() == Some("inside") {
+        follow_parent();
         private_mounts();
         return None;
     }
@@ -56,7 +57,8 @@ pub fn enter_user_namespace(args: &[OsString]) -> Option<i32> {
     let mut command = Command::new("/proc/self/exe");
     command
         .args(args.iter().skip(1))
-        .env(ENV, format!("wait:{}", read.as_raw_fd()));
+        .env(ENV, format!("wait:{}", read.as_raw_fd()))
+        .env(PARENT_ENV, std::process::id().to_string());
     if let Some(arg0) = args.first() {
         command.arg0(arg0);
     }
@@ -93,7 +95,13 @@ pub fn enter_user_namespace(args: &[OsString]) -> Option<i32> {
         let _ = child.kill();
     }
     drop(write);
-    // The child gets the terminal's signals too; wait for it whatever they do to us.
+    // The terminal's interrupt reaches the child too (one process group): it decides, and
+    // this process reports how it ended, as `system()` does.
+    // SAFETY: setting the disposition of two signals to "ignore"; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
     let status = loop {
         match child.wait() {
             Ok(status) => break status,
@@ -106,6 +114,28 @@ pub fn enter_user_namespace(args: &[OsString]) -> Option<i32> {
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
     )
+}
+
+/// The variable that carries the first process's pid to the one inside.
+const PARENT_ENV: &str = "STRATA_USERNS_PARENT";
+
+/// The process inside ends when the first process does (killed, say, by a `SIGTERM` meant
+/// for the build): becoming root of the namespace cleared the parent-death signal its first
+/// `execve` had.
+fn follow_parent() {
+    let Some(parent) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<libc::pid_t>().ok())
+    else {
+        return;
+    };
+    // SAFETY: prctl, getppid and _exit with constant arguments, before any thread starts.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() != parent {
+            libc::_exit(143);
+        }
+    }
 }
 
 /// Root of the user namespace, this process takes a mount namespace of its own, so that it
