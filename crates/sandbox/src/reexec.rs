@@ -41,8 +41,16 @@ pub fn enter_user_namespace(args: &[OsString]) -> Option<i32> {
         return Some(wait_and_exec(fd, args));
     }
     if state.as_deref() == Some("inside") {
+        if !rustix::process::geteuid().is_root() {
+            // Not the process this module started: nothing to set up.
+            return None;
+        }
         follow_parent();
-        private_mounts();
+        if !private_mounts() {
+            // Root in name only: the namespace grants no capabilities (a security module
+            // restricting unprivileged user namespaces). The first process builds instead.
+            std::process::exit(FALLBACK);
+        }
         return None;
     }
     if state.is_some() || rustix::process::geteuid().is_root() {
@@ -109,12 +117,24 @@ pub fn enter_user_namespace(args: &[OsString]) -> Option<i32> {
             Err(_) => return Some(1),
         }
     };
-    Some(
-        status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-    )
+    match status.code() {
+        Some(FALLBACK) => {
+            // SAFETY: restoring the default disposition of the two signals ignored above.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            }
+            tracing::debug!("the user namespace gives no capabilities; building without it");
+            None
+        }
+        Some(code) => Some(code),
+        None => Some(128 + status.signal().unwrap_or(0)),
+    }
 }
+
+/// The exit status by which the process inside says it could not work there (and did
+/// nothing), so that the first process goes on itself.
+const FALLBACK: i32 = 117;
 
 /// The variable that carries the first process's pid to the one inside.
 const PARENT_ENV: &str = "STRATA_USERNS_PARENT";
@@ -141,11 +161,11 @@ fn follow_parent() {
 /// Root of the user namespace, this process takes a mount namespace of its own, so that it
 /// can mount the layer store's overlays (with `userxattr`) as a build as root does. Failing
 /// that, builds extract each stage's layers instead.
-fn private_mounts() {
+fn private_mounts() -> bool {
     // SAFETY: plain system calls with constant arguments, made before any thread starts.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return;
+            return false;
         }
         libc::mount(
             c"none".as_ptr(),
@@ -155,19 +175,20 @@ fn private_mounts() {
             std::ptr::null(),
         );
     }
+    true
 }
 
 /// In the new namespace: waits for the maps, then executes the command again as root there.
 fn wait_and_exec(fd: &str, args: &[OsString]) -> i32 {
     let Ok(raw) = fd.parse::<i32>() else {
-        return 1;
+        return FALLBACK;
     };
     // SAFETY: the fd was inherited for this purpose and is used by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut byte = [0u8; 1];
     let mut pipe = std::fs::File::from(fd);
     if !matches!(pipe.read(&mut byte), Ok(1)) {
-        return 1;
+        return FALLBACK;
     }
     drop(pipe);
     let mut command = Command::new("/proc/self/exe");
@@ -177,5 +198,5 @@ fn wait_and_exec(fd: &str, args: &[OsString]) -> i32 {
     }
     let error = command.exec();
     tracing::error!(%error, "cannot re-execute in the user namespace");
-    1
+    FALLBACK
 }
