@@ -13,38 +13,7 @@ use common::{Fixture, run};
 use strata::registry::RegistryClient;
 use strata::{Build, ContextSource, Error, check_state};
 use strata_testkit::{ContextBuilder, TestRegistry};
-use strata_testkit::{HostileServer, Reply};
-
-/// Every file below `dir` (recursively, on `dir`'s own filesystem: not into the overlays a
-/// running step has mounted) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let device = fs::metadata(dir).map(|m| m.dev()).unwrap_or(0);
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(t) if t.is_dir() && entry.metadata().is_ok_and(|m| m.dev() == device) => {
-                    stack.push(path)
-                }
-                Ok(t)
-                    if t.is_file()
-                        && fs::read(&path)
-                            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) =>
-                {
-                    found.push(path.display().to_string());
-                }
-                _ => {}
-            }
-        }
-    }
-    found
-}
+use strata_testkit::{HostileServer, Reply, files_containing};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_passwd_entry_is_an_error_never_root() {

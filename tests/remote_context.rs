@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::run;
 use strata::{Build, ContextSource, ErrorKind, Event, GitSource, PullMethod};
-use strata_testkit::{ContextBuilder, GitServer, SshServer, git};
+use strata_testkit::{ContextBuilder, GitServer, SshServer, commit_files, files_containing, git};
 
 const PASSWORD: &str = "s3cret-git-password";
 const DOCKERFILE: &str = "FROM scratch\nCOPY . /src/\n";
@@ -35,13 +35,12 @@ fn repos() -> Repos {
     fs::create_dir(&bare).unwrap();
     // lib: one file.
     let lib = dir.path().join("lib");
-    ContextBuilder::new()
-        .file("lib.txt", "library\n")
-        .write_into(&lib)
-        .unwrap();
-    git(&lib, &["init", "-q"]).unwrap();
-    git(&lib, &["add", "."]).unwrap();
-    git(&lib, &["commit", "-qm", "lib"]).unwrap();
+    commit_files(
+        &lib,
+        &ContextBuilder::new().file("lib.txt", "library\n"),
+        "lib",
+    )
+    .unwrap();
     git(
         dir.path(),
         &["clone", "-q", "--bare", "lib", "repos/lib.git"],
@@ -50,15 +49,14 @@ fn repos() -> Repos {
     // app: two commits on main, a branch, an annotated tag, a pull-request ref, a
     // submodule, an executable, an inner symlink, a subdirectory with its own Dockerfile.
     let work = dir.path().join("app");
-    ContextBuilder::new()
-        .file("Dockerfile", DOCKERFILE)
-        .file("a.txt", "first\n")
-        .write_into(&work)
-        .unwrap();
-    git(&work, &["init", "-q"]).unwrap();
-    git(&work, &["add", "."]).unwrap();
-    git(&work, &["commit", "-qm", "one"]).unwrap();
-    let first = git(&work, &["rev-parse", "HEAD"]).unwrap();
+    let first = commit_files(
+        &work,
+        &ContextBuilder::new()
+            .file("Dockerfile", DOCKERFILE)
+            .file("a.txt", "first\n"),
+        "one",
+    )
+    .unwrap();
     ContextBuilder::new()
         .file("a.txt", "second\n")
         .file_with_mode("run.sh", "#!/bin/sh\necho hi\n", 0o755)
@@ -103,14 +101,10 @@ fn repos() -> Repos {
     git(&app, &["branch", "-D", "pr"]).unwrap();
     // evil: a link that leads out of the repository.
     let evil = dir.path().join("evil");
-    ContextBuilder::new()
+    let evil_files = ContextBuilder::new()
         .file("Dockerfile", DOCKERFILE)
-        .symlink("passwd", "../../../../etc/passwd")
-        .write_into(&evil)
-        .unwrap();
-    git(&evil, &["init", "-q"]).unwrap();
-    git(&evil, &["add", "."]).unwrap();
-    git(&evil, &["commit", "-qm", "evil"]).unwrap();
+        .symlink("passwd", "../../../../etc/passwd");
+    commit_files(&evil, &evil_files, "evil").unwrap();
     git(
         dir.path(),
         &["clone", "-q", "--bare", "evil", "repos/evil.git"],
@@ -339,15 +333,8 @@ async fn wrong_or_missing_credentials_are_auth_errors_that_do_not_echo_them() {
     let (result, _) = run(build(ContextSource::Git(untrusted), state.path())).await;
     assert!(result.is_err());
     // The password never reaches the state directory.
-    for entry in walk(state.path()) {
-        if let Ok(bytes) = fs::read(&entry) {
-            assert!(
-                !String::from_utf8_lossy(&bytes).contains(PASSWORD),
-                "{} holds the password",
-                entry.display()
-            );
-        }
-    }
+    let holding = files_containing(state.path(), PASSWORD.as_bytes());
+    assert!(holding.is_empty(), "the password is in {holding:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -521,23 +508,4 @@ async fn add_of_a_repository_with_and_without_its_git_dir() {
     );
     let (again, _) = run(build(context.path(), state.path()).dockerfile_text(dockerfile)).await;
     assert_eq!(again.unwrap().cache_hits().0, 1);
-}
-
-fn walk(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() => out.push(path),
-                _ => {}
-            }
-        }
-    }
-    out
 }

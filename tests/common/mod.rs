@@ -166,3 +166,19 @@ pub fn noise(len: usize, mut state: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The image digest a successful `strata build` printed (its `digest sha256:…` line); fails
+/// with the command's output otherwise.
+pub fn printed_digest(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("digest "))
+        .unwrap_or_else(|| panic!("no digest line: {stdout}"))
+        .to_owned()
+}

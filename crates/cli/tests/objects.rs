@@ -3,6 +3,9 @@
 //! the one built from the same files as a directory (`--reproducible`: the same digest), and
 //! no credential appears in the output.
 
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -17,20 +20,6 @@ fn strata(cwd: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
         command.env(k, v);
     }
     command.output().unwrap()
-}
-
-fn digest(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("digest "))
-        .unwrap_or_else(|| panic!("no digest line: {stdout}"))
-        .to_owned()
 }
 
 /// The context, as a directory and as `context.tar.gz`.
@@ -81,25 +70,18 @@ fn check(kind: ObjectKind, url: &str, env: &[(&str, String)], bucket_flag: Optio
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let from_store = digest(&out);
+    let from_store = common::printed_digest(&out);
     for secret in [AWS_SECRET, AZURITE_KEY] {
         assert!(!shown.contains(secret), "{shown}");
     }
     // Nor in any file the build left in the state directory or the output.
-    for path in walk(cwd.path()) {
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        let text = String::from_utf8_lossy(&bytes);
-        for secret in [AWS_SECRET, AZURITE_KEY] {
-            assert!(
-                !text.contains(secret),
-                "{} holds a credential",
-                path.display()
-            );
-        }
+    for secret in [AWS_SECRET, AZURITE_KEY] {
+        let holding = strata_testkit::files_containing(cwd.path(), secret.as_bytes());
+        assert!(holding.is_empty(), "a credential is in {holding:?}");
     }
     let mut local = vec!["--context", dir.to_str().unwrap()];
     local.extend(common);
-    let from_dir = digest(&strata(cwd.path(), &[], &local));
+    let from_dir = common::printed_digest(&strata(cwd.path(), &[], &local));
     assert_eq!(from_store, from_dir, "{kind:?}: {shown}");
     // A missing object fails the build, naming it.
     if bucket_flag.is_none() {
@@ -155,22 +137,4 @@ fn azure_blob_contexts() {
     ];
     let url = format!("https://{AZURITE_ACCOUNT}.blob.core.windows.net/ctx/app/context.tar.gz");
     check(ObjectKind::Azure, &url, &env, None);
-}
-
-fn walk(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(entry.path()),
-                Ok(t) if t.is_file() => out.push(entry.path()),
-                _ => {}
-            }
-        }
-    }
-    out
 }

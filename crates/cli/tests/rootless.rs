@@ -3,6 +3,9 @@
 //! Debian's `uidmap` helpers), which builds as root of a user namespace of its own, and one
 //! without, which can build what needs only root.
 
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -81,20 +84,6 @@ fn build(as_user: Option<u32>, cwd: &Path, ctx: &Path, dockerfile: &str, state: 
         .unwrap()
 }
 
-fn digest(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("digest "))
-        .unwrap()
-        .to_owned()
-}
-
 /// A directory for `uid`: readable by everyone, writable by the user.
 fn workdir(uid: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -155,7 +144,7 @@ fn rootless_builds_equal_root_builds() {
             .status()
             .unwrap();
         let root_state = tempfile::tempdir().unwrap();
-        let as_root = digest(&build(
+        let as_root = common::printed_digest(&build(
             None,
             root_state.path(),
             &ctx,
@@ -165,7 +154,7 @@ fn rootless_builds_equal_root_builds() {
         let state = cwd.path().join("state");
         let out = build(Some(uid), cwd.path(), &ctx, "Dockerfile", &state);
         assert_eq!(
-            digest(&out),
+            common::printed_digest(&out),
             as_root,
             "uid {uid} (ranges: {needs_ranges}) built another image than root"
         );
@@ -178,7 +167,7 @@ fn rootless_builds_equal_root_builds() {
             assert!(stored > 0, "no layer store in {}", state.display());
             // The cache works the same: a second build takes every step from it.
             let again = build(Some(uid), cwd.path(), &ctx, "Dockerfile", &state);
-            assert_eq!(digest(&again), as_root);
+            assert_eq!(common::printed_digest(&again), as_root);
             let stdout = String::from_utf8_lossy(&again.stdout);
             assert!(stdout.contains("8 of 8 steps from the cache"), "{stdout}");
             // A SIGTERM to the command ends the build inside its namespace too: nothing of

@@ -2,14 +2,13 @@
 //! HTTPS with basic auth and the test CA), and `git daemon` for the git protocol, all serving
 //! the bare repositories of one directory.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::program::find_program;
-use crate::registry::{Supervised, free_port};
+use crate::registry::{Supervised, free_port, wait_listening};
 use crate::{Result, tls};
 
 /// The servers; they stop when dropped.
@@ -86,14 +85,8 @@ $SERVER["socket"] == "127.0.0.1:{https_port}" {{
         let config_path = dir.path().join("lighttpd.conf");
         std::fs::write(&config_path, config).map_err(Error::io(&config_path))?;
         let mut command = Command::new(&lighttpd);
-        command
-            .arg("-D")
-            .arg("-f")
-            .arg(&config_path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let mut processes = vec![Supervised::spawn(command).map_err(Error::io(&lighttpd))?];
+        command.arg("-D").arg("-f").arg(&config_path);
+        let mut processes = vec![Supervised::spawn_quiet(command).map_err(Error::io(&lighttpd))?];
         let mut daemon = Command::new(&git);
         daemon
             .arg("daemon")
@@ -102,11 +95,8 @@ $SERVER["socket"] == "127.0.0.1:{https_port}" {{
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={daemon_port}"))
             .arg(format!("--base-path={}", repos.display()))
-            .arg(repos)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        processes.push(Supervised::spawn(daemon).map_err(Error::io(&git))?);
+            .arg(repos);
+        processes.push(Supervised::spawn_quiet(daemon).map_err(Error::io(&git))?);
         let server = GitServer {
             dir,
             http_port,
@@ -118,8 +108,15 @@ $SERVER["socket"] == "127.0.0.1:{https_port}" {{
         };
         let ca = server.dir.path().join("ca.pem");
         std::fs::write(&ca, &server.ca_pem).map_err(Error::io(&ca))?;
+        let processes: Vec<&Supervised> = server.processes.iter().collect();
         for port in [http_port, https_port, daemon_port] {
-            wait_for(port, &server)?;
+            wait_listening(
+                port,
+                &processes,
+                Duration::from_secs(10),
+                "the git servers",
+                &|| server.log(),
+            )?;
         }
         Ok(server)
     }
@@ -171,23 +168,6 @@ impl Drop for GitServer {
             process.stop();
         }
     }
-}
-
-fn wait_for(port: u16, server: &GitServer) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if server.processes.iter().any(|p| p.exit_status().is_some()) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(Error::RegistryStart {
-        reason: format!("the git servers did not listen on port {port}"),
-        log: server.log(),
-    })
 }
 
 fn git_exec_path(git: &Path) -> Result<PathBuf> {
@@ -286,35 +266,20 @@ impl SshServer {
         std::fs::write(&known, format!("[127.0.0.1]:{port} {host_public}"))
             .map_err(Error::io(&known))?;
         let mut command = Command::new(&sshd);
-        command
-            .arg("-D")
-            .arg("-f")
-            .arg(&config_path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let process = Supervised::spawn(command).map_err(Error::io(&sshd))?;
-        let server = SshServer {
+        command.arg("-D").arg("-f").arg(&config_path);
+        let process = Supervised::spawn_quiet(command).map_err(Error::io(&sshd))?;
+        wait_listening(
+            port,
+            &[&process],
+            Duration::from_secs(10),
+            "sshd",
+            &String::new,
+        )?;
+        Ok(SshServer {
             dir,
             port,
             process: Some(process),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = server
-                .process
-                .as_ref()
-                .and_then(Supervised::exit_status)
-                .is_some();
-            if exited || Instant::now() > deadline {
-                return Err(Error::RegistryStart {
-                    reason: format!("sshd did not listen on port {port}"),
-                    log: String::new(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
+        })
     }
 
     /// `ssh://USER@127.0.0.1:PORT/ABSOLUTE/PATH` for a repository on this machine.
@@ -342,4 +307,16 @@ impl Drop for SshServer {
             process.stop();
         }
     }
+}
+
+/// A repository at `dir` (made when missing) holding `files`, committed with `message`;
+/// returns the commit id.
+pub fn commit_files(dir: &Path, files: &crate::ContextBuilder, message: &str) -> Result<String> {
+    files.write_into(dir)?;
+    if !dir.join(".git").exists() {
+        git(dir, &["init", "-q"])?;
+    }
+    git(dir, &["add", "."])?;
+    git(dir, &["commit", "-qm", message])?;
+    git(dir, &["rev-parse", "HEAD"])
 }

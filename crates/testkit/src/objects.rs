@@ -3,14 +3,13 @@
 //! `target/test-tools/venv`) and Azurite (from npm, under `target/test-tools/npm`). Objects
 //! are put with each provider's own client library (boto3, the JSON API, azure-storage-blob).
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::Result;
 use crate::error::Error;
-use crate::registry::{Supervised, free_port};
+use crate::registry::{Supervised, free_port, wait_listening};
 
 /// Which object store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +59,7 @@ impl ObjectServer {
         let tools = test_tools();
         let dir = tempfile::tempdir().map_err(Error::io("temporary directory"))?;
         let port = free_port()?;
-        let mut command = match kind {
+        let command = match kind {
             ObjectKind::S3 => {
                 let mut c = Command::new(tool(&tools.join("venv/bin/moto_server"), "moto")?);
                 c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
@@ -90,35 +89,20 @@ impl ObjectServer {
                 c
             }
         };
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let process = Supervised::spawn(command).map_err(Error::io("object server"))?;
-        let server = ObjectServer {
+        let process = Supervised::spawn_quiet(command).map_err(Error::io("object server"))?;
+        wait_listening(
+            port,
+            &[&process],
+            Duration::from_secs(30),
+            &format!("the {kind:?} server"),
+            &String::new,
+        )?;
+        Ok(ObjectServer {
             kind,
             port,
             _dir: dir,
             process: Some(process),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(server);
-            }
-            let exited = server
-                .process
-                .as_ref()
-                .and_then(Supervised::exit_status)
-                .is_some();
-            if exited || Instant::now() > deadline {
-                return Err(Error::RegistryStart {
-                    reason: format!("the {kind:?} server did not listen on port {port}"),
-                    log: String::new(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT`.

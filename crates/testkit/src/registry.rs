@@ -393,6 +393,16 @@ impl Supervised {
         })
     }
 
+    /// Spawns `command` with no input and its output discarded: a server whose own log, if
+    /// any, goes to a file.
+    pub(crate) fn spawn_quiet(mut command: Command) -> std::io::Result<Supervised> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Supervised::spawn(command)
+    }
+
     pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
         self.status.lock().ok().and_then(|slot| *slot)
     }
@@ -401,6 +411,29 @@ impl Supervised {
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }
+}
+
+/// Waits until something listens on `127.0.0.1:port`: fails when one of `processes` exits
+/// first or `timeout` passes, with `what` and `log()` in the error.
+pub(crate) fn wait_listening(
+    port: u16,
+    processes: &[&Supervised],
+    timeout: Duration,
+    what: &str,
+    log: &dyn Fn() -> String,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = processes.iter().any(|p| p.exit_status().is_some());
+        if exited || Instant::now() > deadline {
+            return Err(Error::RegistryStart {
+                reason: format!("{what} did not listen on port {port}"),
+                log: log(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Makes the kernel kill the child when the thread that spawned it ends, however it ends.
