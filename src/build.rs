@@ -422,14 +422,13 @@ impl Build {
                 let dir = Context::scratch_dir(work.path())?;
                 let checkout =
                     crate::git::checkout(&git, work.path(), dir.path(), self.max_download, false)?;
-                if let Some(sink) = &self.events {
-                    sink(&Event::ContextFetched {
-                        source: checkout.url.clone(),
-                        revision: Some(checkout.commit.clone()),
-                        bytes: checkout.bytes,
-                        duration: started.elapsed(),
-                    });
-                }
+                emit_fetched(
+                    &self.events,
+                    checkout.url.clone(),
+                    Some(checkout.commit.clone()),
+                    checkout.bytes,
+                    started,
+                );
                 default_labels.insert(
                     "org.opencontainers.image.revision".to_owned(),
                     checkout.commit.clone(),
@@ -445,21 +444,8 @@ impl Build {
                 let fetched =
                     runtime.block_on(registry.fetch_url(&url, work.path(), self.max_download))?;
                 let shown = crate::git::redact(&url);
-                let file = std::fs::File::open(fetched.file.path())
-                    .map_err(Error::io(fetched.file.path()))?;
-                let context = Context::open_stream(
-                    Box::new(std::io::BufReader::new(file)),
-                    work.path(),
-                    &shown,
-                )?;
-                if let Some(sink) = &self.events {
-                    sink(&Event::ContextFetched {
-                        source: shown,
-                        revision: None,
-                        bytes: fetched.size,
-                        duration: started.elapsed(),
-                    });
-                }
+                let context = archive_context(fetched.file.path(), work.path(), &shown)?;
+                emit_fetched(&self.events, shown, None, fetched.size, started);
                 context
             }
             ContextSource::Object(url) => {
@@ -469,21 +455,8 @@ impl Build {
                     work.path(),
                     self.max_download,
                 ))?;
-                let file = std::fs::File::open(fetched.file.path())
-                    .map_err(Error::io(fetched.file.path()))?;
-                let context = Context::open_stream(
-                    Box::new(std::io::BufReader::new(file)),
-                    work.path(),
-                    &url,
-                )?;
-                if let Some(sink) = &self.events {
-                    sink(&Event::ContextFetched {
-                        source: url.clone(),
-                        revision: None,
-                        bytes: fetched.size,
-                        duration: started.elapsed(),
-                    });
-                }
+                let context = archive_context(fetched.file.path(), work.path(), &url)?;
+                emit_fetched(&self.events, url, None, fetched.size, started);
                 context
             }
             local => Context::open(local, work.path(), ignore.as_deref())?,
@@ -769,6 +742,30 @@ fn choose_isolation(
             };
             Ok((mode, reason, Some(support)))
         }
+    }
+}
+
+/// The context in the downloaded archive `file`, `shown` naming it in errors.
+fn archive_context(file: &Path, scratch: &Path, shown: &str) -> Result<Context> {
+    let reader = std::fs::File::open(file).map_err(Error::io(file))?;
+    Context::open_stream(Box::new(std::io::BufReader::new(reader)), scratch, shown)
+}
+
+/// Reports a remote context on disk (with the commit, for a git context).
+fn emit_fetched(
+    events: &Option<EventSink>,
+    source: String,
+    revision: Option<String>,
+    bytes: u64,
+    started: std::time::Instant,
+) {
+    if let Some(sink) = events {
+        sink(&Event::ContextFetched {
+            source,
+            revision,
+            bytes,
+            duration: started.elapsed(),
+        });
     }
 }
 

@@ -34,7 +34,7 @@ impl Engine {
             .sources
             .iter()
             .cloned()
-            .partition(|s| add.is_some() && crate::git::is_git_source(s));
+            .partition(|s| add.is_some() && crate::git::is_git_url(s));
         let (urls, local): (Vec<String>, Vec<String>) = others
             .into_iter()
             .partition(|s| add.is_some() && crate::download::is_url(s));
@@ -281,6 +281,35 @@ impl Engine {
             },
             ..Metadata::default()
         };
+        // A directory's contents into `dest_rel`, which is made first (with the directory's
+        // metadata) when `make_dest` and it does not exist.
+        let copy_tree = |entries: &mut BTreeMap<PathBuf, Entry>,
+                         ctx: &Context,
+                         rel: &str,
+                         dest_rel: &str,
+                         make_dest: bool,
+                         exclude: &[String]|
+         -> Result<()> {
+            let host = ctx.root().join(rel);
+            if make_dest && !dest_rel.is_empty() && !root.join(dest_rel).is_dir() {
+                let meta = fs::metadata(&host).map_err(Error::io(&host))?;
+                entries.insert(
+                    dest_rel.into(),
+                    Entry {
+                        path: dest_rel.into(),
+                        kind: EntryKind::Dir,
+                        metadata: meta_of(&meta),
+                    },
+                );
+            }
+            for (below, meta) in ctx.walk(rel, exclude)? {
+                let path = join(dest_rel, &below);
+                if let Some(entry) = file_entry(&path, &host.join(&below), &meta, meta_of(&meta))? {
+                    entries.insert(path.into(), entry);
+                }
+            }
+            Ok(())
+        };
         for source in &sources {
             if let Some(dir) = archives.get(&source.path) {
                 // The archive's entries keep their owners unless --chown says otherwise.
@@ -318,25 +347,14 @@ impl Engine {
             };
             if source.is_dir {
                 // The directory's contents go into the destination.
-                if !dest_rel.is_empty() && !root.join(&dest_rel).is_dir() && !copy.parents {
-                    let meta = fs::metadata(&host).map_err(Error::io(&host))?;
-                    entries.insert(
-                        dest_rel.clone().into(),
-                        Entry {
-                            path: dest_rel.clone().into(),
-                            kind: EntryKind::Dir,
-                            metadata: meta_of(&meta),
-                        },
-                    );
-                }
-                let exclude = &copy.exclude;
-                for (rel, meta) in source_ctx.walk(&source.path, exclude)? {
-                    let path = join(&dest_rel, &rel);
-                    let full = host.join(&rel);
-                    if let Some(entry) = file_entry(&path, &full, &meta, meta_of(&meta))? {
-                        entries.insert(path.into(), entry);
-                    }
-                }
+                copy_tree(
+                    &mut entries,
+                    source_ctx,
+                    &source.path,
+                    &dest_rel,
+                    !copy.parents,
+                    &copy.exclude,
+                )?;
             } else {
                 let path = if dest_is_dir {
                     join(&dest_rel, &source.name)
@@ -351,24 +369,8 @@ impl Engine {
         }
         // A repository's files go into the destination, as a directory's do.
         for (_, _, dir) in &checkouts {
-            if !dest_rel.is_empty() && !root.join(&dest_rel).is_dir() {
-                let meta = fs::metadata(dir.path()).map_err(Error::io(dir.path()))?;
-                entries.insert(
-                    dest_rel.clone().into(),
-                    Entry {
-                        path: dest_rel.clone().into(),
-                        kind: EntryKind::Dir,
-                        metadata: meta_of(&meta),
-                    },
-                );
-            }
-            for (rel, meta) in Context::for_rootfs(dir.path()).walk("", &[])? {
-                let path = join(&dest_rel, &rel);
-                let full = dir.path().join(&rel);
-                if let Some(entry) = file_entry(&path, &full, &meta, meta_of(&meta))? {
-                    entries.insert(path.into(), entry);
-                }
-            }
+            let checkout = Context::for_rootfs(dir.path());
+            copy_tree(&mut entries, &checkout, "", &dest_rel, true, &[])?;
         }
         for (_, download) in &downloads {
             let path = if dest_is_dir {

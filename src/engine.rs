@@ -917,7 +917,7 @@ impl Engine {
             self.in_container.is_none()
                 && self.opts.snapshot_mode != SnapshotMode::Walk
                 && rustix::process::geteuid().is_root()
-                && self.trusted_xattrs()
+                && self.opaque_xattrs_settable()
                 && strata_snapshot::overlay::probe().usable
         })
     }
@@ -935,7 +935,7 @@ impl Engine {
     /// Whether this process can mark directories opaque the way its overlays read them:
     /// `trusted.overlay.opaque` as root of the first user namespace, `user.overlay.opaque`
     /// in another (where overlays are mounted with `userxattr`).
-    fn trusted_xattrs(&self) -> bool {
+    fn opaque_xattrs_settable(&self) -> bool {
         let Ok(dir) = tempfile::Builder::new()
             .prefix("xattr-probe-")
             .tempdir_in(&self.work)

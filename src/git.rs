@@ -278,7 +278,12 @@ impl GitSource {
         if let Some(at) = rest[..authority_end].rfind('@') {
             let userinfo = &rest[..at];
             let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            self.credentials = Some((percent_decode(user), percent_decode(password)));
+            let decode = |text: &str| {
+                percent_encoding::percent_decode_str(text)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            self.credentials = Some((decode(user), decode(password)));
             self.url = format!("{scheme}://{}", &rest[at + 1..]);
         }
         Ok(())
@@ -440,32 +445,31 @@ fn fetch(
         .clone()
         .or_else(|| source.reference.clone().filter(|r| is_oid(r)));
     if let Some(commit) = &wanted_commit {
-        if !is_oid(commit) {
-            return Err(Error::Context(format!(
-                "{shown}: `{commit}` is not a full commit id (40 hex digits)"
-            )));
-        }
+        let oid = match gix::ObjectId::from_hex(commit.as_bytes()) {
+            Ok(oid) if is_oid(commit) => oid,
+            _ => {
+                return Err(Error::Context(format!(
+                    "{shown}: `{commit}` is not a full commit id (40 hex digits)"
+                )));
+            }
+        };
         let attempt = fetch_with(source, repo_dir, auth, Revision::Exact(commit), true, limit);
         match attempt {
-            Ok(repo) => {
-                let oid = gix::ObjectId::from_hex(commit.as_bytes())
-                    .map_err(|e| Error::Context(format!("{shown}: {e}")))?;
-                return Ok((repo, oid));
-            }
+            Ok(repo) => return Ok((repo, oid)),
             Err(e) if e.kind() == ErrorKind::Auth => return Err(e),
             Err(_) => {
                 // The server does not serve unadvertised commits: fetch the ref's history
                 // and find the commit there.
                 let _ = fs::remove_dir_all(repo_dir);
                 let reference = source.reference.as_deref().filter(|r| !is_oid(r));
-                let revision = match reference {
-                    Some(r) if r.starts_with("refs/") => Revision::Exact(r),
-                    Some(r) => Revision::Named(r),
-                    None => Revision::Head,
-                };
-                let repo = fetch_with(source, repo_dir, auth, revision, false, limit)?;
-                let oid = gix::ObjectId::from_hex(commit.as_bytes())
-                    .map_err(|e| Error::Context(format!("{shown}: {e}")))?;
+                let repo = fetch_with(
+                    source,
+                    repo_dir,
+                    auth,
+                    Revision::of(reference),
+                    false,
+                    limit,
+                )?;
                 if repo.find_commit(oid).is_err() {
                     return Err(Error::Fetch {
                         location: shown.clone(),
@@ -480,11 +484,7 @@ fn fetch(
             }
         }
     }
-    let revision = match source.reference.as_deref() {
-        Some(r) if r.starts_with("refs/") || r == "HEAD" => Revision::Exact(r),
-        Some(r) => Revision::Named(r),
-        None => Revision::Head,
-    };
+    let revision = Revision::of(source.reference.as_deref());
     let repo = fetch_with(source, repo_dir, auth, revision, true, limit)?;
     let head = repo
         .head_id()
@@ -506,6 +506,18 @@ enum Revision<'a> {
     Exact(&'a str),
     /// A branch or tag name.
     Named(&'a str),
+}
+
+impl<'a> Revision<'a> {
+    /// What a ref as written names: a full ref or `HEAD` exactly, anything else as a branch
+    /// or tag, nothing the remote's HEAD.
+    fn of(reference: Option<&'a str>) -> Revision<'a> {
+        match reference {
+            Some(r) if r.starts_with("refs/") || r == "HEAD" => Revision::Exact(r),
+            Some(r) => Revision::Named(r),
+            None => Revision::Head,
+        }
+    }
 }
 
 fn fetch_with(
@@ -874,9 +886,9 @@ fn create_dir(path: &Path) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(Error::io(path))
 }
 
-/// Whether an `ADD` source names a git repository (BuildKit's rule): `git://`, `ssh://`,
-/// `git@HOST:PATH`, or an http(s) URL whose path ends in `.git`.
-pub(crate) fn is_git_source(text: &str) -> bool {
+/// Whether `text` names a git repository by BuildKit's rule for `ADD` sources: `git://`,
+/// `ssh://`, `git@HOST:PATH`, or an http(s) URL whose path ends in `.git`.
+pub fn is_git_url(text: &str) -> bool {
     if text.starts_with("git://") || text.starts_with("ssh://") || text.starts_with("git@") {
         return true;
     }
@@ -978,26 +990,6 @@ fn narrow_to(dest: &Path, subdir: &str, url: &str) -> Result<()> {
         fs::rename(entry.path(), &to).map_err(Error::io(&to))?;
     }
     Ok(())
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
-            && let Ok(v) = u8::from_str_radix(hex, 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `text` (a URL) with any `user:password@` removed, for messages.

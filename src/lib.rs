@@ -65,7 +65,7 @@ pub use context::ContextSource;
 pub use engine::{CACHE_KEYS_ANNOTATION, Secret, SnapshotMode};
 pub use error::{Error, ErrorKind, Position, Result};
 pub use event::{Event, EventSink};
-pub use git::{GitSource, PullMethod, redact as redact_url};
+pub use git::{GitSource, PullMethod, is_git_url, redact as redact_url};
 pub use image::Image;
 pub use incontainer::{Isolation, container_marker};
 pub use prune::{PruneOptions, PruneReport, prune_state};

@@ -149,9 +149,9 @@ fn s3(bucket: &str) -> std::result::Result<object_store::aws::AmazonS3, String> 
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     // AWS_PROFILE: static keys from the shared credentials file, the region from the config
     // file, when the environment does not give them.
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
+    let home = env("HOME").unwrap_or_default();
     if env("AWS_ACCESS_KEY_ID").is_none() {
-        let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
-        let home = env("HOME").unwrap_or_default();
         let credentials = env("AWS_SHARED_CREDENTIALS_FILE")
             .unwrap_or_else(|| format!("{home}/.aws/credentials"));
         if let Ok(text) = std::fs::read_to_string(&credentials) {
@@ -168,8 +168,6 @@ fn s3(bucket: &str) -> std::result::Result<object_store::aws::AmazonS3, String> 
         }
     }
     if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
-        let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
-        let home = env("HOME").unwrap_or_default();
         let config = env("AWS_CONFIG_FILE").unwrap_or_else(|| format!("{home}/.aws/config"));
         if let Ok(text) = std::fs::read_to_string(&config) {
             let name = if profile == "default" {

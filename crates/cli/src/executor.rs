@@ -425,30 +425,22 @@ fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> 
             .unwrap_or_else(|| "image".to_owned());
         return Ok((ContextSource::Git(source), name));
     }
+    let http = text.starts_with("https://") || text.starts_with("http://");
+    let archive = ContextSource::is_object_url(text) || http || text == "-";
+    if sub.is_some() && (archive || text.starts_with("tar://")) {
+        return Err(Failure::Usage(
+            "--context-sub-path needs a directory or git context".to_owned(),
+        ));
+    }
     if ContextSource::is_object_url(text) {
-        if sub.is_some() {
-            return Err(Failure::Usage(
-                "--context-sub-path needs a directory or git context".to_owned(),
-            ));
-        }
         let name = object_name(text);
         return Ok((ContextSource::Object(text.to_owned()), name));
     }
-    if text.starts_with("https://") || text.starts_with("http://") {
-        if sub.is_some() {
-            return Err(Failure::Usage(
-                "--context-sub-path needs a directory or git context".to_owned(),
-            ));
-        }
+    if http {
         let name = object_name(text);
         return Ok((ContextSource::Url(text.to_owned()), name));
     }
     if text == "-" || text == "tar://stdin" {
-        if sub.is_some() {
-            return Err(Failure::Usage(
-                "--context-sub-path needs a directory or git context".to_owned(),
-            ));
-        }
         return Ok((
             ContextSource::TarStream(Box::new(std::io::stdin())),
             "image".to_owned(),
@@ -464,11 +456,6 @@ fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> 
         )));
     }
     if let Some(path) = text.strip_prefix("tar://") {
-        if sub.is_some() {
-            return Err(Failure::Usage(
-                "--context-sub-path needs a directory or git context".to_owned(),
-            ));
-        }
         let name = Path::new(path).file_stem().map_or("image".to_owned(), |s| {
             s.to_string_lossy().trim_end_matches(".tar").to_owned()
         });
@@ -510,15 +497,9 @@ fn object_name(text: &str) -> String {
 /// Whether a context names a git repository: Kaniko's `git://`, `ssh://`, `git@HOST:PATH`,
 /// or an http(s) URL whose path ends in `.git` or that has a `#` fragment (BuildKit's rule).
 fn is_git(text: &str) -> bool {
-    if text.starts_with("git://") || text.starts_with("ssh://") || text.starts_with("git@") {
-        return true;
-    }
-    if text.starts_with("https://") || text.starts_with("http://") {
-        let (url, fragment) = text.split_once('#').unwrap_or((text, ""));
-        let path = url.split('?').next().unwrap_or(url).trim_end_matches('/');
-        return path.ends_with(".git") || !fragment.is_empty();
-    }
-    false
+    let fragment = text.split_once('#').map_or("", |(_, f)| f);
+    strata::is_git_url(text)
+        || ((text.starts_with("https://") || text.starts_with("http://")) && !fragment.is_empty())
 }
 
 /// Kaniko's `--git` options: `branch=NAME,single-branch=BOOL,recurse-submodules=BOOL,
