@@ -380,8 +380,11 @@ impl Context<'_> {
         expand: bool,
     ) -> Result<InlineFile> {
         let text = heredoc.text();
+        // BuildKit expands only variables in a heredoc's content: quotes stay as written,
+        // and the escape character is always `\\`, whatever the file's escape directive.
         let data = if expand && heredoc.expand {
-            Lexer::new(self.escape)
+            Lexer::new('\\')
+                .skip_quotes(true)
                 .process_word(&text, self.env)
                 .map_err(|e| Error::Expansion {
                     line: checker.node.start_line,

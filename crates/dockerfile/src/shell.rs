@@ -86,6 +86,7 @@ pub struct Lexer {
     raw_quotes: bool,
     raw_escapes: bool,
     skip_unset: bool,
+    skip_quotes: bool,
 }
 
 /// Why a word could not be expanded.
@@ -120,6 +121,7 @@ impl Lexer {
             raw_quotes: false,
             raw_escapes: false,
             skip_unset: false,
+            skip_quotes: false,
         }
     }
 
@@ -139,6 +141,13 @@ impl Lexer {
     /// them to the empty string.
     pub fn skip_unset(mut self, skip: bool) -> Self {
         self.skip_unset = skip;
+        self
+    }
+
+    /// Treat quote characters as ordinary ones: `'$a'` expands `$a` and keeps both quotes
+    /// (BuildKit expands a COPY heredoc's content this way).
+    pub fn skip_quotes(mut self, skip: bool) -> Self {
+        self.skip_quotes = skip;
         self
     }
 
@@ -296,12 +305,12 @@ impl<'a, E: Env + ?Sized> Scanner<'a, E> {
                     result.push_str(&value);
                     words.add_string(&value);
                 }
-                '\'' => {
+                '\'' if !self.lexer.skip_quotes => {
                     let value = self.process_single_quote()?;
                     result.push_str(&value);
                     words.add_raw_string(&value);
                 }
-                '"' => {
+                '"' if !self.lexer.skip_quotes => {
                     let value = self.process_double_quote()?;
                     result.push_str(&value);
                     words.add_raw_string(&value);

@@ -190,6 +190,17 @@ fn copy_heredocs_become_inline_files() {
 }
 
 #[test]
+fn copy_heredoc_content_expands_variables_only() {
+    // BuildKit's rule: quotes in the content are kept as written (and `$` inside them still
+    // expands), a backslash escapes the next character, even with another escape directive.
+    let text = "# escape=`\nFROM scratch\nENV name=x\nCOPY <<EOF /f\n\"${name}\" '${name}' \\$name a\\\\b\nEOF\n";
+    let Instruction::Copy(copy) = &last_stage(text)[1] else {
+        panic!()
+    };
+    assert_eq!(copy.files[0].data, "\"x\" 'x' $name a\\b\n");
+}
+
+#[test]
 fn add_flags() {
     let text =
         "FROM scratch\nADD --checksum=sha256:abc --keep-git-dir --unpack=false http://x/y.tgz /y\n";
