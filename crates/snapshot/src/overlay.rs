@@ -373,7 +373,11 @@ pub fn upper_changes(upper: &Path, lowers: &[PathBuf]) -> Result<ChangeSet> {
                 Some(_) if replaced => Some(ChangeKind::Modified),
                 Some((_, before)) => {
                     // Copy-up leaves lower metadata on parents of changed paths and on files
-                    // whose metadata was set to what it was: those did not change.
+                    // whose metadata was set to what it was: those did not change. (A lower
+                    // that was once an upper directory has overlay attributes of its own.)
+                    let mut before = before.clone();
+                    before.xattrs.retain(|(name, _)| !is_overlay_xattr(name));
+                    let before = &before;
                     let mut comparable = info.clone();
                     // (A copied-up inode is new, so its status-change time says nothing.)
                     (
