@@ -109,7 +109,13 @@ impl LayerWriter {
 
     /// Writes `entries` as one layer into `out`, in a deterministic order, and returns what
     /// it wrote. Entries may come in any order; paths must be unique.
+    ///
+    /// No entries with gzip make the well-known empty layer (`sha256:4f4fb700…`, the same 32
+    /// bytes BuildKit and Docker write), so a registry holds it once for every image.
     pub fn write<W: Write>(&self, mut entries: Vec<Entry>, out: W) -> Result<LayerInfo> {
+        if entries.is_empty() && matches!(self.compression, Compression::Gzip { .. }) {
+            return write_empty_gzip(out, self.compression.media_type());
+        }
         for entry in &entries {
             validate_path(&entry.path)?;
         }
@@ -338,6 +344,37 @@ fn copy_exact(
         return Err(CopyError::Size("more could be read".to_owned()));
     }
     Ok(())
+}
+
+/// gzip of an empty tar (two zero blocks) with no name and no time, as Go's `compress/gzip`
+/// writes it: the layer BuildKit records for a step that changes nothing.
+const EMPTY_GZIP_LAYER: [u8; 32] = [
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x62, 0x18, 0x05, 0xa3, 0x60, 0x14,
+    0x8c, 0x58, 0x00, 0x08, 0x00, 0x00, 0xff, 0xff, 0x2e, 0xaf, 0xb5, 0xef, 0x00, 0x04, 0x00, 0x00,
+];
+
+fn write_empty_gzip<W: Write>(out: W, media_type: oci_spec::image::MediaType) -> Result<LayerInfo> {
+    let mut compressed = HashingWriter::new(out);
+    compressed
+        .write_all(&EMPTY_GZIP_LAYER)
+        .and_then(|()| compressed.flush())
+        .map_err(Error::io("<output>"))?;
+    let mut tar = HashingWriter::new(io::sink());
+    tar.write_all(&[0u8; 2 * BLOCK])
+        .map_err(Error::io("<output>"))?;
+    let digest = finish(compressed.hasher);
+    let descriptor = Descriptor::new(
+        media_type,
+        compressed.count,
+        Sha256Digest::from_str(digest.trim_start_matches("sha256:"))
+            .map_err(|e| Error::Descriptor(e.to_string()))?,
+    );
+    Ok(LayerInfo {
+        descriptor,
+        diff_id: finish(tar.hasher),
+        uncompressed_size: tar.count,
+        entries: 0,
+    })
 }
 
 /// Makes every hardlink group write its contents once, at the first of its members in layer

@@ -228,3 +228,39 @@ fn reproducible_layers_clamp_times() {
         "earlier times are kept"
     );
 }
+
+#[test]
+fn an_empty_layer_is_the_well_known_one() {
+    // BuildKit's empty layer: a registry that has it from any image has it for ours.
+    let mut blob = Vec::new();
+    let layer = LayerWriter::new().write(Vec::new(), &mut blob).unwrap();
+    assert_eq!(
+        layer.descriptor.digest().to_string(),
+        "sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1"
+    );
+    assert_eq!(layer.descriptor.size(), blob.len() as u64);
+    // The diff_id is the one of two zero blocks, which is what the blob holds.
+    assert_eq!(
+        layer.diff_id,
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+    );
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(blob.as_slice()), &mut tar)
+        .unwrap();
+    assert_eq!(tar, vec![0u8; 1024]);
+    assert_eq!(layer.uncompressed_size, 1024);
+    // Other compressions write an empty tar of their own, with the same diff_id.
+    for compression in [Compression::Zstd { level: 3 }, Compression::None] {
+        let mut blob = Vec::new();
+        let other = LayerWriter::new()
+            .compression(compression)
+            .write(Vec::new(), &mut blob)
+            .unwrap();
+        assert_eq!(other.diff_id, layer.diff_id, "{compression:?}");
+        let (entries, _) = Extractor::new()
+            .media_type(Some(other.descriptor.media_type().to_string()))
+            .list(blob.as_slice())
+            .unwrap();
+        assert!(entries.is_empty());
+    }
+}
