@@ -789,9 +789,8 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
     let layers: Vec<LayerRef> = stage.layers.clone();
     let mut manifest_value = manifest(&config_blob.digest, config_blob.size, &layers);
     // The steps' cache keys, for `--cache-from` (aligned with the layers).
-    let keys: Vec<Option<&(String, String)>> = layers
-        .iter()
-        .map(|l| stage.layer_keys.get(&l.digest))
+    let keys: Vec<Option<&(String, String)>> = (0..layers.len())
+        .map(|at| stage.layer_keys.get(&at))
         .collect();
     if keys.iter().any(Option::is_some) {
         let text = serde_json::to_string(&keys)

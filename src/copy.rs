@@ -1,7 +1,7 @@
 //! `COPY` and `ADD`: the copied files are the change set (no filesystem walk), keyed on
 //! their content, from the build context or from another stage's filesystem.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -171,7 +171,8 @@ impl Engine {
             );
         }
         let key = key.build();
-        if self.cache_hit(image, &key, at)? {
+        let created_by = crate::history::copy(copy, add.is_some());
+        if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
         }
 
@@ -223,16 +224,21 @@ impl Engine {
         let trailing = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == ".";
         let count = sources.len() + copy.files.len() + downloads.len() + checkouts.len();
         if count == 0 {
-            // Only wildcards that matched nothing: nothing to copy (BuildKit allows it).
-            self.finish_miss(image, key, at, None)?;
+            // Only wildcards that matched nothing: nothing to copy (BuildKit allows it, and
+            // records an empty layer).
+            let layer = self.write_layer(Vec::new())?;
+            self.finish_miss(image, key, at, Some(layer), created_by)?;
             return Ok(false);
         }
         // BuildKit's rule counts the sources as written: one wildcard that matches several
         // files copies them into the destination as a directory.
         // (URLs are among the sources as written.)
         let written = copy.sources.len() + copy.files.len();
-        let dest_is_dir = trailing || dest_exists_dir || count > 1;
-        if written > 1 && !(trailing || dest_exists_dir) {
+        // Heredocs alone go to a file destination one after another, the last one staying
+        // (`COPY <<A <<B /out`, as BuildKit does).
+        let only_heredocs = copy.sources.is_empty();
+        let dest_is_dir = trailing || dest_exists_dir || (count > 1 && !only_heredocs);
+        if written > 1 && !(trailing || dest_exists_dir || only_heredocs) {
             return Err(Error::Invalid(format!(
                 "when using {verb} with more than one source file, the destination must be a \
                  directory and end with a / ({})",
@@ -284,6 +290,7 @@ impl Engine {
         // A directory's contents into `dest_rel`, which is made first (with the directory's
         // metadata) when `make_dest` and it does not exist.
         let copy_tree = |entries: &mut BTreeMap<PathBuf, Entry>,
+                         inodes: &mut Inodes,
                          ctx: &Context,
                          rel: &str,
                          dest_rel: &str,
@@ -304,12 +311,15 @@ impl Engine {
             }
             for (below, meta) in ctx.walk(rel, exclude)? {
                 let path = join(dest_rel, &below);
-                if let Some(entry) = file_entry(&path, &host.join(&below), &meta, meta_of(&meta))? {
+                let full = host.join(&below);
+                if let Some(entry) = file_entry(&path, &full, &meta, meta_of(&meta))? {
+                    note_link(inodes, &entry, &meta);
                     entries.insert(path.into(), entry);
                 }
             }
             Ok(())
         };
+        let mut inodes = Inodes::new();
         for source in &sources {
             if let Some(dir) = archives.get(&source.path) {
                 // The archive's entries keep their owners unless --chown says otherwise.
@@ -321,6 +331,7 @@ impl Engine {
                     }
                     if let Some(entry) = file_entry(&path, &dir.path().join(&rel), &meta, metadata)?
                     {
+                        note_link(&mut inodes, &entry, &meta);
                         entries.insert(path.into(), entry);
                     }
                 }
@@ -349,6 +360,7 @@ impl Engine {
                 // The directory's contents go into the destination.
                 copy_tree(
                     &mut entries,
+                    &mut inodes,
                     source_ctx,
                     &source.path,
                     &dest_rel,
@@ -363,6 +375,7 @@ impl Engine {
                 };
                 let meta = fs::metadata(&host).map_err(Error::io(&host))?;
                 if let Some(entry) = file_entry(&path, &host, &meta, meta_of(&meta))? {
+                    note_link(&mut inodes, &entry, &meta);
                     entries.insert(path.into(), entry);
                 }
             }
@@ -370,7 +383,15 @@ impl Engine {
         // A repository's files go into the destination, as a directory's do.
         for (_, _, dir) in &checkouts {
             let checkout = Context::for_rootfs(dir.path());
-            copy_tree(&mut entries, &checkout, "", &dest_rel, true, &[])?;
+            copy_tree(
+                &mut entries,
+                &mut inodes,
+                &checkout,
+                "",
+                &dest_rel,
+                true,
+                &[],
+            )?;
         }
         for (_, download) in &downloads {
             let path = if dest_is_dir {
@@ -398,7 +419,7 @@ impl Engine {
             );
         }
         for file in &copy.files {
-            let path = if dest_is_dir || count > 1 {
+            let path = if dest_is_dir {
                 join(&dest_rel, &file.name)
             } else {
                 dest_rel.clone()
@@ -418,10 +439,132 @@ impl Engine {
                 },
             );
         }
+        link_hardlinks(&mut entries, &inodes);
+        let entries = follow_links_in_root(&root, entries)?;
         let layer = self.write_layer(entries.into_values().collect())?;
-        self.finish_miss(image, key, at, layer)?;
+        self.finish_miss(image, key, at, Some(layer), created_by)?;
         Ok(false)
     }
+}
+
+/// Copied regular files with other links (by destination path): their (device, inode) and
+/// the file read, to copy each group as hard links, as BuildKit does.
+type Inodes = HashMap<PathBuf, ((u64, u64), PathBuf)>;
+
+fn note_link(inodes: &mut Inodes, entry: &Entry, meta: &fs::Metadata) {
+    if let EntryKind::File { source, .. } = &entry.kind
+        && meta.nlink() > 1
+    {
+        inodes.insert(
+            entry.path.clone(),
+            ((meta.dev(), meta.ino()), source.clone()),
+        );
+    } else if !inodes.is_empty() {
+        inodes.remove(&entry.path);
+    }
+}
+
+/// Makes the copied files that were one file (hard links of each other) one file in the
+/// layer again: the first in path order keeps the contents, the others link to it.
+fn link_hardlinks(entries: &mut BTreeMap<PathBuf, Entry>, inodes: &Inodes) {
+    let mut groups: HashMap<(u64, u64), Vec<&PathBuf>> = HashMap::new();
+    for (path, (inode, source)) in inodes {
+        // Only what is still that file (a later source may have replaced the path).
+        if let Some(Entry {
+            kind: EntryKind::File { source: now, .. },
+            ..
+        }) = entries.get(path)
+            && now == source
+        {
+            groups.entry(*inode).or_default().push(path);
+        }
+    }
+    for mut group in groups.into_values().filter(|g| g.len() > 1) {
+        group.sort();
+        let first = group[0].clone();
+        for path in &group[1..] {
+            if let Some(entry) = entries.get_mut(*path) {
+                entry.kind = EntryKind::Hardlink {
+                    target: first.clone(),
+                };
+            }
+        }
+    }
+}
+
+/// Where copied directories meet symbolic links to directories in the image (`/var/run` →
+/// `/run`), the links stay and what is copied goes where they lead, as BuildKit and Docker
+/// do; without this, the layer's directory would replace the link. One `lstat` per copied
+/// directory that may exist in the image; nothing rebuilt when no link is met.
+fn follow_links_in_root(
+    root: &Path,
+    entries: BTreeMap<PathBuf, Entry>,
+) -> Result<BTreeMap<PathBuf, Entry>> {
+    // Each copied directory: where it lands, and whether that exists in the image (below a
+    // directory the layer makes, nothing does).
+    let mut dirs: HashMap<PathBuf, (PathBuf, bool)> = HashMap::new();
+    // The copied directories a link in the image stands for: the link stays.
+    let mut through: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let landing = |dirs: &HashMap<PathBuf, (PathBuf, bool)>, path: &Path| {
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let name = path.file_name().unwrap_or_default();
+        match dirs.get(parent) {
+            Some((at, exists)) => (at.join(name), *exists),
+            None => (path.to_owned(), true),
+        }
+    };
+    for (path, entry) in &entries {
+        if !matches!(entry.kind, EntryKind::Dir) {
+            continue;
+        }
+        let (at, parent_exists) = landing(&dirs, path);
+        let mut exists = false;
+        if parent_exists {
+            match fs::symlink_metadata(root.join(&at)) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    if let Some(text) = at.to_str() {
+                        let resolved = strata_sandbox::resolve_in_root(root, &format!("/{text}"))?;
+                        let resolved = PathBuf::from(resolved.trim_start_matches('/'));
+                        if root.join(&resolved).is_dir() {
+                            through.insert(path.clone());
+                            dirs.insert(path.clone(), (resolved, true));
+                            continue;
+                        }
+                    }
+                }
+                Ok(meta) => exists = meta.is_dir(),
+                Err(_) => {}
+            }
+        }
+        dirs.insert(path.clone(), (at, exists));
+    }
+    if through.is_empty() {
+        return Ok(entries);
+    }
+    let mut moved: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for (path, mut entry) in entries {
+        if through.contains(&path) {
+            continue;
+        }
+        let at = match dirs.get(&path) {
+            Some((at, _)) => at.clone(),
+            None => landing(&dirs, &path).0,
+        };
+        if at != path {
+            moved.insert(path, at.clone());
+        }
+        entry.path = at.clone();
+        out.insert(at, entry);
+    }
+    for entry in out.values_mut() {
+        if let EntryKind::Hardlink { target } = &mut entry.kind
+            && let Some(now) = moved.get(target)
+        {
+            *target = now.clone();
+        }
+    }
+    Ok(out)
 }
 
 /// The layer entry for one copied path (a socket becomes an empty file); `None` for devices

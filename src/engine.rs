@@ -123,9 +123,10 @@ pub(crate) struct StageImage {
     /// Where each ENV name sits in `config.config.env`, and how many entries the index
     /// covers: ENV steps cost O(1), not a scan of the environment.
     pub env_index: (HashMap<String, usize>, usize),
-    /// The cache key and date of the step that made each layer of this build (by layer
-    /// digest): the image's manifest carries them, for `--cache-from`.
-    pub layer_keys: HashMap<String, (String, String)>,
+    /// The cache key and date of the step that made each layer of this build (by the layer's
+    /// place in `layers`: several steps may make the same layer, the empty one): the image's
+    /// manifest carries them, for `--cache-from`.
+    pub layer_keys: HashMap<usize, (String, String)>,
 }
 
 impl StageImage {
@@ -520,9 +521,17 @@ impl Engine {
                 .apply(BufReader::with_capacity(1 << 20, file), upper.path())?;
         }
         let changes = strata_snapshot::overlay::upper_changes(upper.path(), &[lower_dir])?;
-        let layer = self.write_layer(crate::changes::entries(&changes)?)?;
+        let entries = crate::changes::entries(&changes)?;
+        // Steps that changed nothing together make no layer at all.
+        let layer = if entries.is_empty() {
+            None
+        } else {
+            Some(self.write_layer(entries)?)
+        };
         image.layers.truncate(base_layers);
         image.layers.extend(layer);
+        // The squashed layer was made by no one step.
+        image.layer_keys.retain(|at, _| *at < base_layers);
         let added = &mut image.config.history[base_history..];
         for entry in added.iter_mut() {
             entry.empty_layer = true;
@@ -1205,10 +1214,7 @@ impl Engine {
     }
 
     /// Writes `entries` as a layer into the state's blobs; `None` when there are none.
-    pub(crate) fn write_layer(&self, entries: Vec<Entry>) -> Result<Option<LayerRef>> {
-        if entries.is_empty() {
-            return Ok(None);
-        }
+    pub(crate) fn write_layer(&self, entries: Vec<Entry>) -> Result<LayerRef> {
         let staged = self.state.layout.staging_file()?;
         let info = LayerWriter::new()
             .compression(self.opts.compression)
@@ -1230,12 +1236,12 @@ impl Engine {
             })?;
         let digest = info.descriptor.digest().to_string();
         self.state.layout.commit_staged(staged, &digest, &digest)?;
-        Ok(Some(LayerRef {
+        Ok(LayerRef {
             digest,
             diff_id: info.diff_id,
             size: info.descriptor.size(),
             media_type: info.descriptor.media_type().to_string(),
-        }))
+        })
     }
 
     /// Records a config-only instruction: the key chain moves on, history gains an entry.
@@ -1249,21 +1255,27 @@ impl Engine {
             .instruction(&canonical(instruction)?)
             .build()
             .digest;
-        image.config.history.push(History {
-            created: Some(image.clock.clone()),
-            created_by: Some(at.original.to_owned()),
-            empty_layer: true,
-            ..History::default()
-        });
+        if let Some(created_by) =
+            crate::history::config_step(instruction, &image.config.config, at.original)?
+        {
+            image.config.history.push(History {
+                created: Some(image.clock.clone()),
+                created_by: Some(created_by),
+                empty_layer: true,
+                ..History::default()
+            });
+        }
         Ok(())
     }
 
-    /// Answers a layer step from the cache when it can. Returns whether it did.
+    /// Answers a layer step from the cache when it can. Returns whether it did. `created_by`
+    /// is the step's history entry ([`crate::history`]).
     pub(crate) fn cache_hit(
         &self,
         image: &mut StageImage,
         key: &CacheKey,
         at: &StepAt<'_>,
+        created_by: &str,
     ) -> Result<bool> {
         let Some(store) = &self.cache else {
             return Ok(false);
@@ -1317,21 +1329,19 @@ impl Engine {
             });
         }
         if let Some(entry) = found {
-            if let Some(layer) = &entry.layer {
-                image.layers.push(LayerRef::from(layer));
-            }
             if let Some(created) = entry.config["created"].as_str() {
                 image.clock = created.to_owned();
             }
             if let Some(layer) = &entry.layer {
                 image.layer_keys.insert(
-                    layer.digest.clone(),
+                    image.layers.len(),
                     (key.digest.clone(), image.clock.clone()),
                 );
+                image.layers.push(LayerRef::from(layer));
             }
             image.config.history.push(History {
                 created: Some(image.clock.clone()),
-                created_by: Some(format!("{} # buildkit", at.original)),
+                created_by: Some(created_by.to_owned()),
                 empty_layer: entry.layer.is_none(),
                 ..History::default()
             });
@@ -1367,18 +1377,19 @@ impl Engine {
             .then_some(keyword)
     }
 
-    /// Records what a layer step that missed produced.
+    /// Records what a layer step that missed produced, with `created_by` as its history entry.
     pub(crate) fn finish_miss(
         &self,
         image: &mut StageImage,
         key: CacheKey,
         at: &StepAt<'_>,
         layer: Option<LayerRef>,
+        created_by: String,
     ) -> Result<()> {
         image.clock = self.now();
         image.config.history.push(History {
             created: Some(image.clock.clone()),
-            created_by: Some(format!("{} # buildkit", at.original)),
+            created_by: Some(created_by),
             empty_layer: layer.is_none(),
             ..History::default()
         });
@@ -1415,7 +1426,7 @@ impl Engine {
         }
         if let Some(layer) = layer {
             image.layer_keys.insert(
-                layer.digest.clone(),
+                image.layers.len(),
                 (key.digest.clone(), image.clock.clone()),
             );
             image.layers.push(layer);
@@ -1535,14 +1546,21 @@ impl Engine {
             .instruction(&format!("WORKDIR {dir}"))
             .flag("user", &user)
             .build();
-        if self.cache_hit(image, &key, at)? {
+        let created_by = crate::history::workdir(&dir);
+        if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
         }
         let root = self.materialize(rootfs, &image.layers)?;
         let owner = owner_of(&root, &user)?;
         let entries = self.missing_dirs(&root, &dir, owner)?;
-        let layer = self.write_layer(entries)?;
-        self.finish_miss(image, key, at, layer)?;
+        // BuildKit makes a layer for any WORKDIR but `/`, an empty one when the directory is
+        // there already.
+        let layer = if dir == "/" {
+            None
+        } else {
+            Some(self.write_layer(entries)?)
+        };
+        self.finish_miss(image, key, at, layer, created_by)?;
         Ok(false)
     }
 
@@ -1772,7 +1790,7 @@ pub(crate) fn clean_absolute(path: &str) -> String {
 }
 
 /// `EXPOSE` values as config keys: `80` → `80/tcp`, ranges expanded.
-fn expose(spec: &str) -> Result<Vec<String>> {
+pub(crate) fn expose(spec: &str) -> Result<Vec<String>> {
     let (ports, proto) = match spec.split_once('/') {
         Some((p, proto)) => (p, proto.to_lowercase()),
         None => (spec, "tcp".to_owned()),

@@ -51,6 +51,7 @@ impl Engine {
         key: strata_cache::CacheKey,
         at: &StepAt<'_>,
         step: InPlaceStep,
+        created_by: String,
     ) -> Result<()> {
         if step.network == Network::None {
             return Err(Error::Invalid(
@@ -104,8 +105,8 @@ impl Engine {
         let changes = strata_snapshot::diff(&before, &after);
         let entries = crate::changes::entries(&changes)?;
         let layer = self.write_layer(entries)?;
-        self.slash_made(mode, layer.as_ref())?;
-        self.finish_miss(image, key, at, layer)
+        self.slash_made(mode, Some(&layer))?;
+        self.finish_miss(image, key, at, Some(layer), created_by)
     }
 
     /// Makes each mount of `step` in `/`, recording in `placed` what to undo.

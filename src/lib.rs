@@ -50,6 +50,7 @@ mod error;
 mod event;
 pub mod failpoint;
 mod git;
+mod history;
 mod image;
 mod incontainer;
 mod inplace;

@@ -274,7 +274,8 @@ impl Engine {
         };
         key = key.flag("network", network_key);
         let key = key.build();
-        if self.cache_hit(image, &key, at)? {
+        let created_by = crate::history::run(&argv);
+        if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
         }
 
@@ -290,7 +291,7 @@ impl Engine {
                 mounts,
                 bind_copies,
             };
-            self.run_in_place(mode, image, key, at, step)?;
+            self.run_in_place(mode, image, key, at, step, created_by)?;
             return Ok(false);
         }
         let sandbox = self.sandbox()?;
@@ -382,7 +383,9 @@ impl Engine {
                 });
             entries = crate::changes::entries(&changes)?;
             self.ids_inside(&mut entries)?;
-            let layer = self.write_layer(entries)?;
+            // A step that changes nothing still gets a layer, the empty one (BuildKit's
+            // layer count and history).
+            let layer = Some(self.write_layer(entries)?);
             // With clamped times (`--reproducible`, SOURCE_DATE_EPOCH) the upper directory's
             // times are not the layer's: a later step reading them would make the build
             // depend on the clock, so the layer is extracted from its blob when needed.
@@ -402,7 +405,7 @@ impl Engine {
                 }
             }
             // Other root filesystems get the layer when a later step needs it.
-            self.finish_miss(image, key, at, layer)?;
+            self.finish_miss(image, key, at, layer, created_by)?;
         } else {
             let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
             ignore.extend(self.opts.ignore_paths.iter().cloned());
@@ -419,12 +422,9 @@ impl Engine {
             entries = crate::changes::entries(&changes)?;
             self.ids_inside(&mut entries)?;
             let layer = self.write_layer(entries)?;
-            let made = layer.is_some();
-            self.finish_miss(image, key, at, layer)?;
+            self.finish_miss(image, key, at, Some(layer), created_by)?;
             // The directory already holds the step's changes.
-            if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut()
-                && made
-            {
+            if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut() {
                 *applied += 1;
             }
         }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::process::Command;
 
 use common::{Fixture, layout, run, skopeo_config, umoci_rootfs};
 use strata_testkit::ContextBuilder;
@@ -361,5 +362,193 @@ async fn a_stage_named_only_by_an_onbuild_trigger_is_built() {
     assert_eq!(
         fs::read_to_string(rootfs.join("from-src")).unwrap(),
         "made by src\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_heredocs_keep_their_quotes_and_several_fill_one_file() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    // Only variables expand in a COPY heredoc (quotes stay, `\$` is a dollar); several
+    // heredocs to a file destination are written to it in order.
+    let (_work, rootfs, _) = build(
+        &fx,
+        context.path(),
+        "FROM scratch\nENV name=x\nCOPY <<EOF /f\n\"${name}\" '${name}' \\$name\nEOF\n\
+         COPY <<A <<B /out\naaa\nA\nbbb\nB\n",
+    )
+    .await;
+    assert_eq!(
+        fs::read_to_string(rootfs.join("f")).unwrap(),
+        "\"x\" 'x' $name\n"
+    );
+    assert_eq!(fs::read_to_string(rootfs.join("out")).unwrap(), "bbb\n");
+}
+
+/// The well-known empty layer (gzip of an empty tar), which BuildKit records for a step that
+/// changes nothing.
+const EMPTY_LAYER: &str = "sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1";
+const EMPTY_DIFF_ID: &str =
+    "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_and_layers_read_as_buildkit_writes_them() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("foo", "contents0")
+        .build()
+        .unwrap();
+    // BuildKit's testExportedHistory, then the other instructions' forms and steps that
+    // change nothing.
+    let dockerfile = "FROM {base} AS base\nENV foo=bar\nCOPY foo /foo2\n\
+        FROM {base}\nLABEL lbl=val\nCOPY --from=base foo2 foo3\nWORKDIR /\nRUN echo bar > foo4\n\
+        RUN [\"ls\"]\nEXPOSE 2375 5000 1234/udp\n\
+        RUN true\nWORKDIR /tmp\nCOPY --link --chmod=600 foo /tmp/\n\
+        ENV a=1 b=\"two words\"\nUSER 1:2\nVOLUME /data /cache\nSHELL [\"/bin/sh\", \"-ec\"]\n\
+        CMD echo \"hi\"\nENTRYPOINT [\"/bin/env\"]\nSTOPSIGNAL SIGINT\n\
+        HEALTHCHECK --interval=5m --timeout=1500ms CMD true\nONBUILD RUN true\nMAINTAINER me\n";
+    let (_work, rootfs, config) = build(&fx, context.path(), dockerfile).await;
+    assert_eq!(fs::read_to_string(rootfs.join("foo4")).unwrap(), "bar\n");
+    let history = config["history"].as_array().unwrap();
+    let lines: Vec<(&str, bool)> = history
+        .iter()
+        .map(|h| {
+            (
+                h["created_by"].as_str().unwrap(),
+                h["empty_layer"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines[1..],
+        [
+            ("LABEL lbl=val", true),
+            ("COPY foo2 foo3", false),
+            ("WORKDIR /", true),
+            ("RUN /bin/sh -c echo bar > foo4 # buildkit", false),
+            ("RUN ls # buildkit", false),
+            ("EXPOSE [1234/udp 2375/tcp 5000/tcp]", true),
+            ("RUN /bin/sh -c true # buildkit", false),
+            ("WORKDIR /tmp", false),
+            ("COPY --chmod=600 foo /tmp/", false),
+            ("ENV a=1 b=two words", true),
+            ("USER 1:2", true),
+            ("VOLUME [/data /cache]", true),
+            ("SHELL [/bin/sh -ec]", true),
+            ("CMD [\"/bin/sh\" \"-ec\" \"echo \\\"hi\\\"\"]", true),
+            ("ENTRYPOINT [\"/bin/env\"]", true),
+            ("STOPSIGNAL SIGINT", true),
+            (
+                "HEALTHCHECK {Test:[CMD-SHELL true] Interval:5m0s Timeout:1.5s StartPeriod:0s \
+                 StartInterval:0s Retries:0}",
+                true
+            ),
+            // ONBUILD goes to the config only, as in BuildKit.
+            ("MAINTAINER me", true),
+        ],
+    );
+    // One layer per history entry that has one; the steps that changed nothing (`RUN ls`,
+    // `RUN true`, `WORKDIR /tmp` where /tmp is) have the empty layer.
+    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        diff_ids.len(),
+        1 + lines[1..].iter().filter(|(_, e)| !e).count()
+    );
+    assert_eq!(diff_ids.len(), 7);
+    assert_eq!(
+        diff_ids.iter().filter(|d| **d == EMPTY_DIFF_ID).count(),
+        3,
+        "{diff_ids:?}"
+    );
+    assert_ne!(diff_ids[2], EMPTY_DIFF_ID, "RUN echo changed a file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_empty_layer_is_pushed_as_the_well_known_blob() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let reference = pushed(
+        &fx,
+        context.path(),
+        "FROM {base}\nRUN true\nRUN true\n",
+        "app/empty",
+    )
+    .await;
+    let manifest = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(manifest.status.success(), "{manifest:?}");
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let layers: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(layers.len(), 3);
+    assert_eq!(layers[1..], [EMPTY_LAYER, EMPTY_LAYER]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn add_follows_links_in_the_image_and_keeps_hard_links() {
+    let fx = Fixture::new();
+    // BuildKit's testDockerfileAddArchiveThroughAbsoluteSymlink: an image where /var/run
+    // links to /run, and an archive of var/run/act/... with a hard link in it.
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("image");
+    fs::create_dir_all(image.join("run")).unwrap();
+    fs::create_dir_all(image.join("var")).unwrap();
+    std::os::unix::fs::symlink("/run", image.join("var/run")).unwrap();
+    let payload = work.path().join("payload");
+    let git = payload.join("var/run/act/actions/broad/.git");
+    fs::create_dir_all(&git).unwrap();
+    fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    fs::hard_link(git.join("HEAD"), git.join("HEAD.link")).unwrap();
+    let context = ContextBuilder::new().file("plain", "p\n").build().unwrap();
+    // Hard links in the context are kept too.
+    fs::hard_link(context.path().join("plain"), context.path().join("again")).unwrap();
+    let tar = |dir: &std::path::Path, out: &str, paths: &[&str]| {
+        let status = Command::new("tar")
+            .arg("-cf")
+            .arg(context.path().join(out))
+            .arg("-C")
+            .arg(dir)
+            .args(paths)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    tar(&image, "rootfs.tar", &["run", "var"]);
+    tar(&payload, "payload.tar", &["var/run/act"]);
+    let (_work, rootfs, _) = build(
+        &fx,
+        context.path(),
+        "FROM scratch\nADD rootfs.tar /\nADD payload.tar /\nCOPY plain again /ctx/\n",
+    )
+    .await;
+    assert!(
+        fs::symlink_metadata(rootfs.join("var/run"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link in the image stays"
+    );
+    let head = rootfs.join("run/act/actions/broad/.git/HEAD");
+    let link = rootfs.join("run/act/actions/broad/.git/HEAD.link");
+    assert_eq!(fs::read_to_string(&head).unwrap(), "ref: refs/heads/main\n");
+    assert_eq!(fs::read_to_string(&link).unwrap(), "ref: refs/heads/main\n");
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    assert_eq!(inode(&head), inode(&link), "the hard link is kept");
+    assert_eq!(
+        inode(&rootfs.join("ctx/plain")),
+        inode(&rootfs.join("ctx/again"))
     );
 }
