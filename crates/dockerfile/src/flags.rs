@@ -32,7 +32,11 @@ impl Flags {
             };
             let Some(&(known, kind)) = allowed.iter().find(|(n, _)| *n == name) else {
                 let mut message = format!("unknown flag: --{name}");
-                if !allowed.is_empty() {
+                if let Some(hint) =
+                    crate::suggest::closest(name, allowed.iter().map(|(n, _)| *n), true)
+                {
+                    message.push_str(&format!(" (did you mean {hint}?)"));
+                } else if !allowed.is_empty() {
                     let names: Vec<String> =
                         allowed.iter().map(|(n, _)| format!("--{n}")).collect();
                     message.push_str(&format!(" (allowed here: {})", names.join(", ")));

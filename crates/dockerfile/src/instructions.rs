@@ -584,7 +584,8 @@ impl Context<'_> {
                 if let Some(from) = from.as_deref().filter(|f| f.contains('$')) {
                     // As BuildKit: the source stage or image is named, never computed.
                     return Err(checker.error(format!(
-                        "--from={from} uses a variable; name the stage or image itself"
+                        "--from={from}: variable expansion is not supported for --from, define \
+                         a new stage with FROM using ARG from global scope as a workaround"
                     )));
                 }
                 copy.from = from;
@@ -761,7 +762,31 @@ impl Context<'_> {
                     line: node.start_line,
                     column: 1,
                     instruction: other.to_uppercase(),
-                    message: format!("unknown instruction: {}", other.to_uppercase()),
+                    message: crate::suggest::with_hint(
+                        format!("unknown instruction: {}", other.to_uppercase()),
+                        &other.to_uppercase(),
+                        [
+                            "ADD",
+                            "ARG",
+                            "CMD",
+                            "COPY",
+                            "ENTRYPOINT",
+                            "ENV",
+                            "EXPOSE",
+                            "FROM",
+                            "HEALTHCHECK",
+                            "LABEL",
+                            "MAINTAINER",
+                            "ONBUILD",
+                            "RUN",
+                            "SHELL",
+                            "STOPSIGNAL",
+                            "USER",
+                            "VOLUME",
+                            "WORKDIR",
+                        ],
+                        false,
+                    ),
                 });
             }
         })

@@ -34,6 +34,7 @@ mod pattern;
 pub use pattern::{has_wildcards, match_path};
 pub mod shell;
 mod stages;
+mod suggest;
 
 pub use ast::{Directives, Dockerfile, Heredoc, Node, Warning};
 pub use error::{Error, Result};

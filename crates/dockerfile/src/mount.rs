@@ -162,7 +162,14 @@ pub(crate) fn parse_mount(
                     "tmpfs" => MountType::Tmpfs,
                     "secret" => MountType::Secret,
                     "ssh" => MountType::Ssh,
-                    other => return Err(format!("unsupported mount type \"{other}\"")),
+                    other => {
+                        return Err(crate::suggest::with_hint(
+                            format!("unsupported mount type \"{other}\""),
+                            other,
+                            ["bind", "cache", "tmpfs", "secret", "ssh"],
+                            true,
+                        ));
+                    }
                 }
             }
             "target" | "dst" | "destination" => target = Some(need(value)?),
@@ -171,7 +178,8 @@ pub(crate) fn parse_mount(
                 // As BuildKit: the stage or image a mount reads from is named, never computed
                 // (a variable would make the stage graph depend on expansion).
                 return Err(format!(
-                    "from={} uses a variable; name the stage or image itself",
+                    "from={}: 'from' doesn't support variable expansion, define alias stage \
+                     instead",
                     raw.unwrap_or_default()
                 ));
             }
@@ -193,7 +201,29 @@ pub(crate) fn parse_mount(
             "gid" => gid = Some(parse_u32("gid", &need(value)?, 10)?),
             "size" => size = Some(parse_size(&need(value)?)?),
             "env" => env = Some(need(value)?),
-            _ => return Err(format!("unexpected key '{key}' in '{field}'")),
+            _ => {
+                return Err(crate::suggest::with_hint(
+                    format!("unexpected key '{key}' in '{field}'"),
+                    &key,
+                    [
+                        "type",
+                        "target",
+                        "source",
+                        "from",
+                        "readonly",
+                        "readwrite",
+                        "required",
+                        "id",
+                        "sharing",
+                        "mode",
+                        "uid",
+                        "gid",
+                        "size",
+                        "env",
+                    ],
+                    true,
+                ));
+            }
         }
     }
     if from.is_some() && !matches!(kind, MountType::Bind | MountType::Cache) {

@@ -335,7 +335,7 @@ impl Plan {
             let line = file.nodes.last().map_or(1, |n| n.start_line);
             return Err(stage_error(
                 line,
-                "the Dockerfile has no FROM: there is no stage to build".to_owned(),
+                "dockerfile contains no stages to build (it has no FROM)".to_owned(),
             ));
         }
 
@@ -347,7 +347,15 @@ impl Plan {
                     .iter()
                     .position(|s| s.name.as_deref() == Some(lowered.as_str()))
                     .ok_or_else(|| {
-                        stage_error(0, format!("target stage \"{name}\" could not be found"))
+                        stage_error(
+                            0,
+                            crate::suggest::with_hint(
+                                format!("target stage \"{name}\" could not be found"),
+                                name,
+                                stages.iter().filter_map(|s| s.name.as_deref()),
+                                false,
+                            ),
+                        )
                     })?
             }
         };
@@ -362,16 +370,26 @@ impl Plan {
             builtin,
             inherited: Vec::new(),
         };
-        plan.resolve_dependencies()?;
+        let forward = plan.resolve_dependencies()?;
         plan.needed = plan.order()?;
+        // A stage that is built reads only stages defined before it (BuildKit builds them
+        // in file order); one no built stage needs may name any.
+        if let Some((_, error)) = forward
+            .into_iter()
+            .find(|(stage, _)| plan.needed.contains(stage))
+        {
+            return Err(error);
+        }
         plan.unused_build_args = plan.find_unused_args()?;
         Ok(plan)
     }
 
     /// Finds each stage's dependencies by typing its instructions, in file order, so that a
     /// stage based on another (always an earlier one) starts from that stage's final
-    /// environment; an image base contributes no environment here.
-    fn resolve_dependencies(&mut self) -> Result<()> {
+    /// environment; an image base contributes no environment here. Returns, per stage, the
+    /// first of its instructions that reads a stage defined after it.
+    fn resolve_dependencies(&mut self) -> Result<Vec<(usize, Error)>> {
+        let mut forward = Vec::new();
         let mut final_envs: Vec<EnvList> = Vec::with_capacity(self.stages.len());
         for index in 0..self.stages.len() {
             let inherited = match self.stages[index].base {
@@ -386,16 +404,33 @@ impl Plan {
                 dependencies.push(base);
             }
             for located in &instructions {
-                let mut froms = Vec::new();
+                // (the stage or image named, and the mount target for a RUN)
+                let mut froms: Vec<(String, Option<String>)> = Vec::new();
                 match &located.value {
-                    Instruction::Copy(copy) => froms.extend(copy.from.clone()),
-                    Instruction::Run(run) => {
-                        froms.extend(run.mounts.iter().filter_map(|m| m.from.clone()))
-                    }
+                    Instruction::Copy(copy) => froms.extend(copy.from.clone().map(|f| (f, None))),
+                    Instruction::Run(run) => froms.extend(
+                        run.mounts
+                            .iter()
+                            .filter_map(|m| Some((m.from.clone()?, Some(m.target.clone())))),
+                    ),
                     _ => {}
                 }
-                for from in froms {
+                for (from, target) in froms {
                     if let Some(stage) = self.stage_by_reference(&from) {
+                        if stage > index && !forward.iter().any(|(s, _)| *s == index) {
+                            let message = match target {
+                                None => format!(
+                                    "cannot copy from stage \"{from}\", it needs to be defined \
+                                     before current stage \"{}\"",
+                                    self.stage_label(index)
+                                ),
+                                Some(target) => format!(
+                                    "cannot mount from stage \"{from}\" to \"{target}\", stage \
+                                     needs to be defined before current command"
+                                ),
+                            };
+                            forward.push((index, stage_error(located.start_line, message)));
+                        }
                         if stage == index {
                             return Err(stage_error(
                                 located.start_line,
@@ -413,7 +448,7 @@ impl Plan {
             }
             self.stages[index].dependencies = dependencies;
         }
-        Ok(())
+        Ok(forward)
     }
 
     /// The stage a `--from` value names (by name or index), or `None` for an image.

@@ -398,21 +398,46 @@ fn expansion_errors_name_the_line() {
 
 #[test]
 fn stage_graph_and_needed_stages() {
-    let text = "FROM busybox AS base\nFROM base AS build\nRUN --mount=type=bind,from=tools,target=/t make\n\
-                FROM scratch AS tools\nFROM scratch AS unused\nFROM base\nCOPY --from=build /out /out\nCOPY --from=0 /x /x\n";
+    let text = "FROM busybox AS base\nFROM scratch AS tools\nFROM base AS build\n\
+                RUN --mount=type=bind,from=tools,target=/t make\nFROM scratch AS unused\n\
+                FROM base\nCOPY --from=build /out /out\nCOPY --from=0 /x /x\n";
     let plan = plan(text);
-    assert_eq!(plan.stages[1].base, Base::Stage(0));
-    assert_eq!(plan.stages[1].dependencies, [0, 2]);
-    assert_eq!(plan.stages[4].dependencies, [0, 1]);
+    assert_eq!(plan.stages[2].base, Base::Stage(0));
+    assert_eq!(plan.stages[2].dependencies, [0, 1]);
+    assert_eq!(plan.stages[4].dependencies, [0, 2]);
     assert_eq!(plan.target, 4);
     assert_eq!(
         plan.needed,
-        [0, 2, 1, 4],
+        [0, 1, 2, 4],
         "dependencies first; `unused` skipped"
     );
 
     let plan = plan_with(text, &[], Some("TOOLS")).unwrap();
-    assert_eq!(plan.needed, [2]);
+    assert_eq!(plan.needed, [1]);
+}
+
+#[test]
+fn a_built_stage_reads_only_stages_defined_before_it() {
+    // BuildKit builds stages in file order: a later stage is not there yet.
+    let err = error("FROM scratch AS a\nCOPY --from=b x y\nFROM scratch AS b\nFROM a\n");
+    assert!(
+        err.contains(
+            "cannot copy from stage \"b\", it needs to be defined before current stage \"a\""
+        ),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+    let err = error(
+        "FROM scratch AS a\nRUN --mount=from=b,target=/b true\nFROM scratch AS b\n\
+                     FROM a\n",
+    );
+    assert!(
+        err.contains("cannot mount from stage \"b\" to \"/b\", stage needs to be defined"),
+        "{err}"
+    );
+    // A stage the build does not need may name any stage.
+    let plan = plan("FROM scratch AS unused\nCOPY --from=b x y\nFROM scratch AS b\n");
+    assert_eq!(plan.needed, [1]);
 }
 
 #[test]
@@ -431,12 +456,18 @@ fn stage_errors() {
     );
     // The stage or image --from names is written out, never computed from a variable.
     let err = error("FROM scratch\nARG SRC=a\nCOPY --from=$SRC x y\n");
-    assert!(err.contains("--from=$SRC uses a variable"), "{err}");
+    assert!(
+        err.contains("--from=$SRC: variable expansion is not supported for --from"),
+        "{err}"
+    );
     assert!(err.contains("line 3"), "{err}");
     let err = error("FROM scratch\nARG SRC=a\nRUN --mount=from=${SRC},target=/x true\n");
-    assert!(err.contains("from=${SRC} uses a variable"), "{err}");
+    assert!(
+        err.contains("from=${SRC}: 'from' doesn't support variable expansion"),
+        "{err}"
+    );
     assert!(error("FROM scratch AS a\nCOPY --from=a x y\n").contains("circular dependency"));
-    assert!(error("ARG A=1\n").contains("no FROM"));
+    assert!(error("ARG A=1\n").contains("dockerfile contains no stages to build"));
 }
 
 /// An ARG's default is evaluated only when the build gives no value: its `${VAR:?message}`
