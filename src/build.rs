@@ -402,7 +402,7 @@ impl Build {
             ContextSource::Dir(dir) => {
                 let dockerfile_path = match &self.dockerfile {
                     DockerfileSource::Path(p) => p.clone(),
-                    _ => dir.join("Dockerfile"),
+                    _ => default_dockerfile(dir),
                 };
                 strata_dockerfile::ignore_file_for(dir, &dockerfile_path)
                     .map(|p| std::fs::read_to_string(&p).map_err(Error::io(&p)))
@@ -411,7 +411,7 @@ impl Build {
             _ => None,
         };
         let dir_dockerfile = match &self.context {
-            ContextSource::Dir(dir) => Some(dir.join("Dockerfile")),
+            ContextSource::Dir(dir) => Some(default_dockerfile(dir)),
             _ => None,
         };
         let mut default_labels = BTreeMap::new();
@@ -480,7 +480,7 @@ impl Build {
             DockerfileSource::Default => {
                 let (name, path) = match dir_dockerfile {
                     Some(path) => (path.display().to_string(), path),
-                    None => ("Dockerfile".to_owned(), context.root().join("Dockerfile")),
+                    None => ("Dockerfile".to_owned(), default_dockerfile(context.root())),
                 };
                 (
                     name,
@@ -766,6 +766,18 @@ fn emit_fetched(
             bytes,
             duration: started.elapsed(),
         });
+    }
+}
+
+/// The Dockerfile a context holds when none is named: `Dockerfile`, else `dockerfile` (as
+/// BuildKit falls back to it).
+fn default_dockerfile(dir: &Path) -> PathBuf {
+    let upper = dir.join("Dockerfile");
+    let lower = dir.join("dockerfile");
+    if upper.symlink_metadata().is_err() && lower.symlink_metadata().is_ok() {
+        lower
+    } else {
+        upper
     }
 }
 

@@ -300,12 +300,19 @@ impl Engine {
             let host = ctx.root().join(rel);
             if make_dest && !dest_rel.is_empty() && !root.join(dest_rel).is_dir() {
                 let meta = fs::metadata(&host).map_err(Error::io(&host))?;
+                // The destination COPY makes belongs to --chown's owner, or root: only what
+                // is inside it keeps the source's owners (BuildKit's rule).
+                let metadata = Metadata {
+                    uid: owner.0,
+                    gid: owner.1,
+                    ..meta_of(&meta)
+                };
                 entries.insert(
                     dest_rel.into(),
                     Entry {
                         path: dest_rel.into(),
                         kind: EntryKind::Dir,
-                        metadata: meta_of(&meta),
+                        metadata,
                     },
                 );
             }

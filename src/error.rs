@@ -44,7 +44,7 @@ pub enum Error {
         source: Box<Error>,
     },
     /// A `RUN` command exited non-zero or was killed.
-    #[error("`{command}` failed with {status}{}", tail(.output))]
+    #[error("process \"{command}\" did not complete successfully: {status}{}", tail(.output))]
     RunFailed {
         /// The command as written.
         command: String,
