@@ -120,9 +120,7 @@ impl Engine {
                         .map_err(|_| Error::Task("context memo poisoned".to_owned()))?;
                     self.context.digest(&sources, &copy.exclude, &mut memo)?
                 };
-                for (path, file_digest) in &digest.files {
-                    key = key.file(path, file_digest);
-                }
+                key = key.files(digest.files);
             }
             Some(stage) => {
                 // Keyed on the content of what is copied: a source stage rebuilt with the

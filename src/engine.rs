@@ -376,6 +376,8 @@ impl Engine {
         {
             tracing::debug!(error = %e, "context hash memo not saved");
         }
+        // The JSON memo of earlier versions is not read any more.
+        let _ = std::fs::remove_file(self.state.root().join("context-memo.json"));
     }
 
     /// Builds stage `index`, whose dependencies are in `done`.

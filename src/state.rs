@@ -8,7 +8,7 @@
 //! layers/<hex>/root                               extracted layers (see `layers.rs`)
 //! blob-sources/<hex>                              repositories a blob was pushed to
 //! copy-digests/<key>                              content digests of COPY --from sources
-//! context-memo.json                               file hashes of the last contexts
+//! context-memo.bin                                file hashes of the last contexts
 //! tmp/                                            scratch, each build in its own directory
 //! ```
 
@@ -250,7 +250,7 @@ impl State {
     }
 
     pub(crate) fn context_memo(&self) -> PathBuf {
-        self.root.join("context-memo.json")
+        self.root.join("context-memo.bin")
     }
 
     /// The repositories (`registry/name`) a blob was pushed to, as remembered by

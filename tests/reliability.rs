@@ -123,6 +123,31 @@ async fn bind_mounts_never_change_the_context_nor_show_what_dockerignore_hides()
     assert_clean_state(fx.state.path());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_context_memo_is_found_repaired_and_rebuilt() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("a", "a\n").build().unwrap();
+    let dockerfile = "FROM {base}\nCOPY a /a\n";
+    let (image, _) = run(fx.build(context.path(), dockerfile)).await;
+    let first = image.unwrap().digest().to_owned();
+    let memo = fx.state.path().join("context-memo.bin");
+    assert!(memo.is_file());
+    assert_clean_state(fx.state.path());
+    fs::write(&memo, b"strata-memo\0\0\0\0\x02\xff").unwrap();
+    let check = check_state(fx.state.path(), true).unwrap();
+    assert!(
+        check.faults.iter().any(|f| f.path == memo && f.repaired),
+        "{:#?}",
+        check.faults
+    );
+    assert!(!memo.exists());
+    // The next build hashes the context again and gets the same image.
+    let (image, _) = run(fx.build(context.path(), dockerfile)).await;
+    assert_eq!(image.unwrap().digest(), first);
+    assert!(memo.is_file());
+    assert_clean_state(fx.state.path());
+}
+
 fn assert_clean_state(state: &Path) {
     let check = check_state(state, false).unwrap();
     assert!(check.is_clean(), "{:#?}", check.faults);

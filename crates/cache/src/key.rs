@@ -117,6 +117,17 @@ impl KeyBuilder {
         self
     }
 
+    /// Source files and their content digests, at once (in path order, the map is built
+    /// in one pass).
+    pub fn files(mut self, files: impl IntoIterator<Item = (String, String)>) -> KeyBuilder {
+        if self.inputs.files.is_empty() {
+            self.inputs.files = files.into_iter().collect();
+        } else {
+            self.inputs.files.extend(files);
+        }
+        self
+    }
+
     /// The key.
     pub fn build(self) -> CacheKey {
         CacheKey {

@@ -28,7 +28,8 @@ pub struct CachedLayer {
 /// config changes it made, under its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEntry {
-    /// The key, with its inputs (so a later miss can be explained).
+    /// The key. Its inputs are there when the engine records an entry; a store keeps only
+    /// the digest (the inputs that explain a later miss are kept by `remember`).
     pub key: CacheKey,
     /// The layer, if the step made one.
     pub layer: Option<CachedLayer>,
@@ -240,10 +241,20 @@ impl CacheStore for LocalStore {
                 }
             }
         }
-        let mut entry = entry.clone();
-        if entry.created_unix == 0 {
-            entry.created_unix = now_unix();
-        }
+        // The entry is stored without the key's inputs (`remember` keeps those, once per
+        // step): a lookup then reads a few hundred bytes, not every file a COPY listed.
+        let entry = CacheEntry {
+            key: CacheKey {
+                digest: entry.key.digest.clone(),
+                inputs: KeyInputs::default(),
+            },
+            layer: entry.layer.clone(),
+            config: entry.config.clone(),
+            created_unix: match entry.created_unix {
+                0 => now_unix(),
+                at => at,
+            },
+        };
         let bytes = serde_json::to_vec(&entry).map_err(|e| Error::Damaged {
             path: self.entry_path(&entry.key.digest),
             message: e.to_string(),

@@ -122,7 +122,8 @@ fn many_writers_at_once_leave_every_entry_whole() {
     for n in 0..16 {
         let e = entry(n, Some(4_096));
         let hit = store.lookup(&e.key.digest).unwrap().unwrap();
-        assert_eq!(hit.key, e.key);
+        assert_eq!(hit.key.digest, e.key.digest);
+        assert_eq!(hit.layer, e.layer);
         assert_eq!(
             fs::read(root.join("blobs/sha256").join(format!("{:064x}", n))).unwrap(),
             vec![n as u8; 4_096]
@@ -183,4 +184,33 @@ fn a_damaged_entry_is_an_error_naming_it() {
         err.contains("damaged cache entry") && err.contains(file.to_str().unwrap()),
         "{err}"
     );
+}
+
+#[test]
+fn an_entry_keeps_the_key_digest_not_its_inputs() {
+    // A COPY of 10,000 files: its entry stays small, so that a lookup reads little; the
+    // inputs that explain a later miss are remembered once per step instead.
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("cache")).unwrap();
+    let key = KeyBuilder::new("sha256:base")
+        .instruction("COPY . /app")
+        .files((0..10_000).map(|n| (format!("src/f{n}"), format!("sha256:{n:064x}"))))
+        .build();
+    let e = CacheEntry {
+        key: key.clone(),
+        layer: None,
+        config: serde_json::json!({}),
+        created_unix: 0,
+    };
+    store.record(&e, None).unwrap();
+    store.remember("app/0", &key).unwrap();
+    let hit = store.lookup(&key.digest).unwrap().unwrap();
+    assert_eq!(hit.key.digest, key.digest);
+    assert!(hit.key.inputs.files.is_empty());
+    let stored: u64 = fs::read_dir(dir.path().join("cache/entries"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(stored < 4_096, "{stored} bytes");
+    assert_eq!(store.recall("app/0").unwrap().unwrap(), key.inputs);
 }

@@ -6,14 +6,14 @@
 //! [`HashMemo`] remembers file hashes by metadata, so hashing an unchanged context again
 //! costs one metadata scan.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -41,44 +41,44 @@ pub struct ContextDigest {
 }
 
 /// File hashes remembered by metadata (size, mtime, ctime, inode), kept between runs in a file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The file is binary, a record per file (about 100 bytes), so that loading the memo of a
+/// 100,000-file context takes milliseconds. A file that is gone from a directory hashed
+/// again is forgotten.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HashMemo {
-    version: u32,
-    entries: BTreeMap<String, MemoEntry>,
-    #[serde(skip)]
+    entries: HashMap<String, MemoEntry>,
     hits: u64,
-    #[serde(skip)]
     misses: u64,
+    /// Entries dropped since the load (files that are gone).
+    forgotten: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MemoEntry {
     size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    mtime: (i64, u32),
+    ctime: (i64, u32),
     ino: u64,
-    hash: String,
+    hash: [u8; 32],
 }
 
-const MEMO_VERSION: u32 = 1;
+/// The memo file's first bytes: a name and the format's version.
+const MEMO_MAGIC: &[u8; 16] = b"strata-memo\0\0\0\0\x02";
+/// A record after its path: size, mtime, ctime, inode, hash.
+const RECORD: usize = 8 + 12 + 12 + 8 + 32;
 
 impl HashMemo {
     /// An empty memo.
     pub fn new() -> HashMemo {
-        HashMemo {
-            version: MEMO_VERSION,
-            ..HashMemo::default()
-        }
+        HashMemo::default()
     }
 
     /// Loads a memo. A missing file, a memo of another version, or a damaged one gives an
     /// empty memo: it is only a cache, and the next save replaces it.
     pub fn load(path: &Path) -> Result<HashMemo> {
         match fs::read(path) {
-            Ok(bytes) => Ok(match serde_json::from_slice::<HashMemo>(&bytes) {
-                Ok(memo) if memo.version == MEMO_VERSION => memo,
-                _ => HashMemo::new(),
-            }),
+            Ok(bytes) => Ok(HashMemo::decode(&bytes).unwrap_or_default()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMemo::new()),
             Err(e) => Err(Error::Io {
                 path: path.to_owned(),
@@ -87,17 +87,94 @@ impl HashMemo {
         }
     }
 
+    /// Whether the file at `path` is a memo this version reads (what a state check asks).
+    pub fn check(path: &Path) -> Result<()> {
+        let bytes = fs::read(path).map_err(Error::io(path))?;
+        HashMemo::decode(&bytes)
+            .map(drop)
+            .map_err(|message| Error::Memo {
+                path: path.to_owned(),
+                message,
+            })
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<HashMemo, String> {
+        let body = bytes
+            .strip_prefix(MEMO_MAGIC.as_slice())
+            .ok_or("not a memo of this version")?;
+        let mut at = 0usize;
+        let mut take = |n: usize| -> std::result::Result<&[u8], String> {
+            let end = at.checked_add(n).filter(|end| *end <= body.len());
+            let end = end.ok_or("cut short")?;
+            let slice = &body[at..end];
+            at = end;
+            Ok(slice)
+        };
+        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let count = u64_of(take(8)?);
+        // Every record takes at least its fixed part: a count that cannot fit is damage, and
+        // never an allocation this size.
+        if count > (bytes.len() / RECORD) as u64 {
+            return Err("more records than bytes".to_owned());
+        }
+        let mut entries = HashMap::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = u32::from_le_bytes(take(4)?.try_into().unwrap_or_default()) as usize;
+            let path = std::str::from_utf8(take(len)?)
+                .map_err(|_| "a path is not UTF-8".to_owned())?
+                .to_owned();
+            let r = take(RECORD)?;
+            let time = |b: &[u8]| {
+                (
+                    i64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
+                    u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()),
+                )
+            };
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&r[40..72]);
+            entries.insert(
+                path,
+                MemoEntry {
+                    size: u64_of(&r[..8]),
+                    mtime: time(&r[8..20]),
+                    ctime: time(&r[20..32]),
+                    ino: u64_of(&r[32..40]),
+                    hash,
+                },
+            );
+        }
+        if at != body.len() {
+            return Err("bytes after the last record".to_owned());
+        }
+        Ok(HashMemo {
+            entries,
+            ..HashMemo::default()
+        })
+    }
+
     /// Saves the memo through a temporary file renamed into place; nothing when no file was
-    /// hashed since it was loaded and `path` exists (a rebuild where nothing changed writes
-    /// nothing).
+    /// hashed or forgotten since it was loaded and `path` exists (a rebuild where nothing
+    /// changed writes nothing).
     pub fn save(&self, path: &Path) -> Result<()> {
-        if self.misses == 0 && path.is_file() {
+        if self.misses == 0 && self.forgotten == 0 && path.is_file() {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(self).map_err(|e| Error::Memo {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let mut kept: Vec<(&String, &MemoEntry)> = self.entries.iter().collect();
+        kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut bytes = Vec::with_capacity(24 + kept.len() * (RECORD + 40));
+        bytes.extend_from_slice(MEMO_MAGIC);
+        bytes.extend_from_slice(&(kept.len() as u64).to_le_bytes());
+        for (path, e) in kept {
+            bytes.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(path.as_bytes());
+            bytes.extend_from_slice(&e.size.to_le_bytes());
+            for (secs, nanos) in [e.mtime, e.ctime] {
+                bytes.extend_from_slice(&secs.to_le_bytes());
+                bytes.extend_from_slice(&nanos.to_le_bytes());
+            }
+            bytes.extend_from_slice(&e.ino.to_le_bytes());
+            bytes.extend_from_slice(&e.hash);
+        }
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
         fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
         fs::rename(&tmp, path).map_err(Error::io(path))
@@ -109,14 +186,28 @@ impl HashMemo {
     }
 }
 
-/// One path found in the walk, before hashing.
+/// One path found in the walk, before hashing: what a digest and the memo need, no more.
 struct Found {
-    full: PathBuf,
+    path: String,
     kind: u8,
     mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+    ino: u64,
     /// A symlink's target, as its bytes.
     link: Option<Vec<u8>>,
-    meta: fs::Metadata,
+}
+
+impl Found {
+    fn matches(&self, entry: &MemoEntry) -> bool {
+        entry.size == self.size
+            && entry.mtime == self.mtime
+            && entry.ctime == self.ctime
+            && entry.ino == self.ino
+    }
 }
 
 /// Hashes `paths` (relative to `root`; directories recursively) into a [`ContextDigest`],
@@ -167,146 +258,304 @@ fn hash_paths(
     memo: &mut HashMemo,
     owners: bool,
 ) -> Result<ContextDigest> {
-    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    let mut found: Vec<Found> = Vec::new();
     for start in paths {
         let start = start.trim_matches('/');
-        walk(root, start, visit, &mut found)?;
+        found.extend(walk(root, start, visit)?);
+    }
+    // Path order (as bytes); a path given twice (overlapping sources) counts once.
+    found.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    found.dedup_by(|a, b| a.path == b.path);
+    // Files the memo knows below the paths walked that the walk did not find are gone (or
+    // ignored now): forgotten, so that the memo does not grow with every deleted file.
+    let starts: Vec<&str> = paths.iter().map(|p| p.trim_matches('/')).collect();
+    let below = |path: &str| {
+        starts.iter().any(|s| {
+            s.is_empty()
+                || path == *s
+                || (path.starts_with(s) && path.as_bytes().get(s.len()) == Some(&b'/'))
+        })
+    };
+    // (Every file found is in the memo once hashed: when the memo holds no more files
+    // below the walked paths than were found, nothing is gone, and nothing is searched.)
+    let files_found = found.iter().filter(|f| f.kind == b'f').count();
+    let known_below = memo.entries.keys().filter(|p| below(p)).count();
+    let known_found = found
+        .iter()
+        .filter(|f| f.kind == b'f' && memo.entries.contains_key(&f.path))
+        .count();
+    if known_below > known_found {
+        let present: std::collections::HashSet<&str> = found
+            .iter()
+            .filter(|f| f.kind == b'f')
+            .map(|f| f.path.as_str())
+            .collect();
+        let before = memo.entries.len();
+        memo.entries
+            .retain(|path, _| !below(path) || present.contains(path.as_str()));
+        memo.forgotten += (before - memo.entries.len()) as u64;
     }
     // Hash the files the memo does not know, in parallel.
-    let wanted: Vec<(&String, &Found)> = found
+    let wanted: Vec<&Found> = found
         .iter()
-        .filter(|(_, f)| f.kind == b'f')
-        .filter(|(path, f)| {
-            memo.entries
-                .get(*path)
-                .is_none_or(|entry| !memo_matches(entry, &f.meta))
+        .filter(|f| f.kind == b'f')
+        .filter(|f| memo.entries.get(&f.path).is_none_or(|e| !f.matches(e)))
+        .collect();
+    let hashed: Vec<(&Found, Result<[u8; 32]>)> = wanted
+        .par_iter()
+        .map(|f| (*f, hash_file(&root.join(&f.path))))
+        .collect();
+    memo.hits += files_found as u64 - hashed.len() as u64;
+    memo.misses += hashed.len() as u64;
+    for (f, hash) in hashed {
+        memo.entries.insert(
+            f.path.clone(),
+            MemoEntry {
+                size: f.size,
+                mtime: f.mtime,
+                ctime: f.ctime,
+                ino: f.ino,
+                hash: hash?,
+            },
+        );
+    }
+    // Each path's own digest, in parallel; then the whole in path order.
+    let digests: Vec<String> = found
+        .par_iter()
+        .map(|f| {
+            let mut hasher = Sha256::new();
+            hasher.update([f.kind]);
+            hasher.update(f.mode.to_be_bytes());
+            if owners {
+                hasher.update(f.uid.to_be_bytes());
+                hasher.update(f.gid.to_be_bytes());
+            }
+            match f.kind {
+                b'f' => {
+                    if let Some(entry) = memo.entries.get(&f.path) {
+                        let mut hex = [0u8; 64];
+                        // (64 bytes for 32: the length always fits.)
+                        if hex::encode_to_slice(entry.hash, &mut hex).is_ok() {
+                            hasher.update(hex);
+                        }
+                    }
+                }
+                b'l' => hasher.update(f.link.as_deref().unwrap_or_default()),
+                _ => {}
+            }
+            sha256_text(&hasher.finalize())
         })
         .collect();
-    let hashed: Vec<(String, Result<[u8; 32]>)> = wanted
-        .par_iter()
-        .map(|(path, f)| ((*path).clone(), hash_file(&f.full)))
-        .collect();
-    memo.hits += found.values().filter(|f| f.kind == b'f').count() as u64 - hashed.len() as u64;
-    memo.misses += hashed.len() as u64;
-    for (path, hash) in hashed {
-        let hash = hex::encode(hash?);
-        if let Some(meta) = found.get(&path).map(|f| &f.meta) {
-            memo.entries.insert(
-                path,
-                MemoEntry {
-                    size: meta.len(),
-                    mtime: (meta.mtime(), meta.mtime_nsec()),
-                    ctime: (meta.ctime(), meta.ctime_nsec()),
-                    ino: meta.ino(),
-                    hash,
-                },
-            );
-        }
-    }
     let mut files = Vec::with_capacity(found.len());
     let mut total = Sha256::new();
-    for (path, f) in &found {
-        let mut hasher = Sha256::new();
-        hasher.update([f.kind]);
-        hasher.update(f.mode.to_be_bytes());
-        if owners {
-            hasher.update(f.meta.uid().to_be_bytes());
-            hasher.update(f.meta.gid().to_be_bytes());
-        }
-        match f.kind {
-            b'f' => {
-                let hash = memo
-                    .entries
-                    .get(path)
-                    .map(|e| e.hash.as_str())
-                    .unwrap_or_default();
-                hasher.update(hash.as_bytes());
-            }
-            b'l' => hasher.update(f.link.as_deref().unwrap_or_default()),
-            _ => {}
-        }
-        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
-        total.update(path.as_bytes());
+    for (f, digest) in found.into_iter().zip(digests) {
+        total.update(f.path.as_bytes());
         total.update([0]);
         total.update(digest.as_bytes());
         total.update([b'\n']);
-        files.push((path.clone(), digest));
+        files.push((f.path, digest));
     }
     Ok(ContextDigest {
-        digest: format!("sha256:{}", hex::encode(total.finalize())),
+        digest: sha256_text(&total.finalize()),
         files,
     })
 }
 
-fn memo_matches(entry: &MemoEntry, meta: &fs::Metadata) -> bool {
-    entry.size == meta.len()
-        && entry.mtime == (meta.mtime(), meta.mtime_nsec())
-        && entry.ctime == (meta.ctime(), meta.ctime_nsec())
-        && entry.ino == meta.ino()
+/// `sha256:` and the hex of a digest, in one allocation.
+fn sha256_text(digest: &[u8]) -> String {
+    let mut text = String::with_capacity(7 + 2 * digest.len());
+    text.push_str("sha256:");
+    for byte in digest {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        text.push(HEX[usize::from(byte >> 4)] as char);
+        text.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    text
 }
 
+/// Everything below `start` (itself included unless it is the root) that `visit` lets in:
+/// one task per directory, each reading its entries with `statx` relative to the directory
+/// (the fields the digest and the memo use, no more).
 fn walk(
     root: &Path,
     start: &str,
     visit: &(dyn Fn(&str, bool) -> Visit + Sync),
-    found: &mut BTreeMap<String, Found>,
-) -> Result<()> {
-    let mut stack = vec![start.to_owned()];
-    while let Some(path) = stack.pop() {
-        let full = if path.is_empty() {
-            root.to_owned()
+) -> Result<Vec<Found>> {
+    let full = if start.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(start)
+    };
+    let stat = rustix::fs::statx(
+        rustix::fs::CWD,
+        &full,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        STATX_FIELDS,
+    )
+    .map_err(|e| Error::io(&full)(e.into()))?;
+    let is_dir = file_kind(&stat) == b'd';
+    let decision = if start.is_empty() {
+        Visit::Include
+    } else {
+        visit(start, is_dir)
+    };
+    let mut out = Vec::new();
+    if decision == Visit::Prune {
+        return Ok(out);
+    }
+    if decision == Visit::Include && !start.is_empty() {
+        let link = if file_kind(&stat) == b'l' {
+            let target = fs::read_link(&full).map_err(Error::io(&full))?;
+            Some(target.into_os_string().into_vec())
         } else {
-            root.join(&path)
+            None
         };
-        let meta = fs::symlink_metadata(&full).map_err(Error::io(&full))?;
-        let is_dir = meta.is_dir();
-        let decision = if path.is_empty() {
-            Visit::Include
+        out.push(found(start.to_owned(), &stat, link));
+    }
+    if !is_dir {
+        return Ok(out);
+    }
+    let results: Mutex<Vec<Vec<Found>>> = Mutex::new(Vec::new());
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    rayon::scope(|scope| {
+        walk_dir(scope, root, start.to_owned(), visit, &results, &failure);
+    });
+    if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(error);
+    }
+    for part in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+const STATX_FIELDS: rustix::fs::StatxFlags = rustix::fs::StatxFlags::TYPE
+    .union(rustix::fs::StatxFlags::MODE)
+    .union(rustix::fs::StatxFlags::UID)
+    .union(rustix::fs::StatxFlags::GID)
+    .union(rustix::fs::StatxFlags::INO)
+    .union(rustix::fs::StatxFlags::SIZE)
+    .union(rustix::fs::StatxFlags::MTIME)
+    .union(rustix::fs::StatxFlags::CTIME);
+
+fn file_kind(stat: &rustix::fs::Statx) -> u8 {
+    match rustix::fs::FileType::from_raw_mode(u32::from(stat.stx_mode)) {
+        rustix::fs::FileType::Directory => b'd',
+        rustix::fs::FileType::Symlink => b'l',
+        rustix::fs::FileType::RegularFile => b'f',
+        _ => b'o',
+    }
+}
+
+fn found(path: String, stat: &rustix::fs::Statx, link: Option<Vec<u8>>) -> Found {
+    Found {
+        path,
+        kind: file_kind(stat),
+        mode: u32::from(stat.stx_mode) & 0o7777,
+        uid: stat.stx_uid,
+        gid: stat.stx_gid,
+        size: stat.stx_size,
+        mtime: (stat.stx_mtime.tv_sec, stat.stx_mtime.tv_nsec),
+        ctime: (stat.stx_ctime.tv_sec, stat.stx_ctime.tv_nsec),
+        ino: stat.stx_ino,
+        link,
+    }
+}
+
+/// Reads one directory (`rel`, below `root`), records what `visit` lets in, and walks its
+/// subdirectories as tasks of their own.
+fn walk_dir<'s>(
+    scope: &rayon::Scope<'s>,
+    root: &'s Path,
+    rel: String,
+    visit: &'s (dyn Fn(&str, bool) -> Visit + Sync),
+    results: &'s Mutex<Vec<Vec<Found>>>,
+    failure: &'s Mutex<Option<Error>>,
+) {
+    let full = if rel.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(&rel)
+    };
+    let fail = |error: Error| {
+        if let Ok(mut slot) = failure.lock() {
+            slot.get_or_insert(error);
+        }
+    };
+    if failure.lock().is_ok_and(|f| f.is_some()) {
+        return;
+    }
+    let dir = match rustix::fs::open(
+        &full,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return fail(Error::io(&full)(e.into())),
+    };
+    let mut entries = match rustix::fs::Dir::read_from(&dir) {
+        Ok(entries) => entries,
+        Err(e) => return fail(Error::io(&full)(e.into())),
+    };
+    let mut here = Vec::new();
+    for entry in entries.by_ref() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => return fail(Error::io(&full)(e.into())),
+        };
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let Ok(name_text) = name.to_str() else {
+            return fail(Error::NotUtf8 {
+                path: full
+                    .join(OsStr::from_bytes(name.to_bytes()))
+                    .display()
+                    .to_string(),
+            });
+        };
+        let path = if rel.is_empty() {
+            name_text.to_owned()
         } else {
-            visit(&path, is_dir)
+            let mut path = String::with_capacity(rel.len() + 1 + name_text.len());
+            path.push_str(&rel);
+            path.push('/');
+            path.push_str(name_text);
+            path
         };
+        let stat = match rustix::fs::statx(
+            &dir,
+            name,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            STATX_FIELDS,
+        ) {
+            Ok(stat) => stat,
+            Err(e) => return fail(Error::io(full.join(name_text))(e.into())),
+        };
+        let kind = file_kind(&stat);
+        let decision = visit(&path, kind == b'd');
         if decision == Visit::Prune {
             continue;
         }
-        if is_dir {
-            for entry in fs::read_dir(&full).map_err(Error::io(&full))? {
-                let entry = entry.map_err(Error::io(&full))?;
-                let name = entry.file_name();
-                let name = name.to_str().ok_or_else(|| Error::NotUtf8 {
-                    path: entry.path().display().to_string(),
-                })?;
-                stack.push(if path.is_empty() {
-                    name.to_owned()
-                } else {
-                    format!("{path}/{name}")
-                });
-            }
+        if decision == Visit::Include {
+            let link = if kind == b'l' {
+                match rustix::fs::readlinkat(&dir, name, Vec::new()) {
+                    Ok(target) => Some(target.into_bytes()),
+                    Err(e) => return fail(Error::io(full.join(name_text))(e.into())),
+                }
+            } else {
+                None
+            };
+            here.push(found(path.clone(), &stat, link));
         }
-        if decision == Visit::Exclude || path.is_empty() {
-            continue;
+        if kind == b'd' {
+            scope.spawn(move |scope| walk_dir(scope, root, path, visit, results, failure));
         }
-        let ft = meta.file_type();
-        let (kind, link) = if is_dir {
-            (b'd', None)
-        } else if ft.is_symlink() {
-            // The target's bytes: it need not be UTF-8.
-            let target = fs::read_link(&full).map_err(Error::io(&full))?;
-            (b'l', Some(target.into_os_string().into_vec()))
-        } else if ft.is_file() {
-            (b'f', None)
-        } else {
-            (b'o', None)
-        };
-        found.insert(
-            path,
-            Found {
-                full,
-                kind,
-                mode: meta.mode() & 0o7777,
-                link,
-                meta,
-            },
-        );
     }
-    Ok(())
+    if !here.is_empty()
+        && let Ok(mut results) = results.lock()
+    {
+        results.push(here);
+    }
 }

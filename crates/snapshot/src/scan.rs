@@ -225,16 +225,22 @@ fn birth_time(path: &Path) -> Option<(i64, u32)> {
 
 /// SHA-256 of a file's contents, streamed.
 pub fn hash_file(path: &Path) -> Result<[u8; 32]> {
+    thread_local! {
+        // One buffer per thread: hashing 100,000 small files allocates nothing per file.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 128 * 1024]);
+    }
     let mut file = fs::File::open(path).map_err(Error::io(path))?;
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 128 * 1024];
-    loop {
-        let n = file.read(&mut buffer).map_err(Error::io(path))?;
-        if n == 0 {
-            break;
+    BUFFER.with_borrow_mut(|buffer| {
+        loop {
+            let n = file.read(buffer).map_err(Error::io(path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
         }
-        hasher.update(&buffer[..n]);
-    }
+        Ok::<(), Error>(())
+    })?;
     Ok(hasher.finalize().into())
 }
 

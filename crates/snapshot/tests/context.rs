@@ -140,7 +140,7 @@ fn the_memo_makes_an_unchanged_context_cost_a_metadata_scan() {
     let dir = tempfile::tempdir().unwrap();
     context(dir.path());
     let state = tempfile::tempdir().unwrap();
-    let memo_path = state.path().join("memo.json");
+    let memo_path = state.path().join("memo.bin");
     let mut memo = HashMemo::load(&memo_path).unwrap();
     let first = hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
     assert_eq!(memo.stats(), (0, 2));
@@ -172,10 +172,55 @@ fn the_memo_makes_an_unchanged_context_cost_a_metadata_scan() {
     assert_ne!(second.digest, third.digest);
     assert_eq!(memo.stats(), (3, 1));
 
-    fs::write(&memo_path, "not json").unwrap();
-    assert_eq!(
-        HashMemo::load(&memo_path).unwrap(),
-        HashMemo::new(),
-        "a damaged memo starts over"
-    );
+    memo.save(&memo_path).unwrap();
+    assert!(HashMemo::check(&memo_path).is_ok());
+    // Damage anywhere (a cut, a flipped count, another format) starts over, and the state
+    // check says so; it never allocates what a count claims.
+    let good = fs::read(&memo_path).unwrap();
+    for bad in [
+        b"not a memo".to_vec(),
+        good[..good.len() - 1].to_vec(),
+        {
+            let mut b = good.clone();
+            b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+            b
+        },
+        [good.as_slice(), b"x"].concat(),
+    ] {
+        fs::write(&memo_path, &bad).unwrap();
+        assert_eq!(
+            HashMemo::load(&memo_path).unwrap(),
+            HashMemo::new(),
+            "a damaged memo starts over"
+        );
+        assert!(HashMemo::check(&memo_path).is_err());
+    }
+}
+
+#[test]
+fn the_memo_forgets_files_that_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    context(dir.path());
+    let state = tempfile::tempdir().unwrap();
+    let memo_path = state.path().join("memo.bin");
+    let mut memo = HashMemo::new();
+    hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
+    memo.save(&memo_path).unwrap();
+    let size = fs::metadata(&memo_path).unwrap().len();
+    // A deleted file leaves the memo at the next save, though nothing was hashed.
+    fs::remove_file(dir.path().join("src/nested/lib.rs")).unwrap();
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
+    assert_eq!(memo.stats(), (1, 0));
+    memo.save(&memo_path).unwrap();
+    assert!(fs::metadata(&memo_path).unwrap().len() < size);
+    // A walk of one directory forgets nothing outside it.
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    let before = fs::read(&memo_path).unwrap();
+    hash_context(dir.path(), &["src/nested".to_owned()], &visit, &mut memo).unwrap();
+    memo.save(&memo_path).unwrap();
+    assert_eq!(fs::read(&memo_path).unwrap(), before);
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
+    assert_eq!(memo.stats(), (1, 0), "src/main.rs still known");
 }
