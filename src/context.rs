@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use strata_dockerfile::{Dockerignore, has_wildcards, match_path};
 use strata_snapshot::{ContextDigest, HashMemo, Visit, hash_context, hash_context_with_owners};
@@ -439,7 +440,8 @@ impl Context {
     }
 
     /// The files below a directory source (relative to it), for copying, in order:
-    /// directories before their contents. Ignored paths are left out.
+    /// directories before their contents. Ignored paths are left out. Directories are read
+    /// in parallel, one task each.
     pub(crate) fn walk(
         &self,
         dir: &str,
@@ -448,40 +450,92 @@ impl Context {
         let exclude = exclude_patterns(exclude)?;
         let roots = [dir.to_owned()];
         let visit = self.visit(&exclude, &roots);
-        let mut out = Vec::new();
-        let mut stack = vec![String::new()];
-        while let Some(rel) = stack.pop() {
-            let full = self.root.join(join(dir, &rel));
-            let mut entries: Vec<(String, fs::Metadata)> = Vec::new();
-            for entry in fs::read_dir(&full).map_err(Error::io(&full))? {
-                let entry = entry.map_err(Error::io(&full))?;
-                let name = entry.file_name().into_string().map_err(|n| {
-                    Error::Context(format!("{}: name is not UTF-8", Path::new(&n).display()))
-                })?;
-                let meta = entry.metadata().map_err(Error::io(entry.path()))?;
-                entries.push((join(&rel, &name), meta));
-            }
-            entries.sort_by(|a, b| b.0.cmp(&a.0));
-            for (path, meta) in entries {
-                let in_context = join(dir, &path);
-                match visit(&in_context, meta.is_dir()) {
-                    Visit::Prune => continue,
-                    Visit::Exclude => {
-                        if meta.is_dir() {
-                            stack.push(path);
-                        }
-                        continue;
-                    }
-                    Visit::Include => {}
-                }
-                if meta.is_dir() {
-                    stack.push(path.clone());
-                }
-                out.push((path, meta));
-            }
+        let found: Mutex<Vec<Vec<(String, fs::Metadata)>>> = Mutex::new(Vec::new());
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        rayon::scope(|scope| {
+            self.walk_dir(scope, dir, String::new(), &visit, &found, &failure);
+        });
+        if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(error);
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(String, fs::Metadata)> = found
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .flatten()
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// One directory of [`Context::walk`] (`rel` below `dir`): its entries into `found`, its
+    /// subdirectories as tasks of their own.
+    fn walk_dir<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        dir: &'s str,
+        rel: String,
+        visit: &'s (impl Fn(&str, bool) -> Visit + Sync),
+        found: &'s Mutex<Vec<Vec<(String, fs::Metadata)>>>,
+        failure: &'s Mutex<Option<Error>>,
+    ) {
+        let fail = |error: Error| {
+            if let Ok(mut slot) = failure.lock() {
+                slot.get_or_insert(error);
+            }
+        };
+        if failure.lock().is_ok_and(|f| f.is_some()) {
+            return;
+        }
+        let full = self.root.join(join(dir, &rel));
+        let entries = match fs::read_dir(&full) {
+            Ok(entries) => entries,
+            Err(e) => return fail(Error::io(&full)(e)),
+        };
+        let mut here = Vec::new();
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return fail(Error::io(&full)(e)),
+            };
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(n) => {
+                    return fail(Error::Context(format!(
+                        "{}: name is not UTF-8",
+                        Path::new(&n).display()
+                    )));
+                }
+            };
+            // (`DirEntry::metadata` asks relative to the directory, not by the whole path.)
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) => return fail(Error::io(entry.path())(e)),
+            };
+            let path = join(&rel, &name);
+            match visit(&join(dir, &path), meta.is_dir()) {
+                Visit::Prune => continue,
+                Visit::Exclude => {
+                    if meta.is_dir() {
+                        scope.spawn(move |scope| {
+                            self.walk_dir(scope, dir, path, visit, found, failure)
+                        });
+                    }
+                    continue;
+                }
+                Visit::Include => {}
+            }
+            if meta.is_dir() {
+                let below = path.clone();
+                scope.spawn(move |scope| self.walk_dir(scope, dir, below, visit, found, failure));
+            }
+            here.push((path, meta));
+        }
+        if !here.is_empty()
+            && let Ok(mut found) = found.lock()
+        {
+            found.push(here);
+        }
     }
 }
 
