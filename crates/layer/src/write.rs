@@ -380,6 +380,12 @@ fn write_empty_gzip<W: Write>(out: W, media_type: oci_spec::image::MediaType) ->
 /// Makes every hardlink group write its contents once, at the first of its members in layer
 /// order, and link the others to it.
 fn resolve_hardlinks(entries: &mut [Entry]) -> Result<()> {
+    if !entries
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::Hardlink { .. }))
+    {
+        return Ok(());
+    }
     let index: HashMap<PathBuf, usize> = entries
         .iter()
         .enumerate()
