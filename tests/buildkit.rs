@@ -17,7 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{Fixture, layout, run, skopeo_config};
+use common::{Fixture, layout, run, skopeo_config, umoci_raw_rootfs};
 use strata::Build;
 use strata_testkit::ContextBuilder;
 
@@ -69,8 +69,12 @@ impl Bk {
     }
 
     fn build(&self, context: &Path, dockerfile: &str) -> Build {
+        self.build_in(context).dockerfile_text(dockerfile)
+    }
+
+    /// A build of `context` with its own Dockerfile.
+    fn build_in(&self, context: &Path) -> Build {
         Build::new(context)
-            .dockerfile_text(dockerfile)
             .state_dir(self.fx.state.path())
             .isolation(strata::Isolation::Namespaces)
             .registry(
@@ -85,7 +89,7 @@ impl Bk {
         let (image, _) = run(build).await;
         let image = image.unwrap_or_else(|e| panic!("{}", chain(&e)));
         let (work, oci) = layout(&image);
-        let rootfs = raw_rootfs(work.path(), &oci);
+        let rootfs = umoci_raw_rootfs(work.path(), &oci);
         let config = skopeo_config(&oci);
         (work, rootfs, config)
     }
@@ -104,24 +108,6 @@ impl Bk {
             Err(e) => chain(&e),
         }
     }
-}
-
-/// The image's root filesystem as umoci unpacks it (`raw unpack`: no runtime config, whose
-/// user lookup fails for `USER nobody` on an image without /etc/passwd).
-fn raw_rootfs(work: &Path, layout: &Path) -> PathBuf {
-    let rootfs = work.join("rootfs");
-    let output = std::process::Command::new("umoci")
-        .args(["raw", "unpack", "--image"])
-        .arg(format!("{}:test", layout.display()))
-        .arg(&rootfs)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    rootfs
 }
 
 /// An error and its causes, as one line.
@@ -995,11 +981,7 @@ async fn test_dockerfile_lowercase() {
         .file("dockerfile", "FROM scratch\nCOPY dockerfile /\n")
         .build()
         .unwrap();
-    let (image, _) = run(Build::new(context.path())
-        .state_dir(bk.fx.state.path())
-        .isolation(strata::Isolation::Namespaces))
-    .await;
-    image.unwrap_or_else(|e| panic!("{}", chain(&e)));
+    bk.ok(bk.build_in(context.path())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1010,11 +992,7 @@ async fn test_symlinked_dockerfile() {
         .symlink("Dockerfile", "Dockerfile.web")
         .build()
         .unwrap();
-    let (image, _) = run(Build::new(context.path())
-        .state_dir(bk.fx.state.path())
-        .isolation(strata::Isolation::Namespaces))
-    .await;
-    image.unwrap_or_else(|e| panic!("{}", chain(&e)));
+    bk.ok(bk.build_in(context.path())).await;
 }
 
 // dockerfile_dockerignore_test.go
@@ -1031,11 +1009,7 @@ async fn test_dockerignore() {
         .file("Dockerfile", "FROM scratch\nCOPY . .\n")
         .build()
         .unwrap();
-    let (_w, root, _) = bk
-        .ok(Build::new(context.path())
-            .state_dir(bk.fx.state.path())
-            .isolation(strata::Isolation::Namespaces))
-        .await;
+    let (_w, root, _) = bk.ok(bk.build_in(context.path())).await;
     assert_eq!(read(&root, "foo"), "foo-contents");
     assert_eq!(read(&root, "bay"), "bay-contents");
     for absent in [".dockerignore", "Dockerfile", "bar", "baz"] {
@@ -1062,16 +1036,10 @@ async fn test_dockerignore_override() {
         .build()
         .unwrap();
     for name in ["Dockerfile", "Dockerfile2"] {
-        let build = Build::new(context.path())
-            .dockerfile(context.path().join(name))
-            .state_dir(bk.fx.state.path())
-            .isolation(strata::Isolation::Namespaces)
-            .registry(
-                strata::registry::RegistryClient::builder()
-                    .mirror(bk.fx.registry.host())
-                    .build(),
-            );
-        bk.ok(build).await;
+        bk.ok(bk
+            .build_in(context.path())
+            .dockerfile(context.path().join(name)))
+            .await;
     }
 }
 

@@ -89,13 +89,26 @@ pub fn umoci_rootfs(work: &Path, layout: &Path) -> PathBuf {
 
 /// `umoci unpack` of `layout:tag`.
 pub fn umoci_rootfs_tagged(work: &Path, layout: &Path, tag: &str) -> PathBuf {
-    let umoci = find_program("umoci", "umoci").unwrap();
     let bundle = work.join("bundle");
+    umoci(&["unpack"], layout, tag, &bundle);
+    bundle.join("rootfs")
+}
+
+/// `umoci raw unpack` of `layout:test`: the root filesystem alone, without the runtime config
+/// (whose user lookup fails for `USER nobody` on an image without /etc/passwd).
+pub fn umoci_raw_rootfs(work: &Path, layout: &Path) -> PathBuf {
+    let rootfs = work.join("rootfs");
+    umoci(&["raw", "unpack"], layout, "test", &rootfs);
+    rootfs
+}
+
+fn umoci(command: &[&str], layout: &Path, tag: &str, into: &Path) {
+    let umoci = find_program("umoci", "umoci").unwrap();
     let output = Command::new(umoci)
-        .arg("unpack")
+        .args(command)
         .arg("--image")
         .arg(format!("{}:{tag}", layout.display()))
-        .arg(&bundle)
+        .arg(into)
         .output()
         .unwrap();
     assert!(
@@ -103,7 +116,6 @@ pub fn umoci_rootfs_tagged(work: &Path, layout: &Path, tag: &str) -> PathBuf {
         "umoci: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    bundle.join("rootfs")
 }
 
 /// `mode uid:gid` of a path (not following symlinks), with its contents for files and its
