@@ -458,12 +458,12 @@ impl Context {
         if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(error);
         }
-        let mut out: Vec<(String, fs::Metadata)> = found
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .into_iter()
-            .flatten()
-            .collect();
+        let parts = found.into_inner().unwrap_or_else(|e| e.into_inner());
+        // One allocation of the final size (growing by doubling held up to twice the list).
+        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            out.extend(part);
+        }
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }

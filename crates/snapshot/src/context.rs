@@ -261,7 +261,12 @@ fn hash_paths(
     let mut found: Vec<Found> = Vec::new();
     for start in paths {
         let start = start.trim_matches('/');
-        found.extend(walk(root, start, visit)?);
+        let part = walk(root, start, visit)?;
+        if found.is_empty() {
+            found = part;
+        } else {
+            found.extend(part);
+        }
     }
     // Path order (as bytes); a path given twice (overlapping sources) counts once.
     found.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -307,6 +312,7 @@ fn hash_paths(
         .collect();
     memo.hits += files_found as u64 - hashed.len() as u64;
     memo.misses += hashed.len() as u64;
+    memo.entries.reserve(hashed.len());
     for (f, hash) in hashed {
         memo.entries.insert(
             f.path.clone(),
@@ -423,7 +429,9 @@ fn walk(
     if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(error);
     }
-    for part in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    let parts = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    out.reserve_exact(parts.iter().map(Vec::len).sum());
+    for part in parts {
         out.extend(part);
     }
     Ok(out)
