@@ -4,10 +4,11 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use strata_dockerfile::{Dockerignore, has_wildcards, match_path};
-use strata_snapshot::{ContextDigest, HashMemo, Visit, hash_context, hash_context_with_owners};
+use strata_snapshot::{
+    ContextDigest, HashMemo, TreeEntry, Visit, hash_context, hash_context_with_owners, walk_tree,
+};
 
 use crate::error::{Error, Result};
 
@@ -223,10 +224,12 @@ impl Context {
         let from = self.root.join(&source.path);
         let meta = fs::symlink_metadata(&from).map_err(Error::io(&from))?;
         let mut dirs = Vec::new();
-        crate::run::copy_entry(&from, dest, &meta, &mut dirs)?;
+        let top = TreeEntry::from_metadata(String::new(), &meta, None);
+        crate::run::copy_entry(&from, dest, &top, &mut dirs)?;
         if source.is_dir {
-            for (path, meta) in self.walk(&source.path, &[])? {
-                crate::run::copy_entry(&from.join(&path), &dest.join(&path), &meta, &mut dirs)?;
+            for entry in self.walk(&source.path, &[])? {
+                let (from, to) = (from.join(&entry.path), dest.join(&entry.path));
+                crate::run::copy_entry(&from, &to, &entry, &mut dirs)?;
             }
         }
         crate::run::finish_dirs(dirs)
@@ -439,103 +442,22 @@ impl Context {
         }
     }
 
-    /// The files below a directory source (relative to it), for copying, in order:
-    /// directories before their contents. Ignored paths are left out. Directories are read
-    /// in parallel, one task each.
-    pub(crate) fn walk(
-        &self,
-        dir: &str,
-        exclude: &[String],
-    ) -> Result<Vec<(String, fs::Metadata)>> {
+    /// The files below a directory source (their paths relative to it), for copying, in
+    /// order: directories before their contents. Ignored paths are left out. The snapshot
+    /// crate's walk, which hashing the context uses too: directories read in parallel.
+    pub(crate) fn walk(&self, dir: &str, exclude: &[String]) -> Result<Vec<TreeEntry>> {
         let exclude = exclude_patterns(exclude)?;
         let roots = [dir.to_owned()];
         let visit = self.visit(&exclude, &roots);
-        let found: Mutex<Vec<Vec<(String, fs::Metadata)>>> = Mutex::new(Vec::new());
-        let failure: Mutex<Option<Error>> = Mutex::new(None);
-        rayon::scope(|scope| {
-            self.walk_dir(scope, dir, String::new(), &visit, &found, &failure);
-        });
-        if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(error);
-        }
-        let parts = found.into_inner().unwrap_or_else(|e| e.into_inner());
-        // One allocation of the final size (growing by doubling held up to twice the list).
-        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-        for part in parts {
-            out.extend(part);
-        }
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
-    }
-
-    /// One directory of [`Context::walk`] (`rel` below `dir`): its entries into `found`, its
-    /// subdirectories as tasks of their own.
-    fn walk_dir<'s>(
-        &'s self,
-        scope: &rayon::Scope<'s>,
-        dir: &'s str,
-        rel: String,
-        visit: &'s (impl Fn(&str, bool) -> Visit + Sync),
-        found: &'s Mutex<Vec<Vec<(String, fs::Metadata)>>>,
-        failure: &'s Mutex<Option<Error>>,
-    ) {
-        let fail = |error: Error| {
-            if let Ok(mut slot) = failure.lock() {
-                slot.get_or_insert(error);
+        let mut found = walk_tree(&self.root, dir, &visit)?;
+        // The directory itself is the caller's; the rest is named from inside it.
+        found.retain(|e| e.path != dir);
+        if !dir.is_empty() {
+            for entry in &mut found {
+                entry.path.replace_range(..=dir.len(), "");
             }
-        };
-        if failure.lock().is_ok_and(|f| f.is_some()) {
-            return;
         }
-        let full = self.root.join(join(dir, &rel));
-        let entries = match fs::read_dir(&full) {
-            Ok(entries) => entries,
-            Err(e) => return fail(Error::io(&full)(e)),
-        };
-        let mut here = Vec::new();
-        for entry in entries {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => return fail(Error::io(&full)(e)),
-            };
-            let name = match entry.file_name().into_string() {
-                Ok(name) => name,
-                Err(n) => {
-                    return fail(Error::Context(format!(
-                        "{}: name is not UTF-8",
-                        Path::new(&n).display()
-                    )));
-                }
-            };
-            // (`DirEntry::metadata` asks relative to the directory, not by the whole path.)
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(e) => return fail(Error::io(entry.path())(e)),
-            };
-            let path = join(&rel, &name);
-            match visit(&join(dir, &path), meta.is_dir()) {
-                Visit::Prune => continue,
-                Visit::Exclude => {
-                    if meta.is_dir() {
-                        scope.spawn(move |scope| {
-                            self.walk_dir(scope, dir, path, visit, found, failure)
-                        });
-                    }
-                    continue;
-                }
-                Visit::Include => {}
-            }
-            if meta.is_dir() {
-                let below = path.clone();
-                scope.spawn(move |scope| self.walk_dir(scope, dir, below, visit, found, failure));
-            }
-            here.push((path, meta));
-        }
-        if !here.is_empty()
-            && let Ok(mut found) = found.lock()
-        {
-            found.push(here);
-        }
+        Ok(found)
     }
 }
 

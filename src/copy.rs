@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use strata_cache::KeyBuilder;
 use strata_dockerfile::{Add, Copy, Instruction};
 use strata_layer::{Entry, EntryKind, Metadata, Mtime};
-use strata_snapshot::HashMemo;
+use strata_snapshot::{HashMemo, Kind, TreeEntry};
 
 use crate::context::{Context, Source, join};
 use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, clean_absolute, key_text};
@@ -272,16 +272,16 @@ impl Engine {
         // From another stage without --chown, files keep their owners (BuildKit's rule); from
         // the context they belong to root.
         let keep_owners = from_stage.is_some() && copy.chown.is_none();
-        let meta_of = |meta: &fs::Metadata| Metadata {
+        let meta_of = |found: &TreeEntry| Metadata {
             mode: match &chmod {
-                Some(chmod) => chmod.apply(meta.mode() & 0o7777, meta.is_dir()),
-                None => meta.mode() & 0o7777,
+                Some(chmod) => chmod.apply(found.mode, found.kind == Kind::Dir),
+                None => found.mode,
             },
-            uid: if keep_owners { meta.uid() } else { owner.0 },
-            gid: if keep_owners { meta.gid() } else { owner.1 },
+            uid: if keep_owners { found.uid } else { owner.0 },
+            gid: if keep_owners { found.gid } else { owner.1 },
             mtime: Mtime {
-                secs: meta.mtime(),
-                nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+                secs: found.mtime.0,
+                nanos: found.mtime.1,
             },
             ..Metadata::default()
         };
@@ -298,6 +298,7 @@ impl Engine {
             let host = ctx.root().join(rel);
             if make_dest && !dest_rel.is_empty() && !root.join(dest_rel).is_dir() {
                 let meta = fs::metadata(&host).map_err(Error::io(&host))?;
+                let meta = TreeEntry::from_metadata(String::new(), &meta, None);
                 // The destination COPY makes belongs to --chown's owner, or root: only what
                 // is inside it keeps the source's owners (BuildKit's rule).
                 let metadata = Metadata {
@@ -314,11 +315,11 @@ impl Engine {
                     },
                 );
             }
-            for (below, meta) in ctx.walk(rel, exclude)? {
-                let path = join(dest_rel, &below);
-                let full = host.join(&below);
-                if let Some(entry) = file_entry(&path, &full, &meta, meta_of(&meta))? {
-                    note_link(inodes, &entry, &meta);
+            for found in ctx.walk(rel, exclude)? {
+                let path = join(dest_rel, &found.path);
+                let full = host.join(&found.path);
+                if let Some(entry) = file_entry(&path, &full, &found, meta_of(&found))? {
+                    note_link(inodes, &entry, &found);
                     entries.insert(path.into(), entry);
                 }
             }
@@ -328,15 +329,15 @@ impl Engine {
         for source in &sources {
             if let Some(dir) = archives.get(&source.path) {
                 // The archive's entries keep their owners unless --chown says otherwise.
-                for (rel, meta) in Context::for_rootfs(dir.path()).walk("", &[])? {
-                    let path = join(&dest_rel, &rel);
-                    let mut metadata = meta_of(&meta);
+                for found in Context::for_rootfs(dir.path()).walk("", &[])? {
+                    let path = join(&dest_rel, &found.path);
+                    let mut metadata = meta_of(&found);
                     if copy.chown.is_none() {
-                        (metadata.uid, metadata.gid) = (meta.uid(), meta.gid());
+                        (metadata.uid, metadata.gid) = (found.uid, found.gid);
                     }
-                    if let Some(entry) = file_entry(&path, &dir.path().join(&rel), &meta, metadata)?
-                    {
-                        note_link(&mut inodes, &entry, &meta);
+                    let full = dir.path().join(&found.path);
+                    if let Some(entry) = file_entry(&path, &full, &found, metadata)? {
+                        note_link(&mut inodes, &entry, &found);
                         entries.insert(path.into(), entry);
                     }
                 }
@@ -379,8 +380,9 @@ impl Engine {
                     dest_rel.clone()
                 };
                 let meta = fs::metadata(&host).map_err(Error::io(&host))?;
-                if let Some(entry) = file_entry(&path, &host, &meta, meta_of(&meta))? {
-                    note_link(&mut inodes, &entry, &meta);
+                let found = TreeEntry::from_metadata(String::new(), &meta, None);
+                if let Some(entry) = file_entry(&path, &host, &found, meta_of(&found))? {
+                    note_link(&mut inodes, &entry, &found);
                     entries.insert(path.into(), entry);
                 }
             }
@@ -456,14 +458,11 @@ impl Engine {
 /// the file read, to copy each group as hard links, as BuildKit does.
 type Inodes = HashMap<PathBuf, ((u64, u64), PathBuf)>;
 
-fn note_link(inodes: &mut Inodes, entry: &Entry, meta: &fs::Metadata) {
+fn note_link(inodes: &mut Inodes, entry: &Entry, found: &TreeEntry) {
     if let EntryKind::File { source, .. } = &entry.kind
-        && meta.nlink() > 1
+        && found.nlink > 1
     {
-        inodes.insert(
-            entry.path.clone(),
-            ((meta.dev(), meta.ino()), source.clone()),
-        );
+        inodes.insert(entry.path.clone(), ((found.dev, found.ino), source.clone()));
     } else if !inodes.is_empty() {
         inodes.remove(&entry.path);
     }
@@ -577,25 +576,25 @@ fn follow_links_in_root(
 fn file_entry(
     path: &str,
     full: &Path,
-    meta: &fs::Metadata,
+    found: &TreeEntry,
     metadata: Metadata,
 ) -> Result<Option<Entry>> {
-    let kind = if meta.is_dir() {
-        EntryKind::Dir
-    } else if meta.file_type().is_symlink() {
-        // The target's exact bytes (they need not be UTF-8).
-        let target = fs::read_link(full).map_err(Error::io(full))?;
-        EntryKind::Symlink { target }
-    } else if meta.is_file() {
-        EntryKind::File {
+    let kind = match found.kind {
+        Kind::Dir => EntryKind::Dir,
+        // The target's exact bytes (they need not be UTF-8), as the walk read them.
+        Kind::Symlink => EntryKind::Symlink {
+            target: match &found.link {
+                Some(target) => PathBuf::from(std::ffi::OsStr::from_bytes(target)),
+                None => fs::read_link(full).map_err(Error::io(full))?,
+            },
+        },
+        Kind::File => EntryKind::File {
             source: full.to_owned(),
-            size: meta.len(),
-        }
-    } else if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+            size: found.size,
+        },
         // BuildKit copies a socket as an empty regular file.
-        EntryKind::Bytes(Vec::new())
-    } else {
-        return Ok(None);
+        Kind::Socket => EntryKind::Bytes(Vec::new()),
+        _ => return Ok(None),
     };
     Ok(Some(Entry {
         path: path.into(),

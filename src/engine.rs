@@ -1215,7 +1215,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Writes `entries` as a layer into the state's blobs; `None` when there are none.
+    /// Writes `entries` as a layer into the state's blobs (no entries: the empty layer).
     pub(crate) fn write_layer(&self, entries: Vec<Entry>) -> Result<LayerRef> {
         let staged = self.state.layout.staging_file()?;
         let info = LayerWriter::new()

@@ -11,6 +11,7 @@ use strata_dockerfile::{
     CommandLine, Instruction, MountType, Network as RunNetwork, Run, Security,
 };
 use strata_sandbox::{Mount as SandboxMount, Network, Sharing, Step, Stream};
+use strata_snapshot::{Kind, TreeEntry};
 
 use crate::engine::{
     Engine, Rootfs, Secret, StageImage, StepAt, canonical, clean_absolute, key_text,
@@ -551,7 +552,12 @@ fn private_file(bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
 pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(from).map_err(Error::io(from))?;
     let mut dirs = Vec::new();
-    copy_entry(from, to, &meta, &mut dirs)?;
+    copy_entry(
+        from,
+        to,
+        &TreeEntry::from_metadata(String::new(), &meta, None),
+        &mut dirs,
+    )?;
     let mut stack = vec![(from.to_owned(), to.to_owned())];
     while meta.is_dir()
         && let Some((src, dst)) = stack.pop()
@@ -560,7 +566,8 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             let entry = entry.map_err(Error::io(&src))?;
             let meta = entry.metadata().map_err(Error::io(entry.path()))?;
             let target = dst.join(entry.file_name());
-            copy_entry(&entry.path(), &target, &meta, &mut dirs)?;
+            let found = TreeEntry::from_metadata(String::new(), &meta, None);
+            copy_entry(&entry.path(), &target, &found, &mut dirs)?;
             if meta.is_dir() {
                 stack.push((entry.path(), target));
             }
@@ -574,25 +581,27 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 pub(crate) fn copy_entry(
     from: &Path,
     to: &Path,
-    meta: &fs::Metadata,
+    entry: &TreeEntry,
     dirs: &mut Vec<(PathBuf, u32)>,
 ) -> Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        fs::create_dir(to).map_err(Error::io(to))?;
-        fs::set_permissions(to, fs::Permissions::from_mode(0o700)).map_err(Error::io(to))?;
-        dirs.push((to.to_owned(), meta.mode() & 0o7777));
-    } else if kind.is_symlink() {
-        let target = fs::read_link(from).map_err(Error::io(from))?;
-        std::os::unix::fs::symlink(target, to).map_err(Error::io(to))?;
-    } else if kind.is_file() {
-        fs::copy(from, to).map_err(Error::io(to))?;
-    } else {
-        return Ok(());
+    use std::os::unix::fs::PermissionsExt;
+    match entry.kind {
+        Kind::Dir => {
+            fs::create_dir(to).map_err(Error::io(to))?;
+            fs::set_permissions(to, fs::Permissions::from_mode(0o700)).map_err(Error::io(to))?;
+            dirs.push((to.to_owned(), entry.mode));
+        }
+        Kind::Symlink => {
+            let target = fs::read_link(from).map_err(Error::io(from))?;
+            std::os::unix::fs::symlink(target, to).map_err(Error::io(to))?;
+        }
+        Kind::File => {
+            fs::copy(from, to).map_err(Error::io(to))?;
+        }
+        _ => return Ok(()),
     }
     // Not allowed for an ordinary user: the copy is then theirs, as the files would be.
-    let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
+    let _ = std::os::unix::fs::lchown(to, Some(entry.uid), Some(entry.gid));
     Ok(())
 }
 

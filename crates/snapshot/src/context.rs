@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::scan::hash_file;
+use crate::scan::{Kind, hash_file};
 
 /// What to do with a path met while hashing (decided by the caller, from `.dockerignore`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,27 +186,88 @@ impl HashMemo {
     }
 }
 
-/// One path found in the walk, before hashing: what a digest and the memo need, no more.
-struct Found {
-    path: String,
-    kind: u8,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    mtime: (i64, u32),
-    ctime: (i64, u32),
-    ino: u64,
+/// One path [`walk_tree`] found: what a context digest, its memo and a copy need of it, no
+/// more (a few dozen bytes, where `fs::Metadata` takes about 150).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// The path, relative to the walked root.
+    pub path: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, u32),
+    /// Status-change time (seconds, nanoseconds).
+    pub ctime: (i64, u32),
+    /// Device of the filesystem holding it.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Number of hard links.
+    pub nlink: u32,
     /// A symlink's target, as its bytes.
-    link: Option<Vec<u8>>,
+    pub link: Option<Vec<u8>>,
 }
 
-impl Found {
+impl TreeEntry {
+    /// The entry for `path` from metadata read elsewhere (`link` for a symlink's target).
+    pub fn from_metadata(path: String, meta: &fs::Metadata, link: Option<Vec<u8>>) -> TreeEntry {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_char_device() {
+            Kind::CharDevice
+        } else if ft.is_block_device() {
+            Kind::BlockDevice
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            Kind::Socket
+        };
+        let nanos = |n: i64| u32::try_from(n).unwrap_or(0);
+        TreeEntry {
+            path,
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: meta.len(),
+            mtime: (meta.mtime(), nanos(meta.mtime_nsec())),
+            ctime: (meta.ctime(), nanos(meta.ctime_nsec())),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            nlink: u32::try_from(meta.nlink()).unwrap_or(u32::MAX),
+            link,
+        }
+    }
+
     fn matches(&self, entry: &MemoEntry) -> bool {
         entry.size == self.size
             && entry.mtime == self.mtime
             && entry.ctime == self.ctime
             && entry.ino == self.ino
+    }
+
+    /// The kind as the digest spells it (unchanged since digests were first written).
+    fn kind_byte(&self) -> u8 {
+        match self.kind {
+            Kind::File => b'f',
+            Kind::Dir => b'd',
+            Kind::Symlink => b'l',
+            _ => b'o',
+        }
     }
 }
 
@@ -258,10 +319,10 @@ fn hash_paths(
     memo: &mut HashMemo,
     owners: bool,
 ) -> Result<ContextDigest> {
-    let mut found: Vec<Found> = Vec::new();
+    let mut found: Vec<TreeEntry> = Vec::new();
     for start in paths {
         let start = start.trim_matches('/');
-        let part = walk(root, start, visit)?;
+        let part = walk_tree(root, start, visit)?;
         if found.is_empty() {
             found = part;
         } else {
@@ -269,8 +330,10 @@ fn hash_paths(
         }
     }
     // Path order (as bytes); a path given twice (overlapping sources) counts once.
-    found.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    found.dedup_by(|a, b| a.path == b.path);
+    if paths.len() > 1 {
+        found.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        found.dedup_by(|a, b| a.path == b.path);
+    }
     // Files the memo knows below the paths walked that the walk did not find are gone (or
     // ignored now): forgotten, so that the memo does not grow with every deleted file.
     let starts: Vec<&str> = paths.iter().map(|p| p.trim_matches('/')).collect();
@@ -283,16 +346,16 @@ fn hash_paths(
     };
     // (Every file found is in the memo once hashed: when the memo holds no more files
     // below the walked paths than were found, nothing is gone, and nothing is searched.)
-    let files_found = found.iter().filter(|f| f.kind == b'f').count();
+    let files_found = found.iter().filter(|f| f.kind == Kind::File).count();
     let known_below = memo.entries.keys().filter(|p| below(p)).count();
     let known_found = found
         .iter()
-        .filter(|f| f.kind == b'f' && memo.entries.contains_key(&f.path))
+        .filter(|f| f.kind == Kind::File && memo.entries.contains_key(&f.path))
         .count();
     if known_below > known_found {
         let present: std::collections::HashSet<&str> = found
             .iter()
-            .filter(|f| f.kind == b'f')
+            .filter(|f| f.kind == Kind::File)
             .map(|f| f.path.as_str())
             .collect();
         let before = memo.entries.len();
@@ -301,12 +364,12 @@ fn hash_paths(
         memo.forgotten += (before - memo.entries.len()) as u64;
     }
     // Hash the files the memo does not know, in parallel.
-    let wanted: Vec<&Found> = found
+    let wanted: Vec<&TreeEntry> = found
         .iter()
-        .filter(|f| f.kind == b'f')
+        .filter(|f| f.kind == Kind::File)
         .filter(|f| memo.entries.get(&f.path).is_none_or(|e| !f.matches(e)))
         .collect();
-    let hashed: Vec<(&Found, Result<[u8; 32]>)> = wanted
+    let hashed: Vec<(&TreeEntry, Result<[u8; 32]>)> = wanted
         .par_iter()
         .map(|f| (*f, hash_file(&root.join(&f.path))))
         .collect();
@@ -330,14 +393,14 @@ fn hash_paths(
         .par_iter()
         .map(|f| {
             let mut hasher = Sha256::new();
-            hasher.update([f.kind]);
+            hasher.update([f.kind_byte()]);
             hasher.update(f.mode.to_be_bytes());
             if owners {
                 hasher.update(f.uid.to_be_bytes());
                 hasher.update(f.gid.to_be_bytes());
             }
             match f.kind {
-                b'f' => {
+                Kind::File => {
                     if let Some(entry) = memo.entries.get(&f.path) {
                         let mut hex = [0u8; 64];
                         // (64 bytes for 32: the length always fits.)
@@ -346,7 +409,7 @@ fn hash_paths(
                         }
                     }
                 }
-                b'l' => hasher.update(f.link.as_deref().unwrap_or_default()),
+                Kind::Symlink => hasher.update(f.link.as_deref().unwrap_or_default()),
                 _ => {}
             }
             sha256_text(&hasher.finalize())
@@ -379,14 +442,15 @@ fn sha256_text(digest: &[u8]) -> String {
     text
 }
 
-/// Everything below `start` (itself included unless it is the root) that `visit` lets in:
-/// one task per directory, each reading its entries with `statx` relative to the directory
-/// (the fields the digest and the memo use, no more).
-fn walk(
+/// Everything below `start` (itself included unless it is the root) that `visit` lets in,
+/// in path order (paths relative to `root`): one task per directory, each reading its
+/// entries with `statx` relative to the directory, asking only for the fields a
+/// [`TreeEntry`] keeps.
+pub fn walk_tree(
     root: &Path,
     start: &str,
     visit: &(dyn Fn(&str, bool) -> Visit + Sync),
-) -> Result<Vec<Found>> {
+) -> Result<Vec<TreeEntry>> {
     let full = if start.is_empty() {
         root.to_owned()
     } else {
@@ -399,7 +463,7 @@ fn walk(
         STATX_FIELDS,
     )
     .map_err(|e| Error::io(&full)(e.into()))?;
-    let is_dir = file_kind(&stat) == b'd';
+    let is_dir = file_kind(&stat) == Kind::Dir;
     let decision = if start.is_empty() {
         Visit::Include
     } else {
@@ -410,7 +474,7 @@ fn walk(
         return Ok(out);
     }
     if decision == Visit::Include && !start.is_empty() {
-        let link = if file_kind(&stat) == b'l' {
+        let link = if file_kind(&stat) == Kind::Symlink {
             let target = fs::read_link(&full).map_err(Error::io(&full))?;
             Some(target.into_os_string().into_vec())
         } else {
@@ -421,7 +485,7 @@ fn walk(
     if !is_dir {
         return Ok(out);
     }
-    let results: Mutex<Vec<Vec<Found>>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<Vec<TreeEntry>>> = Mutex::new(Vec::new());
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     rayon::scope(|scope| {
         walk_dir(scope, root, start.to_owned(), visit, &results, &failure);
@@ -434,6 +498,7 @@ fn walk(
     for part in parts {
         out.extend(part);
     }
+    out.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
@@ -444,19 +509,24 @@ const STATX_FIELDS: rustix::fs::StatxFlags = rustix::fs::StatxFlags::TYPE
     .union(rustix::fs::StatxFlags::INO)
     .union(rustix::fs::StatxFlags::SIZE)
     .union(rustix::fs::StatxFlags::MTIME)
-    .union(rustix::fs::StatxFlags::CTIME);
+    .union(rustix::fs::StatxFlags::CTIME)
+    .union(rustix::fs::StatxFlags::NLINK);
 
-fn file_kind(stat: &rustix::fs::Statx) -> u8 {
-    match rustix::fs::FileType::from_raw_mode(u32::from(stat.stx_mode)) {
-        rustix::fs::FileType::Directory => b'd',
-        rustix::fs::FileType::Symlink => b'l',
-        rustix::fs::FileType::RegularFile => b'f',
-        _ => b'o',
+fn file_kind(stat: &rustix::fs::Statx) -> Kind {
+    use rustix::fs::FileType;
+    match FileType::from_raw_mode(u32::from(stat.stx_mode)) {
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::RegularFile => Kind::File,
+        FileType::CharacterDevice => Kind::CharDevice,
+        FileType::BlockDevice => Kind::BlockDevice,
+        FileType::Fifo => Kind::Fifo,
+        _ => Kind::Socket,
     }
 }
 
-fn found(path: String, stat: &rustix::fs::Statx, link: Option<Vec<u8>>) -> Found {
-    Found {
+fn found(path: String, stat: &rustix::fs::Statx, link: Option<Vec<u8>>) -> TreeEntry {
+    TreeEntry {
         path,
         kind: file_kind(stat),
         mode: u32::from(stat.stx_mode) & 0o7777,
@@ -465,7 +535,9 @@ fn found(path: String, stat: &rustix::fs::Statx, link: Option<Vec<u8>>) -> Found
         size: stat.stx_size,
         mtime: (stat.stx_mtime.tv_sec, stat.stx_mtime.tv_nsec),
         ctime: (stat.stx_ctime.tv_sec, stat.stx_ctime.tv_nsec),
+        dev: rustix::fs::makedev(stat.stx_dev_major, stat.stx_dev_minor),
         ino: stat.stx_ino,
+        nlink: stat.stx_nlink,
         link,
     }
 }
@@ -477,7 +549,7 @@ fn walk_dir<'s>(
     root: &'s Path,
     rel: String,
     visit: &'s (dyn Fn(&str, bool) -> Visit + Sync),
-    results: &'s Mutex<Vec<Vec<Found>>>,
+    results: &'s Mutex<Vec<Vec<TreeEntry>>>,
     failure: &'s Mutex<Option<Error>>,
 ) {
     let full = if rel.is_empty() {
@@ -542,12 +614,12 @@ fn walk_dir<'s>(
             Err(e) => return fail(Error::io(full.join(name_text))(e.into())),
         };
         let kind = file_kind(&stat);
-        let decision = visit(&path, kind == b'd');
+        let decision = visit(&path, kind == Kind::Dir);
         if decision == Visit::Prune {
             continue;
         }
         if decision == Visit::Include {
-            let link = if kind == b'l' {
+            let link = if kind == Kind::Symlink {
                 match rustix::fs::readlinkat(&dir, name, Vec::new()) {
                     Ok(target) => Some(target.into_bytes()),
                     Err(e) => return fail(Error::io(full.join(name_text))(e.into())),
@@ -557,7 +629,7 @@ fn walk_dir<'s>(
             };
             here.push(found(path.clone(), &stat, link));
         }
-        if kind == b'd' {
+        if kind == Kind::Dir {
             scope.spawn(move |scope| walk_dir(scope, root, path, visit, results, failure));
         }
     }

@@ -35,7 +35,9 @@ mod error;
 pub mod overlay;
 mod scan;
 
-pub use context::{ContextDigest, HashMemo, Visit, hash_context, hash_context_with_owners};
+pub use context::{
+    ContextDigest, HashMemo, TreeEntry, Visit, hash_context, hash_context_with_owners, walk_tree,
+};
 pub use diff::{Change, ChangeKind, ChangeSet, changed, diff};
 pub use error::{Error, Result};
 pub use scan::{FileInfo, IgnoreList, Kind, Scanner, Snapshot, file_info, hash_file};
