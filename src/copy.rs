@@ -7,16 +7,103 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use strata_cache::KeyBuilder;
+use strata_cache::{CacheKey, KeyBuilder};
 use strata_dockerfile::{Add, Copy, Instruction};
 use strata_layer::{Entry, EntryKind, Metadata, Mtime};
 use strata_snapshot::{HashMemo, Kind, TreeEntry};
 
-use crate::context::{Context, Source, join};
+use crate::context::{Context, join};
 use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, clean_absolute, key_text};
 use crate::error::{Error, Result};
 
 impl Engine {
+    /// The cache key of a COPY or ADD on the chain head `parent`: the instruction and its
+    /// flags, the content digests of its `local` sources (context files, or what it copies
+    /// from a stage or image), then of what it `fetched` (name and content digest of each
+    /// download and checkout) and of its heredocs. It never depends on the stage's
+    /// filesystem, so it is known before the step runs.
+    pub(crate) fn copy_key(
+        &self,
+        parent: &str,
+        copy: &Copy,
+        local: &[String],
+        fetched: &[(String, String)],
+        instruction: &Instruction,
+        at: &StepAt<'_>,
+    ) -> Result<CacheKey> {
+        let mut key = KeyBuilder::new(parent).instruction(&canonical(instruction)?);
+        for (name, value) in [
+            ("chown", copy.chown.clone()),
+            ("chmod", copy.chmod.clone()),
+            ("from", copy.from.clone()),
+        ] {
+            if let Some(value) = value {
+                key = key.flag(name, &value);
+            }
+        }
+        if copy.link {
+            key = key.flag("link", "true");
+        }
+        if !copy.exclude.is_empty() {
+            key = key.flag("exclude", &copy.exclude.join("\n"));
+        }
+        match &copy.from {
+            None => {
+                let sources = if local.is_empty() {
+                    Vec::new()
+                } else {
+                    self.context.sources(local)?
+                };
+                let digest = {
+                    let mut memo = self
+                        .memo
+                        .lock()
+                        .map_err(|_| Error::Task("context memo poisoned".to_owned()))?;
+                    self.context.digest(&sources, &copy.exclude, &mut memo)?
+                };
+                key = key.files(digest.files);
+            }
+            Some(from) => {
+                let stage = self.source_stage(from, at)?;
+                // Keyed on the content of what is copied: a source stage rebuilt with the
+                // same files still hits, and changed files always miss.
+                let name = {
+                    let mut h = Sha256::new();
+                    for layer in &stage.image.layers {
+                        h.update(layer.diff_id.as_bytes());
+                        h.update(b"\n");
+                    }
+                    h.update(key_text(&(&copy.sources, &copy.exclude))?.as_bytes());
+                    hex::encode(h.finalize())
+                };
+                let digest = match self.state.recall_digest(&name) {
+                    Some(digest) => digest,
+                    None => {
+                        let root = self.stage_rootfs(&stage)?;
+                        let source_ctx = Context::for_rootfs(&root);
+                        let sources = source_ctx.sources(&copy.sources)?;
+                        let digest = source_ctx
+                            .digest(&sources, &copy.exclude, &mut HashMemo::new())?
+                            .digest;
+                        self.state.remember_digest(&name, &digest)?;
+                        digest
+                    }
+                };
+                key = key.file(&format!("--from={from}"), &digest);
+            }
+        }
+        for (name, digest) in fetched {
+            key = key.file(name, digest);
+        }
+        for file in &copy.files {
+            key = key.file(
+                &format!("<<{}", file.name),
+                &hex::encode(Sha256::digest(file.data.as_bytes())),
+            );
+        }
+        Ok(key.build())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn copy(
         &self,
@@ -84,91 +171,26 @@ impl Engine {
             checkouts.push((crate::git::redact(text), checkout.commit, dir));
         }
         let chmod = copy.chmod.as_deref().map(Chmod::parse).transpose()?;
-        // Where the files come from, and their content digests for the key.
-        let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction)?);
-        for (name, value) in [
-            ("chown", copy.chown.clone()),
-            ("chmod", copy.chmod.clone()),
-            ("from", copy.from.clone()),
-        ] {
-            if let Some(value) = value {
-                key = key.flag(name, &value);
-            }
+        // What came from outside the context is in the key by its content: a download's
+        // digest, a checkout's commit.
+        let mut fetched: Vec<(String, String)> = Vec::new();
+        for (url, download) in &downloads {
+            fetched.push((url.clone(), download.digest.clone()));
         }
-        if copy.link {
-            key = key.flag("link", "true");
+        for (url, commit, _) in &checkouts {
+            fetched.push((
+                url.clone(),
+                format!("git:{commit}:keep-git-dir={keep_git_dir}"),
+            ));
         }
-        if !copy.exclude.is_empty() {
-            key = key.flag("exclude", &copy.exclude.join("\n"));
-        }
+        let key = match self.take_planned(at, &image.key) {
+            Some(key) => key,
+            None => self.copy_key(&image.key, copy, &local, &fetched, instruction, at)?,
+        };
         let from_stage = match &copy.from {
             None => None,
             Some(from) => Some(self.source_stage(from, at)?),
         };
-        let sources: Vec<Source>;
-        match &from_stage {
-            None => {
-                sources = if local.is_empty() {
-                    Vec::new()
-                } else {
-                    self.context.sources(&local)?
-                };
-                let digest = {
-                    let mut memo = self
-                        .memo
-                        .lock()
-                        .map_err(|_| Error::Task("context memo poisoned".to_owned()))?;
-                    self.context.digest(&sources, &copy.exclude, &mut memo)?
-                };
-                key = key.files(digest.files);
-            }
-            Some(stage) => {
-                // Keyed on the content of what is copied: a source stage rebuilt with the
-                // same files still hits, and changed files always miss.
-                let name = {
-                    let mut h = Sha256::new();
-                    for layer in &stage.image.layers {
-                        h.update(layer.diff_id.as_bytes());
-                        h.update(b"\n");
-                    }
-                    h.update(key_text(&(&copy.sources, &copy.exclude))?.as_bytes());
-                    hex::encode(h.finalize())
-                };
-                let digest = match self.state.recall_digest(&name) {
-                    Some(digest) => {
-                        sources = Vec::new();
-                        digest
-                    }
-                    None => {
-                        let root = self.stage_rootfs(stage)?;
-                        let source_ctx = Context::for_rootfs(&root);
-                        sources = source_ctx.sources(&copy.sources)?;
-                        let digest = source_ctx
-                            .digest(&sources, &copy.exclude, &mut HashMemo::new())?
-                            .digest;
-                        self.state.remember_digest(&name, &digest)?;
-                        digest
-                    }
-                };
-                key = key.file(
-                    &format!("--from={}", copy.from.as_deref().unwrap_or("")),
-                    &digest,
-                );
-            }
-        }
-        for (url, download) in &downloads {
-            key = key.file(url, &download.digest);
-        }
-        for (url, commit, _) in &checkouts {
-            key = key.file(url, &format!("git:{commit}:keep-git-dir={keep_git_dir}"));
-        }
-        for file in &copy.files {
-            key = key.file(
-                &format!("<<{}", file.name),
-                &hex::encode(Sha256::digest(file.data.as_bytes())),
-            );
-        }
-        let key = key.build();
         let created_by = crate::history::copy(copy, add.is_some());
         if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
@@ -176,7 +198,8 @@ impl Engine {
 
         let root = self.materialize(rootfs, &image.layers)?;
         let (source_ctx, sources) = match &from_stage {
-            None => (None, sources),
+            None if local.is_empty() => (None, Vec::new()),
+            None => (None, self.context.sources(&local)?),
             Some(stage) => {
                 let dir = self.stage_rootfs(stage)?;
                 let ctx = Context::for_rootfs(&dir);

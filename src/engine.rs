@@ -216,6 +216,12 @@ pub(crate) struct Engine {
     /// stages pulling different images do not wait for each other).
     images: Mutex<HashMap<String, ImageSlot>>,
     rootfs_count: AtomicUsize,
+    /// Cache keys worked out ahead of their steps ([`Engine::look_ahead`]): step id →
+    /// (the chain head it was worked out on, the key). A step takes its own, when its chain
+    /// head is the same.
+    planned: Mutex<HashMap<String, (String, CacheKey)>>,
+    /// The cache repository's answers to the lookups made ahead: key digest → entry.
+    looked_up: Mutex<HashMap<String, Option<CacheEntry>>>,
     /// Set when RUN steps run in the container's own root (stages then run one at a time).
     pub in_container: Option<InContainer>,
     /// What choosing the isolation found of namespaces, when it probed.
@@ -277,6 +283,8 @@ impl Engine {
             cache_from: OnceLock::new(),
             images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
+            planned: Mutex::new(HashMap::new()),
+            looked_up: Mutex::new(HashMap::new()),
             in_container: None,
             namespaces_probe: None,
             id_map: None,
@@ -441,6 +449,9 @@ impl Engine {
                     file: self.file_name.clone(),
                     source,
                 })?;
+        if self.remote.is_some() {
+            self.look_ahead(&image, &instructions, stage, &name, done);
+        }
         for (i, located) in instructions.iter().enumerate() {
             if self.cancel.is_cancelled() {
                 // Another stage failed: this one stops before its next step.
@@ -490,6 +501,113 @@ impl Engine {
             image,
             rootfs: Mutex::new(rootfs),
         })
+    }
+
+    /// Works out the cache keys of the stage's steps ahead of running them, and asks the
+    /// cache repository for all the ones the local cache lacks at once
+    /// ([`RegistryStore::lookup_many`]): a fresh pod's cached build then waits about one round
+    /// trip per stage, not one per step. A key never depends on the stage's filesystem (only
+    /// on the instructions, the context and other stages), so every step's key is known
+    /// before the first runs, up to an `ADD` of a URL or a repository (fetched only when its
+    /// step runs). Speculative: anything that fails here is left for the step itself to
+    /// meet and report, and a step whose chain head differs works its key out again.
+    fn look_ahead(
+        &self,
+        image: &StageImage,
+        instructions: &[Located<Instruction>],
+        stage: &Stage,
+        name: &str,
+        done: &HashMap<usize, Arc<StageResult>>,
+    ) {
+        let (Some(remote), Some(local)) = (&self.remote, &self.cache) else {
+            return;
+        };
+        let mut ahead = image.clone();
+        let mut cmd_set = true;
+        let mut wanted: Vec<String> = Vec::new();
+        for (i, located) in instructions.iter().enumerate() {
+            let original = stage.nodes.get(i).map_or("", |n| n.original.trim());
+            let at = StepAt {
+                stage: name,
+                id: format!("{}/{name}/{i}", self.file_name),
+                line: located.start_line,
+                original,
+                done,
+            };
+            let instruction = &located.value;
+            let key = match instruction {
+                Instruction::Run(run) => self.run_key(&ahead, run, instruction, &at),
+                Instruction::Copy(copy) => {
+                    self.copy_key(&ahead.key, copy, &copy.sources, &[], instruction, &at)
+                }
+                Instruction::Add(add)
+                    if !add
+                        .copy
+                        .sources
+                        .iter()
+                        .any(|s| crate::git::is_git_url(s) || crate::download::is_url(s)) =>
+                {
+                    self.copy_key(
+                        &ahead.key,
+                        &add.copy,
+                        &add.copy.sources,
+                        &[],
+                        instruction,
+                        &at,
+                    )
+                }
+                // Fetched when its step runs: the keys after it are not known before.
+                Instruction::Add(_) => break,
+                Instruction::Workdir { path } => {
+                    let dir = workdir_of(&ahead, path);
+                    let user = ahead.config.config.user.clone().unwrap_or_default();
+                    ahead.config.config.working_dir = Some(dir.clone());
+                    Ok(workdir_key(&ahead.key, &dir, &user))
+                }
+                // Configuration: applied to the copy, which moves its chain head on.
+                _ => match self.step(&mut ahead, &mut None, located, &at, &mut cmd_set) {
+                    Ok(_) => continue,
+                    Err(_) => break,
+                },
+            };
+            let Ok(key) = key else { break };
+            let digest = key.digest.clone();
+            if self.uncached(&at).is_none() && matches!(local.lookup(&digest), Ok(None)) {
+                wanted.push(digest.clone());
+            }
+            if let Ok(mut planned) = self.planned.lock() {
+                planned.insert(at.id.clone(), (ahead.key.clone(), key));
+            }
+            ahead.key = digest;
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let answers = remote.lookup_many(&wanted);
+        let mut found = 0;
+        if let Ok(mut looked_up) = self.looked_up.lock() {
+            for (digest, answer) in wanted.iter().zip(answers) {
+                // A failed lookup is asked again by its step, which reports it.
+                if let Ok(entry) = answer {
+                    found += usize::from(entry.is_some());
+                    looked_up.insert(digest.clone(), entry);
+                }
+            }
+        }
+        self.emit(Event::CacheLookups {
+            stage: name.to_owned(),
+            keys: wanted.len(),
+            found,
+            duration: started.elapsed(),
+        });
+    }
+
+    /// The key [`Engine::look_ahead`] worked out for the step `at`, when it worked it out on
+    /// the same chain head `parent`.
+    pub(crate) fn take_planned(&self, at: &StepAt<'_>, parent: &str) -> Option<CacheKey> {
+        let (head, key) = self.planned.lock().ok()?.remove(&at.id)?;
+        (head == parent).then_some(key)
     }
 
     /// Replaces the layers a stage added to its base by one layer with the same result.
@@ -1299,7 +1417,10 @@ impl Engine {
         }
         if found.is_none()
             && let Some(remote) = &self.remote
-            && let Some(entry) = remote.lookup(&key.digest)?
+            && let Some(entry) = match self.looked_up_answer(&key.digest) {
+                Some(answer) => answer,
+                None => remote.lookup(&key.digest)?,
+            }
         {
             match &entry.layer {
                 // A hit leaves the layer in the cache repository: fetched only if a later
@@ -1367,6 +1488,12 @@ impl Engine {
             reasons,
         });
         Ok(false)
+    }
+
+    /// The cache repository's answer for `digest` when [`Engine::look_ahead`] asked for it
+    /// (taken: asked once).
+    fn looked_up_answer(&self, digest: &str) -> Option<Option<CacheEntry>> {
+        self.looked_up.lock().ok()?.remove(digest)
     }
 
     /// The instruction keyword of `at` when the cache is off for it.
@@ -1531,23 +1658,13 @@ impl Engine {
         path: &str,
         at: &StepAt<'_>,
     ) -> Result<bool> {
-        let previous = image
-            .config
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".to_owned());
-        let dir = clean_absolute(&if path.starts_with('/') {
-            path.to_owned()
-        } else {
-            format!("{previous}/{path}")
-        });
+        let dir = workdir_of(image, path);
         image.config.config.working_dir = Some(dir.clone());
         let user = image.config.config.user.clone().unwrap_or_default();
-        let key = KeyBuilder::new(&image.key)
-            .instruction(&format!("WORKDIR {dir}"))
-            .flag("user", &user)
-            .build();
+        let key = match self.take_planned(at, &image.key) {
+            Some(key) => key,
+            None => workdir_key(&image.key, &dir, &user),
+        };
         let created_by = crate::history::workdir(&dir);
         if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
@@ -1732,6 +1849,29 @@ impl Engine {
             ))),
         }
     }
+}
+
+/// The directory `WORKDIR path` makes current in `image` (relative to the current one).
+fn workdir_of(image: &StageImage, path: &str) -> String {
+    let previous = image
+        .config
+        .config
+        .working_dir
+        .clone()
+        .unwrap_or_else(|| "/".to_owned());
+    clean_absolute(&if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{previous}/{path}")
+    })
+}
+
+/// The cache key of `WORKDIR dir` for `user` on the chain head `parent`.
+fn workdir_key(parent: &str, dir: &str, user: &str) -> CacheKey {
+    KeyBuilder::new(parent)
+        .instruction(&format!("WORKDIR {dir}"))
+        .flag("user", user)
+        .build()
 }
 
 /// The Dockerfile crate's platform as the registry crate names it (the two crates do not

@@ -8,7 +8,8 @@ use std::time::Duration;
 ///
 /// Events serialise (serde) as flat objects tagged by `event` (`stage`, `pulling`, `pulled`,
 /// `context`, `step`, `cache-hit`, `cache-miss`, `output`, `step-done`, `transfer`, `pushed`,
-/// `isolation`, `stage-finished`, `build-failed`, `warning`, `built`), with durations in
+/// `isolation`, `stage-finished`, `build-failed`, `warning`, `cache-lookups`,
+/// `built`), with durations in
 /// seconds: the form `strata build --log-format json` writes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -172,6 +173,21 @@ pub enum Event {
         /// What happened.
         #[serde(rename = "warning")]
         message: String,
+    },
+    /// The cache repository was asked, all at once, for the steps of a stage whose cache keys
+    /// are known before they run (and that the local cache lacks): `keys` requests in flight
+    /// together (at most 16 at a time), so about one round trip for the stage instead of one
+    /// per step.
+    CacheLookups {
+        /// The stage.
+        stage: String,
+        /// Keys asked for.
+        keys: usize,
+        /// Keys the cache repository had.
+        found: usize,
+        /// How long the lookups took together.
+        #[serde(rename = "seconds", serialize_with = "seconds")]
+        duration: Duration,
     },
     /// The image is complete.
     Built {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use strata_cache::KeyBuilder;
+use strata_cache::{CacheKey, KeyBuilder};
 use strata_dockerfile::{
     CommandLine, Instruction, MountType, Network as RunNetwork, Run, Security,
 };
@@ -95,16 +95,12 @@ impl Engine {
             RunNetwork::None => Network::None,
             RunNetwork::Default | RunNetwork::Host => Network::Host,
         };
-        let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction)?);
-        for (k, v) in config.env_pairs() {
-            key = key.env(&k, &v);
-        }
-        for (k, v) in &run.build_args {
-            key = key.build_arg(k, v);
-        }
-        key = key.flag("user", &user).flag("workdir", &workdir);
+        let key = match self.take_planned(at, &image.key) {
+            Some(key) => key,
+            None => self.run_key(image, run, instruction, at)?,
+        };
 
-        // Mounts: what they are for the key, and what the sandbox gets.
+        // Mounts: what the sandbox gets.
         let mut mounts = Vec::new();
         let mut secret_env: Vec<(String, String)> = Vec::new();
         // Secrets from environment variables that must be files: kept in memory-backed
@@ -117,7 +113,6 @@ impl Engine {
             } else {
                 clean_absolute(&format!("{workdir}/{}", mount.target))
             };
-            key = key.flag(&format!("mount {target}"), &key_text(mount)?);
             match mount.kind {
                 MountType::Bind => {
                     let source = mount.source.clone().unwrap_or_default();
@@ -127,12 +122,6 @@ impl Engine {
                     let (host, copy) = match &mount.from {
                         None => {
                             let sources = self.context.sources(std::slice::from_ref(&source))?;
-                            let mut memo = self
-                                .memo
-                                .lock()
-                                .map_err(|_| Error::Task("context memo poisoned".to_owned()))?;
-                            let digest = self.context.digest(&sources, &[], &mut memo)?;
-                            key = key.file(&format!("mount {target}"), &digest.digest);
                             let first = sources.into_iter().next().ok_or_else(|| {
                                 Error::Context(format!("`{source}` matches nothing to mount"))
                             })?;
@@ -144,9 +133,6 @@ impl Engine {
                         }
                         Some(from) => {
                             let stage = self.source_stage(from, at)?;
-                            for layer in &stage.image.layers {
-                                key = key.file(&format!("mount {target} layer"), &layer.diff_id);
-                            }
                             let dir = self.stage_rootfs(&stage)?;
                             let inner = strata_sandbox::resolve_in_root(&dir, &source)?;
                             let host = dir.join(inner.trim_start_matches('/'));
@@ -268,13 +254,6 @@ impl Engine {
             });
             secret_files.push(script);
         }
-        // The network the step gets (`default` and `host` are the same one here).
-        let network_key = match network {
-            Network::None => "none",
-            _ => "host",
-        };
-        key = key.flag("network", network_key);
-        let key = key.build();
         let created_by = crate::history::run(&argv);
         if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
@@ -430,6 +409,65 @@ impl Engine {
             }
         }
         Ok(false)
+    }
+
+    /// The cache key of `run` on `image`: the command, the environment and build arguments
+    /// it sees, its user, directory and network, and its mounts (with the content digest of
+    /// what a bind mount shows). It depends on the instructions and sources only, never on
+    /// the stage's filesystem, so it is known before the step runs.
+    pub(crate) fn run_key(
+        &self,
+        image: &StageImage,
+        run: &Run,
+        instruction: &Instruction,
+        at: &StepAt<'_>,
+    ) -> Result<CacheKey> {
+        let config = &image.config.config;
+        let user = config.user.clone().unwrap_or_default();
+        let workdir = config.working_dir.clone().unwrap_or_else(|| "/".to_owned());
+        let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction)?);
+        for (k, v) in config.env_pairs() {
+            key = key.env(&k, &v);
+        }
+        for (k, v) in &run.build_args {
+            key = key.build_arg(k, v);
+        }
+        key = key.flag("user", &user).flag("workdir", &workdir);
+        for mount in &run.mounts {
+            let target = if mount.target.starts_with('/') {
+                mount.target.clone()
+            } else {
+                clean_absolute(&format!("{workdir}/{}", mount.target))
+            };
+            key = key.flag(&format!("mount {target}"), &key_text(mount)?);
+            if mount.kind != MountType::Bind {
+                continue;
+            }
+            match &mount.from {
+                None => {
+                    let source = mount.source.clone().unwrap_or_default();
+                    let sources = self.context.sources(std::slice::from_ref(&source))?;
+                    let mut memo = self
+                        .memo
+                        .lock()
+                        .map_err(|_| Error::Task("context memo poisoned".to_owned()))?;
+                    let digest = self.context.digest(&sources, &[], &mut memo)?;
+                    key = key.file(&format!("mount {target}"), &digest.digest);
+                }
+                Some(from) => {
+                    let stage = self.source_stage(from, at)?;
+                    for layer in &stage.image.layers {
+                        key = key.file(&format!("mount {target} layer"), &layer.diff_id);
+                    }
+                }
+            }
+        }
+        // The network the step gets (`default` and `host` are the same one here).
+        let network = match run.network {
+            RunNetwork::None => "none",
+            RunNetwork::Default | RunNetwork::Host => "host",
+        };
+        Ok(key.flag("network", network).build())
     }
 
     /// One line of a RUN step's output: an event, and the last 20 lines kept for the error

@@ -366,3 +366,120 @@ async fn cache_from_an_image_built_earlier_hits_without_a_cache_repository() {
         "{events:?}"
     );
 }
+
+/// The layer steps of [`LOOKAHEAD`]: every one has a key known before the stage runs.
+const LOOKAHEAD_STEPS: usize = 6;
+const LOOKAHEAD: &str = "FROM {base}\nCOPY a /a\nENV X=1\nRUN echo one > /one\nWORKDIR /w\nRUN echo two > two\nUSER 0\nCOPY b /b\nRUN echo $X > three\n";
+
+fn lookups(events: &[strata::Event]) -> Vec<(usize, usize)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            strata::Event::CacheLookups { keys, found, .. } => Some((*keys, *found)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_pod_asks_the_cache_repository_for_a_stages_steps_at_once() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a", "a")
+        .file("b", "b")
+        .build()
+        .unwrap();
+    let cache = format!("{}/team/ahead", fx.registry.host());
+    let (first, events) = run(fx.build(context.path(), LOOKAHEAD).cache_repo(&cache)).await;
+    let first = first.unwrap();
+    // The first build asked for every step together, and found none.
+    assert_eq!(lookups(&events), vec![(LOOKAHEAD_STEPS, 0)]);
+
+    let mark = log_len(&fx.registry);
+    let pod = tempfile::tempdir().unwrap();
+    let (second, events) = run(fx
+        .build(context.path(), LOOKAHEAD)
+        .state_dir(pod.path())
+        .cache_repo(&cache))
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second.digest(), first.digest());
+    assert_eq!(second.cache_hits(), (LOOKAHEAD_STEPS, LOOKAHEAD_STEPS));
+    assert_eq!(lookups(&events), vec![(LOOKAHEAD_STEPS, LOOKAHEAD_STEPS)]);
+    // Each key asked once: the steps take the answers of the lookups made ahead.
+    let asked = fx
+        .registry
+        .log()
+        .lines()
+        .skip(mark)
+        .filter(|l| l.contains("\"GET /v2/team/ahead/manifests/"))
+        .count();
+    assert_eq!(asked, LOOKAHEAD_STEPS, "{}", fx.registry.log());
+
+    // A changed ENV changes the keys of the steps after it: all are asked for together
+    // again (the lazy hit before it has no local entry, since its layer stayed in the
+    // registry), and only that one is found.
+    let changed = LOOKAHEAD.replace("ENV X=1", "ENV X=2");
+    let (third, events) = run(fx
+        .build(context.path(), &changed)
+        .state_dir(pod.path())
+        .cache_repo(&cache))
+    .await;
+    assert_eq!(third.unwrap().cache_hits(), (1, LOOKAHEAD_STEPS));
+    assert_eq!(lookups(&events), vec![(LOOKAHEAD_STEPS, 1)]);
+}
+
+/// A cache repository that takes 300 ms to answer each lookup (with "not found"): the
+/// lookups of one stage must overlap.
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_in_a_slow_cache_repository_overlap() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use strata_testkit::{HostileServer, Reply, Request};
+
+    let fx = Fixture::new();
+    let context = ContextBuilder::new()
+        .file("a", "a")
+        .file("b", "b")
+        .build()
+        .unwrap();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let (in_flight, most, asked) = (in_flight.clone(), most.clone(), asked.clone());
+        HostileServer::start("127.0.0.1", move |request: &Request| {
+            if !request.path.contains("/manifests/") {
+                return Reply::json("application/json", "{}");
+            }
+            asked.fetch_add(1, Ordering::SeqCst);
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            Reply::new(
+                404,
+                r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+            )
+            .header("Content-Type", "application/json")
+        })
+        .unwrap()
+    };
+    let (image, events) = run(fx
+        .build(context.path(), LOOKAHEAD)
+        .cache_repo(format!("{}/cache", slow.host()))
+        .cache_repo_writes(false))
+    .await;
+    assert_eq!(image.unwrap().cache_hits(), (0, LOOKAHEAD_STEPS));
+    assert_eq!(lookups(&events), vec![(LOOKAHEAD_STEPS, 0)]);
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        LOOKAHEAD_STEPS,
+        "each key asked once"
+    );
+    assert!(
+        most.load(Ordering::SeqCst) >= 4,
+        "at most {} lookups were in flight together",
+        most.load(Ordering::SeqCst)
+    );
+}

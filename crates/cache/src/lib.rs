@@ -39,5 +39,5 @@ mod store;
 pub use error::{Error, Result};
 pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, KeyInputs, explain};
 #[cfg(feature = "registry")]
-pub use registry::{ENTRY_MEDIA_TYPE, RegistryStore};
+pub use registry::{ENTRY_MEDIA_TYPE, PARALLEL_LOOKUPS, RegistryStore};
 pub use store::{CacheEntry, CacheStore, CachedLayer, LocalStore, StoreFault, StoreReport};

@@ -30,6 +30,9 @@ pub const ENTRY_ANNOTATION: &str = "dev.strata.cache.entry";
 /// The media type of an entry's config blob.
 pub const ENTRY_MEDIA_TYPE: &str = "application/vnd.strata.cache.entry.v1+json";
 
+/// How many lookups [`RegistryStore::lookup_many`] keeps in flight at once.
+pub const PARALLEL_LOOKUPS: usize = 16;
+
 /// A [`CacheStore`] in a registry repository.
 #[derive(Debug, Clone)]
 pub struct RegistryStore {
@@ -70,6 +73,65 @@ impl RegistryStore {
     pub fn ttl(mut self, ttl: Option<Duration>) -> RegistryStore {
         self.ttl = ttl;
         self
+    }
+
+    /// The entries of `keys`, in their order, looked up concurrently (at most
+    /// [`PARALLEL_LOOKUPS`] requests in flight): a stage whose keys are known before its steps
+    /// run pays about one round trip for all of them, not one per step. Each answer is what
+    /// [`CacheStore::lookup`] would give for that key.
+    pub fn lookup_many(&self, keys: &[String]) -> Vec<Result<Option<CacheEntry>>> {
+        use futures_util::StreamExt;
+        self.runtime.block_on(
+            futures_util::stream::iter(keys)
+                .map(|key| self.lookup_async(key))
+                .buffered(PARALLEL_LOOKUPS)
+                .collect(),
+        )
+    }
+
+    async fn lookup_async(&self, key: &str) -> Result<Option<CacheEntry>> {
+        let reference = self.reference(key)?;
+        // One round trip: the manifest carries the entry in an annotation (entries written
+        // before it did are read from their config blob, a second request).
+        let manifest = match self.client.fetch_manifest(&reference).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::debug!(%reference, %error, "registry cache: no entry");
+                return Ok(None);
+            }
+        };
+        let inline = serde_json::from_slice::<serde_json::Value>(&manifest)
+            .ok()
+            .and_then(|m| {
+                m["annotations"][ENTRY_ANNOTATION]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+        if let Some(text) = inline {
+            let entry: CacheEntry = serde_json::from_str(&text)
+                .map_err(|e| self.remote(format!("entry {reference} is damaged: {e}")))?;
+            return self.live(entry, key, &reference);
+        }
+        // The entry only: its layer stays in the registry until something needs its bytes
+        // ([`CacheStore::open_layer`]); a push to the same registry mounts it.
+        let pulled = match self
+            .client
+            .pull_manifest(&reference, &Platform::host(), &self.layout)
+            .await
+        {
+            Ok(pulled) => pulled,
+            Err(error) => {
+                tracing::debug!(%reference, %error, "registry cache: no entry");
+                return Ok(None);
+            }
+        };
+        let bytes = self
+            .layout
+            .read_blob(&pulled.config_digest)
+            .map_err(|e| self.remote(e.to_string()))?;
+        let entry: CacheEntry = serde_json::from_slice(&bytes)
+            .map_err(|e| self.remote(format!("entry {reference} is damaged: {e}")))?;
+        self.live(entry, key, &reference)
     }
 
     fn reference(&self, key: &str) -> Result<Reference> {
@@ -115,51 +177,7 @@ impl CacheStore for RegistryStore {
     /// A registry that cannot be reached or has no entry is a miss (logged), never a failed
     /// build: the step is then simply run.
     fn lookup(&self, key: &str) -> Result<Option<CacheEntry>> {
-        let reference = self.reference(key)?;
-        // One round trip: the manifest carries the entry in an annotation (entries written
-        // before it did are read from their config blob, a second request).
-        let manifest = match self
-            .runtime
-            .block_on(self.client.fetch_manifest(&reference))
-        {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::debug!(%reference, %error, "registry cache: no entry");
-                return Ok(None);
-            }
-        };
-        let inline = serde_json::from_slice::<serde_json::Value>(&manifest)
-            .ok()
-            .and_then(|m| {
-                m["annotations"][ENTRY_ANNOTATION]
-                    .as_str()
-                    .map(str::to_owned)
-            });
-        if let Some(text) = inline {
-            let entry: CacheEntry = serde_json::from_str(&text)
-                .map_err(|e| self.remote(format!("entry {reference} is damaged: {e}")))?;
-            return self.live(entry, key, &reference);
-        }
-        // The entry only: its layer stays in the registry until something needs its bytes
-        // ([`CacheStore::open_layer`]); a push to the same registry mounts it.
-        let pulled = match self.runtime.block_on(self.client.pull_manifest(
-            &reference,
-            &Platform::host(),
-            &self.layout,
-        )) {
-            Ok(pulled) => pulled,
-            Err(error) => {
-                tracing::debug!(%reference, %error, "registry cache: no entry");
-                return Ok(None);
-            }
-        };
-        let bytes = self
-            .layout
-            .read_blob(&pulled.config_digest)
-            .map_err(|e| self.remote(e.to_string()))?;
-        let entry: CacheEntry = serde_json::from_slice(&bytes)
-            .map_err(|e| self.remote(format!("entry {reference} is damaged: {e}")))?;
-        self.live(entry, key, &reference)
+        self.runtime.block_on(self.lookup_async(key))
     }
 
     fn record(&self, entry: &CacheEntry, layer_blob: Option<&Path>) -> Result<()> {

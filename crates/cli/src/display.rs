@@ -236,6 +236,20 @@ impl Display {
                     duration.as_secs_f64()
                 )
             }
+            Event::CacheLookups {
+                stage,
+                keys,
+                found,
+                duration,
+            } => {
+                if self.mode == Mode::Tty {
+                    return None;
+                }
+                format!(
+                    "[{stage}] cache repository: {found} of {keys} steps found in {:.3}s (looked up together)",
+                    duration.as_secs_f64()
+                )
+            }
             Event::StageFinished { stage, duration } => {
                 if self.mode == Mode::Tty {
                     return None;

@@ -899,7 +899,8 @@ impl RegistryClient {
         .await
     }
 
-    /// Asks the registry to mount the blob from repository `from`; whether it did.
+    /// Asks the registry to mount the blob from repository `from`; whether it did. Never
+    /// fails: a refused mount is "no".
     async fn mount(&self, to: &Reference, digest: &str, from: &str) -> Result<bool> {
         let session = self.session(to, false)?;
         let scopes = [push_scope(to.repository()), pull_scope(from)];
@@ -909,21 +910,33 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", digest)
             .append_pair("from", from);
-        self.retry(format!("{to} blob {digest}"), || async {
-            let response = session
-                .send(&scopes, |http| {
-                    Ok(http.post(url.clone()).header(header::CONTENT_LENGTH, 0))
-                })
-                .await?;
-            match response.status() {
-                StatusCode::CREATED => Ok(true),
-                // An upload was started instead; it is left for the registry to expire.
-                StatusCode::ACCEPTED => Ok(false),
-                status if status.is_client_error() => Ok(false),
-                _ => Err(status_error(response).await),
+        let mounted = self
+            .retry(format!("{to} blob {digest}"), || async {
+                let response = session
+                    .send(&scopes, |http| {
+                        Ok(http.post(url.clone()).header(header::CONTENT_LENGTH, 0))
+                    })
+                    .await?;
+                match response.status() {
+                    StatusCode::CREATED => Ok(true),
+                    // An upload was started instead; it is left for the registry to expire.
+                    StatusCode::ACCEPTED => Ok(false),
+                    status if status.is_client_error() => Ok(false),
+                    _ => Err(status_error(response).await),
+                }
+            })
+            .await;
+        match mounted {
+            Ok(mounted) => Ok(mounted),
+            // Refused in a way the answers above do not cover (401 without a usable
+            // challenge, or for a scope the credentials do not get; a registry that keeps
+            // failing): a mount is only a saving, so the blob is uploaded, and a real fault
+            // (no push access, registry down) shows in the upload.
+            Err(e) => {
+                tracing::debug!(%to, %digest, %from, error = %e, "mount refused; uploading");
+                Ok(false)
             }
-        })
-        .await
+        }
     }
 
     /// Uploads one blob from the layout: in one request when it is small, else in chunks,

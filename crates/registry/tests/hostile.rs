@@ -507,3 +507,60 @@ async fn retry_after_is_honoured() {
         started.elapsed()
     );
 }
+
+/// A registry that refuses to mount blobs from another repository (no permission there, or
+/// no such blob: some answer 403 or 404 instead of starting an upload): the push uploads
+/// the blobs instead, and succeeds.
+#[tokio::test]
+async fn a_refused_mount_falls_back_to_an_upload() {
+    for refusal in [403u16, 404, 401] {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path()).unwrap();
+        let (manifest, config, layer) = image();
+        layout.write_blob_bytes(&config).unwrap();
+        layout.write_blob_bytes(&layer).unwrap();
+        let manifest = layout.write_blob_bytes(&manifest).unwrap();
+        let server = HostileServer::start("127.0.0.1", move |request: &Request| {
+            match (request.method.as_str(), request.path.as_str()) {
+                ("GET", "/v2/") => Reply::new(200, "{}"),
+                ("HEAD", _) => Reply::new(404, ""),
+                ("POST", p) if p.contains("mount=") => Reply::new(
+                    refusal,
+                    r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+                )
+                .header("Content-Type", "application/json"),
+                ("POST", _) => Reply::new(202, "").header("Location", "/v2/app/two/blobs/uploads/u1"),
+                ("PUT", _) => Reply::new(201, ""),
+                _ => Reply::new(404, "{}"),
+            }
+        })
+        .unwrap();
+        let from: Reference = format!("{}/app/one", server.host()).parse().unwrap();
+        let to: Reference = format!("{}/app/two:1", server.host()).parse().unwrap();
+        let report = client()
+            .push_mounting(&layout, &manifest.digest, &to, &[&from])
+            .await
+            .unwrap_or_else(|e| panic!("refused with {refusal}: {e}"));
+        assert_eq!(
+            (report.uploaded, report.mounted),
+            (2, 0),
+            "refused with {refusal}"
+        );
+        let requests = server.requests();
+        let count = |f: &dyn Fn(&Request) -> bool| requests.iter().filter(|r| f(r)).count();
+        assert_eq!(
+            count(&|r| r.method == "POST" && r.path.contains("mount=")),
+            2,
+            "each blob's mount was tried (refused with {refusal})"
+        );
+        assert_eq!(
+            count(&|r| r.method == "PUT" && r.path.contains("/blobs/uploads/u1")),
+            2,
+            "each blob was uploaded (refused with {refusal})"
+        );
+        assert_eq!(
+            count(&|r| r.method == "PUT" && r.path.contains("/manifests/1")),
+            1
+        );
+    }
+}
