@@ -8,7 +8,7 @@ use std::time::Duration;
 ///
 /// Events serialise (serde) as flat objects tagged by `event` (`stage`, `pulling`, `pulled`,
 /// `context`, `step`, `cache-hit`, `cache-miss`, `output`, `step-done`, `transfer`, `pushed`,
-/// `isolation`, `stage-finished`, `build-failed`, `warning`, `cache-lookups`,
+/// `isolation`, `stage-finished`, `build-failed`, `warning`, `cache-lookups`, `run-timings`,
 /// `built`), with durations in
 /// seconds: the form `strata build --log-format json` writes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -188,6 +188,26 @@ pub enum Event {
         /// How long the lookups took together.
         #[serde(rename = "seconds", serialize_with = "seconds")]
         duration: Duration,
+    },
+    /// Where a RUN step that ran (in namespaces) spent its time after its cache miss:
+    /// `prepare` up to its command's start (the layer store's directories, bind copies, the
+    /// overlay mount, or the first scan without overlays), `command` the command itself,
+    /// `layer` from its end to the step's (unmount, the change set, the layer written, the
+    /// upper directory moved into the layer store). The step's whole time is in `step-done`.
+    RunTimings {
+        /// The stage.
+        stage: String,
+        /// The instruction's line.
+        line: usize,
+        /// Before the command.
+        #[serde(rename = "prepare_seconds", serialize_with = "seconds")]
+        prepare: Duration,
+        /// The command.
+        #[serde(rename = "command_seconds", serialize_with = "seconds")]
+        command: Duration,
+        /// After the command.
+        #[serde(rename = "layer_seconds", serialize_with = "seconds")]
+        layer: Duration,
     },
     /// The image is complete.
     Built {

@@ -274,6 +274,7 @@ impl Engine {
             self.run_in_place(mode, image, key, at, step, created_by)?;
             return Ok(false);
         }
+        let prepare_started = std::time::Instant::now();
         let sandbox = self.sandbox()?;
         let overlay = self.use_overlay(sandbox)?;
         // The overlay's lower directories, the top-most first: the layer store's directories
@@ -347,7 +348,9 @@ impl Engine {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let command_started = std::time::Instant::now();
             let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
+            let command_ended = std::time::Instant::now();
             mount.unmount()?;
             check_outcome(outcome?, &argv, &tail)?;
             let mut changes = strata_snapshot::overlay::upper_changes(&upper, &lowers)?;
@@ -386,13 +389,22 @@ impl Engine {
             }
             // Other root filesystems get the layer when a later step needs it.
             self.finish_miss(image, key, at, layer, created_by)?;
+            self.emit(Event::RunTimings {
+                stage: at.stage.to_owned(),
+                line: at.line,
+                prepare: command_started - prepare_started,
+                command: command_ended - command_started,
+                layer: command_ended.elapsed(),
+            });
         } else {
             let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
             ignore.extend(self.opts.ignore_paths.iter().cloned());
             let before = strata_snapshot::Scanner::new(&root)
                 .ignore(&ignore)
                 .scan()?;
+            let command_started = std::time::Instant::now();
             let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
+            let command_ended = std::time::Instant::now();
             check_outcome(outcome?, &argv, &tail)?;
             let after = strata_snapshot::Scanner::new(&root)
                 .ignore(&ignore)
@@ -403,6 +415,13 @@ impl Engine {
             self.ids_inside(&mut entries)?;
             let layer = self.write_layer(entries)?;
             self.finish_miss(image, key, at, Some(layer), created_by)?;
+            self.emit(Event::RunTimings {
+                stage: at.stage.to_owned(),
+                line: at.line,
+                prepare: command_started - prepare_started,
+                command: command_ended - command_started,
+                layer: command_ended.elapsed(),
+            });
             // The directory already holds the step's changes.
             if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut() {
                 *applied += 1;

@@ -84,6 +84,33 @@ async fn a_changed_run_does_not_extract_the_base_again() {
     let (image2, events) = run(fx.build(context.path(), second)).await;
     image2.unwrap();
     assert_eq!(extracted(&events), Vec::<String>::new());
+    // The step's time, split: preparing it (store directories, overlay mount), the
+    // command, and its layer; together within the step's own time.
+    let split: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunTimings {
+                line,
+                prepare,
+                command,
+                layer,
+                ..
+            } => Some((*line, *prepare + *command + *layer)),
+            _ => None,
+        })
+        .collect();
+    let step = events
+        .iter()
+        .find_map(|e| match e {
+            Event::StepFinished {
+                line: 3, duration, ..
+            } => Some(*duration),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(split.len(), 1, "only the RUN that missed: {split:?}");
+    assert_eq!(split[0].0, 3);
+    assert!(split[0].1 <= step, "{split:?} within {step:?}");
     assert_eq!(
         fs::metadata(&base_dir).unwrap().ino(),
         inode,

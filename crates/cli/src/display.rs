@@ -250,6 +250,23 @@ impl Display {
                     duration.as_secs_f64()
                 )
             }
+            Event::RunTimings {
+                stage,
+                line,
+                prepare,
+                command,
+                layer,
+            } => {
+                if self.mode == Mode::Tty {
+                    return None;
+                }
+                format!(
+                    "[{stage}] line {line}: prepared in {:.3}s, command {:.3}s, layer {:.3}s",
+                    prepare.as_secs_f64(),
+                    command.as_secs_f64(),
+                    layer.as_secs_f64()
+                )
+            }
             Event::StageFinished { stage, duration } => {
                 if self.mode == Mode::Tty {
                     return None;
