@@ -1012,7 +1012,8 @@ impl Engine {
             fs::create_dir(&dir).map_err(Error::io(&dir))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
                 .map_err(Error::io(&dir))?;
-            *rootfs = Some(Rootfs::Private { dir, applied: 0 });
+            let applied = self.clone_from_store(&dir, layers)?;
+            *rootfs = Some(Rootfs::Private { dir, applied });
         }
         let Some(Rootfs::Private { dir, applied }) = rootfs.as_mut() else {
             return Err(Error::Invalid("no root filesystem".to_owned()));
@@ -1022,6 +1023,45 @@ impl Engine {
             *applied += 1;
         }
         Ok(dir.clone())
+    }
+
+    /// Walk mode (`--snapshot-mode walk`) where the layer store is usable: fills the new
+    /// private directory `dir` with a copy of the store's view of `layers` (each file a
+    /// reflink where the filesystem allows, else copied; never a hard link into the store),
+    /// so that the layers are extracted once per state directory, not once per build.
+    /// Returns how many of `layers` `dir` now holds: none when the store is not used here,
+    /// or when this kernel cannot stack them (they are then extracted into `dir`).
+    fn clone_from_store(&self, dir: &Path, layers: &[LayerRef]) -> Result<usize> {
+        if layers.is_empty()
+            || self.opts.snapshot_mode != SnapshotMode::Walk
+            || !self.store_usable()
+        {
+            return Ok(0);
+        }
+        let mut lowers = self.layer_dirs(layers)?;
+        // An empty directory at the bottom: a read-only overlay needs two lowers, and even
+        // one layer is read through an overlay, which hides the whiteouts it keeps.
+        lowers.push(self.empty_dir()?);
+        let started = Instant::now();
+        let (view, mount) = match self.mount_view(&lowers) {
+            Ok(mounted) => mounted,
+            Err(Error::Snapshot(strata_snapshot::Error::OverlayUnavailable { reason })) => {
+                tracing::info!(%reason, layers = lowers.len(), "layer stack not mountable; extracting into one directory");
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        };
+        let report = strata_snapshot::clone_tree(&view, dir)?;
+        mount.unmount()?;
+        tracing::debug!(
+            entries = report.entries,
+            reflinked = report.reflinked,
+            copied = report.copied,
+            bytes = report.bytes_copied,
+            seconds = started.elapsed().as_secs_f64(),
+            "private root filesystem copied from the layer store"
+        );
+        Ok(layers.len())
     }
 
     /// An empty directory of this build, made on first use: the root filesystem of a stage
@@ -1042,9 +1082,14 @@ impl Engine {
     /// to mount overlays with their whiteouts: `trusted.*` as root, `user.*` (`userxattr`)
     /// as root of a user namespace (a rootless build).
     pub(crate) fn use_store(&self) -> bool {
+        self.opts.snapshot_mode != SnapshotMode::Walk && self.store_usable()
+    }
+
+    /// Whether the layer store can be filled and stacked here: namespaces isolation, and
+    /// overlays with their whiteouts (see [`Engine::use_store`]), decided once.
+    fn store_usable(&self) -> bool {
         *self.store_mode.get_or_init(|| {
             self.in_container.is_none()
-                && self.opts.snapshot_mode != SnapshotMode::Walk
                 && rustix::process::geteuid().is_root()
                 && self.opaque_xattrs_settable()
                 && strata_snapshot::overlay::probe().usable

@@ -143,8 +143,8 @@ async fn a_changed_run_does_not_extract_the_base_again() {
 }
 
 /// An image whose layers were pulled (not made here) is extracted into the store in overlay
-/// form: its whiteouts and opaque directories hide what they hide, as when every layer is
-/// applied to one directory.
+/// form: its whiteouts and opaque directories hide what they hide, in an overlay and in the
+/// copy of its view walk mode runs on.
 #[tokio::test(flavor = "multi_thread")]
 async fn pulled_whiteouts_and_opaque_directories_hide_the_layers_below() {
     if !overlay_usable() {
@@ -167,8 +167,8 @@ async fn pulled_whiteouts_and_opaque_directories_hide_the_layers_below() {
             .snapshot_mode(mode))
         .await;
         let image = image.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
-        let store_used = !extracted(&events).is_empty();
-        assert_eq!(store_used, mode == strata::SnapshotMode::Auto, "{mode:?}");
+        // Both modes fill the store; walk mode runs on a copy of its view.
+        assert_eq!(extracted(&events).len(), 3, "{mode:?}");
         let (work, layout) = common::layout(&image);
         let root = common::umoci_rootfs(work.path(), &layout);
         assert_eq!(
@@ -299,4 +299,72 @@ async fn directories_a_layer_does_not_list_keep_the_metadata_below() {
         fs::read_to_string(root.join("out")).unwrap(),
         "700 1000 1000000000\n700 1000 1000000000\na\nb\n"
     );
+}
+
+/// Walk mode (`--snapshot-mode walk`) runs a step on a private copy of the store's view: the
+/// base is extracted once per state directory, not once per build, and what a step writes
+/// never reaches the store, even to the files it copied from there.
+#[tokio::test(flavor = "multi_thread")]
+async fn walk_mode_runs_on_a_copy_of_the_store_and_never_changes_it() {
+    if !overlay_usable() {
+        eprintln!("layer store not checked: not root");
+        return;
+    }
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    let walk = strata::SnapshotMode::Walk;
+    let first = "FROM {base}\nRUN echo one > /one\n";
+    let (image, events) = run(fx.build(context.path(), first).snapshot_mode(walk)).await;
+    let image = image.unwrap();
+    assert_eq!(extracted(&events), vec![image.layers()[0].diff_id.clone()]);
+    let base_dir = stored(fx.state.path(), &image.layers()[..1]);
+    let inode = fs::metadata(&base_dir).unwrap().ino();
+    let passwd = fs::read(base_dir.join("etc/passwd")).unwrap();
+    let busybox = fs::metadata(base_dir.join("bin/busybox")).unwrap();
+
+    let second = "FROM {base}\nRUN echo two > /two && echo intruder:x:9:9::/:/bin/sh >> /etc/passwd && chmod 4755 /bin/busybox && rm /bin/vi\n";
+    let (walked, events) = run(fx.build(context.path(), second).snapshot_mode(walk)).await;
+    let walked = walked.unwrap();
+    assert_eq!(
+        extracted(&events),
+        Vec::<String>::new(),
+        "nothing extracted again"
+    );
+    assert_eq!(fs::metadata(&base_dir).unwrap().ino(), inode);
+    assert_eq!(fs::read(base_dir.join("etc/passwd")).unwrap(), passwd);
+    let after = fs::metadata(base_dir.join("bin/busybox")).unwrap();
+    assert_eq!(
+        after.mode(),
+        busybox.mode(),
+        "the store's file keeps its mode"
+    );
+    assert!(
+        base_dir.join("bin/vi").exists(),
+        "the store's file is still there"
+    );
+    let check = strata::check_state(fx.state.path(), false).unwrap();
+    assert!(check.is_clean(), "{:?}", check.faults);
+
+    // The step's layer is what the same step makes on an overlay.
+    let (overlaid, _) = run(fx
+        .build(context.path(), second)
+        .snapshot_mode(strata::SnapshotMode::Overlay))
+    .await;
+    let mut trees = Vec::new();
+    for image in [walked, overlaid.unwrap()] {
+        let (work, layout) = common::layout(&image);
+        let mut tree = common::tree(&common::umoci_rootfs(work.path(), &layout));
+        tree.retain(|path, _| {
+            !path.starts_with("proc") && !path.starts_with("sys") && !path.starts_with("dev")
+        });
+        trees.push(tree);
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert!(trees[0]["etc/passwd"].contains("intruder"));
+    assert!(
+        trees[0]["bin/busybox"].starts_with("4755 "),
+        "{}",
+        trees[0]["bin/busybox"]
+    );
+    assert!(!trees[0].contains_key("bin/vi"));
 }

@@ -29,12 +29,14 @@
     clippy::print_stderr
 )]
 
+mod clone;
 mod context;
 mod diff;
 mod error;
 pub mod overlay;
 mod scan;
 
+pub use clone::{CloneReport, clone_tree};
 pub use context::{
     ContextDigest, HashMemo, TreeEntry, Visit, hash_context, hash_context_with_owners, walk_tree,
 };

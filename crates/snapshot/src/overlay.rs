@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::scan::{FileInfo, Kind, file_info};
 
 /// The xattrs overlayfs keeps for itself; never part of a change.
-fn is_overlay_xattr(name: &str) -> bool {
+pub(crate) fn is_overlay_xattr(name: &str) -> bool {
     name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
 }
 
