@@ -225,14 +225,14 @@ impl Context {
         let meta = fs::symlink_metadata(&from).map_err(Error::io(&from))?;
         let mut dirs = Vec::new();
         let top = TreeEntry::from_metadata(String::new(), &meta, None);
-        crate::run::copy_entry(&from, dest, &top, &mut dirs)?;
+        crate::engine::run::copy_entry(&from, dest, &top, &mut dirs)?;
         if source.is_dir {
             for entry in self.walk(&source.path, &[])? {
                 let (from, to) = (from.join(&entry.path), dest.join(&entry.path));
-                crate::run::copy_entry(&from, &to, &entry, &mut dirs)?;
+                crate::engine::run::copy_entry(&from, &to, &entry, &mut dirs)?;
             }
         }
-        crate::run::finish_dirs(dirs)
+        crate::engine::run::finish_dirs(dirs)
     }
 
     /// What a walk below `roots` does with each path: `.dockerignore` applies to paths of

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use strata_sandbox::{Mount as SandboxMount, MountKind, Network, Step};
 use strata_snapshot::IgnoreList;
 
+use crate::engine::run::{BindCopy, check_outcome, copy_tree};
 use crate::engine::{Engine, InContainer, StageImage, StepAt};
 use crate::error::{Error, Result};
-use crate::run::{BindCopy, check_outcome, copy_tree};
 
 /// What a RUN step asks for, already resolved by [`Engine::run`].
 pub(crate) struct InPlaceStep {

@@ -42,7 +42,6 @@ mod changes;
 mod check;
 pub mod config;
 mod context;
-mod copy;
 mod delivery;
 mod download;
 mod engine;
@@ -57,7 +56,6 @@ mod inplace;
 mod layers;
 mod objects;
 mod prune;
-mod run;
 mod state;
 
 pub use build::Build;

@@ -483,3 +483,43 @@ async fn lookups_in_a_slow_cache_repository_overlap() {
         most.load(Ordering::SeqCst)
     );
 }
+
+/// A cached RUN whose bind mount reads another stage prepares no mount: a fresh pod's fully
+/// cached build extracts nothing and downloads no layer, even for the mounted stage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_run_with_a_stage_mount_needs_no_filesystem() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("a", "a").build().unwrap();
+    let cache = format!("{}/team/mounts", fx.registry.host());
+    let dockerfile = "FROM {base} AS tools\nCOPY a /tools/a\n\nFROM {base}\nRUN --mount=type=bind,from=tools,source=/tools,target=/mnt cat /mnt/a > /copied\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile).cache_repo(&cache)).await;
+    let first = first.unwrap();
+    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+
+    let mark = log_len(&fx.registry);
+    let pod = tempfile::tempdir().unwrap();
+    let (second, events) = run(fx
+        .build(context.path(), dockerfile)
+        .state_dir(pod.path())
+        .cache_repo(&cache))
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second.digest(), first.digest());
+    let extracted = events
+        .iter()
+        .filter(|e| matches!(e, strata::Event::LayerExtracted { .. }))
+        .count();
+    assert_eq!(extracted, 0, "nothing extracted");
+    assert_eq!(
+        blob_gets(&fx.registry, mark, &layers),
+        0,
+        "{}",
+        fx.registry.log()
+    );
+    // The pod holds manifests and configs only (JSON): no layer of either stage.
+    for blob in fs::read_dir(pod.path().join("blobs/sha256")).unwrap() {
+        let path = blob.unwrap().path();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.first(), Some(&b'{'), "{} is a layer", path.display());
+    }
+}

@@ -36,54 +36,7 @@ impl Engine {
             .shell
             .clone()
             .unwrap_or_else(|| vec!["/bin/sh".to_owned(), "-c".to_owned()]);
-        // A heredoc that starts with `#!` is run as a file by its interpreter (mounted at
-        // /dev/pipes/NAME for the step, as BuildKit does): (target, content).
-        let mut shebang_script: Option<(String, String)> = None;
-        let argv = match &run.command {
-            CommandLine::Exec(argv) => argv.clone(),
-            CommandLine::Shell(text) => {
-                let script = if run.files.is_empty() {
-                    text.clone()
-                } else {
-                    let word = text.trim().trim_start_matches("<<").trim_start_matches('-');
-                    let word = word.trim_matches(|c| c == '"' || c == '\'');
-                    match run.files.as_slice() {
-                        [file] if file.name == word && file.data.starts_with("#!") => {
-                            if self.in_container.is_some() {
-                                return Err(Error::Unsupported(
-                                    "a RUN heredoc with a #! line in the in-container mode (it \
-                                     is run from /dev/pipes, which that mode never touches)"
-                                        .to_owned(),
-                                ));
-                            }
-                            let target = format!("/dev/pipes/{}", file.name);
-                            shebang_script = Some((target.clone(), file.data.clone()));
-                            target
-                        }
-                        // The heredoc is the script: the shell runs its content.
-                        [file] if file.name == word => file.data.clone(),
-                        // Heredocs used as input (`cat <<EOF`, `python3 <<A 3<<B`): the
-                        // command and its documents go to the shell, which reads them itself
-                        // (BuildKit's way).
-                        files => {
-                            let mut whole = text.clone();
-                            for file in files {
-                                whole.push('\n');
-                                whole.push_str(&file.data);
-                                if !file.data.is_empty() && !file.data.ends_with('\n') {
-                                    whole.push('\n');
-                                }
-                                whole.push_str(&file.name);
-                            }
-                            whole
-                        }
-                    }
-                };
-                let mut argv = shell.clone();
-                argv.push(script);
-                argv
-            }
-        };
+        let (argv, shebang_script) = self.run_argv(run, &shell)?;
         let mut env: Vec<(String, String)> = run.build_args.clone();
         for (k, v) in config.env_pairs() {
             env.retain(|(name, _)| *name != k);
@@ -100,164 +53,17 @@ impl Engine {
             None => self.run_key(image, run, instruction, at)?,
         };
 
-        // Mounts: what the sandbox gets.
-        let mut mounts = Vec::new();
-        let mut secret_env: Vec<(String, String)> = Vec::new();
-        // Secrets from environment variables that must be files: kept in memory-backed
-        // storage, removed when this function returns.
-        let mut secret_files: Vec<tempfile::NamedTempFile> = Vec::new();
-        let mut bind_copies: Vec<(usize, BindCopy)> = Vec::new();
-        for mount in &run.mounts {
-            let target = if mount.target.starts_with('/') {
-                mount.target.clone()
-            } else {
-                clean_absolute(&format!("{workdir}/{}", mount.target))
-            };
-            match mount.kind {
-                MountType::Bind => {
-                    let source = mount.source.clone().unwrap_or_default();
-                    // The step sees a throwaway copy when it may write (writes never reach the
-                    // context or the source stage) or when `.dockerignore` hides part of the
-                    // context (the step sees only what COPY could see).
-                    let (host, copy) = match &mount.from {
-                        None => {
-                            let sources = self.context.sources(std::slice::from_ref(&source))?;
-                            let first = sources.into_iter().next().ok_or_else(|| {
-                                Error::Context(format!("`{source}` matches nothing to mount"))
-                            })?;
-                            let host = self.context.root().join(&first.path);
-                            let filtered = self.context.ignores_anything();
-                            let copy =
-                                (!mount.readonly || filtered).then_some(BindCopy::Context(first));
-                            (host, copy)
-                        }
-                        Some(from) => {
-                            let stage = self.source_stage(from, at)?;
-                            let dir = self.stage_rootfs(&stage)?;
-                            let inner = strata_sandbox::resolve_in_root(&dir, &source)?;
-                            let host = dir.join(inner.trim_start_matches('/'));
-                            let copy = (!mount.readonly).then(|| BindCopy::Tree(host.clone()));
-                            (host, copy)
-                        }
-                    };
-                    if let Some(copy) = copy {
-                        bind_copies.push((mounts.len(), copy));
-                    }
-                    let m = SandboxMount::bind(host, target);
-                    mounts.push(if mount.readonly { m } else { m.read_write() });
-                }
-                MountType::Cache => {
-                    let id = mount.id.clone().unwrap_or_else(|| target.clone());
-                    // Another owner or mode is another cache (as in BuildKit, where they make
-                    // the directory the cache starts from): never the old directory with the
-                    // old owner.
-                    let dir = match (mount.uid, mount.gid, mount.mode) {
-                        (None, None, None) => self.state.cache_mount(&id),
-                        (uid, gid, mode) => self.state.cache_mount(&format!(
-                            "{id}\0uid={}\0gid={}\0mode={:o}",
-                            uid.unwrap_or(0),
-                            gid.unwrap_or(0),
-                            mode.unwrap_or(0o755)
-                        )),
-                    };
-                    if !dir.exists() {
-                        new_cache_dir(&dir, mount.uid, mount.gid, mount.mode)?;
-                    }
-                    let sharing = match mount.sharing {
-                        strata_dockerfile::Sharing::Shared => Sharing::Shared,
-                        strata_dockerfile::Sharing::Private => Sharing::Private,
-                        strata_dockerfile::Sharing::Locked => Sharing::Locked,
-                    };
-                    mounts.push(SandboxMount::cache(dir, target, sharing));
-                }
-                MountType::Tmpfs => mounts.push(SandboxMount {
-                    target,
-                    kind: strata_sandbox::MountKind::Tmpfs { size: mount.size },
-                }),
-                MountType::Secret => {
-                    let id = mount.id.clone().unwrap_or_else(|| {
-                        Path::new(&target)
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    });
-                    let target = if mount.target.is_empty() {
-                        format!("/run/secrets/{id}")
-                    } else {
-                        target
-                    };
-                    let file = match self.opts.secrets.get(&id) {
-                        Some(Secret::File(path)) => path.clone(),
-                        Some(Secret::Env(var)) => {
-                            let value = std::env::var(var).map_err(|_| {
-                                Error::Invalid(format!("secret {id}: ${var} is not set"))
-                            })?;
-                            if let Some(name) =
-                                mount.env.as_ref().filter(|_| mount.target.is_empty())
-                            {
-                                // Only an environment variable: no file at all.
-                                secret_env.push((name.clone(), value));
-                                continue;
-                            }
-                            let file = private_file(value.as_bytes())?;
-                            let path = file.path().to_owned();
-                            secret_files.push(file);
-                            path
-                        }
-                        None if mount.required => {
-                            return Err(Error::Invalid(format!(
-                                "secret {id} is required but was not given"
-                            )));
-                        }
-                        None => continue,
-                    };
-                    if let Some(var) = &mount.env {
-                        // Exposed as an environment variable of this step only: never in
-                        // the image config, the cache key or a layer.
-                        let value = read_secret(&file)?;
-                        secret_env.push((var.clone(), value));
-                        if mount.target.is_empty() {
-                            continue;
-                        }
-                    }
-                    mounts.push(SandboxMount {
-                        target,
-                        kind: strata_sandbox::MountKind::Secret {
-                            source: file,
-                            mode: mount.mode.unwrap_or(0o400),
-                            uid: mount.uid.unwrap_or(0),
-                            gid: mount.gid.unwrap_or(0),
-                        },
-                    });
-                }
-                MountType::Ssh => {
-                    return Err(Error::Unsupported("RUN --mount=type=ssh".to_owned()));
-                }
-            }
-        }
-        if let Some((target, content)) = &shebang_script {
-            let script = tempfile::Builder::new()
-                .prefix("heredoc-")
-                .tempfile_in(&self.work)
-                .map_err(Error::io(&self.work))?;
-            fs::write(script.path(), content).map_err(Error::io(script.path()))?;
-            mounts.push(SandboxMount {
-                target: target.clone(),
-                // A private read-only copy with its mode, removed after the step: what a
-                // secret gets, and what the script needs.
-                kind: strata_sandbox::MountKind::Secret {
-                    source: script.path().to_owned(),
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                },
-            });
-            secret_files.push(script);
-        }
         let created_by = crate::history::run(&argv);
         if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
         }
+        // Only for a step that runs: a source stage's filesystem, secrets, copies.
+        let StepMounts {
+            mut mounts,
+            secret_env,
+            secret_files: _secret_files,
+            bind_copies,
+        } = self.run_mounts(run, &workdir, shebang_script, at)?;
 
         if let Some(mode) = &self.in_container {
             let mut env = env;
@@ -430,6 +236,231 @@ impl Engine {
         Ok(false)
     }
 
+    /// The command line a RUN runs with `shell`, and the script a `#!` heredoc becomes:
+    /// (where it is mounted, its content).
+    fn run_argv(&self, run: &Run, shell: &[String]) -> Result<(Vec<String>, Option<Script>)> {
+        // A heredoc that starts with `#!` is run as a file by its interpreter (mounted at
+        // /dev/pipes/NAME for the step, as BuildKit does): (target, content).
+        let mut shebang_script: Option<Script> = None;
+        let argv = match &run.command {
+            CommandLine::Exec(argv) => argv.clone(),
+            CommandLine::Shell(text) => {
+                let script = if run.files.is_empty() {
+                    text.clone()
+                } else {
+                    let word = text.trim().trim_start_matches("<<").trim_start_matches('-');
+                    let word = word.trim_matches(|c| c == '"' || c == '\'');
+                    match run.files.as_slice() {
+                        [file] if file.name == word && file.data.starts_with("#!") => {
+                            if self.in_container.is_some() {
+                                return Err(Error::Unsupported(
+                                    "a RUN heredoc with a #! line in the in-container mode (it \
+                                     is run from /dev/pipes, which that mode never touches)"
+                                        .to_owned(),
+                                ));
+                            }
+                            let target = format!("/dev/pipes/{}", file.name);
+                            shebang_script = Some((target.clone(), file.data.clone()));
+                            target
+                        }
+                        // The heredoc is the script: the shell runs its content.
+                        [file] if file.name == word => file.data.clone(),
+                        // Heredocs used as input (`cat <<EOF`, `python3 <<A 3<<B`): the
+                        // command and its documents go to the shell, which reads them itself
+                        // (BuildKit's way).
+                        files => {
+                            let mut whole = text.clone();
+                            for file in files {
+                                whole.push('\n');
+                                whole.push_str(&file.data);
+                                if !file.data.is_empty() && !file.data.ends_with('\n') {
+                                    whole.push('\n');
+                                }
+                                whole.push_str(&file.name);
+                            }
+                            whole
+                        }
+                    }
+                };
+                let mut argv = shell.to_vec();
+                argv.push(script);
+                argv
+            }
+        };
+        Ok((argv, shebang_script))
+    }
+
+    /// What the sandbox mounts for a RUN's `--mount` flags (and its `#!` script), with the
+    /// secrets it gets as environment variables, the private files that hold secrets until
+    /// the step ends, and the bind mounts that need a throwaway copy.
+    fn run_mounts(
+        &self,
+        run: &Run,
+        workdir: &str,
+        shebang_script: Option<Script>,
+        at: &StepAt<'_>,
+    ) -> Result<StepMounts> {
+        let mut mounts = Vec::new();
+        let mut secret_env: Vec<(String, String)> = Vec::new();
+        // Secrets from environment variables that must be files: kept in memory-backed
+        // storage, removed when this function returns.
+        let mut secret_files: Vec<tempfile::NamedTempFile> = Vec::new();
+        let mut bind_copies: Vec<(usize, BindCopy)> = Vec::new();
+        for mount in &run.mounts {
+            let target = if mount.target.starts_with('/') {
+                mount.target.clone()
+            } else {
+                clean_absolute(&format!("{workdir}/{}", mount.target))
+            };
+            match mount.kind {
+                MountType::Bind => {
+                    let source = mount.source.clone().unwrap_or_default();
+                    // The step sees a throwaway copy when it may write (writes never reach the
+                    // context or the source stage) or when `.dockerignore` hides part of the
+                    // context (the step sees only what COPY could see).
+                    let (host, copy) = match &mount.from {
+                        None => {
+                            let sources = self.context.sources(std::slice::from_ref(&source))?;
+                            let first = sources.into_iter().next().ok_or_else(|| {
+                                Error::Context(format!("`{source}` matches nothing to mount"))
+                            })?;
+                            let host = self.context.root().join(&first.path);
+                            let filtered = self.context.ignores_anything();
+                            let copy =
+                                (!mount.readonly || filtered).then_some(BindCopy::Context(first));
+                            (host, copy)
+                        }
+                        Some(from) => {
+                            let stage = self.source_stage(from, at)?;
+                            let dir = self.stage_rootfs(&stage)?;
+                            let inner = strata_sandbox::resolve_in_root(&dir, &source)?;
+                            let host = dir.join(inner.trim_start_matches('/'));
+                            let copy = (!mount.readonly).then(|| BindCopy::Tree(host.clone()));
+                            (host, copy)
+                        }
+                    };
+                    if let Some(copy) = copy {
+                        bind_copies.push((mounts.len(), copy));
+                    }
+                    let m = SandboxMount::bind(host, target);
+                    mounts.push(if mount.readonly { m } else { m.read_write() });
+                }
+                MountType::Cache => {
+                    let id = mount.id.clone().unwrap_or_else(|| target.clone());
+                    // Another owner or mode is another cache (as in BuildKit, where they make
+                    // the directory the cache starts from): never the old directory with the
+                    // old owner.
+                    let dir = match (mount.uid, mount.gid, mount.mode) {
+                        (None, None, None) => self.state.cache_mount(&id),
+                        (uid, gid, mode) => self.state.cache_mount(&format!(
+                            "{id}\0uid={}\0gid={}\0mode={:o}",
+                            uid.unwrap_or(0),
+                            gid.unwrap_or(0),
+                            mode.unwrap_or(0o755)
+                        )),
+                    };
+                    if !dir.exists() {
+                        new_cache_dir(&dir, mount.uid, mount.gid, mount.mode)?;
+                    }
+                    let sharing = match mount.sharing {
+                        strata_dockerfile::Sharing::Shared => Sharing::Shared,
+                        strata_dockerfile::Sharing::Private => Sharing::Private,
+                        strata_dockerfile::Sharing::Locked => Sharing::Locked,
+                    };
+                    mounts.push(SandboxMount::cache(dir, target, sharing));
+                }
+                MountType::Tmpfs => mounts.push(SandboxMount {
+                    target,
+                    kind: strata_sandbox::MountKind::Tmpfs { size: mount.size },
+                }),
+                MountType::Secret => {
+                    let id = mount.id.clone().unwrap_or_else(|| {
+                        Path::new(&target)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    });
+                    let target = if mount.target.is_empty() {
+                        format!("/run/secrets/{id}")
+                    } else {
+                        target
+                    };
+                    let file = match self.opts.secrets.get(&id) {
+                        Some(Secret::File(path)) => path.clone(),
+                        Some(Secret::Env(var)) => {
+                            let value = std::env::var(var).map_err(|_| {
+                                Error::Invalid(format!("secret {id}: ${var} is not set"))
+                            })?;
+                            if let Some(name) =
+                                mount.env.as_ref().filter(|_| mount.target.is_empty())
+                            {
+                                // Only an environment variable: no file at all.
+                                secret_env.push((name.clone(), value));
+                                continue;
+                            }
+                            let file = private_file(value.as_bytes())?;
+                            let path = file.path().to_owned();
+                            secret_files.push(file);
+                            path
+                        }
+                        None if mount.required => {
+                            return Err(Error::Invalid(format!(
+                                "secret {id} is required but was not given"
+                            )));
+                        }
+                        None => continue,
+                    };
+                    if let Some(var) = &mount.env {
+                        // Exposed as an environment variable of this step only: never in
+                        // the image config, the cache key or a layer.
+                        let value = read_secret(&file)?;
+                        secret_env.push((var.clone(), value));
+                        if mount.target.is_empty() {
+                            continue;
+                        }
+                    }
+                    mounts.push(SandboxMount {
+                        target,
+                        kind: strata_sandbox::MountKind::Secret {
+                            source: file,
+                            mode: mount.mode.unwrap_or(0o400),
+                            uid: mount.uid.unwrap_or(0),
+                            gid: mount.gid.unwrap_or(0),
+                        },
+                    });
+                }
+                MountType::Ssh => {
+                    return Err(Error::Unsupported("RUN --mount=type=ssh".to_owned()));
+                }
+            }
+        }
+        if let Some((target, content)) = &shebang_script {
+            let script = tempfile::Builder::new()
+                .prefix("heredoc-")
+                .tempfile_in(&self.work)
+                .map_err(Error::io(&self.work))?;
+            fs::write(script.path(), content).map_err(Error::io(script.path()))?;
+            mounts.push(SandboxMount {
+                target: target.clone(),
+                // A private read-only copy with its mode, removed after the step: what a
+                // secret gets, and what the script needs.
+                kind: strata_sandbox::MountKind::Secret {
+                    source: script.path().to_owned(),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                },
+            });
+            secret_files.push(script);
+        }
+        Ok(StepMounts {
+            mounts,
+            secret_env,
+            secret_files,
+            bind_copies,
+        })
+    }
+
     /// The cache key of `run` on `image`: the command, the environment and build arguments
     /// it sees, its user, directory and network, and its mounts (with the content digest of
     /// what a bind mount shows). It depends on the instructions and sources only, never on
@@ -521,6 +552,20 @@ impl Engine {
             .changes
             .retain(|change| !ignored.contains(&change.path));
     }
+}
+
+/// A `#!` heredoc run as a file: (where it is mounted, its content).
+type Script = (String, String);
+
+/// A RUN's mounts, ready for the sandbox ([`Engine::run_mounts`]).
+struct StepMounts {
+    mounts: Vec<SandboxMount>,
+    /// Secrets the step gets as environment variables (never in the image or the key).
+    secret_env: Vec<(String, String)>,
+    /// Secrets that must be files, and the `#!` script: removed when the step ends.
+    secret_files: Vec<tempfile::NamedTempFile>,
+    /// Bind mounts (by index in `mounts`) whose source the step gets a copy of.
+    bind_copies: Vec<(usize, BindCopy)>,
 }
 
 pub(crate) fn check_outcome(

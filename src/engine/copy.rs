@@ -104,7 +104,6 @@ impl Engine {
         Ok(key.build())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn copy(
         &self,
         image: &mut StageImage,
@@ -115,45 +114,127 @@ impl Engine {
         at: &StepAt<'_>,
     ) -> Result<bool> {
         let verb = if add.is_some() { "ADD" } else { "COPY" };
-        // ADD's git sources are fetched and its http(s) sources downloaded (every build: the
-        // commit or the content decides the key).
-        let (repos, others): (Vec<String>, Vec<String>) = copy
-            .sources
-            .iter()
-            .cloned()
-            .partition(|s| add.is_some() && crate::git::is_git_url(s));
-        let (urls, local): (Vec<String>, Vec<String>) = others
-            .into_iter()
-            .partition(|s| add.is_some() && crate::download::is_url(s));
-        if let Some(source) = local
-            .iter()
-            .find(|s| s.contains("://") || s.starts_with("git@"))
-        {
-            return Err(Error::Unsupported(format!(
-                "{verb} from a git repository or a non-http URL ({source})"
-            )));
+        let kinds = SourceKinds::of(copy, add)?;
+        let fetched = self.fetch(&kinds, add)?;
+        let chmod = copy.chmod.as_deref().map(Chmod::parse).transpose()?;
+        let key = match self.take_planned(at, &image.key) {
+            Some(key) => key,
+            None => {
+                let inputs = fetched.key_inputs();
+                self.copy_key(&image.key, copy, &kinds.local, &inputs, instruction, at)?
+            }
+        };
+        let from_stage = match &copy.from {
+            None => None,
+            Some(from) => Some(self.source_stage(from, at)?),
+        };
+        let created_by = crate::history::copy(copy, add.is_some());
+        if self.cache_hit(image, &key, at, &created_by)? {
+            return Ok(true);
         }
+
+        let root = self.materialize(rootfs, &image.layers)?;
+        let (source_ctx, sources) = match &from_stage {
+            None if kinds.local.is_empty() => (None, Vec::new()),
+            None => (None, self.context.sources(&kinds.local)?),
+            Some(stage) => {
+                let ctx = Context::for_rootfs(&self.stage_rootfs(stage)?);
+                let sources = ctx.sources(&copy.sources)?;
+                (Some(ctx), sources)
+            }
+        };
+        let source_ctx = source_ctx.as_ref().unwrap_or(&self.context);
+        let archives = self.unpack_archives(add, &sources, source_ctx)?;
+        let owner = match &copy.chown {
+            Some(spec) => strata_sandbox::chown_ids(&root, spec)?,
+            None => (0, 0),
+        };
+        let count =
+            sources.len() + copy.files.len() + fetched.downloads.len() + fetched.checkouts.len();
+        if count == 0 {
+            // Only wildcards that matched nothing: nothing to copy (BuildKit allows it, and
+            // records an empty layer).
+            let layer = self.write_layer(Vec::new())?;
+            self.finish_miss(image, key, at, Some(layer), created_by)?;
+            return Ok(false);
+        }
+        let dest = Destination::resolve(&root, image, copy, verb, count)?;
+        let mut out = CopyEntries {
+            engine: self,
+            root: &root,
+            entries: BTreeMap::new(),
+            inodes: Inodes::new(),
+            chmod: chmod.as_ref(),
+            owner,
+            // From another stage without --chown, files keep their owners (BuildKit's
+            // rule); from the context they belong to root.
+            keep_owners: from_stage.is_some() && copy.chown.is_none(),
+        };
+        let all_dirs = sources
+            .iter()
+            .all(|s| s.is_dir || archives.contains_key(&s.path))
+            && copy.files.is_empty()
+            && fetched.downloads.is_empty();
+        // Parents of the destination that do not exist yet.
+        let parent_of_files = if dest.is_dir || all_dirs {
+            dest.rel.clone()
+        } else {
+            dest.rel
+                .rsplit_once('/')
+                .map_or(String::new(), |(p, _)| p.to_owned())
+        };
+        out.parents(&parent_of_files)?;
+        for source in &sources {
+            match archives.get(&source.path) {
+                Some(dir) => out.archive(dir.path(), &dest.rel, copy.chown.is_none())?,
+                None => out.source(source, source_ctx, copy, &dest)?,
+            }
+        }
+        // A repository's files go into the destination, as a directory's do.
+        for (_, _, dir) in &fetched.checkouts {
+            out.tree(&Context::for_rootfs(dir.path()), "", &dest.rel, true, &[])?;
+        }
+        let mtime_now = self.mtime_now();
+        for (_, download) in &fetched.downloads {
+            let path = dest.file_path(&download.name);
+            // Docker gives downloaded files 0600.
+            let metadata = out.new_file(0o600, download.mtime.map_or(mtime_now, Mtime::from_secs));
+            out.insert(Entry {
+                path: path.into(),
+                kind: EntryKind::File {
+                    source: download.file.path().to_owned(),
+                    size: download.size,
+                },
+                metadata,
+            });
+        }
+        for file in &copy.files {
+            let path = dest.file_path(&file.name);
+            let metadata = out.new_file(0o644, mtime_now);
+            out.insert(Entry {
+                path: path.into(),
+                kind: EntryKind::Bytes(file.data.clone().into_bytes()),
+                metadata,
+            });
+        }
+        let entries = out.finish()?;
+        let layer = self.write_layer(entries.into_values().collect())?;
+        self.finish_miss(image, key, at, Some(layer), created_by)?;
+        Ok(false)
+    }
+
+    /// Downloads ADD's URLs and checks out its repositories into the build's scratch
+    /// directory (every build: the content or the commit decides the key). Credentials for
+    /// a repository: GIT_TOKEN, or GIT_USERNAME and GIT_PASSWORD, as for a git context.
+    fn fetch(&self, kinds: &SourceKinds, add: Option<&Add>) -> Result<Fetched> {
         let keep_git_dir = add.is_some_and(|a| a.keep_git_dir);
-        if keep_git_dir && repos.is_empty() {
-            return Err(Error::Invalid(
-                "ADD --keep-git-dir needs a git repository source".to_owned(),
-            ));
-        }
         let checksum = add.and_then(|a| a.checksum.as_deref());
-        if checksum.is_some() && (urls.is_empty() || !local.is_empty() || !repos.is_empty()) {
-            return Err(Error::Invalid(
-                "ADD --checksum needs http(s) sources only".to_owned(),
-            ));
-        }
         let mut downloads = Vec::new();
-        for url in &urls {
+        for url in &kinds.urls {
             downloads.push((url.clone(), crate::download::download(self, url, checksum)?));
         }
-        // Each repository is checked out into the build's scratch directory; its commit is in
-        // the key (credentials: GIT_TOKEN, or GIT_USERNAME and GIT_PASSWORD, as for a git
-        // context).
         let mut checkouts = Vec::new();
-        for text in &repos {
+        for text in &kinds.repos {
             let source = crate::GitSource::parse(text)?
                 .credentials_from_env()
                 .with_tls_of(&self.registry);
@@ -170,65 +251,136 @@ impl Engine {
             )?;
             checkouts.push((crate::git::redact(text), checkout.commit, dir));
         }
-        let chmod = copy.chmod.as_deref().map(Chmod::parse).transpose()?;
-        // What came from outside the context is in the key by its content: a download's
-        // digest, a checkout's commit.
-        let mut fetched: Vec<(String, String)> = Vec::new();
-        for (url, download) in &downloads {
-            fetched.push((url.clone(), download.digest.clone()));
+        Ok(Fetched {
+            downloads,
+            checkouts,
+            keep_git_dir,
+        })
+    }
+
+    /// ADD's local tar archives (unless `--unpack=false`), each unpacked into a scratch
+    /// directory: source path → directory. Their contents go into the destination.
+    fn unpack_archives(
+        &self,
+        add: Option<&Add>,
+        sources: &[crate::context::Source],
+        source_ctx: &Context,
+    ) -> Result<BTreeMap<String, tempfile::TempDir>> {
+        let mut archives = BTreeMap::new();
+        if add.is_none_or(|add| add.unpack == Some(false)) {
+            return Ok(archives);
         }
-        for (url, commit, _) in &checkouts {
-            fetched.push((
-                url.clone(),
-                format!("git:{commit}:keep-git-dir={keep_git_dir}"),
+        for source in sources.iter().filter(|s| !s.is_dir) {
+            let host = source_ctx.root().join(&source.path);
+            if let Some(codec) = crate::archive::detect(&host)? {
+                let dir = tempfile::Builder::new()
+                    .prefix("archive-")
+                    .tempdir_in(&self.work)
+                    .map_err(Error::io(&self.work))?;
+                crate::archive::unpack(&host, codec, dir.path())?;
+                archives.insert(source.path.clone(), dir);
+            }
+        }
+        Ok(archives)
+    }
+}
+
+/// A COPY or ADD's sources by where they come from.
+struct SourceKinds {
+    /// ADD's git repositories.
+    repos: Vec<String>,
+    /// ADD's http(s) URLs.
+    urls: Vec<String>,
+    /// The rest: from the context, or from the `--from` stage or image.
+    local: Vec<String>,
+}
+
+impl SourceKinds {
+    /// Sorts the sources, and refuses what COPY or ADD cannot take (a URL in COPY,
+    /// `--keep-git-dir` without a repository, `--checksum` beside anything but URLs).
+    fn of(copy: &Copy, add: Option<&Add>) -> Result<SourceKinds> {
+        let verb = if add.is_some() { "ADD" } else { "COPY" };
+        let (repos, others): (Vec<String>, Vec<String>) = copy
+            .sources
+            .iter()
+            .cloned()
+            .partition(|s| add.is_some() && crate::git::is_git_url(s));
+        let (urls, local): (Vec<String>, Vec<String>) = others
+            .into_iter()
+            .partition(|s| add.is_some() && crate::download::is_url(s));
+        if let Some(source) = local
+            .iter()
+            .find(|s| s.contains("://") || s.starts_with("git@"))
+        {
+            return Err(Error::Unsupported(format!(
+                "{verb} from a git repository or a non-http URL ({source})"
+            )));
+        }
+        if add.is_some_and(|a| a.keep_git_dir) && repos.is_empty() {
+            return Err(Error::Invalid(
+                "ADD --keep-git-dir needs a git repository source".to_owned(),
             ));
         }
-        let key = match self.take_planned(at, &image.key) {
-            Some(key) => key,
-            None => self.copy_key(&image.key, copy, &local, &fetched, instruction, at)?,
-        };
-        let from_stage = match &copy.from {
-            None => None,
-            Some(from) => Some(self.source_stage(from, at)?),
-        };
-        let created_by = crate::history::copy(copy, add.is_some());
-        if self.cache_hit(image, &key, at, &created_by)? {
-            return Ok(true);
-        }
-
-        let root = self.materialize(rootfs, &image.layers)?;
-        let (source_ctx, sources) = match &from_stage {
-            None if local.is_empty() => (None, Vec::new()),
-            None => (None, self.context.sources(&local)?),
-            Some(stage) => {
-                let dir = self.stage_rootfs(stage)?;
-                let ctx = Context::for_rootfs(&dir);
-                let sources = ctx.sources(&copy.sources)?;
-                (Some(ctx), sources)
-            }
-        };
-        let source_ctx = source_ctx.as_ref().unwrap_or(&self.context);
-        // ADD extracts local tar archives into the destination (a directory, then).
-        let mut archives: BTreeMap<String, tempfile::TempDir> = BTreeMap::new();
-        if let Some(add) = add
-            && add.unpack != Some(false)
+        if add.and_then(|a| a.checksum.as_deref()).is_some()
+            && (urls.is_empty() || !local.is_empty() || !repos.is_empty())
         {
-            for source in sources.iter().filter(|s| !s.is_dir) {
-                let host = source_ctx.root().join(&source.path);
-                if let Some(codec) = crate::archive::detect(&host)? {
-                    let dir = tempfile::Builder::new()
-                        .prefix("archive-")
-                        .tempdir_in(&self.work)
-                        .map_err(Error::io(&self.work))?;
-                    crate::archive::unpack(&host, codec, dir.path())?;
-                    archives.insert(source.path.clone(), dir);
-                }
-            }
+            return Err(Error::Invalid(
+                "ADD --checksum needs http(s) sources only".to_owned(),
+            ));
         }
-        let owner = match &copy.chown {
-            Some(spec) => strata_sandbox::chown_ids(&root, spec)?,
-            None => (0, 0),
-        };
+        Ok(SourceKinds { repos, urls, local })
+    }
+}
+
+/// What a COPY or ADD fetched from outside the context.
+struct Fetched {
+    /// (URL, the downloaded file).
+    downloads: Vec<(String, crate::download::Download)>,
+    /// (repository without credentials, commit, checkout).
+    checkouts: Vec<(String, String, tempfile::TempDir)>,
+    keep_git_dir: bool,
+}
+
+impl Fetched {
+    /// What came from outside the context is in the key by its content: a download's
+    /// digest, a checkout's commit.
+    fn key_inputs(&self) -> Vec<(String, String)> {
+        let mut inputs = Vec::new();
+        for (url, download) in &self.downloads {
+            inputs.push((url.clone(), download.digest.clone()));
+        }
+        for (url, commit, _) in &self.checkouts {
+            inputs.push((
+                url.clone(),
+                format!("git:{commit}:keep-git-dir={}", self.keep_git_dir),
+            ));
+        }
+        inputs
+    }
+}
+
+/// Where a COPY or ADD puts its files, inside the stage's root.
+struct Destination {
+    /// Relative to the root, symbolic links in the image followed.
+    rel: String,
+    /// Whether sources go into it (rather than it being the one file's name).
+    is_dir: bool,
+}
+
+impl Destination {
+    /// The destination as written (relative to WORKDIR), followed through the root's links,
+    /// and whether it is a directory: written with a trailing `/`, already one in the image,
+    /// or several sources. BuildKit's rule counts the sources as written: one wildcard that
+    /// matching several files copies them into the destination as a directory, and URLs are
+    /// among the sources as written. Heredocs alone go to a file destination one after
+    /// another, the last one staying (`COPY <<A <<B /out`, as BuildKit does).
+    fn resolve(
+        root: &Path,
+        image: &StageImage,
+        copy: &Copy,
+        verb: &str,
+        count: usize,
+    ) -> Result<Destination> {
         let workdir = image
             .config
             .config
@@ -240,245 +392,228 @@ impl Engine {
         } else {
             format!("{workdir}/{}", copy.dest)
         };
-        let dest_resolved = strata_sandbox::resolve_in_root(&root, &clean_absolute(&dest_text))?;
-        let dest_exists_dir = root.join(dest_resolved.trim_start_matches('/')).is_dir();
+        let resolved = strata_sandbox::resolve_in_root(root, &clean_absolute(&dest_text))?;
+        let exists_dir = root.join(resolved.trim_start_matches('/')).is_dir();
         let trailing = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == ".";
-        let count = sources.len() + copy.files.len() + downloads.len() + checkouts.len();
-        if count == 0 {
-            // Only wildcards that matched nothing: nothing to copy (BuildKit allows it, and
-            // records an empty layer).
-            let layer = self.write_layer(Vec::new())?;
-            self.finish_miss(image, key, at, Some(layer), created_by)?;
-            return Ok(false);
-        }
-        // BuildKit's rule counts the sources as written: one wildcard that matches several
-        // files copies them into the destination as a directory.
-        // (URLs are among the sources as written.)
         let written = copy.sources.len() + copy.files.len();
-        // Heredocs alone go to a file destination one after another, the last one staying
-        // (`COPY <<A <<B /out`, as BuildKit does).
         let only_heredocs = copy.sources.is_empty();
-        let dest_is_dir = trailing || dest_exists_dir || (count > 1 && !only_heredocs);
-        if written > 1 && !(trailing || dest_exists_dir || only_heredocs) {
+        if written > 1 && !(trailing || exists_dir || only_heredocs) {
             return Err(Error::Invalid(format!(
                 "when using {verb} with more than one source file, the destination must be a \
                  directory and end with a / ({})",
                 copy.dest
             )));
         }
-        let dest_rel = dest_resolved.trim_start_matches('/').to_owned();
-        let mtime_now = self.mtime_now();
-        let mut entries: BTreeMap<PathBuf, Entry> = BTreeMap::new();
-        let all_dirs = sources
-            .iter()
-            .all(|s| s.is_dir || archives.contains_key(&s.path))
-            && copy.files.is_empty()
-            && downloads.is_empty();
-        // Parents of the destination that do not exist yet.
-        let parent_of_files = if dest_is_dir || all_dirs {
-            dest_rel.clone()
+        Ok(Destination {
+            rel: resolved.trim_start_matches('/').to_owned(),
+            is_dir: trailing || exists_dir || (count > 1 && !only_heredocs),
+        })
+    }
+
+    /// Where a file called `name` goes.
+    fn file_path(&self, name: &str) -> String {
+        if self.is_dir {
+            join(&self.rel, name)
         } else {
-            dest_rel
-                .rsplit_once('/')
-                .map_or(String::new(), |(p, _)| p.to_owned())
-        };
-        // The parents COPY makes get its --chown and --chmod too (BuildKit's rule).
-        let made_parent = |mut entry: Entry| {
-            if let Some(chmod) = &chmod {
-                entry.metadata.mode = chmod.apply(entry.metadata.mode, true);
-            }
-            entry
-        };
-        for entry in self.missing_dirs(&root, &format!("/{parent_of_files}"), owner)? {
-            entries.insert(entry.path.clone(), made_parent(entry));
+            self.rel.clone()
         }
-        // From another stage without --chown, files keep their owners (BuildKit's rule); from
-        // the context they belong to root.
-        let keep_owners = from_stage.is_some() && copy.chown.is_none();
-        let meta_of = |found: &TreeEntry| Metadata {
-            mode: match &chmod {
+    }
+}
+
+/// The layer entries of one COPY or ADD, as they are gathered.
+struct CopyEntries<'a> {
+    engine: &'a Engine,
+    /// The stage's root filesystem (for the directories that exist already).
+    root: &'a Path,
+    entries: BTreeMap<PathBuf, Entry>,
+    inodes: Inodes,
+    chmod: Option<&'a Chmod>,
+    /// `--chown`'s ids, or root's.
+    owner: (u32, u32),
+    /// Whether copied files keep their source's owners.
+    keep_owners: bool,
+}
+
+impl CopyEntries<'_> {
+    fn insert(&mut self, entry: Entry) {
+        self.entries.insert(entry.path.clone(), entry);
+    }
+
+    /// The metadata of a copied entry found as `found`.
+    fn meta_of(&self, found: &TreeEntry) -> Metadata {
+        Metadata {
+            mode: match self.chmod {
                 Some(chmod) => chmod.apply(found.mode, found.kind == Kind::Dir),
                 None => found.mode,
             },
-            uid: if keep_owners { found.uid } else { owner.0 },
-            gid: if keep_owners { found.gid } else { owner.1 },
+            uid: if self.keep_owners {
+                found.uid
+            } else {
+                self.owner.0
+            },
+            gid: if self.keep_owners {
+                found.gid
+            } else {
+                self.owner.1
+            },
             mtime: Mtime {
                 secs: found.mtime.0,
                 nanos: found.mtime.1,
             },
             ..Metadata::default()
-        };
-        // A directory's contents into `dest_rel`, which is made first (with the directory's
-        // metadata) when `make_dest` and it does not exist.
-        let copy_tree = |entries: &mut BTreeMap<PathBuf, Entry>,
-                         inodes: &mut Inodes,
-                         ctx: &Context,
-                         rel: &str,
-                         dest_rel: &str,
-                         make_dest: bool,
-                         exclude: &[String]|
-         -> Result<()> {
-            let host = ctx.root().join(rel);
-            if make_dest && !dest_rel.is_empty() && !root.join(dest_rel).is_dir() {
-                let meta = fs::metadata(&host).map_err(Error::io(&host))?;
-                let meta = TreeEntry::from_metadata(String::new(), &meta, None);
-                // The destination COPY makes belongs to --chown's owner, or root: only what
-                // is inside it keeps the source's owners (BuildKit's rule).
-                let metadata = Metadata {
-                    uid: owner.0,
-                    gid: owner.1,
-                    ..meta_of(&meta)
-                };
-                entries.insert(
-                    dest_rel.into(),
-                    Entry {
-                        path: dest_rel.into(),
-                        kind: EntryKind::Dir,
-                        metadata,
-                    },
-                );
-            }
-            for found in ctx.walk(rel, exclude)? {
-                let path = join(dest_rel, &found.path);
-                let full = host.join(&found.path);
-                if let Some(entry) = file_entry(&path, &full, &found, meta_of(&found))? {
-                    note_link(inodes, &entry, &found);
-                    entries.insert(path.into(), entry);
-                }
-            }
-            Ok(())
-        };
-        let mut inodes = Inodes::new();
-        for source in &sources {
-            if let Some(dir) = archives.get(&source.path) {
-                // The archive's entries keep their owners unless --chown says otherwise.
-                for found in Context::for_rootfs(dir.path()).walk("", &[])? {
-                    let path = join(&dest_rel, &found.path);
-                    let mut metadata = meta_of(&found);
-                    if copy.chown.is_none() {
-                        (metadata.uid, metadata.gid) = (found.uid, found.gid);
-                    }
-                    let full = dir.path().join(&found.path);
-                    if let Some(entry) = file_entry(&path, &full, &found, metadata)? {
-                        note_link(&mut inodes, &entry, &found);
-                        entries.insert(path.into(), entry);
-                    }
-                }
-                continue;
-            }
-            let host = source_ctx.root().join(&source.path);
-            // With --parents, a source keeps its path below the destination.
-            let (dest_rel, dest_is_dir) = if copy.parents {
-                // The path as written (less a `/./` pivot's prefix), not where links lead.
-                let parent = match source.kept.rsplit_once('/') {
-                    _ if source.is_dir => source.kept.as_str(),
-                    Some((parent, _)) => parent,
-                    None => "",
-                };
-                let base = join(&dest_rel, parent);
-                for entry in self.missing_dirs(&root, &format!("/{base}"), owner)? {
-                    entries
-                        .entry(entry.path.clone())
-                        .or_insert_with(|| made_parent(entry));
-                }
-                (base, true)
-            } else {
-                (dest_rel.clone(), dest_is_dir)
-            };
-            if source.is_dir {
-                // The directory's contents go into the destination.
-                copy_tree(
-                    &mut entries,
-                    &mut inodes,
-                    source_ctx,
-                    &source.path,
-                    &dest_rel,
-                    !copy.parents,
-                    &copy.exclude,
-                )?;
-            } else {
-                let path = if dest_is_dir {
-                    join(&dest_rel, &source.name)
-                } else {
-                    dest_rel.clone()
-                };
-                let meta = fs::metadata(&host).map_err(Error::io(&host))?;
-                let found = TreeEntry::from_metadata(String::new(), &meta, None);
-                if let Some(entry) = file_entry(&path, &host, &found, meta_of(&found))? {
-                    note_link(&mut inodes, &entry, &found);
-                    entries.insert(path.into(), entry);
-                }
-            }
         }
-        // A repository's files go into the destination, as a directory's do.
-        for (_, _, dir) in &checkouts {
-            let checkout = Context::for_rootfs(dir.path());
-            copy_tree(
-                &mut entries,
-                &mut inodes,
-                &checkout,
-                "",
-                &dest_rel,
-                true,
-                &[],
+    }
+
+    /// The metadata of a file the step makes (a download, a heredoc) with `mode`.
+    fn new_file(&self, mode: u32, mtime: Mtime) -> Metadata {
+        Metadata {
+            mode: self.chmod.map_or(mode, |c| c.apply(mode, false)),
+            uid: self.owner.0,
+            gid: self.owner.1,
+            mtime,
+            ..Metadata::default()
+        }
+    }
+
+    /// The directories leading to `dir` that the root lacks, with --chown's owner and
+    /// --chmod's mode (BuildKit's rule); ones already gathered stay as they are.
+    fn parents(&mut self, dir: &str) -> Result<()> {
+        for mut entry in self
+            .engine
+            .missing_dirs(self.root, &format!("/{dir}"), self.owner)?
+        {
+            if let Some(chmod) = self.chmod {
+                entry.metadata.mode = chmod.apply(entry.metadata.mode, true);
+            }
+            self.entries.entry(entry.path.clone()).or_insert(entry);
+        }
+        Ok(())
+    }
+
+    /// A file found as `found` at `full`, copied to `path`.
+    fn file(
+        &mut self,
+        path: String,
+        full: &Path,
+        found: &TreeEntry,
+        metadata: Metadata,
+    ) -> Result<()> {
+        if let Some(entry) = file_entry(&path, full, found, metadata)? {
+            note_link(&mut self.inodes, &entry, found);
+            self.entries.insert(path.into(), entry);
+        }
+        Ok(())
+    }
+
+    /// The contents of `rel` in `ctx` into `dest_rel`, which is made first (with the
+    /// directory's metadata) when `make_dest` and it does not exist.
+    fn tree(
+        &mut self,
+        ctx: &Context,
+        rel: &str,
+        dest_rel: &str,
+        make_dest: bool,
+        exclude: &[String],
+    ) -> Result<()> {
+        let host = ctx.root().join(rel);
+        if make_dest && !dest_rel.is_empty() && !self.root.join(dest_rel).is_dir() {
+            let meta = fs::metadata(&host).map_err(Error::io(&host))?;
+            let meta = TreeEntry::from_metadata(String::new(), &meta, None);
+            // The destination COPY makes belongs to --chown's owner, or root: only what is
+            // inside it keeps the source's owners (BuildKit's rule).
+            let metadata = Metadata {
+                uid: self.owner.0,
+                gid: self.owner.1,
+                ..self.meta_of(&meta)
+            };
+            self.insert(Entry {
+                path: dest_rel.into(),
+                kind: EntryKind::Dir,
+                metadata,
+            });
+        }
+        for found in ctx.walk(rel, exclude)? {
+            let metadata = self.meta_of(&found);
+            self.file(
+                join(dest_rel, &found.path),
+                &host.join(&found.path),
+                &found,
+                metadata,
             )?;
         }
-        for (_, download) in &downloads {
-            let path = if dest_is_dir {
-                join(&dest_rel, &download.name)
-            } else {
-                dest_rel.clone()
+        Ok(())
+    }
+
+    /// An unpacked archive's entries into `dest_rel`; they keep their owners unless
+    /// --chown says otherwise (`keep_owners`).
+    fn archive(&mut self, dir: &Path, dest_rel: &str, keep_owners: bool) -> Result<()> {
+        for found in Context::for_rootfs(dir).walk("", &[])? {
+            let mut metadata = self.meta_of(&found);
+            if keep_owners {
+                (metadata.uid, metadata.gid) = (found.uid, found.gid);
+            }
+            self.file(
+                join(dest_rel, &found.path),
+                &dir.join(&found.path),
+                &found,
+                metadata,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One source (a file, or a directory's contents) from `source_ctx`.
+    fn source(
+        &mut self,
+        source: &crate::context::Source,
+        source_ctx: &Context,
+        copy: &Copy,
+        dest: &Destination,
+    ) -> Result<()> {
+        // With --parents, a source keeps its path below the destination: the path as
+        // written (less a `/./` pivot's prefix), not where links lead.
+        let (dest_rel, dest_is_dir) = if copy.parents {
+            let parent = match source.kept.rsplit_once('/') {
+                _ if source.is_dir => source.kept.as_str(),
+                Some((parent, _)) => parent,
+                None => "",
             };
-            entries.insert(
-                path.clone().into(),
-                Entry {
-                    path: path.into(),
-                    kind: EntryKind::File {
-                        source: download.file.path().to_owned(),
-                        size: download.size,
-                    },
-                    metadata: Metadata {
-                        // Docker gives downloaded files 0600.
-                        mode: chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false)),
-                        uid: owner.0,
-                        gid: owner.1,
-                        mtime: download.mtime.map_or(mtime_now, Mtime::from_secs),
-                        ..Metadata::default()
-                    },
-                },
+            let base = join(&dest.rel, parent);
+            self.parents(&base)?;
+            (base, true)
+        } else {
+            (dest.rel.clone(), dest.is_dir)
+        };
+        if source.is_dir {
+            // The directory's contents go into the destination.
+            return self.tree(
+                source_ctx,
+                &source.path,
+                &dest_rel,
+                !copy.parents,
+                &copy.exclude,
             );
         }
-        for file in &copy.files {
-            let path = if dest_is_dir {
-                join(&dest_rel, &file.name)
-            } else {
-                dest_rel.clone()
-            };
-            entries.insert(
-                path.clone().into(),
-                Entry {
-                    path: path.into(),
-                    kind: EntryKind::Bytes(file.data.clone().into_bytes()),
-                    metadata: Metadata {
-                        mode: chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false)),
-                        uid: owner.0,
-                        gid: owner.1,
-                        mtime: mtime_now,
-                        ..Metadata::default()
-                    },
-                },
-            );
-        }
-        link_hardlinks(&mut entries, &inodes);
-        let entries = follow_links_in_root(&root, entries)?;
-        let layer = self.write_layer(entries.into_values().collect())?;
-        self.finish_miss(image, key, at, Some(layer), created_by)?;
-        Ok(false)
+        let path = if dest_is_dir {
+            join(&dest_rel, &source.name)
+        } else {
+            dest_rel
+        };
+        let host = source_ctx.root().join(&source.path);
+        let meta = fs::metadata(&host).map_err(Error::io(&host))?;
+        let found = TreeEntry::from_metadata(String::new(), &meta, None);
+        let metadata = self.meta_of(&found);
+        self.file(path, &host, &found, metadata)
+    }
+
+    /// The entries, hard links between copied files kept, and paths through symbolic links
+    /// of the image followed (a directory copied onto `/var/run` lands in `/run`).
+    fn finish(mut self) -> Result<BTreeMap<PathBuf, Entry>> {
+        link_hardlinks(&mut self.entries, &self.inodes);
+        follow_links_in_root(self.root, self.entries)
     }
 }
 
-/// Copied regular files with other links (by destination path): their (device, inode) and
-/// the file read, to copy each group as hard links, as BuildKit does.
 type Inodes = HashMap<PathBuf, ((u64, u64), PathBuf)>;
 
 fn note_link(inodes: &mut Inodes, entry: &Entry, found: &TreeEntry) {
