@@ -143,8 +143,8 @@ async fn a_changed_run_does_not_extract_the_base_again() {
 }
 
 /// An image whose layers were pulled (not made here) is extracted into the store in overlay
-/// form: its whiteouts and opaque directories hide what they hide, in an overlay and in the
-/// copy of its view walk mode runs on.
+/// form: its whiteouts and opaque directories hide what they hide, as when every layer is
+/// applied to one directory (walk mode, here on a filesystem without reflinks).
 #[tokio::test(flavor = "multi_thread")]
 async fn pulled_whiteouts_and_opaque_directories_hide_the_layers_below() {
     if !overlay_usable() {
@@ -167,8 +167,13 @@ async fn pulled_whiteouts_and_opaque_directories_hide_the_layers_below() {
             .snapshot_mode(mode))
         .await;
         let image = image.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
-        // Both modes fill the store; walk mode runs on a copy of its view.
-        assert_eq!(extracted(&events).len(), 3, "{mode:?}");
+        // Walk mode fills the store only where it can clone from it by reference.
+        let store_used = !extracted(&events).is_empty();
+        assert_eq!(
+            store_used,
+            mode == strata::SnapshotMode::Auto || reflinks_in(state.path()),
+            "{mode:?}"
+        );
         let (work, layout) = common::layout(&image);
         let root = common::umoci_rootfs(work.path(), &layout);
         assert_eq!(
@@ -301,29 +306,107 @@ async fn directories_a_layer_does_not_list_keep_the_metadata_below() {
     );
 }
 
-/// Walk mode (`--snapshot-mode walk`) runs a step on a private copy of the store's view: the
-/// base is extracted once per state directory, not once per build, and what a step writes
-/// never reaches the store, even to the files it copied from there.
+/// Whether `dir`'s filesystem clones files by reference.
+fn reflinks_in(dir: &Path) -> bool {
+    let source = dir.join(".reflink-probe");
+    fs::write(&source, [0u8; 4096]).unwrap();
+    let clone = dir.join(".reflink-probe-clone");
+    let ok = rustix::fs::ioctl_ficlone(
+        fs::File::create(&clone).unwrap(),
+        fs::File::open(&source).unwrap(),
+    )
+    .is_ok();
+    let _ = (fs::remove_file(source), fs::remove_file(clone));
+    ok
+}
+
+/// An XFS filesystem (reflinks on, as mkfs.xfs makes it) in a sparse file on a loop device,
+/// mounted for one test and unmounted when dropped.
+struct Xfs {
+    dir: tempfile::TempDir,
+}
+
+impl Xfs {
+    fn mount() -> Xfs {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-xfs-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let image = dir.path().join("fs.img");
+        fs::File::create(&image).unwrap().set_len(2 << 30).unwrap();
+        let mkfs = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| strata_testkit::find_program("mkfs.xfs", "xfsprogs").unwrap());
+        let made = std::process::Command::new(mkfs)
+            .arg("-q")
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "mkfs.xfs: {made:?}");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(mounted.status.success(), "mount -o loop: {mounted:?}");
+        Xfs { dir }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.path())
+            .status();
+    }
+}
+
+/// Walk mode (`--snapshot-mode walk`) on a filesystem with reflinks (XFS on a loop device)
+/// runs a step on a copy-on-write clone of the store's view: the base is extracted once per
+/// state directory, not once per build, and what a step writes never reaches the store, even
+/// to the files it cloned from there. The step's layer is what the same step makes on an
+/// overlay, and in walk mode on a filesystem without reflinks (layers extracted per build).
 #[tokio::test(flavor = "multi_thread")]
-async fn walk_mode_runs_on_a_copy_of_the_store_and_never_changes_it() {
+async fn walk_mode_clones_the_store_where_the_filesystem_has_reflinks() {
     if !overlay_usable() {
         eprintln!("layer store not checked: not root");
         return;
     }
+    let xfs = Xfs::mount();
+    assert!(reflinks_in(&xfs.path()), "XFS makes reflinks");
+    let state = xfs.path().join("state");
     let fx = Fixture::new();
     let context = ContextBuilder::new().build().unwrap();
     let walk = strata::SnapshotMode::Walk;
     let first = "FROM {base}\nRUN echo one > /one\n";
-    let (image, events) = run(fx.build(context.path(), first).snapshot_mode(walk)).await;
+    let (image, events) = run(fx
+        .build(context.path(), first)
+        .state_dir(&state)
+        .snapshot_mode(walk))
+    .await;
     let image = image.unwrap();
     assert_eq!(extracted(&events), vec![image.layers()[0].diff_id.clone()]);
-    let base_dir = stored(fx.state.path(), &image.layers()[..1]);
+    let base_dir = stored(&state, &image.layers()[..1]);
     let inode = fs::metadata(&base_dir).unwrap().ino();
     let passwd = fs::read(base_dir.join("etc/passwd")).unwrap();
     let busybox = fs::metadata(base_dir.join("bin/busybox")).unwrap();
 
     let second = "FROM {base}\nRUN echo two > /two && echo intruder:x:9:9::/:/bin/sh >> /etc/passwd && chmod 4755 /bin/busybox && rm /bin/vi\n";
-    let (walked, events) = run(fx.build(context.path(), second).snapshot_mode(walk)).await;
+    let (walked, events) = run(fx
+        .build(context.path(), second)
+        .state_dir(&state)
+        .snapshot_mode(walk))
+    .await;
     let walked = walked.unwrap();
     assert_eq!(
         extracted(&events),
@@ -342,16 +425,26 @@ async fn walk_mode_runs_on_a_copy_of_the_store_and_never_changes_it() {
         base_dir.join("bin/vi").exists(),
         "the store's file is still there"
     );
-    let check = strata::check_state(fx.state.path(), false).unwrap();
+    let check = strata::check_state(&state, false).unwrap();
     assert!(check.is_clean(), "{:?}", check.faults);
 
-    // The step's layer is what the same step makes on an overlay.
     let (overlaid, _) = run(fx
         .build(context.path(), second)
         .snapshot_mode(strata::SnapshotMode::Overlay))
     .await;
+    let plain = tempfile::tempdir().unwrap();
+    let (extracting, events) = run(fx
+        .build(context.path(), second)
+        .state_dir(plain.path())
+        .snapshot_mode(walk))
+    .await;
+    assert_eq!(
+        extracted(&events).is_empty(),
+        !reflinks_in(plain.path()),
+        "without reflinks walk mode extracts into its own directory"
+    );
     let mut trees = Vec::new();
-    for image in [walked, overlaid.unwrap()] {
+    for image in [walked, overlaid.unwrap(), extracting.unwrap()] {
         let (work, layout) = common::layout(&image);
         let mut tree = common::tree(&common::umoci_rootfs(work.path(), &layout));
         tree.retain(|path, _| {
@@ -360,6 +453,7 @@ async fn walk_mode_runs_on_a_copy_of_the_store_and_never_changes_it() {
         trees.push(tree);
     }
     assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[0], trees[2]);
     assert!(trees[0]["etc/passwd"].contains("intruder"));
     assert!(
         trees[0]["bin/busybox"].starts_with("4755 "),

@@ -216,6 +216,8 @@ pub(crate) struct Engine {
     overlay: OnceLock<std::result::Result<(), String>>,
     /// Whether stages' filesystems are overlays of the layer store (decided once).
     store_mode: OnceLock<bool>,
+    /// Whether the state directory's filesystem makes reflinks (decided once).
+    reflinks: OnceLock<bool>,
     /// Each layer extracted once, shared by every build on the state directory.
     pub layers: crate::layers::LayerStore,
     /// The store entries this build has found or made: chain id → tree.
@@ -291,6 +293,7 @@ impl Engine {
             sandbox: OnceLock::new(),
             overlay: OnceLock::new(),
             store_mode: OnceLock::new(),
+            reflinks: OnceLock::new(),
             layers,
             resolved: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),

@@ -147,16 +147,20 @@ impl Engine {
         Ok(dir.clone())
     }
 
-    /// Walk mode (`--snapshot-mode walk`) where the layer store is usable: fills the new
-    /// private directory `dir` with a copy of the store's view of `layers` (each file a
-    /// reflink where the filesystem allows, else copied; never a hard link into the store),
-    /// so that the layers are extracted once per state directory, not once per build.
-    /// Returns how many of `layers` `dir` now holds: none when the store is not used here,
-    /// or when this kernel cannot stack them (they are then extracted into `dir`).
+    /// Walk mode (`--snapshot-mode walk`) where the layer store is usable and the state
+    /// directory's filesystem makes reflinks (XFS, btrfs): fills the new private directory
+    /// `dir` with a copy-on-write clone of the store's view of `layers` (never a hard link
+    /// into the store), so that the layers are extracted once per state directory, not once
+    /// per build. Without reflinks (ext4) the layers are extracted into `dir` from their
+    /// blobs, as before: a real copy of the store writes as much as an extraction, and on
+    /// a cold build writes everything twice (measured on the big-base benchmark: slower
+    /// cold, no faster warm). Returns how many of `layers` `dir` now holds: none when the
+    /// store is not used, or when this kernel cannot stack them.
     fn clone_from_store(&self, dir: &Path, layers: &[LayerRef]) -> Result<usize> {
         if layers.is_empty()
             || self.opts.snapshot_mode != SnapshotMode::Walk
             || !self.store_usable()
+            || !self.reflinks()
         {
             return Ok(0);
         }
@@ -184,6 +188,24 @@ impl Engine {
             "private root filesystem copied from the layer store"
         );
         Ok(layers.len())
+    }
+
+    /// Whether files in the state directory can be cloned by reference (FICLONE), tried once
+    /// on two scratch files.
+    fn reflinks(&self) -> bool {
+        *self.reflinks.get_or_init(|| {
+            let probe = || -> std::io::Result<bool> {
+                let dir = tempfile::Builder::new()
+                    .prefix("reflink-probe-")
+                    .tempdir_in(&self.work)?;
+                let source = dir.path().join("source");
+                fs::write(&source, [0u8; 4096])?;
+                let from = fs::File::open(&source)?;
+                let to = fs::File::create(dir.path().join("clone"))?;
+                Ok(rustix::fs::ioctl_ficlone(&to, &from).is_ok())
+            };
+            probe().unwrap_or(false)
+        })
     }
 
     /// An empty directory of this build, made on first use: the root filesystem of a stage
