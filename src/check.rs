@@ -68,7 +68,7 @@ impl StateCheck {
 /// Checks the state directory `dir`: every blob of the layout and of the cache hashes to its
 /// name, every manifest `index.json` names has its blobs, every cache entry parses, is filed
 /// under its key and has its layer, and the small records (`copy-digests/`,
-/// `context-memo.bin`) parse. With `repair`, what is broken is removed, so that the next
+/// `context-memo.bin` and its journal) parse. With `repair`, what is broken is removed, so that the next
 /// build runs the affected steps again or pulls again; leftovers are removed too. Run it
 /// while no build uses the directory when repairing.
 pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
@@ -119,9 +119,14 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
     if memo.exists()
         && let Err(error) = strata_snapshot::HashMemo::check(&memo)
     {
-        let repaired = repair && fs::remove_file(&memo).is_ok();
+        // The memo file or its journal, whichever does not read.
+        let path = match &error {
+            strata_snapshot::Error::Memo { path, .. } => path.clone(),
+            _ => memo,
+        };
+        let repaired = repair && fs::remove_file(&path).is_ok();
         check.faults.push(StateFault {
-            path: memo,
+            path,
             message: error.to_string(),
             repaired,
         });

@@ -9,6 +9,7 @@
 //! blob-sources/<hex>                              repositories a blob was pushed to
 //! copy-digests/<key>                              content digests of COPY --from sources
 //! context-memo.bin                                file hashes of the last contexts
+//! context-memo.journal                            what later builds hashed since (appended)
 //! tmp/                                            scratch, each build in its own directory
 //! ```
 

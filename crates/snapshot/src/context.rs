@@ -45,6 +45,13 @@ pub struct ContextDigest {
 /// The file is binary, a record per file (about 100 bytes), so that loading the memo of a
 /// 100,000-file context takes milliseconds. A file that is gone from a directory hashed
 /// again is forgotten.
+///
+/// Saving costs what changed: the entries hashed or forgotten since the load are appended,
+/// as one checksummed block, to a journal beside the memo ([`HashMemo::journal_path`]),
+/// which loading replays; the memo is rewritten whole (and the journal removed) only when the
+/// journal has grown to an eighth of it. A block that does not check out (a torn append)
+/// ends the replay. Losing entries only costs hashing again: an entry is used only while the
+/// file's size, times and inode are the same.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HashMemo {
     entries: HashMap<String, MemoEntry>,
@@ -52,7 +59,20 @@ pub struct HashMemo {
     misses: u64,
     /// Entries dropped since the load (files that are gone).
     forgotten: u64,
+    /// Paths hashed since the load, and paths forgotten: what the next save appends.
+    changed: Vec<String>,
+    dropped: Vec<String>,
+    /// Records in the memo file and in its journal when loaded, and whether the memo file
+    /// was whole (else the next save rewrites it).
+    loaded: (u64, u64),
+    whole: bool,
 }
+
+/// The journal's first bytes.
+const JOURNAL_MAGIC: &[u8; 16] = b"strata-memo-log\x01";
+/// Journal operations.
+const PUT: u8 = 1;
+const DROP: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MemoEntry {
@@ -77,87 +97,145 @@ impl HashMemo {
     /// Loads a memo. A missing file, a memo of another version, or a damaged one gives an
     /// empty memo: it is only a cache, and the next save replaces it.
     pub fn load(path: &Path) -> Result<HashMemo> {
-        match fs::read(path) {
-            Ok(bytes) => Ok(HashMemo::decode(&bytes).unwrap_or_default()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMemo::new()),
-            Err(e) => Err(Error::Io {
-                path: path.to_owned(),
-                source: e,
+        let mut memo = match fs::read(path) {
+            Ok(bytes) => match HashMemo::decode(&bytes) {
+                Ok(memo) => memo,
+                Err(_) => HashMemo::new(),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMemo::new(),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: path.to_owned(),
+                    source: e,
+                });
+            }
+        };
+        if !memo.whole {
+            // No memo, or a damaged one: start over (the next save writes it whole).
+            return Ok(memo);
+        }
+        let journal = HashMemo::journal_path(path);
+        match fs::read(&journal) {
+            Ok(bytes) => {
+                // Replayed as far as it checks out.
+                let _ = memo.replay(&bytes);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(journal)(e)),
+        }
+        Ok(memo)
+    }
+
+    /// The journal of the memo file `path`: `path` with the extension `journal`.
+    pub fn journal_path(path: &Path) -> std::path::PathBuf {
+        path.with_extension("journal")
+    }
+
+    /// Whether the file at `path` is a memo this version reads, and its journal (when there
+    /// is one) a journal whose every block checks out: what a state check asks. The error
+    /// names the file at fault.
+    pub fn check(path: &Path) -> Result<()> {
+        let bytes = fs::read(path).map_err(Error::io(path))?;
+        let mut memo = HashMemo::decode(&bytes).map_err(|message| Error::Memo {
+            path: path.to_owned(),
+            message,
+        })?;
+        let journal = HashMemo::journal_path(path);
+        match fs::read(&journal) {
+            Ok(bytes) => memo.replay(&bytes).map_err(|message| Error::Memo {
+                path: journal,
+                message,
             }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(journal)(e)),
         }
     }
 
-    /// Whether the file at `path` is a memo this version reads (what a state check asks).
-    pub fn check(path: &Path) -> Result<()> {
-        let bytes = fs::read(path).map_err(Error::io(path))?;
-        HashMemo::decode(&bytes)
-            .map(drop)
-            .map_err(|message| Error::Memo {
-                path: path.to_owned(),
-                message,
-            })
+    /// Applies the journal `bytes`, block after block, up to the first that does not check
+    /// out (which is the error).
+    fn replay(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        let mut rest = bytes
+            .strip_prefix(JOURNAL_MAGIC.as_slice())
+            .ok_or("not a memo journal of this version")?;
+        while !rest.is_empty() {
+            let head = rest.get(..8).ok_or("a block cut short")?;
+            let ops = u32::from_le_bytes(head[..4].try_into().unwrap_or_default());
+            let len = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default()) as usize;
+            let body = rest.get(8..8 + len).ok_or("a block cut short")?;
+            let sum = rest.get(8 + len..8 + len + 32).ok_or("a block cut short")?;
+            let mut hasher = Sha256::new();
+            hasher.update(head);
+            hasher.update(body);
+            if hasher.finalize().as_slice() != sum {
+                return Err("a block does not match its checksum".to_owned());
+            }
+            let mut at = 0usize;
+            for _ in 0..ops {
+                let op = *body.get(at).ok_or("a block's operations cut short")?;
+                at += 1;
+                match op {
+                    PUT => {
+                        let (path, entry) = read_record(body, &mut at)?;
+                        self.entries.insert(path, entry);
+                    }
+                    DROP => {
+                        let path = read_path(body, &mut at)?;
+                        self.entries.remove(&path);
+                    }
+                    _ => return Err("an unknown journal operation".to_owned()),
+                }
+                self.loaded.1 += 1;
+            }
+            if at != body.len() {
+                return Err("bytes after a block's operations".to_owned());
+            }
+            rest = &rest[8 + len + 32..];
+        }
+        Ok(())
     }
 
     fn decode(bytes: &[u8]) -> std::result::Result<HashMemo, String> {
         let body = bytes
             .strip_prefix(MEMO_MAGIC.as_slice())
             .ok_or("not a memo of this version")?;
-        let mut at = 0usize;
-        let mut take = |n: usize| -> std::result::Result<&[u8], String> {
-            let end = at.checked_add(n).filter(|end| *end <= body.len());
-            let end = end.ok_or("cut short")?;
-            let slice = &body[at..end];
-            at = end;
-            Ok(slice)
-        };
-        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-        let count = u64_of(take(8)?);
+        let count = body.get(..8).ok_or("cut short")?;
+        let count = u64::from_le_bytes(count.try_into().unwrap_or_default());
         // Every record takes at least its fixed part: a count that cannot fit is damage, and
         // never an allocation this size.
         if count > (bytes.len() / RECORD) as u64 {
             return Err("more records than bytes".to_owned());
         }
         let mut entries = HashMap::with_capacity(count as usize);
+        let records = &body[8..];
+        let mut at = 0usize;
         for _ in 0..count {
-            let len = u32::from_le_bytes(take(4)?.try_into().unwrap_or_default()) as usize;
-            let path = std::str::from_utf8(take(len)?)
-                .map_err(|_| "a path is not UTF-8".to_owned())?
-                .to_owned();
-            let r = take(RECORD)?;
-            let time = |b: &[u8]| {
-                (
-                    i64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
-                    u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()),
-                )
-            };
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&r[40..72]);
-            entries.insert(
-                path,
-                MemoEntry {
-                    size: u64_of(&r[..8]),
-                    mtime: time(&r[8..20]),
-                    ctime: time(&r[20..32]),
-                    ino: u64_of(&r[32..40]),
-                    hash,
-                },
-            );
+            let (path, entry) = read_record(records, &mut at)?;
+            entries.insert(path, entry);
         }
-        if at != body.len() {
+        if at != records.len() {
             return Err("bytes after the last record".to_owned());
         }
         Ok(HashMemo {
             entries,
+            loaded: (count, 0),
+            whole: true,
             ..HashMemo::default()
         })
     }
 
-    /// Saves the memo through a temporary file renamed into place; nothing when no file was
-    /// hashed or forgotten since it was loaded and `path` exists (a rebuild where nothing
-    /// changed writes nothing).
+    /// Saves what changed since the load: nothing when no file was hashed or forgotten and
+    /// `path` exists (a rebuild where nothing changed writes nothing); else one block
+    /// appended to the journal; or, when there is no whole memo file yet or the journal has
+    /// grown to an eighth of it, the whole memo through a temporary file renamed into place,
+    /// and the journal removed.
     pub fn save(&self, path: &Path) -> Result<()> {
-        if self.misses == 0 && self.forgotten == 0 && path.is_file() {
+        let ops = (self.changed.len() + self.dropped.len()) as u64;
+        if ops == 0 && path.is_file() {
             return Ok(());
+        }
+        let journaled = self.loaded.1 + ops;
+        if self.whole && path.is_file() && journaled <= (self.loaded.0 / 8).max(1024) {
+            return self.append(path);
         }
         let mut kept: Vec<(&String, &MemoEntry)> = self.entries.iter().collect();
         kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -165,25 +243,131 @@ impl HashMemo {
         bytes.extend_from_slice(MEMO_MAGIC);
         bytes.extend_from_slice(&(kept.len() as u64).to_le_bytes());
         for (path, e) in kept {
-            bytes.extend_from_slice(&(path.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(path.as_bytes());
-            bytes.extend_from_slice(&e.size.to_le_bytes());
-            for (secs, nanos) in [e.mtime, e.ctime] {
-                bytes.extend_from_slice(&secs.to_le_bytes());
-                bytes.extend_from_slice(&nanos.to_le_bytes());
-            }
-            bytes.extend_from_slice(&e.ino.to_le_bytes());
-            bytes.extend_from_slice(&e.hash);
+            write_record(&mut bytes, path, e);
         }
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
         fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
-        fs::rename(&tmp, path).map_err(Error::io(path))
+        fs::rename(&tmp, path).map_err(Error::io(path))?;
+        // Everything the journal held is in the memo now.
+        let journal = HashMemo::journal_path(path);
+        match fs::remove_file(&journal) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(journal)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends this run's changes to the journal as one block, in one write.
+    fn append(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        let mut body = Vec::with_capacity(self.changed.len() * (RECORD + 45));
+        let mut ops = 0u32;
+        for name in &self.dropped {
+            // Forgotten, and not hashed again since.
+            if !self.entries.contains_key(name) {
+                body.push(DROP);
+                write_path(&mut body, name);
+                ops += 1;
+            }
+        }
+        for name in &self.changed {
+            if let Some(entry) = self.entries.get(name) {
+                body.push(PUT);
+                write_record(&mut body, name, entry);
+                ops += 1;
+            }
+        }
+        let journal = HashMemo::journal_path(path);
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal)
+            .map_err(Error::io(&journal))?;
+        let fresh = file.metadata().map_err(Error::io(&journal))?.len() == 0;
+        let len = u32::try_from(body.len()).map_err(|_| {
+            Error::io(&journal)(std::io::Error::other("a journal block over 4 GiB"))
+        })?;
+        let mut block = Vec::with_capacity(16 + 8 + body.len() + 32);
+        if fresh {
+            block.extend_from_slice(JOURNAL_MAGIC);
+        }
+        let head_at = block.len();
+        block.extend_from_slice(&ops.to_le_bytes());
+        block.extend_from_slice(&len.to_le_bytes());
+        block.extend_from_slice(&body);
+        let sum = Sha256::digest(&block[head_at..]);
+        block.extend_from_slice(&sum);
+        file.write_all(&block).map_err(Error::io(&journal))
+    }
+
+    /// How many files the memo knows.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it knows no file.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// How many file hashes the memo answered, and how many it could not, since it was made.
     pub fn stats(&self) -> (u64, u64) {
         (self.hits, self.misses)
     }
+}
+
+/// Appends `path` (length first) to `out`.
+fn write_path(out: &mut Vec<u8>, path: &str) {
+    out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+    out.extend_from_slice(path.as_bytes());
+}
+
+/// Appends the record of `path` to `out`: its path, then size, mtime, ctime, inode, hash.
+fn write_record(out: &mut Vec<u8>, path: &str, e: &MemoEntry) {
+    write_path(out, path);
+    out.extend_from_slice(&e.size.to_le_bytes());
+    for (secs, nanos) in [e.mtime, e.ctime] {
+        out.extend_from_slice(&secs.to_le_bytes());
+        out.extend_from_slice(&nanos.to_le_bytes());
+    }
+    out.extend_from_slice(&e.ino.to_le_bytes());
+    out.extend_from_slice(&e.hash);
+}
+
+/// The path at `*at` in `bytes`, `*at` moved past it.
+fn read_path(bytes: &[u8], at: &mut usize) -> std::result::Result<String, String> {
+    let len = bytes.get(*at..*at + 4).ok_or("cut short")?;
+    let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
+    let start = *at + 4;
+    let name = bytes.get(start..start + len).ok_or("cut short")?;
+    let name = std::str::from_utf8(name).map_err(|_| "a path is not UTF-8".to_owned())?;
+    *at = start + len;
+    Ok(name.to_owned())
+}
+
+/// The record at `*at` in `bytes` ([`write_record`]'s form), `*at` moved past it.
+fn read_record(bytes: &[u8], at: &mut usize) -> std::result::Result<(String, MemoEntry), String> {
+    let path = read_path(bytes, at)?;
+    let r = bytes.get(*at..*at + RECORD).ok_or("cut short")?;
+    *at += RECORD;
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    let time = |b: &[u8]| {
+        (
+            i64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
+            u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()),
+        )
+    };
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&r[40..72]);
+    Ok((
+        path,
+        MemoEntry {
+            size: u64_of(&r[..8]),
+            mtime: time(&r[8..20]),
+            ctime: time(&r[20..32]),
+            ino: u64_of(&r[32..40]),
+            hash,
+        },
+    ))
 }
 
 /// One path [`walk_tree`] found: what a context digest, its memo and a copy need of it, no
@@ -359,9 +543,16 @@ fn hash_paths(
             .map(|f| f.path.as_str())
             .collect();
         let before = memo.entries.len();
-        memo.entries
-            .retain(|path, _| !below(path) || present.contains(path.as_str()));
+        let mut dropped = Vec::new();
+        memo.entries.retain(|path, _| {
+            let keep = !below(path) || present.contains(path.as_str());
+            if !keep {
+                dropped.push(path.clone());
+            }
+            keep
+        });
         memo.forgotten += (before - memo.entries.len()) as u64;
+        memo.dropped.extend(dropped);
     }
     // Hash the files the memo does not know, in parallel.
     let wanted: Vec<&TreeEntry> = found
@@ -376,7 +567,9 @@ fn hash_paths(
     memo.hits += files_found as u64 - hashed.len() as u64;
     memo.misses += hashed.len() as u64;
     memo.entries.reserve(hashed.len());
+    memo.changed.reserve(hashed.len());
     for (f, hash) in hashed {
+        memo.changed.push(f.path.clone());
         memo.entries.insert(
             f.path.clone(),
             MemoEntry {

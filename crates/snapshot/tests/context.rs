@@ -213,7 +213,10 @@ fn the_memo_forgets_files_that_are_gone() {
     hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
     assert_eq!(memo.stats(), (1, 0));
     memo.save(&memo_path).unwrap();
-    assert!(fs::metadata(&memo_path).unwrap().len() < size);
+    // Appended to the journal, the memo file itself untouched.
+    assert_eq!(fs::metadata(&memo_path).unwrap().len(), size);
+    assert!(HashMemo::journal_path(&memo_path).is_file());
+    assert_eq!(HashMemo::load(&memo_path).unwrap().len(), 1, "forgotten");
     // A walk of one directory forgets nothing outside it.
     let mut memo = HashMemo::load(&memo_path).unwrap();
     let before = fs::read(&memo_path).unwrap();
@@ -223,4 +226,69 @@ fn the_memo_forgets_files_that_are_gone() {
     let mut memo = HashMemo::load(&memo_path).unwrap();
     hash_context(dir.path(), &[String::new()], &visit, &mut memo).unwrap();
     assert_eq!(memo.stats(), (1, 0), "src/main.rs still known");
+}
+
+/// Saving costs what changed: a one-file change appends one block to the journal; a
+/// journal that has grown is folded into the memo; a torn block is dropped, never misread.
+#[test]
+fn a_save_appends_what_changed_and_a_long_journal_is_folded_in() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        let sub = dir.path().join(format!("d{}", i / 100));
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(sub.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let all = [String::new()];
+    let state = tempfile::tempdir().unwrap();
+    let memo_path = state.path().join("memo.bin");
+    let journal = HashMemo::journal_path(&memo_path);
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    let first = hash_context(dir.path(), &all, &visit, &mut memo).unwrap();
+    memo.save(&memo_path).unwrap();
+    let whole = fs::read(&memo_path).unwrap();
+    assert!(!journal.exists());
+
+    fs::write(dir.path().join("d7/f700"), "changed").unwrap();
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    let second = hash_context(dir.path(), &all, &visit, &mut memo).unwrap();
+    assert_ne!(first.digest, second.digest);
+    assert_eq!(memo.stats(), (2999, 1));
+    memo.save(&memo_path).unwrap();
+    assert_eq!(fs::read(&memo_path).unwrap(), whole, "the memo file is not rewritten");
+    let appended = fs::metadata(&journal).unwrap().len();
+    assert!(appended < 200, "one record and a block's frame: {appended} bytes");
+    assert!(HashMemo::check(&memo_path).is_ok());
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    assert_eq!(
+        hash_context(dir.path(), &all, &visit, &mut memo).unwrap(),
+        second
+    );
+    assert_eq!(memo.stats(), (3000, 0), "the journal's entry is known");
+
+    // A torn block (a build killed while appending) is dropped: its file is hashed again,
+    // and the state check names the journal.
+    let bytes = fs::read(&journal).unwrap();
+    fs::write(&journal, &bytes[..bytes.len() - 1]).unwrap();
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    assert_eq!(
+        hash_context(dir.path(), &all, &visit, &mut memo).unwrap(),
+        second
+    );
+    assert_eq!(memo.stats(), (2999, 1));
+    let error = HashMemo::check(&memo_path).unwrap_err();
+    assert!(matches!(&error, strata_snapshot::Error::Memo { path, .. } if *path == journal));
+    fs::write(&journal, &bytes).unwrap();
+
+    // Changes past an eighth of the memo (or 1,024 records) fold the journal in.
+    for i in 0..1100 {
+        fs::write(dir.path().join(format!("d{}/f{i}", i / 100)), format!("new {i}")).unwrap();
+    }
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    let third = hash_context(dir.path(), &all, &visit, &mut memo).unwrap();
+    memo.save(&memo_path).unwrap();
+    assert!(!journal.exists(), "folded into the memo");
+    assert_ne!(fs::read(&memo_path).unwrap(), whole);
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    assert_eq!(hash_context(dir.path(), &all, &visit, &mut memo).unwrap(), third);
+    assert_eq!(memo.stats(), (3000, 0));
 }
