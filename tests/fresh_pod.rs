@@ -523,3 +523,44 @@ async fn a_cached_run_with_a_stage_mount_needs_no_filesystem() {
         assert_eq!(bytes.first(), Some(&b'{'), "{} is a layer", path.display());
     }
 }
+
+/// `COPY --from` is keyed on the content it copies, which a fresh pod cannot read without
+/// the source stage's layers: the cache repository keeps that digest too, so a fully cached
+/// multi-stage build downloads and extracts no layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_copy_from_another_stage_needs_no_layer_in_a_fresh_pod() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("a", "a").build().unwrap();
+    let cache = format!("{}/team/stages", fx.registry.host());
+    let dockerfile = "FROM {base} AS left\nCOPY a /a\nRUN cat /a /a > /left.sum\n\nFROM {base}\nCOPY --from=left /left.sum /out/\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile).cache_repo(&cache)).await;
+    let first = first.unwrap();
+
+    let mark = log_len(&fx.registry);
+    let pod = tempfile::tempdir().unwrap();
+    let (second, events) = run(fx
+        .build(context.path(), dockerfile)
+        .state_dir(pod.path())
+        .cache_repo(&cache))
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second.digest(), first.digest());
+    assert_eq!(second.cache_hits(), (3, 3));
+    let extracted = events
+        .iter()
+        .filter(|e| matches!(e, strata::Event::LayerExtracted { .. }))
+        .count();
+    assert_eq!(extracted, 0, "nothing extracted");
+    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+    assert_eq!(
+        blob_gets(&fx.registry, mark, &layers),
+        0,
+        "{}",
+        fx.registry.log()
+    );
+    for blob in fs::read_dir(pod.path().join("blobs/sha256")).unwrap() {
+        let path = blob.unwrap().path();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.first(), Some(&b'{'), "{} is a layer", path.display());
+    }
+}

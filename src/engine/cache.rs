@@ -221,6 +221,45 @@ impl Engine {
         self.looked_up.lock().ok()?.remove(digest)
     }
 
+    /// The content digest of what a `COPY --from` copies, as the cache repository recorded
+    /// it under `name` (the source stage's layers and the sources,
+    /// [`Engine::copy_key`]): a fresh pod learns the step's key without the source stage's
+    /// files, so a cached COPY --from downloads nothing.
+    pub(super) fn shared_content_digest(&self, name: &str) -> Option<String> {
+        let remote = self.remote.as_ref().filter(|_| self.cache.is_some())?;
+        let entry = remote.lookup(&content_alias(name)).ok()??;
+        let digest = entry.config["content"].as_str()?;
+        crate::state::sha256_hex(digest).map(|_| digest.to_owned())
+    }
+
+    /// Records in the cache repository the content digest of what a `COPY --from` copies
+    /// ([`Engine::shared_content_digest`]); a refused write is a warning.
+    pub(super) fn share_content_digest(&self, name: &str, digest: &str, at: &StepAt<'_>) {
+        let Some(remote) = self.remote.as_ref().filter(|_| self.opts.cache_repo_writes) else {
+            return;
+        };
+        let entry = CacheEntry {
+            key: CacheKey {
+                digest: content_alias(name),
+                inputs: strata_cache::KeyInputs::default(),
+            },
+            layer: None,
+            config: json!({ "content": digest }),
+            created_unix: 0,
+        };
+        if let Err(error) = remote.record(&entry, None) {
+            tracing::warn!(%error, "a COPY --from source's digest was not recorded in the cache repository");
+            self.emit(Event::Warning {
+                stage: Some(at.stage.to_owned()),
+                line: Some(at.line),
+                message: format!(
+                    "not recorded in the cache repository {}: {error}",
+                    remote.repository()
+                ),
+            });
+        }
+    }
+
     /// The instruction keyword of `at` when the cache is off for it.
     fn uncached<'a>(&self, at: &StepAt<'a>) -> Option<&'a str> {
         let keyword = at.original.split_whitespace().next()?;
@@ -371,4 +410,14 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The cache-repository name of a `COPY --from` source's content digest: apart from every
+/// step key (those hash other bytes).
+fn content_alias(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"strata COPY --from content\n");
+    hasher.update(name.as_bytes());
+    format!("sha256:{}", hex::encode(hasher.finalize()))
 }

@@ -76,18 +76,27 @@ impl Engine {
                     h.update(key_text(&(&copy.sources, &copy.exclude))?.as_bytes());
                     hex::encode(h.finalize())
                 };
+                // Remembered here, else in the cache repository (a fresh pod), else
+                // worked out from the stage's files (which then must be on disk).
                 let digest = match self.state.recall_digest(&name) {
                     Some(digest) => digest,
-                    None => {
-                        let root = self.stage_rootfs(&stage)?;
-                        let source_ctx = Context::for_rootfs(&root);
-                        let sources = source_ctx.sources(&copy.sources)?;
-                        let digest = source_ctx
-                            .digest(&sources, &copy.exclude, &mut HashMemo::new())?
-                            .digest;
-                        self.state.remember_digest(&name, &digest)?;
-                        digest
-                    }
+                    None => match self.shared_content_digest(&name) {
+                        Some(digest) => {
+                            self.state.remember_digest(&name, &digest)?;
+                            digest
+                        }
+                        None => {
+                            let root = self.stage_rootfs(&stage)?;
+                            let source_ctx = Context::for_rootfs(&root);
+                            let sources = source_ctx.sources(&copy.sources)?;
+                            let digest = source_ctx
+                                .digest(&sources, &copy.exclude, &mut HashMemo::new())?
+                                .digest;
+                            self.state.remember_digest(&name, &digest)?;
+                            self.share_content_digest(&name, &digest, at);
+                            digest
+                        }
+                    },
                 };
                 key = key.file(&format!("--from={from}"), &digest);
             }

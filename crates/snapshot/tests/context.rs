@@ -254,9 +254,16 @@ fn a_save_appends_what_changed_and_a_long_journal_is_folded_in() {
     assert_ne!(first.digest, second.digest);
     assert_eq!(memo.stats(), (2999, 1));
     memo.save(&memo_path).unwrap();
-    assert_eq!(fs::read(&memo_path).unwrap(), whole, "the memo file is not rewritten");
+    assert_eq!(
+        fs::read(&memo_path).unwrap(),
+        whole,
+        "the memo file is not rewritten"
+    );
     let appended = fs::metadata(&journal).unwrap().len();
-    assert!(appended < 200, "one record and a block's frame: {appended} bytes");
+    assert!(
+        appended < 200,
+        "one record and a block's frame: {appended} bytes"
+    );
     assert!(HashMemo::check(&memo_path).is_ok());
     let mut memo = HashMemo::load(&memo_path).unwrap();
     assert_eq!(
@@ -281,7 +288,11 @@ fn a_save_appends_what_changed_and_a_long_journal_is_folded_in() {
 
     // Changes past an eighth of the memo (or 1,024 records) fold the journal in.
     for i in 0..1100 {
-        fs::write(dir.path().join(format!("d{}/f{i}", i / 100)), format!("new {i}")).unwrap();
+        fs::write(
+            dir.path().join(format!("d{}/f{i}", i / 100)),
+            format!("new {i}"),
+        )
+        .unwrap();
     }
     let mut memo = HashMemo::load(&memo_path).unwrap();
     let third = hash_context(dir.path(), &all, &visit, &mut memo).unwrap();
@@ -289,6 +300,9 @@ fn a_save_appends_what_changed_and_a_long_journal_is_folded_in() {
     assert!(!journal.exists(), "folded into the memo");
     assert_ne!(fs::read(&memo_path).unwrap(), whole);
     let mut memo = HashMemo::load(&memo_path).unwrap();
-    assert_eq!(hash_context(dir.path(), &all, &visit, &mut memo).unwrap(), third);
+    assert_eq!(
+        hash_context(dir.path(), &all, &visit, &mut memo).unwrap(),
+        third
+    );
     assert_eq!(memo.stats(), (3000, 0));
 }
