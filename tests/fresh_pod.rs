@@ -30,6 +30,28 @@ fn uploads(registry: &TestRegistry, from: usize, repository: &str) -> usize {
         .count()
 }
 
+/// A fresh pod's build extracted nothing, fetched none of `layers` after `mark`, and holds
+/// manifests and configs only (JSON): no layer of any stage.
+fn no_layer_moved(
+    events: &[strata::Event],
+    registry: &TestRegistry,
+    mark: usize,
+    layers: &[String],
+    pod: &std::path::Path,
+) {
+    let extracted = events
+        .iter()
+        .filter(|e| matches!(e, strata::Event::LayerExtracted { .. }))
+        .count();
+    assert_eq!(extracted, 0, "nothing extracted");
+    assert_eq!(blob_gets(registry, mark, layers), 0, "{}", registry.log());
+    for blob in fs::read_dir(pod.join("blobs/sha256")).unwrap() {
+        let path = blob.unwrap().path();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.first(), Some(&b'{'), "{} is a layer", path.display());
+    }
+}
+
 fn log_len(registry: &TestRegistry) -> usize {
     registry.log().lines().count()
 }
@@ -65,13 +87,24 @@ async fn in_a_fresh_pod(
     dockerfile: &str,
     cache: &str,
 ) -> (strata::Image, tempfile::TempDir) {
+    let (image, _, pod) = fresh_pod_events(fx, context, dockerfile, cache).await;
+    (image, pod)
+}
+
+/// [`in_a_fresh_pod`], with the build's events.
+async fn fresh_pod_events(
+    fx: &Fixture,
+    context: &std::path::Path,
+    dockerfile: &str,
+    cache: &str,
+) -> (strata::Image, Vec<strata::Event>, tempfile::TempDir) {
     let pod = tempfile::tempdir().unwrap();
-    let (image, _) = run(fx
+    let (image, events) = run(fx
         .build(context, dockerfile)
         .state_dir(pod.path())
         .cache_repo(cache))
     .await;
-    (image.unwrap(), pod)
+    (image.unwrap(), events, pod)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,13 +429,7 @@ async fn a_fresh_pod_asks_the_cache_repository_for_a_stages_steps_at_once() {
     assert_eq!(lookups(&events), vec![(LOOKAHEAD_STEPS, 0)]);
 
     let mark = log_len(&fx.registry);
-    let pod = tempfile::tempdir().unwrap();
-    let (second, events) = run(fx
-        .build(context.path(), LOOKAHEAD)
-        .state_dir(pod.path())
-        .cache_repo(&cache))
-    .await;
-    let second = second.unwrap();
+    let (second, events, pod) = fresh_pod_events(&fx, context.path(), LOOKAHEAD, &cache).await;
     assert_eq!(second.digest(), first.digest());
     assert_eq!(second.cache_hits(), (LOOKAHEAD_STEPS, LOOKAHEAD_STEPS));
     assert_eq!(lookups(&events), vec![(LOOKAHEAD_STEPS, LOOKAHEAD_STEPS)]);
@@ -497,31 +524,9 @@ async fn a_cached_run_with_a_stage_mount_needs_no_filesystem() {
     let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
 
     let mark = log_len(&fx.registry);
-    let pod = tempfile::tempdir().unwrap();
-    let (second, events) = run(fx
-        .build(context.path(), dockerfile)
-        .state_dir(pod.path())
-        .cache_repo(&cache))
-    .await;
-    let second = second.unwrap();
+    let (second, events, pod) = fresh_pod_events(&fx, context.path(), dockerfile, &cache).await;
     assert_eq!(second.digest(), first.digest());
-    let extracted = events
-        .iter()
-        .filter(|e| matches!(e, strata::Event::LayerExtracted { .. }))
-        .count();
-    assert_eq!(extracted, 0, "nothing extracted");
-    assert_eq!(
-        blob_gets(&fx.registry, mark, &layers),
-        0,
-        "{}",
-        fx.registry.log()
-    );
-    // The pod holds manifests and configs only (JSON): no layer of either stage.
-    for blob in fs::read_dir(pod.path().join("blobs/sha256")).unwrap() {
-        let path = blob.unwrap().path();
-        let bytes = fs::read(&path).unwrap();
-        assert_eq!(bytes.first(), Some(&b'{'), "{} is a layer", path.display());
-    }
+    no_layer_moved(&events, &fx.registry, mark, &layers, pod.path());
 }
 
 /// `COPY --from` is keyed on the content it copies, which a fresh pod cannot read without
@@ -537,30 +542,9 @@ async fn a_cached_copy_from_another_stage_needs_no_layer_in_a_fresh_pod() {
     let first = first.unwrap();
 
     let mark = log_len(&fx.registry);
-    let pod = tempfile::tempdir().unwrap();
-    let (second, events) = run(fx
-        .build(context.path(), dockerfile)
-        .state_dir(pod.path())
-        .cache_repo(&cache))
-    .await;
-    let second = second.unwrap();
+    let (second, events, pod) = fresh_pod_events(&fx, context.path(), dockerfile, &cache).await;
     assert_eq!(second.digest(), first.digest());
     assert_eq!(second.cache_hits(), (3, 3));
-    let extracted = events
-        .iter()
-        .filter(|e| matches!(e, strata::Event::LayerExtracted { .. }))
-        .count();
-    assert_eq!(extracted, 0, "nothing extracted");
     let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
-    assert_eq!(
-        blob_gets(&fx.registry, mark, &layers),
-        0,
-        "{}",
-        fx.registry.log()
-    );
-    for blob in fs::read_dir(pod.path().join("blobs/sha256")).unwrap() {
-        let path = blob.unwrap().path();
-        let bytes = fs::read(&path).unwrap();
-        assert_eq!(bytes.first(), Some(&b'{'), "{} is a layer", path.display());
-    }
+    no_layer_moved(&events, &fx.registry, mark, &layers, pod.path());
 }

@@ -29,14 +29,7 @@ impl Engine {
         let mut cmd_set = true;
         let mut wanted: Vec<String> = Vec::new();
         for (i, located) in instructions.iter().enumerate() {
-            let original = stage.nodes.get(i).map_or("", |n| n.original.trim());
-            let at = StepAt {
-                stage: name,
-                id: format!("{}/{name}/{i}", self.file_name),
-                line: located.start_line,
-                original,
-                done,
-            };
+            let at = self.step_at(stage, name, i, located, done);
             let instruction = &located.value;
             let key = match instruction {
                 Instruction::Run(run) => self.run_key(&ahead, run, instruction, &at),
@@ -249,15 +242,21 @@ impl Engine {
         };
         if let Err(error) = remote.record(&entry, None) {
             tracing::warn!(%error, "a COPY --from source's digest was not recorded in the cache repository");
-            self.emit(Event::Warning {
-                stage: Some(at.stage.to_owned()),
-                line: Some(at.line),
-                message: format!(
-                    "not recorded in the cache repository {}: {error}",
-                    remote.repository()
-                ),
-            });
+            self.not_recorded(remote, at, &error);
         }
+    }
+
+    /// The warning for a write the cache repository refused: it costs later builds a miss,
+    /// never this build.
+    fn not_recorded(&self, remote: &RegistryStore, at: &StepAt<'_>, error: &strata_cache::Error) {
+        self.emit(Event::Warning {
+            stage: Some(at.stage.to_owned()),
+            line: Some(at.line),
+            message: format!(
+                "not recorded in the cache repository {}: {error}",
+                remote.repository()
+            ),
+        });
     }
 
     /// The instruction keyword of `at` when the cache is off for it.
@@ -307,14 +306,7 @@ impl Engine {
                 // that cannot be written costs later builds a miss, never this build (Kaniko
                 // warns too).
                 tracing::warn!(%error, "the step's layer was not recorded in the cache repository");
-                self.emit(Event::Warning {
-                    stage: Some(at.stage.to_owned()),
-                    line: Some(at.line),
-                    message: format!(
-                        "not recorded in the cache repository {}: {error}",
-                        remote.repository()
-                    ),
-                });
+                self.not_recorded(remote, at, &error);
             }
         }
         if let Some(layer) = layer {

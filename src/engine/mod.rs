@@ -332,6 +332,25 @@ impl Engine {
         Mtime::from_secs(self.epoch_now())
     }
 
+    /// Where step `index` of `stage` (named `name`) is: its identity for events, errors, the
+    /// cache's explanations and the keys worked out ahead.
+    pub(crate) fn step_at<'a>(
+        &self,
+        stage: &'a Stage,
+        name: &'a str,
+        index: usize,
+        located: &Located<Instruction>,
+        done: &'a HashMap<usize, Arc<StageResult>>,
+    ) -> StepAt<'a> {
+        StepAt {
+            stage: name,
+            id: format!("{}/{name}/{index}", self.file_name),
+            line: located.start_line,
+            original: stage.nodes.get(index).map_or("", |n| n.original.trim()),
+            done,
+        }
+    }
+
     pub(crate) fn stage_name(&self, index: usize) -> String {
         self.plan
             .stages

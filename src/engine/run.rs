@@ -195,13 +195,7 @@ impl Engine {
             }
             // Other root filesystems get the layer when a later step needs it.
             self.finish_miss(image, key, at, layer, created_by)?;
-            self.emit(Event::RunTimings {
-                stage: at.stage.to_owned(),
-                line: at.line,
-                prepare: command_started - prepare_started,
-                command: command_ended - command_started,
-                layer: command_ended.elapsed(),
-            });
+            self.emit_run_timings(at, prepare_started, command_started, command_ended);
         } else {
             let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
             ignore.extend(self.opts.ignore_paths.iter().cloned());
@@ -221,13 +215,7 @@ impl Engine {
             self.ids_inside(&mut entries)?;
             let layer = self.write_layer(entries)?;
             self.finish_miss(image, key, at, Some(layer), created_by)?;
-            self.emit(Event::RunTimings {
-                stage: at.stage.to_owned(),
-                line: at.line,
-                prepare: command_started - prepare_started,
-                command: command_ended - command_started,
-                layer: command_ended.elapsed(),
-            });
+            self.emit_run_timings(at, prepare_started, command_started, command_ended);
             // The directory already holds the step's changes.
             if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut() {
                 *applied += 1;
@@ -288,6 +276,23 @@ impl Engine {
             }
         };
         Ok((argv, shebang_script))
+    }
+
+    /// The `run-timings` of a RUN that ran: before its command, the command, and since.
+    fn emit_run_timings(
+        &self,
+        at: &StepAt<'_>,
+        prepare_started: std::time::Instant,
+        command_started: std::time::Instant,
+        command_ended: std::time::Instant,
+    ) {
+        self.emit(Event::RunTimings {
+            stage: at.stage.to_owned(),
+            line: at.line,
+            prepare: command_started - prepare_started,
+            command: command_ended - command_started,
+            layer: command_ended.elapsed(),
+        });
     }
 
     /// What the sandbox mounts for a RUN's `--mount` flags (and its `#!` script), with the

@@ -74,19 +74,12 @@ impl Engine {
                 // Another stage failed: this one stops before its next step.
                 return Err(Error::Cancelled);
             }
-            let original = stage.nodes.get(i).map_or("", |n| n.original.trim());
-            let at = StepAt {
-                stage: &name,
-                id: format!("{}/{name}/{i}", self.file_name),
-                line: located.start_line,
-                original,
-                done,
-            };
+            let at = self.step_at(stage, &name, i, located, done);
             let started = Instant::now();
             self.emit(Event::StepStarted {
                 stage: name.clone(),
                 line: located.start_line,
-                text: original.to_owned(),
+                text: at.original.to_owned(),
             });
             let cached = self
                 .step(&mut image, &mut rootfs, located, &at, &mut cmd_set)
