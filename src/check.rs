@@ -121,7 +121,9 @@ pub fn check_state(dir: &Path, repair: bool) -> Result<StateCheck> {
     {
         // The memo file or its journal, whichever does not read.
         let path = match &error {
-            strata_snapshot::Error::Memo { path, .. } => path.clone(),
+            strata_snapshot::Error::Memo { path, .. } | strata_snapshot::Error::Io { path, .. } => {
+                path.clone()
+            }
             _ => memo,
         };
         let repaired = repair && fs::remove_file(&path).is_ok();

@@ -190,8 +190,9 @@ pub enum Event {
         duration: Duration,
     },
     /// Where a RUN step that ran (in namespaces) spent its time after its cache miss:
-    /// `prepare` up to its command's start (the layer store's directories, bind copies, the
-    /// overlay mount, or the first scan without overlays), `command` the command itself,
+    /// `prepare` up to its command's start (its mounts, a source stage's filesystem included,
+    /// the layer store's directories, bind copies, the overlay mount, or the first scan
+    /// without overlays), `command` the command itself,
     /// `layer` from its end to the step's (unmount, the change set, the layer written, the
     /// upper directory moved into the layer store). The step's whole time is in `step-done`.
     RunTimings {

@@ -363,6 +363,15 @@ async fn a_stage_named_only_by_an_onbuild_trigger_is_built() {
         fs::read_to_string(rootfs.join("from-src")).unwrap(),
         "made by src\n"
     );
+    // Once: the trigger's COPY asks for the stage for its key and again to copy from it.
+    let fresh = tempfile::tempdir().unwrap();
+    let (image, events) = run(fx.build(context.path(), &child).state_dir(fresh.path())).await;
+    image.unwrap();
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, strata::Event::StageStarted { stage, .. } if stage == "src"))
+        .count();
+    assert_eq!(started, 1, "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -320,57 +320,6 @@ fn reflinks_in(dir: &Path) -> bool {
     ok
 }
 
-/// An XFS filesystem (reflinks on, as mkfs.xfs makes it) in a sparse file on a loop device,
-/// mounted for one test and unmounted when dropped.
-struct Xfs {
-    dir: tempfile::TempDir,
-}
-
-impl Xfs {
-    fn mount() -> Xfs {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-xfs-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let image = dir.path().join("fs.img");
-        fs::File::create(&image).unwrap().set_len(2 << 30).unwrap();
-        let mkfs = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .find(|p| p.exists())
-            .unwrap_or_else(|| strata_testkit::find_program("mkfs.xfs", "xfsprogs").unwrap());
-        let made = std::process::Command::new(mkfs)
-            .arg("-q")
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "mkfs.xfs: {made:?}");
-        let mnt = dir.path().join("mnt");
-        fs::create_dir(&mnt).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mnt)
-            .output()
-            .unwrap();
-        assert!(mounted.status.success(), "mount -o loop: {mounted:?}");
-        Xfs { dir }
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("mnt")
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.path())
-            .status();
-    }
-}
-
 /// Walk mode (`--snapshot-mode walk`) on a filesystem with reflinks (XFS on a loop device)
 /// runs a step on a copy-on-write clone of the store's view: the base is extracted once per
 /// state directory, not once per build, and what a step writes never reaches the store, even
@@ -382,7 +331,7 @@ async fn walk_mode_clones_the_store_where_the_filesystem_has_reflinks() {
         eprintln!("layer store not checked: not root");
         return;
     }
-    let xfs = Xfs::mount();
+    let xfs = strata_testkit::Xfs::mount().unwrap();
     assert!(reflinks_in(&xfs.path()), "XFS makes reflinks");
     let state = xfs.path().join("state");
     let fx = Fixture::new();

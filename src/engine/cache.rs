@@ -28,6 +28,8 @@ impl Engine {
         let mut ahead = image.clone();
         let mut cmd_set = true;
         let mut wanted: Vec<String> = Vec::new();
+        // (step id, chain head, key) of every key worked out.
+        let mut candidates = Vec::new();
         for (i, located) in instructions.iter().enumerate() {
             let at = self.step_at(stage, name, i, located, done);
             let instruction = &located.value;
@@ -71,9 +73,7 @@ impl Engine {
             if self.uncached(&at).is_none() && matches!(local.lookup(&digest), Ok(None)) {
                 wanted.push(digest.clone());
             }
-            if let Ok(mut planned) = self.planned.lock() {
-                planned.insert(at.id.clone(), (ahead.key.clone(), key));
-            }
+            candidates.push((at.id.clone(), ahead.key.clone(), key));
             ahead.key = digest;
         }
         if wanted.is_empty() {
@@ -88,6 +88,16 @@ impl Engine {
                 if let Ok(entry) = answer {
                     found += usize::from(entry.is_some());
                     looked_up.insert(digest.clone(), entry);
+                }
+            }
+            // A step takes the key worked out here only when it is a hit, which reads no
+            // file: a step that runs works its key out again when it starts, so the key
+            // describes the files it copies even if the context changed meanwhile.
+            if let Ok(mut planned) = self.planned.lock() {
+                for (id, head, key) in candidates {
+                    if looked_up.get(&key.digest).is_some_and(Option::is_some) {
+                        planned.insert(id, (head, key));
+                    }
                 }
             }
         }

@@ -232,6 +232,8 @@ pub(crate) struct Engine {
     /// stages pulling different images do not wait for each other).
     images: Mutex<HashMap<String, ImageSlot>>,
     rootfs_count: AtomicUsize,
+    /// Stages only a base image's ONBUILD trigger names, built on first use.
+    on_demand: Mutex<HashMap<usize, Arc<StageResult>>>,
     /// Cache keys worked out ahead of their steps ([`Engine::look_ahead`]): step id →
     /// (the chain head it was worked out on, the key). A step takes its own, when its chain
     /// head is the same.
@@ -300,6 +302,7 @@ impl Engine {
             cache_from: OnceLock::new(),
             images: Mutex::new(HashMap::new()),
             rootfs_count: AtomicUsize::new(0),
+            on_demand: Mutex::new(HashMap::new()),
             planned: Mutex::new(HashMap::new()),
             looked_up: Mutex::new(HashMap::new()),
             in_container: None,

@@ -149,9 +149,10 @@ impl Engine {
 
     /// Walk mode (`--snapshot-mode walk`) where the layer store is usable and the state
     /// directory's filesystem makes reflinks (XFS, btrfs): fills the new private directory
-    /// `dir` with a copy-on-write clone of the store's view of `layers` (never a hard link
-    /// into the store), so that the layers are extracted once per state directory, not once
-    /// per build. Without reflinks (ext4) the layers are extracted into `dir` from their
+    /// `dir` with a copy-on-write clone of the store's view of `layers`, each file's data
+    /// cloned from the store directory the view shows it from (a reflink cannot cross the
+    /// overlay; never a hard link into the store), so that the layers are extracted once per
+    /// state directory, not once per build. Without reflinks (ext4) the layers are extracted into `dir` from their
     /// blobs, as before: a real copy of the store writes as much as an extraction, and on
     /// a cold build writes everything twice (measured on the big-base benchmark: slower
     /// cold, no faster warm). Returns how many of `layers` `dir` now holds: none when the
@@ -177,7 +178,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let report = strata_snapshot::clone_tree(&view, dir)?;
+        let report = strata_snapshot::clone_tree_from_layers(&view, dir, &lowers)?;
         mount.unmount()?;
         tracing::debug!(
             entries = report.entries,

@@ -58,6 +58,7 @@ impl Engine {
             return Ok(true);
         }
         // Only for a step that runs: a source stage's filesystem, secrets, copies.
+        let prepare_started = std::time::Instant::now();
         let StepMounts {
             mut mounts,
             secret_env,
@@ -80,7 +81,6 @@ impl Engine {
             self.run_in_place(mode, image, key, at, step, created_by)?;
             return Ok(false);
         }
-        let prepare_started = std::time::Instant::now();
         let sandbox = self.sandbox()?;
         let overlay = self.use_overlay(sandbox)?;
         // The overlay's lower directories, the top-most first: the layer store's directories
@@ -308,7 +308,7 @@ impl Engine {
         let mut mounts = Vec::new();
         let mut secret_env: Vec<(String, String)> = Vec::new();
         // Secrets from environment variables that must be files: kept in memory-backed
-        // storage, removed when this function returns.
+        // storage, removed when the step ends (the caller holds them until then).
         let mut secret_files: Vec<tempfile::NamedTempFile> = Vec::new();
         let mut bind_copies: Vec<(usize, BindCopy)> = Vec::new();
         for mount in &run.mounts {

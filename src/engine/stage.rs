@@ -479,6 +479,12 @@ impl Engine {
                 self.stage_name(index)
             )));
         }
+        // Built once per build: a step asks for its source stage for its key and again to
+        // copy or mount it, and both must see the same result.
+        let poisoned = || Error::Task("stages built on demand poisoned".to_owned());
+        if let Some(built) = self.on_demand.lock().map_err(|_| poisoned())?.get(&index) {
+            return Ok(Arc::clone(built));
+        }
         let mut have = done.clone();
         let needs = self
             .plan
@@ -492,7 +498,14 @@ impl Engine {
                 have.insert(dependency, built);
             }
         }
-        Ok(Arc::new(self.build_stage(index, &have)?))
+        let built = Arc::new(self.build_stage(index, &have)?);
+        Ok(Arc::clone(
+            self.on_demand
+                .lock()
+                .map_err(|_| poisoned())?
+                .entry(index)
+                .or_insert(built),
+        ))
     }
 
     /// The image `reference` names for `platform`, pulled on first use in this build.

@@ -899,8 +899,9 @@ impl RegistryClient {
         .await
     }
 
-    /// Asks the registry to mount the blob from repository `from`; whether it did. Never
-    /// fails: a refused mount is "no".
+    /// Asks the registry to mount the blob from repository `from`; whether it did. A refused
+    /// or failed mount request is `Ok(false)` (the caller uploads instead); only a
+    /// reference this client cannot address is an error.
     async fn mount(&self, to: &Reference, digest: &str, from: &str) -> Result<bool> {
         let session = self.session(to, false)?;
         let scopes = [push_scope(to.repository()), pull_scope(from)];

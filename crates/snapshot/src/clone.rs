@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{
+    AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
+};
 
 use crate::error::{Error, Result};
 use crate::scan::read_xattrs;
@@ -35,11 +39,34 @@ pub struct CloneReport {
 /// extended attributes overlayfs keeps for itself are left out. Directories are copied in
 /// parallel.
 pub fn clone_tree(from: &Path, to: &Path) -> Result<CloneReport> {
+    clone_tree_from_layers(from, to, &[])
+}
+
+/// [`clone_tree`] of an overlay's merged view `from`, whose lower directories are `layers`
+/// (the top-most first): each regular file's data is cloned from the layer file the view
+/// shows, since a reflink cannot cross from the overlay to the filesystem below it. A layer
+/// file is used only when it is the one the view shows (the top-most layer holding the
+/// path, reached without following any symbolic link, with the view's inode, size and
+/// modification time); else the data is copied through the view.
+pub fn clone_tree_from_layers(from: &Path, to: &Path, layers: &[PathBuf]) -> Result<CloneReport> {
     let root = fs::symlink_metadata(from).map_err(Error::io(from))?;
     if !root.is_dir() {
         return Err(Error::io(from)(std::io::Error::other("not a directory")));
     }
-    let work = Work::default();
+    let mut work = Work {
+        from: from.to_owned(),
+        ..Work::default()
+    };
+    for layer in layers {
+        let dir = rustix::fs::open(
+            layer,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(layer)(e.into()))?;
+        work.layers.push(dir);
+    }
+    let work = work;
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     rayon::scope(|scope| copy_dir(scope, &work, &failure, from.to_owned(), to.to_owned()));
     if let Some(error) = failure.into_inner().ok().flatten() {
@@ -81,6 +108,9 @@ fn poisoned(to: &Path) -> Error {
 
 #[derive(Default)]
 struct Work {
+    /// The root copied from, and the layer directories under it when it is a merged view.
+    from: PathBuf,
+    layers: Vec<OwnedFd>,
     /// Directories made: (source, target, metadata).
     dirs: Mutex<Vec<(PathBuf, PathBuf, fs::Metadata)>>,
     /// Files with more than one link, left for one sequential pass.
@@ -163,7 +193,10 @@ fn copy_dir<'s>(
 /// Copies one regular file's data, a reflink where the filesystem allows it, then gives it
 /// `meta`'s owner, mode, extended attributes and times.
 fn copy_file(source: &Path, target: &Path, meta: &fs::Metadata, work: &Work) -> Result<()> {
-    let mut input = File::open(source).map_err(Error::io(source))?;
+    let mut input = match layer_file(source, meta, work) {
+        Some(file) => file,
+        None => File::open(source).map_err(Error::io(source))?,
+    };
     let mut output = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -182,6 +215,35 @@ fn copy_file(source: &Path, target: &Path, meta: &fs::Metadata, work: &Work) -> 
     }
     drop(output);
     finish(source, target, meta)
+}
+
+/// The file of the top-most layer that holds `source`'s path, when it is the file the view
+/// shows (`meta`): opened beneath the layer directory without following any link.
+fn layer_file(source: &Path, meta: &fs::Metadata, work: &Work) -> Option<File> {
+    let relative = source.strip_prefix(&work.from).ok()?;
+    for layer in &work.layers {
+        match rustix::fs::openat2(
+            layer,
+            relative,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+        ) {
+            Ok(fd) => {
+                let file = File::from(fd);
+                let found = file.metadata().ok()?;
+                let same = found.is_file()
+                    && found.ino() == meta.ino()
+                    && found.len() == meta.len()
+                    && (found.mtime(), found.mtime_nsec()) == (meta.mtime(), meta.mtime_nsec());
+                return same.then_some(file);
+            }
+            // Not in this layer: the next one down.
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Gives `target` the owner, mode, extended attributes and times `source` has (`meta`),

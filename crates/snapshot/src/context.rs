@@ -117,8 +117,12 @@ impl HashMemo {
         let journal = HashMemo::journal_path(path);
         match fs::read(&journal) {
             Ok(bytes) => {
-                // Replayed as far as it checks out.
-                let _ = memo.replay(&bytes);
+                // Replayed as far as it checks out; a block that does not makes the next
+                // save rewrite the memo whole (and drop the journal), so that appends never
+                // go on behind it.
+                if memo.replay(&bytes).is_err() {
+                    memo.whole = false;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(journal)(e)),
@@ -158,6 +162,11 @@ impl HashMemo {
             .strip_prefix(JOURNAL_MAGIC.as_slice())
             .ok_or("not a memo journal of this version")?;
         while !rest.is_empty() {
+            // Two builds that start a journal at once both write its first bytes.
+            if let Some(after) = rest.strip_prefix(JOURNAL_MAGIC.as_slice()) {
+                rest = after;
+                continue;
+            }
             let head = rest.get(..8).ok_or("a block cut short")?;
             let ops = u32::from_le_bytes(head[..4].try_into().unwrap_or_default());
             let len = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default()) as usize;
@@ -235,7 +244,11 @@ impl HashMemo {
         }
         let journaled = self.loaded.1 + ops;
         if self.whole && path.is_file() && journaled <= (self.loaded.0 / 8).max(1024) {
-            return self.append(path);
+            match self.append(path) {
+                // A block too large for its length field: the memo is written whole.
+                Err(Error::Memo { .. }) => {}
+                other => return other,
+            }
         }
         let mut kept: Vec<(&String, &MemoEntry)> = self.entries.iter().collect();
         kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -283,8 +296,9 @@ impl HashMemo {
             .open(&journal)
             .map_err(Error::io(&journal))?;
         let fresh = file.metadata().map_err(Error::io(&journal))?.len() == 0;
-        let len = u32::try_from(body.len()).map_err(|_| {
-            Error::io(&journal)(std::io::Error::other("a journal block over 4 GiB"))
+        let len = u32::try_from(body.len()).map_err(|_| Error::Memo {
+            path: journal.clone(),
+            message: "a journal block over 4 GiB".to_owned(),
         })?;
         let mut block = Vec::with_capacity(16 + 8 + body.len() + 32);
         if fresh {

@@ -36,7 +36,7 @@ mod error;
 pub mod overlay;
 mod scan;
 
-pub use clone::{CloneReport, clone_tree};
+pub use clone::{CloneReport, clone_tree, clone_tree_from_layers};
 pub use context::{
     ContextDigest, HashMemo, TreeEntry, Visit, hash_context, hash_context_with_owners, walk_tree,
 };

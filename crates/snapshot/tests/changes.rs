@@ -409,3 +409,61 @@ fn a_stack_of_130_layers_mounts_in_order_with_whiteouts() {
     assert_eq!(fs::read_to_string(v.join("shared")).unwrap(), "1");
     short.unmount().unwrap();
 }
+
+/// A private copy of a merged view on a filesystem with reflinks (XFS on a loop device):
+/// each file's data is cloned from the layer file the view shows (a reflink cannot cross
+/// from the overlay to the filesystem below), what the view hides stays hidden, and the
+/// copy is the view's, never the layers'.
+#[test]
+fn a_view_is_cloned_by_reference_from_its_layers() {
+    if !probe().usable {
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "overlay unusable while running as root"
+        );
+        eprintln!("not checked: overlays need root");
+        return;
+    }
+    let xfs = strata_testkit::Xfs::mount().unwrap();
+    let root = xfs.path();
+    let (bottom, top) = (root.join("bottom"), root.join("top"));
+    fs::create_dir_all(bottom.join("d")).unwrap();
+    fs::write(bottom.join("d/kept"), vec![b'k'; 1 << 20]).unwrap();
+    fs::write(bottom.join("d/replaced"), "old").unwrap();
+    fs::write(bottom.join("d/deleted"), "gone").unwrap();
+    fs::create_dir_all(top.join("d")).unwrap();
+    fs::write(top.join("d/replaced"), vec![b'n'; 1 << 20]).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        top.join("d/deleted"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+    let empty = root.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let view_dir = root.join("view");
+    fs::create_dir(&view_dir).unwrap();
+    let lowers = vec![top.clone(), bottom.clone(), empty];
+    let view = OverlayMount::mount_readonly(&lowers, &view_dir).unwrap();
+    let copy = root.join("copy");
+    fs::create_dir(&copy).unwrap();
+    let report = strata_snapshot::clone_tree_from_layers(view.merged(), &copy, &lowers).unwrap();
+    assert_eq!((report.reflinked, report.copied), (2, 0), "{report:?}");
+    assert_eq!(fs::read(copy.join("d/kept")).unwrap(), vec![b'k'; 1 << 20]);
+    assert_eq!(
+        fs::read(copy.join("d/replaced")).unwrap(),
+        vec![b'n'; 1 << 20]
+    );
+    assert!(!copy.join("d/deleted").exists(), "the whiteout hides it");
+    // Writing the copy leaves the layers alone.
+    fs::write(copy.join("d/kept"), "changed").unwrap();
+    assert_eq!(fs::read(bottom.join("d/kept")).unwrap().len(), 1 << 20);
+    // Without the layers, the data goes through the view: copied, never reflinked.
+    let copied = root.join("copied");
+    fs::create_dir(&copied).unwrap();
+    let report = strata_snapshot::clone_tree(view.merged(), &copied).unwrap();
+    assert_eq!((report.reflinked, report.copied), (0, 2), "{report:?}");
+    view.unmount().unwrap();
+}

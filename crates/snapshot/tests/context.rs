@@ -284,6 +284,18 @@ fn a_save_appends_what_changed_and_a_long_journal_is_folded_in() {
     assert_eq!(memo.stats(), (2999, 1));
     let error = HashMemo::check(&memo_path).unwrap_err();
     assert!(matches!(&error, strata_snapshot::Error::Memo { path, .. } if *path == journal));
+    // The next save writes the memo whole and drops the journal: nothing is ever appended
+    // behind a block that does not check out.
+    memo.save(&memo_path).unwrap();
+    assert!(!journal.exists());
+    let mut memo = HashMemo::load(&memo_path).unwrap();
+    hash_context(dir.path(), &all, &visit, &mut memo).unwrap();
+    assert_eq!(memo.stats(), (3000, 0));
+
+    // Two builds that start the journal at once both write its first bytes: still read.
+    let block = &bytes[16..];
+    fs::write(&journal, [&bytes[..], &bytes[..16], block].concat()).unwrap();
+    assert!(HashMemo::check(&memo_path).is_ok());
     fs::write(&journal, &bytes).unwrap();
 
     // Changes past an eighth of the memo (or 1,024 records) fold the journal in.

@@ -39,6 +39,7 @@ mod platforms;
 mod program;
 mod registry;
 mod tls;
+mod xfs;
 
 pub use busybox::{BaseImage, busybox_rootfs, push_busybox_image};
 pub use client::RegistryClient;
@@ -51,6 +52,7 @@ pub use objects::{AZURITE_ACCOUNT, AZURITE_KEY, ObjectKind, ObjectServer, test_t
 pub use platforms::push_platform_index;
 pub use program::find_program;
 pub use registry::{RegistryBuilder, TestRegistry};
+pub use xfs::Xfs;
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
