@@ -2,7 +2,7 @@
 //! cache repository, hits (local store, cache repository, `--cache-from` images) and misses
 //! recorded, and where each lazily known blob lives.
 
-use super::config::{workdir_key, workdir_of};
+use super::config::enter_workdir;
 use super::*;
 
 impl Engine {
@@ -33,42 +33,23 @@ impl Engine {
         for (i, located) in instructions.iter().enumerate() {
             let at = self.step_at(stage, name, i, located, done);
             let instruction = &located.value;
+            // `None`: the keys from here on are not known before the steps run.
             let key = match instruction {
-                Instruction::Run(run) => self.run_key(&ahead, run, instruction, &at),
+                Instruction::Run(run) => Some(self.run_key(&ahead, run, instruction, &at)),
                 Instruction::Copy(copy) => {
-                    self.copy_key(&ahead.key, copy, &copy.sources, &[], instruction, &at)
+                    self.copy_key_ahead(&ahead.key, copy, None, instruction, &at)
                 }
-                Instruction::Add(add)
-                    if !add
-                        .copy
-                        .sources
-                        .iter()
-                        .any(|s| crate::git::is_git_url(s) || crate::download::is_url(s)) =>
-                {
-                    self.copy_key(
-                        &ahead.key,
-                        &add.copy,
-                        &add.copy.sources,
-                        &[],
-                        instruction,
-                        &at,
-                    )
+                Instruction::Add(add) => {
+                    self.copy_key_ahead(&ahead.key, &add.copy, Some(add), instruction, &at)
                 }
-                // Fetched when its step runs: the keys after it are not known before.
-                Instruction::Add(_) => break,
-                Instruction::Workdir { path } => {
-                    let dir = workdir_of(&ahead, path);
-                    let user = ahead.config.config.user.clone().unwrap_or_default();
-                    ahead.config.config.working_dir = Some(dir.clone());
-                    Ok(workdir_key(&ahead.key, &dir, &user))
-                }
+                Instruction::Workdir { path } => Some(Ok(enter_workdir(&mut ahead, path).1)),
                 // Configuration: applied to the copy, which moves its chain head on.
                 _ => match self.step(&mut ahead, &mut None, located, &at, &mut cmd_set) {
                     Ok(_) => continue,
-                    Err(_) => break,
+                    Err(_) => None,
                 },
             };
-            let Ok(key) = key else { break };
+            let Some(Ok(key)) = key else { break };
             let digest = key.digest.clone();
             if self.uncached(&at).is_none() && matches!(local.lookup(&digest), Ok(None)) {
                 wanted.push(digest.clone());

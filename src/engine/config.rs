@@ -121,13 +121,8 @@ impl Engine {
         path: &str,
         at: &StepAt<'_>,
     ) -> Result<bool> {
-        let dir = workdir_of(image, path);
-        image.config.config.working_dir = Some(dir.clone());
+        let (dir, key) = enter_workdir(image, path);
         let user = image.config.config.user.clone().unwrap_or_default();
-        let key = match self.take_planned(at, &image.key) {
-            Some(key) => key,
-            None => workdir_key(&image.key, &dir, &user),
-        };
         let created_by = crate::history::workdir(&dir);
         if self.cache_hit(image, &key, at, &created_by)? {
             return Ok(true);
@@ -187,14 +182,10 @@ impl Engine {
     }
 }
 
-/// The directory `WORKDIR path` makes current in `image` (relative to the current one).
+/// `path` in `image` as an absolute, clean path (relative to the current WORKDIR): the
+/// directory `WORKDIR path` makes current, or where `COPY … path` copies to.
 pub(super) fn workdir_of(image: &StageImage, path: &str) -> String {
-    let previous = image
-        .config
-        .config
-        .working_dir
-        .clone()
-        .unwrap_or_else(|| "/".to_owned());
+    let previous = image.workdir();
     clean_absolute(&if path.starts_with('/') {
         path.to_owned()
     } else {
@@ -202,12 +193,17 @@ pub(super) fn workdir_of(image: &StageImage, path: &str) -> String {
     })
 }
 
-/// The cache key of `WORKDIR dir` for `user` on the chain head `parent`.
-pub(super) fn workdir_key(parent: &str, dir: &str, user: &str) -> CacheKey {
-    KeyBuilder::new(parent)
+/// Makes `path` the current WORKDIR of `image`: the directory (absolute, clean) and the
+/// step's cache key (the directory and the user, on the chain head; no file is read).
+pub(super) fn enter_workdir(image: &mut StageImage, path: &str) -> (String, CacheKey) {
+    let dir = workdir_of(image, path);
+    image.config.config.working_dir = Some(dir.clone());
+    let user = image.config.config.user.clone().unwrap_or_default();
+    let key = KeyBuilder::new(&image.key)
         .instruction(&format!("WORKDIR {dir}"))
-        .flag("user", user)
-        .build()
+        .flag("user", &user)
+        .build();
+    (dir, key)
 }
 
 /// The owner `WORKDIR` gives the directories it creates: the current `USER`.

@@ -13,7 +13,7 @@ use strata_layer::{Entry, EntryKind, Metadata, Mtime};
 use strata_snapshot::{HashMemo, Kind, TreeEntry};
 
 use crate::context::{Context, join};
-use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, clean_absolute, key_text};
+use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, key_text};
 use crate::error::{Error, Result};
 
 impl Engine {
@@ -111,6 +111,26 @@ impl Engine {
             );
         }
         Ok(key.build())
+    }
+
+    /// The key of a COPY or ADD worked out before its step runs ([`Engine::look_ahead`]):
+    /// `None` for an ADD of a URL or a repository, fetched only when its step runs.
+    pub(super) fn copy_key_ahead(
+        &self,
+        parent: &str,
+        copy: &Copy,
+        add: Option<&Add>,
+        instruction: &Instruction,
+        at: &StepAt<'_>,
+    ) -> Option<Result<CacheKey>> {
+        let kinds = match SourceKinds::of(copy, add) {
+            Ok(kinds) => kinds,
+            Err(e) => return Some(Err(e)),
+        };
+        if !kinds.repos.is_empty() || !kinds.urls.is_empty() {
+            return None;
+        }
+        Some(self.copy_key(parent, copy, &kinds.local, &[], instruction, at))
     }
 
     pub(crate) fn copy(
@@ -390,18 +410,8 @@ impl Destination {
         verb: &str,
         count: usize,
     ) -> Result<Destination> {
-        let workdir = image
-            .config
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".to_owned());
-        let dest_text = if copy.dest.starts_with('/') {
-            copy.dest.clone()
-        } else {
-            format!("{workdir}/{}", copy.dest)
-        };
-        let resolved = strata_sandbox::resolve_in_root(root, &clean_absolute(&dest_text))?;
+        let resolved =
+            strata_sandbox::resolve_in_root(root, &super::config::workdir_of(image, &copy.dest))?;
         let exists_dir = root.join(resolved.trim_start_matches('/')).is_dir();
         let trailing = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == ".";
         let written = copy.sources.len() + copy.files.len();

@@ -144,6 +144,15 @@ pub(crate) struct StageImage {
 }
 
 impl StageImage {
+    /// The current WORKDIR (`/` when none was set).
+    pub(crate) fn workdir(&self) -> String {
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_owned())
+    }
+
     /// Sets `name` in the environment (in place when it is there already), as
     /// [`crate::config::RuntimeConfig::set_env`] does, through the index.
     fn set_env(&mut self, name: &str, value: &str) {

@@ -43,7 +43,7 @@ impl Engine {
             env.push((k, v));
         }
         let user = config.user.clone().unwrap_or_default();
-        let workdir = config.working_dir.clone().unwrap_or_else(|| "/".to_owned());
+        let workdir = image.workdir();
         let network = match run.network {
             RunNetwork::None => Network::None,
             RunNetwork::Default | RunNetwork::Host => Network::Host,
@@ -312,11 +312,7 @@ impl Engine {
         let mut secret_files: Vec<tempfile::NamedTempFile> = Vec::new();
         let mut bind_copies: Vec<(usize, BindCopy)> = Vec::new();
         for mount in &run.mounts {
-            let target = if mount.target.starts_with('/') {
-                mount.target.clone()
-            } else {
-                clean_absolute(&format!("{workdir}/{}", mount.target))
-            };
+            let target = mount_target(workdir, &mount.target);
             match mount.kind {
                 MountType::Bind => {
                     let source = mount.source.clone().unwrap_or_default();
@@ -479,7 +475,7 @@ impl Engine {
     ) -> Result<CacheKey> {
         let config = &image.config.config;
         let user = config.user.clone().unwrap_or_default();
-        let workdir = config.working_dir.clone().unwrap_or_else(|| "/".to_owned());
+        let workdir = image.workdir();
         let mut key = KeyBuilder::new(&image.key).instruction(&canonical(instruction)?);
         for (k, v) in config.env_pairs() {
             key = key.env(&k, &v);
@@ -489,11 +485,7 @@ impl Engine {
         }
         key = key.flag("user", &user).flag("workdir", &workdir);
         for mount in &run.mounts {
-            let target = if mount.target.starts_with('/') {
-                mount.target.clone()
-            } else {
-                clean_absolute(&format!("{workdir}/{}", mount.target))
-            };
+            let target = mount_target(&workdir, &mount.target);
             key = key.flag(&format!("mount {target}"), &key_text(mount)?);
             if mount.kind != MountType::Bind {
                 continue;
@@ -556,6 +548,15 @@ impl Engine {
         changes
             .changes
             .retain(|change| !ignored.contains(&change.path));
+    }
+}
+
+/// Where a RUN mount goes: `target` as written when absolute, else in `workdir`.
+fn mount_target(workdir: &str, target: &str) -> String {
+    if target.starts_with('/') {
+        target.to_owned()
+    } else {
+        clean_absolute(&format!("{workdir}/{target}"))
     }
 }
 

@@ -155,6 +155,18 @@ impl Display {
 
     /// An event as a log line; `None` for the byte progress in between.
     fn text(&self, event: &Event) -> Option<String> {
+        // Details a terminal's live display leaves out (plain and JSON logs keep them).
+        if self.mode == Mode::Tty
+            && matches!(
+                event,
+                Event::LayerExtracted { .. }
+                    | Event::CacheLookups { .. }
+                    | Event::RunTimings { .. }
+                    | Event::StageFinished { .. }
+            )
+        {
+            return None;
+        }
         Some(match event {
             Event::StageStarted { stage, base } => format!("[{stage}] FROM {base}"),
             Event::Pulling { reference } => format!("pulling {reference}"),
@@ -228,9 +240,6 @@ impl Display {
                 ),
             },
             Event::LayerExtracted { diff_id, duration } => {
-                if self.mode == Mode::Tty {
-                    return None;
-                }
                 format!(
                     "extracted layer {diff_id} in {:.3}s",
                     duration.as_secs_f64()
@@ -242,9 +251,6 @@ impl Display {
                 found,
                 duration,
             } => {
-                if self.mode == Mode::Tty {
-                    return None;
-                }
                 format!(
                     "[{stage}] cache repository: {found} of {keys} steps found in {:.3}s (looked up together)",
                     duration.as_secs_f64()
@@ -257,9 +263,6 @@ impl Display {
                 command,
                 layer,
             } => {
-                if self.mode == Mode::Tty {
-                    return None;
-                }
                 format!(
                     "[{stage}] line {line}: prepared in {:.3}s, command {:.3}s, layer {:.3}s",
                     prepare.as_secs_f64(),
@@ -268,9 +271,6 @@ impl Display {
                 )
             }
             Event::StageFinished { stage, duration } => {
-                if self.mode == Mode::Tty {
-                    return None;
-                }
                 format!("[{stage}] stage done in {:.3}s", duration.as_secs_f64())
             }
             Event::Warning {

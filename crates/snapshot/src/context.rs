@@ -57,9 +57,8 @@ pub struct HashMemo {
     entries: HashMap<String, MemoEntry>,
     hits: u64,
     misses: u64,
-    /// Entries dropped since the load (files that are gone).
-    forgotten: u64,
-    /// Paths hashed since the load, and paths forgotten: what the next save appends.
+    /// Paths hashed since the load, and paths forgotten (files that are gone): what the next
+    /// save appends.
     changed: Vec<String>,
     dropped: Vec<String>,
     /// Records in the memo file and in its journal when loaded, and whether the memo file
@@ -417,23 +416,8 @@ pub struct TreeEntry {
 impl TreeEntry {
     /// The entry for `path` from metadata read elsewhere (`link` for a symlink's target).
     pub fn from_metadata(path: String, meta: &fs::Metadata, link: Option<Vec<u8>>) -> TreeEntry {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else if ft.is_char_device() {
-            Kind::CharDevice
-        } else if ft.is_block_device() {
-            Kind::BlockDevice
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else {
-            Kind::Socket
-        };
+        use std::os::unix::fs::MetadataExt;
+        let kind = Kind::from_mode(meta.mode());
         let nanos = |n: i64| u32::try_from(n).unwrap_or(0);
         TreeEntry {
             path,
@@ -556,7 +540,6 @@ fn hash_paths(
             .filter(|f| f.kind == Kind::File)
             .map(|f| f.path.as_str())
             .collect();
-        let before = memo.entries.len();
         let mut dropped = Vec::new();
         memo.entries.retain(|path, _| {
             let keep = !below(path) || present.contains(path.as_str());
@@ -565,7 +548,6 @@ fn hash_paths(
             }
             keep
         });
-        memo.forgotten += (before - memo.entries.len()) as u64;
         memo.dropped.extend(dropped);
     }
     // Hash the files the memo does not know, in parallel.
@@ -720,16 +702,7 @@ const STATX_FIELDS: rustix::fs::StatxFlags = rustix::fs::StatxFlags::TYPE
     .union(rustix::fs::StatxFlags::NLINK);
 
 fn file_kind(stat: &rustix::fs::Statx) -> Kind {
-    use rustix::fs::FileType;
-    match FileType::from_raw_mode(u32::from(stat.stx_mode)) {
-        FileType::Directory => Kind::Dir,
-        FileType::Symlink => Kind::Symlink,
-        FileType::RegularFile => Kind::File,
-        FileType::CharacterDevice => Kind::CharDevice,
-        FileType::BlockDevice => Kind::BlockDevice,
-        FileType::Fifo => Kind::Fifo,
-        _ => Kind::Socket,
-    }
+    Kind::from_mode(u32::from(stat.stx_mode))
 }
 
 fn found(path: String, stat: &rustix::fs::Statx, link: Option<Vec<u8>>) -> TreeEntry {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -28,6 +28,23 @@ pub enum Kind {
     Fifo,
     /// A socket (never put into layers).
     Socket,
+}
+
+impl Kind {
+    /// The kind a `st_mode` (or `stx_mode`) value's file-type bits name; anything else
+    /// (a socket, an unknown type) is [`Kind::Socket`], which never goes into a layer.
+    pub(crate) fn from_mode(mode: u32) -> Kind {
+        use rustix::fs::FileType;
+        match FileType::from_raw_mode(mode) {
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::RegularFile => Kind::File,
+            FileType::CharacterDevice => Kind::CharDevice,
+            FileType::BlockDevice => Kind::BlockDevice,
+            FileType::Fifo => Kind::Fifo,
+            _ => Kind::Socket,
+        }
+    }
 }
 
 /// Everything a snapshot records about one path.
@@ -154,22 +171,7 @@ pub(crate) fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 /// Describes one path (never following a symlink).
 pub fn file_info(path: &Path, hash: bool) -> Result<FileInfo> {
     let meta = fs::symlink_metadata(path).map_err(Error::io(path))?;
-    let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_file() {
-        Kind::File
-    } else if ft.is_char_device() {
-        Kind::CharDevice
-    } else if ft.is_block_device() {
-        Kind::BlockDevice
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else {
-        Kind::Socket
-    };
+    let kind = Kind::from_mode(meta.mode());
     let link_target = if kind == Kind::Symlink {
         Some(fs::read_link(path).map_err(Error::io(path))?)
     } else {
