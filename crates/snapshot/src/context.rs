@@ -2,7 +2,8 @@
 //!
 //! A context digest changes when a file's contents, name, permission bits or symlink target
 //! change, and only then: not for a new mtime, a new owner, or another walk order. Each file's
-//! own digest comes with it, so that a cache miss can name the file that changed. A
+//! own digest comes with it, so that a cache miss can name the file that changed (in a
+//! context of more than [`FILES_LISTED`] files, the directory it is in). A
 //! [`HashMemo`] remembers file hashes by metadata, so hashing an unchanged context again
 //! costs one metadata scan.
 
@@ -35,10 +36,19 @@ pub enum Visit {
 pub struct ContextDigest {
     /// `sha256:` over every included path and its own digest, in path order.
     pub digest: String,
-    /// Each included path with its own digest (`sha256:` of kind, mode, and contents or link
-    /// target), in path order.
+    /// What a cache miss names, at most [`FILES_LISTED`] of them, in path order. Up to that
+    /// many paths: each path with its own digest (`sha256:` of kind, mode, and contents or
+    /// link target). Beyond it, the paths are grouped by their first components, as deep as
+    /// the limit allows: a group is named `a/b/**` (the path `a/b` and everything below
+    /// it) and its digest covers its members' paths and digests; a path shallower than the
+    /// groups stays on its own. Every path counts, so two sets with the same listing have
+    /// the same contents.
     pub files: Vec<(String, String)>,
 }
+
+/// The most entries a [`ContextDigest`] lists: a context of a million files gives a cache
+/// key (and the record that explains its misses) of at most this many entries.
+pub const FILES_LISTED: usize = 10_000;
 
 /// File hashes remembered by metadata (size, mtime, ctime, inode), kept between runs in a file.
 ///
@@ -578,7 +588,7 @@ fn hash_paths(
         );
     }
     // Each path's own digest, in parallel; then the whole in path order.
-    let digests: Vec<String> = found
+    let digests: Vec<[u8; 32]> = found
         .par_iter()
         .map(|f| {
             let mut hasher = Sha256::new();
@@ -601,22 +611,104 @@ fn hash_paths(
                 Kind::Symlink => hasher.update(f.link.as_deref().unwrap_or_default()),
                 _ => {}
             }
-            sha256_text(&hasher.finalize())
+            hasher.finalize().into()
         })
         .collect();
-    let mut files = Vec::with_capacity(found.len());
     let mut total = Sha256::new();
-    for (f, digest) in found.into_iter().zip(digests) {
-        total.update(f.path.as_bytes());
-        total.update([0]);
-        total.update(digest.as_bytes());
-        total.update([b'\n']);
-        files.push((f.path, digest));
+    for (f, digest) in found.iter().zip(&digests) {
+        put_member(&mut total, &f.path, digest);
     }
     Ok(ContextDigest {
         digest: sha256_text(&total.finalize()),
-        files,
+        files: listing(&found, &digests, FILES_LISTED),
     })
+}
+
+/// One path and its digest, as the whole and a group hash them.
+fn put_member(hasher: &mut Sha256, path: &str, digest: &[u8; 32]) {
+    let mut text = [0u8; 71];
+    text[..7].copy_from_slice(b"sha256:");
+    // (71 bytes for `sha256:` and 64 hex digits: the length always fits.)
+    let _ = hex::encode_to_slice(digest, &mut text[7..]);
+    hasher.update(path.as_bytes());
+    hasher.update([0]);
+    hasher.update(text);
+    hasher.update([b'\n']);
+}
+
+/// The listing of [`ContextDigest::files`]: each path, or groups by leading components
+/// when there are more than `limit` paths.
+fn listing(found: &[TreeEntry], digests: &[[u8; 32]], limit: usize) -> Vec<(String, String)> {
+    if found.len() <= limit {
+        return found
+            .iter()
+            .zip(digests)
+            .map(|(f, d)| (f.path.clone(), sha256_text(d)))
+            .collect();
+    }
+    // A path's group at depth `depth`: its first `depth` components (all of it when it
+    // has no more).
+    let key = |path: &str, depth: usize| -> usize {
+        path.match_indices('/')
+            .nth(depth - 1)
+            .map_or(path.len(), |(at, _)| at)
+    };
+    let count = |depth: usize| -> usize {
+        let mut seen = std::collections::HashSet::new();
+        for f in found {
+            seen.insert(&f.path[..key(&f.path, depth)]);
+            if seen.len() > limit {
+                break;
+            }
+        }
+        seen.len()
+    };
+    let deepest = found
+        .iter()
+        .map(|f| f.path.matches('/').count() + 1)
+        .max()
+        .unwrap_or(1);
+    let mut hashers: std::collections::BTreeMap<&str, (Sha256, usize)> =
+        std::collections::BTreeMap::new();
+    if count(1) > limit {
+        // Too many even at the top (a flat directory): one group for everything.
+        let all = hashers.entry("").or_insert_with(|| (Sha256::new(), 0));
+        for (f, d) in found.iter().zip(digests) {
+            put_member(&mut all.0, &f.path, d);
+        }
+    } else {
+        // As deep as the limit allows.
+        let mut depth = 1;
+        while depth < deepest && count(depth + 1) <= limit {
+            depth += 1;
+        }
+        for (f, d) in found.iter().zip(digests) {
+            let group = hashers
+                .entry(&f.path[..key(&f.path, depth)])
+                .or_insert_with(|| (Sha256::new(), 0));
+            put_member(&mut group.0, &f.path, d);
+            group.1 += 1;
+        }
+    }
+    let mut files: Vec<(String, String)> = hashers
+        .into_iter()
+        .map(|(prefix, (hasher, members))| {
+            // A group of only the path itself is listed as that path, with its own digest.
+            if members == 1
+                && let Some(at) = found.binary_search_by(|f| f.path.as_str().cmp(prefix)).ok()
+            {
+                return (prefix.to_owned(), sha256_text(&digests[at]));
+            }
+            let name = if prefix.is_empty() {
+                "**".to_owned()
+            } else {
+                format!("{prefix}/**")
+            };
+            (name, sha256_text(&hasher.finalize()))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// `sha256:` and the hex of a digest, in one allocation.
@@ -817,5 +909,89 @@ fn walk_dir<'s>(
         && let Ok(mut results) = results.lock()
     {
         results.push(here);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> TreeEntry {
+        TreeEntry {
+            path: path.to_owned(),
+            kind: if path.ends_with(".txt") {
+                Kind::File
+            } else {
+                Kind::Dir
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: (0, 0),
+            ctime: (0, 0),
+            dev: 0,
+            ino: 0,
+            nlink: 1,
+            link: None,
+        }
+    }
+
+    /// Paths in path order, each with a digest made from its name and `salt`.
+    fn tree(paths: &[&str], changed: &str) -> (Vec<TreeEntry>, Vec<[u8; 32]>) {
+        let mut paths = paths.to_vec();
+        paths.sort();
+        let digests = paths
+            .iter()
+            .map(|p| {
+                let salt: &[u8] = if *p == changed { b"new" } else { b"old" };
+                Sha256::new()
+                    .chain_update(p)
+                    .chain_update(salt)
+                    .finalize()
+                    .into()
+            })
+            .collect();
+        (paths.into_iter().map(entry).collect(), digests)
+    }
+
+    #[test]
+    fn a_listing_groups_paths_as_deep_as_its_limit_allows() {
+        let mut paths = vec!["README.txt", "a", "a/b", "b", "b/c", "b/c/d"];
+        let names: Vec<String> = (0..4)
+            .flat_map(|n| [format!("a/b/{n}.txt"), format!("b/c/d/{n}.txt")])
+            .collect();
+        paths.extend(names.iter().map(String::as_str));
+        // Few enough paths: each on its own.
+        let (found, digests) = tree(&paths, "");
+        assert_eq!(listing(&found, &digests, 100).len(), paths.len());
+        // Limit 6: depth 2 gives README.txt, a, a/b, b, b/c (5); depth 3 would give 13.
+        let grouped = listing(&found, &digests, 6);
+        let names: Vec<&str> = grouped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["README.txt", "a", "a/b/**", "b", "b/c/**"]);
+        // One changed file changes its group only.
+        let (found2, digests2) = tree(&paths, "b/c/d/2.txt");
+        let changed: Vec<&str> = grouped
+            .iter()
+            .zip(listing(&found2, &digests2, 6))
+            .filter(|(a, b)| **a != *b)
+            .map(|(a, _)| a.0.as_str())
+            .collect();
+        assert_eq!(changed, ["b/c/**"]);
+        // Limit 2: even the top has three groups (README.txt, a, b): one for everything.
+        let all = listing(&found, &digests, 2);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, "**");
+        assert_ne!(all[0].1, listing(&found2, &digests2, 2)[0].1);
+    }
+
+    #[test]
+    fn a_group_of_one_deeper_path_is_still_a_group() {
+        // `x/y.txt` without `x` itself (a source below it): its group is `x/**`, and a
+        // path named like a group cannot be mistaken for one.
+        let (found, digests) = tree(&["x/y.txt", "z/1.txt", "z/2.txt", "q.txt"], "");
+        let listed = listing(&found, &digests, 3);
+        let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["q.txt", "x/**", "z/**"]);
     }
 }
