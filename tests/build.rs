@@ -304,6 +304,37 @@ RUN cat /src/main.txt > /copied
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_miss_in_a_large_context_names_the_directory_and_its_record_stays_small() {
+    // 12,000 files: more than a key lists one by one, so they are grouped by directory.
+    let fx = Fixture::new();
+    let mut context = ContextBuilder::new();
+    for n in 0..12_000 {
+        context = context.file(format!("d{:02}/f{n}.txt", n % 12), format!("{n}\n"));
+    }
+    let context = context.build().unwrap();
+    let dockerfile = "FROM scratch\nCOPY . /app\n";
+    let (first, _) = run(fx.build(context.path(), dockerfile)).await;
+    assert_eq!(first.unwrap().cache_hits(), (0, 1));
+    fs::write(context.path().join("d07/f19.txt"), "changed\n").unwrap();
+    let (second, events) = run(fx.build(context.path(), dockerfile)).await;
+    assert_eq!(second.unwrap().cache_hits(), (0, 1));
+    let reasons: Vec<&Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CacheMiss { reasons, .. } => Some(reasons),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [&vec!["file d07/** changed".to_owned()]]);
+    // What explains the next miss is a line per directory, not per file.
+    let steps = fx.state.path().join("cache/steps");
+    for record in fs::read_dir(&steps).unwrap() {
+        let size = record.unwrap().metadata().unwrap().len();
+        assert!(size < 8_192, "a step's record takes {size} bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn multi_stage_builds_copy_from_finished_stages() {
     let fx = Fixture::new();
     let context = ContextBuilder::new()
@@ -1414,4 +1445,82 @@ async fn from_platform_picks_that_platforms_image_from_an_index() {
         assert_eq!(error.position().map(|p| p.line), Some(2), "{error}");
         assert!(error.to_string().contains(wanted), "{error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_written_as_it_is_walked_makes_the_layer_a_gathered_copy_makes() {
+    // `COPY a /app` is written entry by entry as the walk finds it; `COPY a e /app/` (two
+    // sources, `e` empty with `a`'s mode and time) gathers every entry and sorts them. The
+    // layers must be the same bytes, for names that sort differently as paths and as
+    // strings (`x/…` against `x.y`, `x-y`, `x y`), links, modes, excludes and --chown.
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let fx = Fixture::new();
+    let context = tempfile::tempdir().unwrap();
+    let a = context.path().join("a");
+    for dir in ["x/deep/er", "x.y", "x-y/z", "x y", "é", "skip"] {
+        fs::create_dir_all(a.join(dir)).unwrap();
+    }
+    for (n, file) in [
+        "x/1",
+        "x/deep/2",
+        "x/deep/er/3",
+        "x.y/4",
+        "x-y/z/5",
+        "x y/6",
+        "é/7",
+        "x0",
+        "top.sh",
+        "skip/8",
+        "x/skip.log",
+    ]
+    .iter()
+    .enumerate()
+    {
+        fs::write(a.join(file), format!("{n}\n")).unwrap();
+    }
+    fs::set_permissions(a.join("top.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(a.join("x.y"), fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("x/1", a.join("link")).unwrap();
+    symlink("../x.y", a.join("x/up")).unwrap();
+    fs::create_dir(context.path().join("e")).unwrap();
+    for dir in [a.as_path(), &context.path().join("e")] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o750)).unwrap();
+        strata_testkit::set_mtime(dir, 1_700_000_000).unwrap();
+    }
+    async fn layers(fx: &Fixture, context: &std::path::Path, dockerfile: &str) -> Vec<String> {
+        let (image, _) = run(fx.build(context, dockerfile)).await;
+        image
+            .unwrap()
+            .layers()
+            .iter()
+            .map(|l| l.diff_id.clone())
+            .collect()
+    }
+    let last = |layers: Vec<String>| layers.last().cloned().unwrap();
+    let ctx = context.path();
+    for flags in [
+        "",
+        "--exclude=skip --exclude=**/*.log ",
+        "--chown=7:8 --chmod=640 ",
+    ] {
+        let walked = layers(&fx, ctx, &format!("FROM scratch\nCOPY {flags}a /app\n")).await;
+        let gathered = layers(&fx, ctx, &format!("FROM scratch\nCOPY {flags}a e /app/\n")).await;
+        assert_eq!(walked.len(), 1);
+        assert_eq!(walked, gathered, "flags `{flags}`");
+    }
+    // Onto a directory the image has (made by WORKDIR).
+    let onto = "FROM scratch\nWORKDIR /app/x\nWORKDIR /\n";
+    assert_eq!(
+        last(layers(&fx, ctx, &format!("{onto}COPY a /app\n")).await),
+        last(layers(&fx, ctx, &format!("{onto}COPY a e /app/\n")).await),
+    );
+    // Onto a symbolic link in the image: `a/x` goes where `/app/x` leads.
+    fs::create_dir(ctx.join("l")).unwrap();
+    symlink("/target", ctx.join("l/x")).unwrap();
+    let onto = "FROM scratch\nWORKDIR /target\nCOPY l /app\n";
+    let walked = layers(&fx, ctx, &format!("{onto}COPY a /app\n")).await;
+    assert_eq!(
+        last(walked),
+        last(layers(&fx, ctx, &format!("{onto}COPY a e /app/\n")).await),
+    );
 }

@@ -12,6 +12,7 @@ use strata_dockerfile::{Add, Copy, Instruction};
 use strata_layer::{Entry, EntryKind, Metadata, Mtime};
 use strata_snapshot::{HashMemo, Kind, TreeEntry};
 
+use crate::config::LayerRef;
 use crate::context::{Context, join};
 use crate::engine::{Engine, Rootfs, StageImage, StepAt, canonical, key_text};
 use crate::error::{Error, Result};
@@ -213,6 +214,19 @@ impl Engine {
                 .map_or(String::new(), |(p, _)| p.to_owned())
         };
         out.parents(&parent_of_files)?;
+        // One directory, nothing else: written as it is walked.
+        let one_directory = archives.is_empty()
+            && !copy.parents
+            && copy.files.is_empty()
+            && fetched.downloads.is_empty()
+            && fetched.checkouts.is_empty();
+        if one_directory
+            && let [source] = sources.as_slice()
+            && let Some(layer) = out.stream(source, source_ctx, &copy.exclude, &dest.rel)?
+        {
+            self.finish_miss(image, key, at, Some(layer), created_by)?;
+            return Ok(false);
+        }
         for source in &sources {
             match archives.get(&source.path) {
                 Some(dir) => out.archive(dir.path(), &dest.rel, copy.chown.is_none())?,
@@ -534,6 +548,29 @@ impl CopyEntries<'_> {
         make_dest: bool,
         exclude: &[String],
     ) -> Result<()> {
+        self.tree_head(ctx, rel, dest_rel, make_dest)?;
+        let host = ctx.root().join(rel);
+        for found in ctx.walk(rel, exclude)? {
+            let metadata = self.meta_of(&found);
+            self.file(
+                join(dest_rel, &found.path),
+                &host.join(&found.path),
+                &found,
+                metadata,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The destination of a directory's contents, made with the directory's metadata when
+    /// `make_dest` and the image lacks it.
+    fn tree_head(
+        &mut self,
+        ctx: &Context,
+        rel: &str,
+        dest_rel: &str,
+        make_dest: bool,
+    ) -> Result<()> {
         let host = ctx.root().join(rel);
         if make_dest && !dest_rel.is_empty() && !self.root.join(dest_rel).is_dir() {
             let meta = fs::metadata(&host).map_err(Error::io(&host))?;
@@ -551,16 +588,65 @@ impl CopyEntries<'_> {
                 metadata,
             });
         }
-        for found in ctx.walk(rel, exclude)? {
-            let metadata = self.meta_of(&found);
-            self.file(
-                join(dest_rel, &found.path),
-                &host.join(&found.path),
-                &found,
-                metadata,
-            )?;
-        }
         Ok(())
+    }
+
+    /// The layer of a COPY of one directory `source` into `dest_rel`, written in the order
+    /// the walk found its files, an entry at a time: a context of a million files is never
+    /// held as a million layer entries. `None`, with nothing gathered, where the whole set
+    /// is needed first: a file source, hard links among the files (the layer links them to
+    /// one another), or a copied directory that lands on a symbolic link in the image
+    /// ([`follow_links_in_root`] moves what goes below it). The entries gathered so far
+    /// (the destination's parents) come first.
+    fn stream(
+        &mut self,
+        source: &crate::context::Source,
+        ctx: &Context,
+        exclude: &[String],
+        dest_rel: &str,
+    ) -> Result<Option<LayerRef>> {
+        if !source.is_dir || lands_on_link(self.root, dest_rel, &[]) {
+            return Ok(None);
+        }
+        let mut found = ctx.walk(&source.path, exclude)?;
+        if found.iter().any(|f| f.kind == Kind::File && f.nlink > 1) {
+            return Ok(None);
+        }
+        // The layer's order is the paths' (component by component).
+        rayon::slice::ParallelSliceMut::par_sort_unstable_by(found.as_mut_slice(), |a, b| {
+            Path::new(&a.path).cmp(Path::new(&b.path))
+        });
+        if self.root.join(dest_rel).is_dir() && lands_on_link(self.root, dest_rel, &found) {
+            return Ok(None);
+        }
+        self.tree_head(ctx, &source.path, dest_rel, true)?;
+        let head = std::mem::take(&mut self.entries);
+        let host = ctx.root().join(&source.path);
+        let layer = self.engine.write_layer_by(|writer, out| {
+            let mut failed = None;
+            let entries = head.into_values().chain(
+                found
+                    .into_iter()
+                    .map_while(|found| {
+                        let metadata = self.meta_of(&found);
+                        let path = join(dest_rel, &found.path);
+                        match file_entry(&path, &host.join(&found.path), &found, metadata) {
+                            Ok(entry) => Some(entry),
+                            Err(e) => {
+                                failed = Some(e);
+                                None
+                            }
+                        }
+                    })
+                    .flatten(),
+            );
+            let info = writer.write_ordered(entries, out)?;
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(info),
+            }
+        })?;
+        Ok(Some(layer))
     }
 
     /// An unpacked archive's entries into `dest_rel`; they keep their owners unless
@@ -746,6 +832,48 @@ fn follow_links_in_root(
         }
     }
     Ok(out)
+}
+
+/// Whether a directory copied into `dest_rel` lands on a symbolic link in the image: one of
+/// `dest_rel`'s own components, or with `found` (what is copied, in path order), a copied
+/// directory below it whose parent exists in the image. One `lstat` per directory that may
+/// exist; none below a directory the image lacks.
+fn lands_on_link(root: &Path, dest_rel: &str, found: &[TreeEntry]) -> bool {
+    let kind_of = |rel: &str| {
+        fs::symlink_metadata(root.join(rel)).map(|m| (m.file_type().is_symlink(), m.is_dir()))
+    };
+    if found.is_empty() {
+        let mut at = String::new();
+        for component in dest_rel.split('/').filter(|c| !c.is_empty()) {
+            at = join(&at, component);
+            match kind_of(&at) {
+                Ok((true, _)) => return true,
+                Ok((false, true)) => {}
+                // Missing (nothing below exists), or not a directory (the general path says).
+                Ok((false, false)) => return true,
+                Err(_) => return false,
+            }
+        }
+        return false;
+    }
+    let mut existing: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for dir in found.iter().filter(|f| f.kind == Kind::Dir) {
+        let parent_exists = match dir.path.rsplit_once('/') {
+            None => true,
+            Some((parent, _)) => existing.contains(parent),
+        };
+        if !parent_exists {
+            continue;
+        }
+        match kind_of(&join(dest_rel, &dir.path)) {
+            Ok((true, _)) => return true,
+            Ok((false, true)) => {
+                existing.insert(&dir.path);
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The layer entry for one copied path (a socket becomes an empty file); `None` for devices

@@ -442,25 +442,39 @@ impl Engine {
 
     /// Writes `entries` as a layer into the state's blobs (no entries: the empty layer).
     pub(crate) fn write_layer(&self, entries: Vec<Entry>) -> Result<LayerRef> {
+        self.write_layer_by(|writer, out| Ok(writer.write(entries, out)?))
+    }
+
+    /// [`Engine::write_layer`], by `write` (which may fail on its own account: the layer is
+    /// then never committed).
+    pub(crate) fn write_layer_by(
+        &self,
+        write: impl FnOnce(
+            &LayerWriter,
+            std::io::BufWriter<&fs::File>,
+        ) -> Result<strata_layer::LayerInfo>,
+    ) -> Result<LayerRef> {
         let staged = self.state.layout.staging_file()?;
-        let info = LayerWriter::new()
+        let writer = LayerWriter::new()
             .compression(self.opts.compression)
-            .clamp_mtime(self.opts.reproducible)
-            .write(
-                entries,
-                std::io::BufWriter::with_capacity(1 << 20, staged.as_file()),
-            )
-            .map_err(|e| match e {
-                // The layer crate names its output stream; the file it was going to is
-                // what the user can look at (a full disk, a quota).
-                strata_layer::Error::Io { path, source } if path.as_os_str() == "<output>" => {
-                    Error::Io {
-                        path: staged.path().to_owned(),
-                        source,
-                    }
+            .clamp_mtime(self.opts.reproducible);
+        let info = write(
+            &writer,
+            std::io::BufWriter::with_capacity(1 << 20, staged.as_file()),
+        )
+        .map_err(|e| match e {
+            // The layer crate names its output stream; the file it was going to is what
+            // the user can look at (a full disk, a quota).
+            Error::Layer(strata_layer::Error::Io { path, source })
+                if path.as_os_str() == "<output>" =>
+            {
+                Error::Io {
+                    path: staged.path().to_owned(),
+                    source,
                 }
-                other => Error::from(other),
-            })?;
+            }
+            other => other,
+        })?;
         let digest = info.descriptor.digest().to_string();
         self.state.layout.commit_staged(staged, &digest, &digest)?;
         Ok(LayerRef {

@@ -130,14 +130,93 @@ impl LayerWriter {
             }
         }
         resolve_hardlinks(&mut entries)?;
+        let count = entries.len();
+        self.encode(entries.iter().map(Ok), count, out)
+    }
 
+    /// Writes entries that come already in the layer's order (the order [`LayerWriter::write`]
+    /// sorts into: component by component, parents before children, names in byte order
+    /// within a directory), one at a time: memory stays the same for a million entries as
+    /// for ten. `entries` is read once; an entry that does not come after the one before it
+    /// (out of order, or a path given twice) is an error, as are whiteouts, opaque markers
+    /// and hard links, which need the whole layer to check (use [`LayerWriter::write`]).
+    ///
+    /// ```
+    /// use strata_layer::{Entry, EntryKind, LayerWriter, Metadata};
+    ///
+    /// let meta = Metadata { mode: 0o755, ..Default::default() };
+    /// let entries = vec![
+    ///     Entry { path: "etc".into(), kind: EntryKind::Dir, metadata: meta.clone() },
+    ///     Entry { path: "etc/motd".into(), kind: EntryKind::Bytes(b"hi\n".to_vec()), metadata: meta.clone() },
+    /// ];
+    /// let (mut sorted, mut ordered) = (Vec::new(), Vec::new());
+    /// let a = LayerWriter::new().write(entries.clone(), &mut sorted)?;
+    /// let b = LayerWriter::new().write_ordered(entries.into_iter(), &mut ordered)?;
+    /// assert_eq!((a, sorted), (b, ordered));
+    /// # Ok::<(), strata_layer::Error>(())
+    /// ```
+    pub fn write_ordered<W: Write>(
+        &self,
+        entries: impl Iterator<Item = Entry>,
+        out: W,
+    ) -> Result<LayerInfo> {
+        let mut entries = entries.peekable();
+        if entries.peek().is_none() && matches!(self.compression, Compression::Gzip { .. }) {
+            return write_empty_gzip(out, self.compression.media_type());
+        }
+        let mut previous: Option<Entry> = None;
+        let mut count = 0;
+        let checked = entries.map(|entry| {
+            validate_path(&entry.path)?;
+            let refuse = |message: &str| Error::InvalidEntry {
+                path: entry.path.display().to_string(),
+                message: message.to_owned(),
+            };
+            if matches!(
+                entry.kind,
+                EntryKind::Whiteout | EntryKind::OpaqueDir | EntryKind::Hardlink { .. }
+            ) {
+                return Err(refuse(
+                    "whiteouts, opaque markers and hard links need the whole layer \
+                     (LayerWriter::write)",
+                ));
+            }
+            if let Some(previous) = &previous
+                && compare(previous, &entry) != std::cmp::Ordering::Less
+            {
+                return Err(refuse(&format!(
+                    "comes after `{}` in the layer, or appears twice",
+                    previous.path.display()
+                )));
+            }
+            // Only the path decides the order of what is accepted here.
+            previous = Some(Entry {
+                path: entry.path.clone(),
+                kind: EntryKind::Dir,
+                metadata: crate::entry::Metadata::default(),
+            });
+            count += 1;
+            Ok(std::borrow::Cow::Owned(entry))
+        });
+        let mut info = self.encode(checked, 0, out)?;
+        info.entries = count;
+        Ok(info)
+    }
+
+    /// The tar of `entries` through the configured compression into `out`.
+    fn encode<'e, W: Write>(
+        &self,
+        entries: impl Iterator<Item = Result<impl std::ops::Deref<Target = Entry> + 'e>>,
+        count: usize,
+        out: W,
+    ) -> Result<LayerInfo> {
         let compressed = HashingWriter::new(out);
         let (compressed, tar) =
             match self.compression {
                 Compression::Gzip { level } => {
                     let gzip = ParallelGzip::new(compressed, level.min(9), self.threads)
                         .map_err(Error::io("<gzip>"))?;
-                    let tar = self.write_tar(&entries, gzip)?;
+                    let tar = self.write_tar(entries, gzip)?;
                     let gzip = tar.inner;
                     (
                         gzip.finish().map_err(Error::io("<output>"))?,
@@ -158,7 +237,7 @@ impl LayerWriter {
                                 message: e.to_string(),
                             })?;
                     }
-                    let tar = self.write_tar(&entries, encoder)?;
+                    let tar = self.write_tar(entries, encoder)?;
                     let encoder = tar.inner;
                     (
                         encoder.finish().map_err(Error::io("<output>"))?,
@@ -166,7 +245,7 @@ impl LayerWriter {
                     )
                 }
                 Compression::None => {
-                    let tar = self.write_tar(&entries, compressed)?;
+                    let tar = self.write_tar(entries, compressed)?;
                     let uncompressed = (tar.hasher.clone(), tar.count);
                     (tar.inner, uncompressed)
                 }
@@ -187,15 +266,21 @@ impl LayerWriter {
             descriptor,
             diff_id,
             uncompressed_size,
-            entries: entries.len(),
+            entries: count,
         })
     }
 
-    fn write_tar<W: Write>(&self, entries: &[Entry], sink: W) -> Result<HashingWriter<W>> {
+    fn write_tar<'e, W: Write>(
+        &self,
+        entries: impl Iterator<Item = Result<impl std::ops::Deref<Target = Entry> + 'e>>,
+        sink: W,
+    ) -> Result<HashingWriter<W>> {
         let mut tar = HashingWriter::new(sink);
         let mut header = Vec::with_capacity(2 * BLOCK);
         let mut buffer = vec![0u8; 256 * 1024];
         for entry in entries {
+            let entry = entry?;
+            let entry: &Entry = &entry;
             header.clear();
             let name = entry.tar_name();
             let m = &entry.metadata;

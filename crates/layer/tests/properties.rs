@@ -96,3 +96,75 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Entries sorted as paths sort (component by component) are the layer's order:
+    /// written one at a time they make the same bytes as the whole set sorted by the writer.
+    #[test]
+    fn ordered_entries_write_the_same_layer(
+        spec in prop::collection::vec(
+            (prop::collection::vec("a|b|a\\.b|a-b|a b|é|b0", 1..4), node()),
+            1..25,
+        ),
+        zstd in any::<bool>(),
+    ) {
+        let source = tempfile::tempdir().unwrap();
+        build(source.path(), &spec);
+        let mut entries = tree_entries(source.path());
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let compression = if zstd { Compression::Zstd { level: 1 } } else { Compression::Gzip { level: 1 } };
+        let writer = LayerWriter::new().compression(compression);
+        let (mut sorted, mut ordered) = (Vec::new(), Vec::new());
+        let a = writer.write(entries.clone(), &mut sorted).unwrap();
+        let b = writer.write_ordered(entries.into_iter(), &mut ordered).unwrap();
+        prop_assert_eq!(a, b);
+        prop_assert!(sorted == ordered);
+    }
+}
+
+#[test]
+fn ordered_writing_refuses_what_it_cannot_check() {
+    use strata_layer::{Entry, EntryKind, Error, Metadata};
+    let entry = |path: &str, kind: EntryKind| Entry {
+        path: path.into(),
+        kind,
+        metadata: Metadata::default(),
+    };
+    let file = || EntryKind::Bytes(b"x".to_vec());
+    let cases = [
+        // Out of order: a directory's contents before it, and a name after a greater one.
+        vec![entry("a/b", file()), entry("a", EntryKind::Dir)],
+        vec![entry("b", file()), entry("a.b", file())],
+        // `a/x` sorts before `a.b` (the layer's order is by component).
+        vec![entry("a.b", file()), entry("a/x", file())],
+        // Twice.
+        vec![entry("a", file()), entry("a", file())],
+        // What needs the whole layer.
+        vec![
+            entry("a", file()),
+            entry("b", EntryKind::Hardlink { target: "a".into() }),
+        ],
+        vec![entry("a", EntryKind::Whiteout)],
+        vec![entry("a", EntryKind::OpaqueDir)],
+    ];
+    for case in cases {
+        let err = LayerWriter::new()
+            .write_ordered(case.clone().into_iter(), std::io::sink())
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidEntry { .. }), "{case:?}: {err}");
+    }
+    // In order, with `a/x` before `a.b`, it writes.
+    LayerWriter::new()
+        .write_ordered(
+            vec![
+                entry("a", EntryKind::Dir),
+                entry("a/x", file()),
+                entry("a.b", file()),
+            ]
+            .into_iter(),
+            std::io::sink(),
+        )
+        .unwrap();
+}
