@@ -7,7 +7,6 @@
 //! [`HashMemo`] remembers file hashes by metadata, so hashing an unchanged context again
 //! costs one metadata scan.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -62,15 +61,22 @@ pub const FILES_LISTED: usize = 10_000;
 /// journal has grown to an eighth of it. A block that does not check out (a torn append)
 /// ends the replay. Losing entries only costs hashing again: an entry is used only while the
 /// file's size, times and inode are the same.
+///
+/// In memory, about 100 bytes a file: the paths in one buffer, in path order, beside
+/// fixed-size records (a million files take about 100 MB). A walk, in path order too, finds
+/// its files in one merge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HashMemo {
-    entries: HashMap<String, MemoEntry>,
+    entries: Table,
     hits: u64,
     misses: u64,
     /// Paths hashed since the load, and paths forgotten (files that are gone): what the next
-    /// save appends.
+    /// save appends. Kept only while they fit in a journal: past that (`overflow`), the next
+    /// save rewrites the memo whole, and a cold build of a million files does not hold
+    /// their names twice.
     changed: Vec<String>,
     dropped: Vec<String>,
+    overflow: bool,
     /// Records in the memo file and in its journal when loaded, and whether the memo file
     /// was whole (else the next save rewrites it).
     loaded: (u64, u64),
@@ -90,6 +96,125 @@ struct MemoEntry {
     ctime: (i64, u32),
     ino: u64,
     hash: [u8; 32],
+}
+
+/// Paths and their entries, in path order (bytes): the paths one after another in `names`,
+/// each row holding where its path ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Table {
+    names: String,
+    rows: Vec<(usize, MemoEntry)>,
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn name(&self, row: usize) -> &str {
+        let start = match row {
+            0 => 0,
+            _ => self.rows[row - 1].0,
+        };
+        self.names.get(start..self.rows[row].0).unwrap_or_default()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &MemoEntry)> {
+        (0..self.rows.len()).map(|row| (self.name(row), &self.rows[row].1))
+    }
+
+    /// The row of `path`.
+    fn find(&self, path: &str) -> Option<usize> {
+        let row = self.lower_bound(path);
+        (row < self.rows.len() && self.name(row) == path).then_some(row)
+    }
+
+    /// The first row whose path is not before `path`.
+    fn lower_bound(&self, path: &str) -> usize {
+        let (mut lo, mut hi) = (0, self.rows.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.name(mid) < path {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The rows of `start` and of every path below it (every row for the root, `""`).
+    fn below(&self, start: &str) -> impl Iterator<Item = usize> {
+        let (own, range) = if start.is_empty() {
+            (None, 0..self.rows.len())
+        } else {
+            // Below `start` is from `start/` up to `start0` ('0' follows '/').
+            let from = self.lower_bound(&format!("{start}/"));
+            let to = self.lower_bound(&format!("{start}0"));
+            (self.find(start), from..to)
+        };
+        own.into_iter().chain(range)
+    }
+
+    fn get(&self, path: &str) -> Option<&MemoEntry> {
+        self.find(path).map(|row| &self.rows[row].1)
+    }
+
+    /// Adds `path` after every path already there (the caller keeps the order: an error
+    /// otherwise).
+    fn push(&mut self, path: &str, entry: MemoEntry) -> std::result::Result<(), String> {
+        if let Some(last) = self.rows.len().checked_sub(1)
+            && self.name(last) >= path
+        {
+            return Err(format!("`{path}` out of order"));
+        }
+        self.names.push_str(path);
+        self.rows.push((self.names.len(), entry));
+        Ok(())
+    }
+
+    /// The table with `changes` (in path order; `None` removes) applied: in place when
+    /// every change is to a path already there, else rebuilt in one merge.
+    fn apply(&mut self, changes: Vec<(&str, Option<MemoEntry>)>) {
+        let in_place: Option<Vec<(usize, MemoEntry)>> = changes
+            .iter()
+            .map(|(path, entry)| Some((self.find(path)?, (*entry)?)))
+            .collect();
+        if let Some(updates) = in_place {
+            for (row, entry) in updates {
+                self.rows[row].1 = entry;
+            }
+            return;
+        }
+        let mut merged = Table {
+            names: String::with_capacity(self.names.len()),
+            rows: Vec::with_capacity(self.rows.len() + changes.len()),
+        };
+        let mut changes = changes.into_iter().peekable();
+        let add = |table: &mut Table, path: &str, entry: MemoEntry| {
+            table.names.push_str(path);
+            table.rows.push((table.names.len(), entry));
+        };
+        for (path, entry) in self.iter() {
+            // Changes before this path, and to it (replaced or removed).
+            let mut replaced = false;
+            while let Some((next, change)) = changes.next_if(|(next, _)| *next <= path) {
+                replaced |= next == path;
+                if let Some(change) = change {
+                    add(&mut merged, next, change);
+                }
+            }
+            if !replaced {
+                add(&mut merged, path, *entry);
+            }
+        }
+        for (path, change) in changes {
+            if let Some(change) = change {
+                add(&mut merged, path, change);
+            }
+        }
+        *self = merged;
+    }
 }
 
 /// The memo file's first bytes: a name and the format's version.
@@ -167,6 +292,24 @@ impl HashMemo {
     /// Applies the journal `bytes`, block after block, up to the first that does not check
     /// out (which is the error).
     fn replay(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        // Applied at once, in path order (the last operation on a path wins), however far
+        // the blocks check out.
+        let mut changes = std::collections::BTreeMap::new();
+        let replayed = self.replay_into(bytes, &mut changes);
+        self.entries.apply(
+            changes
+                .iter()
+                .map(|(path, e)| (path.as_str(), *e))
+                .collect(),
+        );
+        replayed
+    }
+
+    fn replay_into(
+        &mut self,
+        bytes: &[u8],
+        changes: &mut std::collections::BTreeMap<String, Option<MemoEntry>>,
+    ) -> std::result::Result<(), String> {
         let mut rest = bytes
             .strip_prefix(JOURNAL_MAGIC.as_slice())
             .ok_or("not a memo journal of this version")?;
@@ -194,11 +337,11 @@ impl HashMemo {
                 match op {
                     PUT => {
                         let (path, entry) = read_record(body, &mut at)?;
-                        self.entries.insert(path, entry);
+                        changes.insert(path, Some(entry));
                     }
                     DROP => {
                         let path = read_path(body, &mut at)?;
-                        self.entries.remove(&path);
+                        changes.insert(path, None);
                     }
                     _ => return Err("an unknown journal operation".to_owned()),
                 }
@@ -223,12 +366,15 @@ impl HashMemo {
         if count > (bytes.len() / RECORD) as u64 {
             return Err("more records than bytes".to_owned());
         }
-        let mut entries = HashMap::with_capacity(count as usize);
+        let mut entries = Table {
+            names: String::with_capacity(bytes.len().saturating_sub(count as usize * RECORD)),
+            rows: Vec::with_capacity(count as usize),
+        };
         let records = &body[8..];
         let mut at = 0usize;
         for _ in 0..count {
             let (path, entry) = read_record(records, &mut at)?;
-            entries.insert(path, entry);
+            entries.push(&path, entry)?;
         }
         if at != records.len() {
             return Err("bytes after the last record".to_owned());
@@ -248,23 +394,21 @@ impl HashMemo {
     /// and the journal removed.
     pub fn save(&self, path: &Path) -> Result<()> {
         let ops = (self.changed.len() + self.dropped.len()) as u64;
-        if ops == 0 && path.is_file() {
+        if ops == 0 && !self.overflow && path.is_file() {
             return Ok(());
         }
-        let journaled = self.loaded.1 + ops;
-        if self.whole && path.is_file() && journaled <= (self.loaded.0 / 8).max(1024) {
+        if !self.overflow && self.whole && path.is_file() && ops <= self.journal_room() {
             match self.append(path) {
                 // A block too large for its length field: the memo is written whole.
                 Err(Error::Memo { .. }) => {}
                 other => return other,
             }
         }
-        let mut kept: Vec<(&String, &MemoEntry)> = self.entries.iter().collect();
-        kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut bytes = Vec::with_capacity(24 + kept.len() * (RECORD + 40));
+        let mut bytes =
+            Vec::with_capacity(24 + self.entries.len() * (RECORD + 4) + self.entries.names.len());
         bytes.extend_from_slice(MEMO_MAGIC);
-        bytes.extend_from_slice(&(kept.len() as u64).to_le_bytes());
-        for (path, e) in kept {
+        bytes.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        for (path, e) in self.entries.iter() {
             write_record(&mut bytes, path, e);
         }
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
@@ -278,6 +422,30 @@ impl HashMemo {
         }
     }
 
+    /// How many more operations the journal takes before the memo is rewritten whole: an
+    /// eighth of the memo, or 1,024.
+    fn journal_room(&self) -> u64 {
+        (self.loaded.0 / 8).max(1024).saturating_sub(self.loaded.1)
+    }
+
+    /// Notes `path` as hashed (`dropped`: forgotten) since the load, while the journal has
+    /// room for it; past that, the next save rewrites the memo whole and nothing is noted.
+    fn note(&mut self, path: &str, dropped: bool) {
+        if self.overflow {
+            return;
+        }
+        if (self.changed.len() + self.dropped.len()) as u64 >= self.journal_room() {
+            self.overflow = true;
+            self.changed = Vec::new();
+            self.dropped = Vec::new();
+            return;
+        }
+        match dropped {
+            true => self.dropped.push(path.to_owned()),
+            false => self.changed.push(path.to_owned()),
+        }
+    }
+
     /// Appends this run's changes to the journal as one block, in one write.
     fn append(&self, path: &Path) -> Result<()> {
         use std::io::Write;
@@ -285,7 +453,7 @@ impl HashMemo {
         let mut ops = 0u32;
         for name in &self.dropped {
             // Forgotten, and not hashed again since.
-            if !self.entries.contains_key(name) {
+            if self.entries.find(name).is_none() {
                 body.push(DROP);
                 write_path(&mut body, name);
                 ops += 1;
@@ -329,7 +497,7 @@ impl HashMemo {
 
     /// Whether it knows no file.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len() == 0
     }
 
     /// How many file hashes the memo answered, and how many it could not, since it was made.
@@ -526,71 +694,34 @@ fn hash_paths(
         found.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
         found.dedup_by(|a, b| a.path == b.path);
     }
-    // Files the memo knows below the paths walked that the walk did not find are gone (or
-    // ignored now): forgotten, so that the memo does not grow with every deleted file.
-    let starts: Vec<&str> = paths.iter().map(|p| p.trim_matches('/')).collect();
-    let below = |path: &str| {
-        starts.iter().any(|s| {
-            s.is_empty()
-                || path == *s
-                || (path.starts_with(s) && path.as_bytes().get(s.len()) == Some(&b'/'))
-        })
-    };
-    // (Every file found is in the memo once hashed: when the memo holds no more files
-    // below the walked paths than were found, nothing is gone, and nothing is searched.)
-    let files_found = found.iter().filter(|f| f.kind == Kind::File).count();
-    let known_below = memo.entries.keys().filter(|p| below(p)).count();
-    let known_found = found
-        .iter()
-        .filter(|f| f.kind == Kind::File && memo.entries.contains_key(&f.path))
-        .count();
-    if known_below > known_found {
-        let present: std::collections::HashSet<&str> = found
-            .iter()
-            .filter(|f| f.kind == Kind::File)
-            .map(|f| f.path.as_str())
-            .collect();
-        let mut dropped = Vec::new();
-        memo.entries.retain(|path, _| {
-            let keep = !below(path) || present.contains(path.as_str());
-            if !keep {
-                dropped.push(path.clone());
-            }
-            keep
-        });
-        memo.dropped.extend(dropped);
+    // Each file found, with the memo's row for its path: one merge, both in path order.
+    let table = &memo.entries;
+    let mut rows: Vec<Option<usize>> = Vec::with_capacity(found.len());
+    let mut at = 0;
+    for f in &found {
+        while at < table.len() && table.name(at) < f.path.as_str() {
+            at += 1;
+        }
+        let known = f.kind == Kind::File && at < table.len() && table.name(at) == f.path;
+        rows.push(known.then_some(at));
     }
-    // Hash the files the memo does not know, in parallel.
-    let wanted: Vec<&TreeEntry> = found
-        .iter()
-        .filter(|f| f.kind == Kind::File)
-        .filter(|f| memo.entries.get(&f.path).is_none_or(|e| !f.matches(e)))
+    // Hash the files the memo does not know (or knows with other metadata), in parallel.
+    let wanted: Vec<usize> = (0..found.len())
+        .filter(|&i| found[i].kind == Kind::File)
+        .filter(|&i| rows[i].is_none_or(|row| !found[i].matches(&table.rows[row].1)))
         .collect();
-    let hashed: Vec<(&TreeEntry, Result<[u8; 32]>)> = wanted
+    let hashed: Vec<(usize, [u8; 32])> = wanted
         .par_iter()
-        .map(|f| (*f, hash_file(&root.join(&f.path))))
-        .collect();
-    memo.hits += files_found as u64 - hashed.len() as u64;
+        .map(|&i| Ok((i, hash_file(&root.join(&found[i].path))?)))
+        .collect::<Result<_>>()?;
+    let files_found = found.iter().filter(|f| f.kind == Kind::File).count();
+    memo.hits += (files_found - hashed.len()) as u64;
     memo.misses += hashed.len() as u64;
-    memo.entries.reserve(hashed.len());
-    memo.changed.reserve(hashed.len());
-    for (f, hash) in hashed {
-        memo.changed.push(f.path.clone());
-        memo.entries.insert(
-            f.path.clone(),
-            MemoEntry {
-                size: f.size,
-                mtime: f.mtime,
-                ctime: f.ctime,
-                ino: f.ino,
-                hash: hash?,
-            },
-        );
-    }
-    // Each path's own digest, in parallel; then the whole in path order.
+    // Each path's own digest, in parallel.
     let digests: Vec<[u8; 32]> = found
         .par_iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             let mut hasher = Sha256::new();
             hasher.update([f.kind_byte()]);
             hasher.update(f.mode.to_be_bytes());
@@ -600,10 +731,14 @@ fn hash_paths(
             }
             match f.kind {
                 Kind::File => {
-                    if let Some(entry) = memo.entries.get(&f.path) {
+                    let hash = match hashed.binary_search_by_key(&i, |(at, _)| *at) {
+                        Ok(at) => Some(&hashed[at].1),
+                        Err(_) => rows[i].map(|row| &table.rows[row].1.hash),
+                    };
+                    if let Some(hash) = hash {
                         let mut hex = [0u8; 64];
                         // (64 bytes for 32: the length always fits.)
-                        if hex::encode_to_slice(entry.hash, &mut hex).is_ok() {
+                        if hex::encode_to_slice(hash, &mut hex).is_ok() {
                             hasher.update(hex);
                         }
                     }
@@ -614,6 +749,48 @@ fn hash_paths(
             hasher.finalize().into()
         })
         .collect();
+    // Files the memo knows below the paths walked that the walk did not find are gone (or
+    // ignored now): forgotten, so that the memo does not grow with every deleted file.
+    let mut matched = vec![false; table.len()];
+    for row in rows.iter().flatten() {
+        matched[*row] = true;
+    }
+    let mut gone: Vec<String> = Vec::new();
+    let mut starts: Vec<&str> = paths.iter().map(|p| p.trim_matches('/')).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    for start in &starts {
+        for row in table.below(start) {
+            if !matched[row] {
+                matched[row] = true;
+                gone.push(table.name(row).to_owned());
+            }
+        }
+    }
+    gone.sort_unstable();
+    drop(rows);
+    // The memo's changes, in path order: what was hashed, and what is gone.
+    let mut changes: Vec<(&str, Option<MemoEntry>)> = Vec::with_capacity(hashed.len() + gone.len());
+    let mut gone_iter = gone.iter().peekable();
+    for (i, hash) in &hashed {
+        let f = &found[*i];
+        while let Some(path) = gone_iter.next_if(|p| p.as_str() < f.path.as_str()) {
+            changes.push((path, None));
+        }
+        let entry = MemoEntry {
+            size: f.size,
+            mtime: f.mtime,
+            ctime: f.ctime,
+            ino: f.ino,
+            hash: *hash,
+        };
+        changes.push((&f.path, Some(entry)));
+    }
+    changes.extend(gone_iter.map(|p| (p.as_str(), None)));
+    for (path, entry) in &changes {
+        memo.note(path, entry.is_none());
+    }
+    memo.entries.apply(changes);
     let mut total = Sha256::new();
     for (f, digest) in found.iter().zip(&digests) {
         put_member(&mut total, &f.path, digest);
@@ -983,6 +1160,51 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0, "**");
         assert_ne!(all[0].1, listing(&found2, &digests2, 2)[0].1);
+    }
+
+    fn memo_entry(n: u8) -> MemoEntry {
+        MemoEntry {
+            size: u64::from(n),
+            mtime: (0, 0),
+            ctime: (0, 0),
+            ino: 0,
+            hash: [n; 32],
+        }
+    }
+
+    fn table(paths: &[&str]) -> Table {
+        let mut table = Table::default();
+        for (n, path) in paths.iter().enumerate() {
+            table.push(path, memo_entry(n as u8)).unwrap();
+        }
+        table
+    }
+
+    #[test]
+    fn the_memo_table_merges_changes_in_path_order() {
+        let mut t = table(&["a", "a.b", "a/x", "a/y", "b"]);
+        assert!(t.push("a", memo_entry(9)).is_err(), "out of order");
+        // Updates of known paths only: in place.
+        t.apply(vec![("a/x", Some(memo_entry(7)))]);
+        assert_eq!(t.get("a/x"), Some(&memo_entry(7)));
+        // New paths and removals: merged.
+        t.apply(vec![
+            ("0", Some(memo_entry(1))),
+            ("a.b", None),
+            ("a/w", Some(memo_entry(2))),
+            ("a/y", None),
+            ("c", Some(memo_entry(3))),
+        ]);
+        let names: Vec<&str> = t.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["0", "a", "a/w", "a/x", "b", "c"]);
+        assert_eq!(t.get("a/x"), Some(&memo_entry(7)));
+        assert_eq!(t.get("a.b"), None);
+        // What is below a start: itself and `start/…`, not `a.b` or `ab`.
+        let t = table(&["a", "a.b", "a/x", "a/y/z", "ab", "b"]);
+        let below: Vec<&str> = t.below("a").map(|row| t.name(row)).collect();
+        assert_eq!(below, ["a", "a/x", "a/y/z"]);
+        assert_eq!(t.below("").count(), 6);
+        assert_eq!(t.below("zz").count(), 0);
     }
 
     #[test]
