@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use strata_dockerfile::{Dockerignore, has_wildcards, match_path};
 use strata_snapshot::{
-    ContextDigest, HashMemo, TreeEntry, Visit, hash_context, hash_context_with_owners, walk_tree,
+    ContextDigest, HashMemo, TreeEntry, Visit, Walk, hash_context, hash_context_with_owners,
 };
 
 use crate::error::{Error, Result};
@@ -446,18 +446,33 @@ impl Context {
     /// order: directories before their contents. Ignored paths are left out. The snapshot
     /// crate's walk, which hashing the context uses too: directories read in parallel.
     pub(crate) fn walk(&self, dir: &str, exclude: &[String]) -> Result<Vec<TreeEntry>> {
+        self.walk_each(dir, exclude, |walk| walk.collect())
+    }
+
+    /// [`Context::walk`], one entry at a time: `f` is given the walk (in path order, a few
+    /// directories read ahead, never the whole tree held).
+    pub(crate) fn walk_each<R>(
+        &self,
+        dir: &str,
+        exclude: &[String],
+        f: impl FnOnce(&mut dyn Iterator<Item = Result<TreeEntry>>) -> Result<R>,
+    ) -> Result<R> {
         let exclude = exclude_patterns(exclude)?;
         let roots = [dir.to_owned()];
         let visit = self.visit(&exclude, &roots);
-        let mut found = walk_tree(&self.root, dir, &visit)?;
+        let walk = Walk::new(&self.root, dir, &visit)?;
         // The directory itself is the caller's; the rest is named from inside it.
-        found.retain(|e| e.path != dir);
-        if !dir.is_empty() {
-            for entry in &mut found {
-                entry.path.replace_range(..=dir.len(), "");
+        let mut inside = walk.filter_map(|entry| match entry {
+            Ok(entry) if entry.path == dir => None,
+            Ok(mut entry) => {
+                if !dir.is_empty() {
+                    entry.path.replace_range(..=dir.len(), "");
+                }
+                Some(Ok(entry))
             }
-        }
-        Ok(found)
+            Err(e) => Some(Err(Error::from(e))),
+        });
+        f(&mut inside)
     }
 }
 

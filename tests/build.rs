@@ -1523,4 +1523,12 @@ async fn a_directory_written_as_it_is_walked_makes_the_layer_a_gathered_copy_mak
         last(walked),
         last(layers(&fx, ctx, &format!("{onto}COPY a e /app/\n")).await),
     );
+    // Hard links among the files: gathered, and kept.
+    fs::hard_link(a.join("x/1"), a.join("x/hard")).unwrap();
+    let (image, _) = run(fx.build(ctx, "FROM scratch\nCOPY a /app\n")).await;
+    let (work, layout) = layout(&image.unwrap());
+    let rootfs = umoci_rootfs(work.path(), &layout);
+    let inode =
+        |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(rootfs.join(p)).unwrap());
+    assert_eq!(inode("app/x/1"), inode("app/x/hard"));
 }

@@ -591,13 +591,13 @@ impl CopyEntries<'_> {
         Ok(())
     }
 
-    /// The layer of a COPY of one directory `source` into `dest_rel`, written in the order
-    /// the walk found its files, an entry at a time: a context of a million files is never
-    /// held as a million layer entries. `None`, with nothing gathered, where the whole set
-    /// is needed first: a file source, hard links among the files (the layer links them to
-    /// one another), or a copied directory that lands on a symbolic link in the image
-    /// ([`follow_links_in_root`] moves what goes below it). The entries gathered so far
-    /// (the destination's parents) come first.
+    /// The layer of a COPY of one directory `source` into `dest_rel`, written as the walk
+    /// finds its files, an entry at a time: a context of a million files is never held in
+    /// memory. `None`, with nothing written, where the whole set is needed first: a file
+    /// source, hard links among the files (the layer links them to one another), or a
+    /// copied directory that lands on a symbolic link in the image ([`follow_links_in_root`]
+    /// moves what goes below it); the walk stops where it meets one. The entries gathered
+    /// so far (the destination's parents) come first.
     fn stream(
         &mut self,
         source: &crate::context::Source,
@@ -605,48 +605,73 @@ impl CopyEntries<'_> {
         exclude: &[String],
         dest_rel: &str,
     ) -> Result<Option<LayerRef>> {
-        if !source.is_dir || lands_on_link(self.root, dest_rel, &[]) {
-            return Ok(None);
-        }
-        let mut found = ctx.walk(&source.path, exclude)?;
-        if found.iter().any(|f| f.kind == Kind::File && f.nlink > 1) {
-            return Ok(None);
-        }
-        // The layer's order is the paths' (component by component).
-        rayon::slice::ParallelSliceMut::par_sort_unstable_by(found.as_mut_slice(), |a, b| {
-            Path::new(&a.path).cmp(Path::new(&b.path))
-        });
-        if self.root.join(dest_rel).is_dir() && lands_on_link(self.root, dest_rel, &found) {
+        if !source.is_dir || dest_on_link(self.root, dest_rel) {
             return Ok(None);
         }
         self.tree_head(ctx, &source.path, dest_rel, true)?;
-        let head = std::mem::take(&mut self.entries);
+        let this = &*self;
+        let head: Vec<Entry> = this.entries.values().cloned().collect();
         let host = ctx.root().join(&source.path);
-        let layer = self.engine.write_layer_by(|writer, out| {
-            let mut failed = None;
-            let entries = head.into_values().chain(
-                found
-                    .into_iter()
-                    .map_while(|found| {
-                        let metadata = self.meta_of(&found);
-                        let path = join(dest_rel, &found.path);
-                        match file_entry(&path, &host.join(&found.path), &found, metadata) {
-                            Ok(entry) => Some(entry),
-                            Err(e) => {
-                                failed = Some(e);
-                                None
-                            }
-                        }
-                    })
-                    .flatten(),
-            );
-            let info = writer.write_ordered(entries, out)?;
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(info),
+        let dest_exists = this.root.join(dest_rel).is_dir();
+        // The copied directories the image has too: below them, a link may wait.
+        let mut existing: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Why the walk stopped early: files to gather first, or an error.
+        let gather = std::cell::Cell::new(false);
+        let failed = std::cell::Cell::new(None);
+        let mut entry_of = |found: Result<TreeEntry>| -> Option<Option<Entry>> {
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    failed.set(Some(e));
+                    return None;
+                }
+            };
+            if found.kind == Kind::File && found.nlink > 1 {
+                gather.set(true);
+                return None;
             }
+            if found.kind == Kind::Dir && dest_exists {
+                let parent_exists = match found.path.rsplit_once('/') {
+                    None => true,
+                    Some((parent, _)) => existing.contains(parent),
+                };
+                if parent_exists {
+                    match fs::symlink_metadata(this.root.join(join(dest_rel, &found.path))) {
+                        Ok(meta) if meta.file_type().is_symlink() => {
+                            gather.set(true);
+                            return None;
+                        }
+                        Ok(meta) if meta.is_dir() => {
+                            existing.insert(found.path.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let metadata = this.meta_of(&found);
+            let path = join(dest_rel, &found.path);
+            match file_entry(&path, &host.join(&found.path), &found, metadata) {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    failed.set(Some(e));
+                    None
+                }
+            }
+        };
+        let layer = this.engine.write_layer_by(|writer, out| {
+            ctx.walk_each(&source.path, exclude, |walk| {
+                let entries = head
+                    .into_iter()
+                    .chain(walk.map_while(&mut entry_of).flatten());
+                let info = writer.write_ordered(entries, out)?;
+                if let Some(e) = failed.take() {
+                    return Err(e);
+                }
+                // Given up: the layer is never committed.
+                Ok((!gather.get()).then_some(info))
+            })
         })?;
-        Ok(Some(layer))
+        Ok(layer)
     }
 
     /// An unpacked archive's entries into `dest_rel`; they keep their owners unless
@@ -834,43 +859,16 @@ fn follow_links_in_root(
     Ok(out)
 }
 
-/// Whether a directory copied into `dest_rel` lands on a symbolic link in the image: one of
-/// `dest_rel`'s own components, or with `found` (what is copied, in path order), a copied
-/// directory below it whose parent exists in the image. One `lstat` per directory that may
-/// exist; none below a directory the image lacks.
-fn lands_on_link(root: &Path, dest_rel: &str, found: &[TreeEntry]) -> bool {
-    let kind_of = |rel: &str| {
-        fs::symlink_metadata(root.join(rel)).map(|m| (m.file_type().is_symlink(), m.is_dir()))
-    };
-    if found.is_empty() {
-        let mut at = String::new();
-        for component in dest_rel.split('/').filter(|c| !c.is_empty()) {
-            at = join(&at, component);
-            match kind_of(&at) {
-                Ok((true, _)) => return true,
-                Ok((false, true)) => {}
-                // Missing (nothing below exists), or not a directory (the general path says).
-                Ok((false, false)) => return true,
-                Err(_) => return false,
-            }
-        }
-        return false;
-    }
-    let mut existing: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for dir in found.iter().filter(|f| f.kind == Kind::Dir) {
-        let parent_exists = match dir.path.rsplit_once('/') {
-            None => true,
-            Some((parent, _)) => existing.contains(parent),
-        };
-        if !parent_exists {
-            continue;
-        }
-        match kind_of(&join(dest_rel, &dir.path)) {
-            Ok((true, _)) => return true,
-            Ok((false, true)) => {
-                existing.insert(&dir.path);
-            }
-            _ => {}
+/// Whether `dest_rel` meets a symbolic link in the image (or something that is not a
+/// directory) on its way: one `lstat` per component, up to the first the image lacks.
+fn dest_on_link(root: &Path, dest_rel: &str) -> bool {
+    let mut at = String::new();
+    for component in dest_rel.split('/').filter(|c| !c.is_empty()) {
+        at = join(&at, component);
+        match fs::symlink_metadata(root.join(&at)) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return true,
+            Err(_) => return false,
         }
     }
     false

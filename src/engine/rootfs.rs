@@ -442,18 +442,19 @@ impl Engine {
 
     /// Writes `entries` as a layer into the state's blobs (no entries: the empty layer).
     pub(crate) fn write_layer(&self, entries: Vec<Entry>) -> Result<LayerRef> {
-        self.write_layer_by(|writer, out| Ok(writer.write(entries, out)?))
+        self.write_layer_by(|writer, out| Ok(Some(writer.write(entries, out)?)))?
+            .ok_or_else(|| Error::Task("the layer writer wrote nothing".to_owned()))
     }
 
-    /// [`Engine::write_layer`], by `write` (which may fail on its own account: the layer is
-    /// then never committed).
+    /// [`Engine::write_layer`], by `write`, which may fail on its own account or give up
+    /// (`None`): the layer is then never committed.
     pub(crate) fn write_layer_by(
         &self,
         write: impl FnOnce(
             &LayerWriter,
             std::io::BufWriter<&fs::File>,
-        ) -> Result<strata_layer::LayerInfo>,
-    ) -> Result<LayerRef> {
+        ) -> Result<Option<strata_layer::LayerInfo>>,
+    ) -> Result<Option<LayerRef>> {
         let staged = self.state.layout.staging_file()?;
         let writer = LayerWriter::new()
             .compression(self.opts.compression)
@@ -475,13 +476,16 @@ impl Engine {
             }
             other => other,
         })?;
+        let Some(info) = info else {
+            return Ok(None);
+        };
         let digest = info.descriptor.digest().to_string();
         self.state.layout.commit_staged(staged, &digest, &digest)?;
-        Ok(LayerRef {
+        Ok(Some(LayerRef {
             digest,
             diff_id: info.diff_id,
             size: info.descriptor.size(),
             media_type: info.descriptor.media_type().to_string(),
-        })
+        }))
     }
 }

@@ -11,7 +11,6 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::Mutex;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -134,7 +133,7 @@ impl Table {
         let (mut lo, mut hi) = (0, self.rows.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.name(mid) < path {
+            if path_order(self.name(mid), path).is_lt() {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -143,17 +142,20 @@ impl Table {
         lo
     }
 
-    /// The rows of `start` and of every path below it (every row for the root, `""`).
-    fn below(&self, start: &str) -> impl Iterator<Item = usize> {
-        let (own, range) = if start.is_empty() {
-            (None, 0..self.rows.len())
+    /// The rows of `start` and of every path below it (every row for the root, `""`): one
+    /// run of rows, since a path's contents come right after it.
+    fn below<'t>(&'t self, start: &'t str) -> impl Iterator<Item = usize> + 't {
+        let from = if start.is_empty() {
+            0
         } else {
-            // Below `start` is from `start/` up to `start0` ('0' follows '/').
-            let from = self.lower_bound(&format!("{start}/"));
-            let to = self.lower_bound(&format!("{start}0"));
-            (self.find(start), from..to)
+            self.lower_bound(start)
         };
-        own.into_iter().chain(range)
+        (from..self.rows.len()).take_while(move |&row| {
+            let name = self.name(row);
+            start.is_empty()
+                || name == start
+                || (name.starts_with(start) && name.as_bytes().get(start.len()) == Some(&b'/'))
+        })
     }
 
     fn get(&self, path: &str) -> Option<&MemoEntry> {
@@ -164,7 +166,7 @@ impl Table {
     /// otherwise).
     fn push(&mut self, path: &str, entry: MemoEntry) -> std::result::Result<(), String> {
         if let Some(last) = self.rows.len().checked_sub(1)
-            && self.name(last) >= path
+            && !path_order(self.name(last), path).is_lt()
         {
             return Err(format!("`{path}` out of order"));
         }
@@ -173,52 +175,57 @@ impl Table {
         Ok(())
     }
 
-    /// The table with `changes` (in path order; `None` removes) applied: in place when
-    /// every change is to a path already there, else rebuilt in one merge.
-    fn apply(&mut self, changes: Vec<(&str, Option<MemoEntry>)>) {
-        let in_place: Option<Vec<(usize, MemoEntry)>> = changes
-            .iter()
-            .map(|(path, entry)| Some((self.find(path)?, (*entry)?)))
-            .collect();
-        if let Some(updates) = in_place {
-            for (row, entry) in updates {
-                self.rows[row].1 = entry;
+    /// The table with `puts` (added or replaced) and without `gone` (both in path order):
+    /// in place when `puts` are all paths already there and nothing is gone, else rebuilt
+    /// in one merge (taken whole when the table is empty).
+    fn apply(&mut self, puts: Table, gone: &[String], all_known: bool) {
+        if gone.is_empty() && all_known {
+            for (path, entry) in puts.iter() {
+                if let Some(row) = self.find(path) {
+                    self.rows[row].1 = *entry;
+                }
             }
             return;
         }
+        if self.rows.is_empty() {
+            *self = puts;
+            return;
+        }
         let mut merged = Table {
-            names: String::with_capacity(self.names.len()),
-            rows: Vec::with_capacity(self.rows.len() + changes.len()),
+            names: String::with_capacity(self.names.len() + puts.names.len()),
+            rows: Vec::with_capacity(self.rows.len() + puts.len()),
         };
-        let mut changes = changes.into_iter().peekable();
         let add = |table: &mut Table, path: &str, entry: MemoEntry| {
             table.names.push_str(path);
             table.rows.push((table.names.len(), entry));
         };
+        let mut puts_iter = puts.iter().peekable();
+        let mut gone = gone.iter().peekable();
         for (path, entry) in self.iter() {
-            // Changes before this path, and to it (replaced or removed).
+            // Puts before this path, and to it (which replace it).
             let mut replaced = false;
-            while let Some((next, change)) = changes.next_if(|(next, _)| *next <= path) {
+            while let Some((next, put)) =
+                puts_iter.next_if(|(next, _)| !path_order(next, path).is_gt())
+            {
                 replaced |= next == path;
-                if let Some(change) = change {
-                    add(&mut merged, next, change);
-                }
+                add(&mut merged, next, *put);
             }
-            if !replaced {
-                add(&mut merged, path, *entry);
+            while gone.next_if(|g| path_order(g, path).is_lt()).is_some() {}
+            if gone.next_if(|g| g.as_str() == path).is_some() || replaced {
+                continue;
             }
+            add(&mut merged, path, *entry);
         }
-        for (path, change) in changes {
-            if let Some(change) = change {
-                add(&mut merged, path, change);
-            }
+        for (path, put) in puts_iter {
+            add(&mut merged, path, *put);
         }
         *self = merged;
     }
 }
 
 /// The memo file's first bytes: a name and the format's version.
-const MEMO_MAGIC: &[u8; 16] = b"strata-memo\0\0\0\0\x02";
+/// Version 3: records in [`path_order`] (version 2 had byte order).
+const MEMO_MAGIC: &[u8; 16] = b"strata-memo\0\0\0\0\x03";
 /// A record after its path: size, mtime, ctime, inode, hash.
 const RECORD: usize = 8 + 12 + 12 + 8 + 32;
 
@@ -231,18 +238,10 @@ impl HashMemo {
     /// Loads a memo. A missing file, a memo of another version, or a damaged one gives an
     /// empty memo: it is only a cache, and the next save replaces it.
     pub fn load(path: &Path) -> Result<HashMemo> {
-        let mut memo = match fs::read(path) {
-            Ok(bytes) => match HashMemo::decode(&bytes) {
-                Ok(memo) => memo,
-                Err(_) => HashMemo::new(),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMemo::new(),
-            Err(e) => {
-                return Err(Error::Io {
-                    path: path.to_owned(),
-                    source: e,
-                });
-            }
+        let mut memo = match HashMemo::read_file(path)? {
+            Some(Ok(memo)) => memo,
+            // Damaged, or of another version.
+            Some(Err(_)) | None => HashMemo::new(),
         };
         if !memo.whole {
             // No memo, or a damaged one: start over (the next save writes it whole).
@@ -273,11 +272,12 @@ impl HashMemo {
     /// is one) a journal whose every block checks out: what a state check asks. The error
     /// names the file at fault.
     pub fn check(path: &Path) -> Result<()> {
-        let bytes = fs::read(path).map_err(Error::io(path))?;
-        let mut memo = HashMemo::decode(&bytes).map_err(|message| Error::Memo {
-            path: path.to_owned(),
-            message,
-        })?;
+        let mut memo = HashMemo::read_file(path)?
+            .ok_or_else(|| Error::io(path)(std::io::Error::from(std::io::ErrorKind::NotFound)))?
+            .map_err(|message| Error::Memo {
+                path: path.to_owned(),
+                message,
+            })?;
         let journal = HashMemo::journal_path(path);
         match fs::read(&journal) {
             Ok(bytes) => memo.replay(&bytes).map_err(|message| Error::Memo {
@@ -294,21 +294,31 @@ impl HashMemo {
     fn replay(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
         // Applied at once, in path order (the last operation on a path wins), however far
         // the blocks check out.
-        let mut changes = std::collections::BTreeMap::new();
+        let mut changes = std::collections::HashMap::new();
         let replayed = self.replay_into(bytes, &mut changes);
-        self.entries.apply(
-            changes
-                .iter()
-                .map(|(path, e)| (path.as_str(), *e))
-                .collect(),
-        );
+        let mut changes: Vec<(String, Option<MemoEntry>)> = changes.into_iter().collect();
+        changes.sort_unstable_by(|a, b| path_order(&a.0, &b.0));
+        let mut puts = Table::default();
+        let mut gone = Vec::new();
+        let mut all_known = true;
+        for (path, change) in changes {
+            match change {
+                Some(entry) => {
+                    all_known &= self.entries.find(&path).is_some();
+                    // (Sorted and unique: always in order.)
+                    let _ = puts.push(&path, entry);
+                }
+                None => gone.push(path),
+            }
+        }
+        self.entries.apply(puts, &gone, all_known);
         replayed
     }
 
     fn replay_into(
         &mut self,
         bytes: &[u8],
-        changes: &mut std::collections::BTreeMap<String, Option<MemoEntry>>,
+        changes: &mut std::collections::HashMap<String, Option<MemoEntry>>,
     ) -> std::result::Result<(), String> {
         let mut rest = bytes
             .strip_prefix(JOURNAL_MAGIC.as_slice())
@@ -355,28 +365,46 @@ impl HashMemo {
         Ok(())
     }
 
-    fn decode(bytes: &[u8]) -> std::result::Result<HashMemo, String> {
-        let body = bytes
-            .strip_prefix(MEMO_MAGIC.as_slice())
-            .ok_or("not a memo of this version")?;
-        let count = body.get(..8).ok_or("cut short")?;
-        let count = u64::from_le_bytes(count.try_into().unwrap_or_default());
+    /// Reads a memo file of `len` bytes, a record at a time (never the whole file in
+    /// memory beside the table it becomes).
+    fn decode(mut file: impl std::io::Read, len: u64) -> std::result::Result<HashMemo, String> {
+        let mut exact = |buffer: &mut Vec<u8>, n: usize| {
+            buffer.resize(n, 0);
+            file.read_exact(buffer)
+                .map_err(|e| format!("cut short ({e})"))
+        };
+        let mut buffer = Vec::with_capacity(4096);
+        exact(&mut buffer, MEMO_MAGIC.len() + 8)?;
+        if buffer[..MEMO_MAGIC.len()] != MEMO_MAGIC[..] {
+            return Err("not a memo of this version".to_owned());
+        }
+        let count = u64::from_le_bytes(buffer[16..24].try_into().unwrap_or_default());
         // Every record takes at least its fixed part: a count that cannot fit is damage, and
         // never an allocation this size.
-        if count > (bytes.len() / RECORD) as u64 {
+        if count > len / RECORD as u64 {
             return Err("more records than bytes".to_owned());
         }
+        let names = usize::try_from(len.saturating_sub(count * (RECORD as u64 + 4))).unwrap_or(0);
         let mut entries = Table {
-            names: String::with_capacity(bytes.len().saturating_sub(count as usize * RECORD)),
+            names: String::with_capacity(names),
             rows: Vec::with_capacity(count as usize),
         };
-        let records = &body[8..];
-        let mut at = 0usize;
+        let mut read = (MEMO_MAGIC.len() + 8) as u64;
         for _ in 0..count {
-            let (path, entry) = read_record(records, &mut at)?;
+            exact(&mut buffer, 4)?;
+            let path_len = u32::from_le_bytes(buffer[..4].try_into().unwrap_or_default()) as usize;
+            if read + 4 + path_len as u64 + RECORD as u64 > len {
+                return Err("a record runs past the end".to_owned());
+            }
+            let head = [buffer[0], buffer[1], buffer[2], buffer[3]];
+            exact(&mut buffer, path_len + RECORD)?;
+            buffer.splice(..0, head);
+            let mut at = 0;
+            let (path, entry) = read_record(&buffer, &mut at)?;
             entries.push(&path, entry)?;
+            read += (4 + path_len + RECORD) as u64;
         }
-        if at != records.len() {
+        if read != len {
             return Err("bytes after the last record".to_owned());
         }
         Ok(HashMemo {
@@ -385,6 +413,21 @@ impl HashMemo {
             whole: true,
             ..HashMemo::default()
         })
+    }
+
+    /// Opens and reads the memo file at `path` ([`HashMemo::decode`]); `None` when there
+    /// is none.
+    fn read_file(path: &Path) -> Result<Option<std::result::Result<HashMemo, String>>> {
+        let file = match fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path)(e)),
+        };
+        let len = file.metadata().map_err(Error::io(path))?.len();
+        Ok(Some(HashMemo::decode(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            len,
+        )))
     }
 
     /// Saves what changed since the load: nothing when no file was hashed or forgotten and
@@ -404,15 +447,27 @@ impl HashMemo {
                 other => return other,
             }
         }
-        let mut bytes =
-            Vec::with_capacity(24 + self.entries.len() * (RECORD + 4) + self.entries.names.len());
-        bytes.extend_from_slice(MEMO_MAGIC);
-        bytes.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for (path, e) in self.entries.iter() {
-            write_record(&mut bytes, path, e);
-        }
+        // Written through a buffer to a temporary file renamed into place: never the whole
+        // memo in memory twice.
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
+            out.write_all(MEMO_MAGIC)?;
+            out.write_all(&(self.entries.len() as u64).to_le_bytes())?;
+            let mut record = Vec::with_capacity(4096);
+            for (path, e) in self.entries.iter() {
+                record.clear();
+                write_record(&mut record, path, e);
+                out.write_all(&record)?;
+            }
+            // (Not synced: a memo lost in a crash costs only hashing again.)
+            out.flush()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&tmp)(e));
+        }
         fs::rename(&tmp, path).map_err(Error::io(path))?;
         // Everything the journal held is in the memo now.
         let journal = HashMemo::journal_path(path);
@@ -679,86 +734,110 @@ fn hash_paths(
     memo: &mut HashMemo,
     owners: bool,
 ) -> Result<ContextDigest> {
-    let mut found: Vec<TreeEntry> = Vec::new();
-    for start in paths {
-        let start = start.trim_matches('/');
-        let part = walk_tree(root, start, visit)?;
-        if found.is_empty() {
-            found = part;
-        } else {
-            found.extend(part);
-        }
-    }
-    // Path order (as bytes); a path given twice (overlapping sources) counts once.
-    if paths.len() > 1 {
-        found.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        found.dedup_by(|a, b| a.path == b.path);
-    }
-    // Each file found, with the memo's row for its path: one merge, both in path order.
-    let table = &memo.entries;
-    let mut rows: Vec<Option<usize>> = Vec::with_capacity(found.len());
-    let mut at = 0;
-    for f in &found {
-        while at < table.len() && table.name(at) < f.path.as_str() {
-            at += 1;
-        }
-        let known = f.kind == Kind::File && at < table.len() && table.name(at) == f.path;
-        rows.push(known.then_some(at));
-    }
-    // Hash the files the memo does not know (or knows with other metadata), in parallel.
-    let wanted: Vec<usize> = (0..found.len())
-        .filter(|&i| found[i].kind == Kind::File)
-        .filter(|&i| rows[i].is_none_or(|row| !found[i].matches(&table.rows[row].1)))
-        .collect();
-    let hashed: Vec<(usize, [u8; 32])> = wanted
-        .par_iter()
-        .map(|&i| Ok((i, hash_file(&root.join(&found[i].path))?)))
-        .collect::<Result<_>>()?;
-    let files_found = found.iter().filter(|f| f.kind == Kind::File).count();
-    memo.hits += (files_found - hashed.len()) as u64;
-    memo.misses += hashed.len() as u64;
-    // Each path's own digest, in parallel.
-    let digests: Vec<[u8; 32]> = found
-        .par_iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let mut hasher = Sha256::new();
-            hasher.update([f.kind_byte()]);
-            hasher.update(f.mode.to_be_bytes());
-            if owners {
-                hasher.update(f.uid.to_be_bytes());
-                hasher.update(f.gid.to_be_bytes());
-            }
-            match f.kind {
-                Kind::File => {
-                    let hash = match hashed.binary_search_by_key(&i, |(at, _)| *at) {
-                        Ok(at) => Some(&hashed[at].1),
-                        Err(_) => rows[i].map(|row| &table.rows[row].1.hash),
-                    };
-                    if let Some(hash) = hash {
-                        let mut hex = [0u8; 64];
-                        // (64 bytes for 32: the length always fits.)
-                        if hex::encode_to_slice(hash, &mut hex).is_ok() {
-                            hasher.update(hex);
-                        }
-                    }
-                }
-                Kind::Symlink => hasher.update(f.link.as_deref().unwrap_or_default()),
-                _ => {}
-            }
-            hasher.finalize().into()
-        })
-        .collect();
-    // Files the memo knows below the paths walked that the walk did not find are gone (or
-    // ignored now): forgotten, so that the memo does not grow with every deleted file.
-    let mut matched = vec![false; table.len()];
-    for row in rows.iter().flatten() {
-        matched[*row] = true;
-    }
-    let mut gone: Vec<String> = Vec::new();
     let mut starts: Vec<&str> = paths.iter().map(|p| p.trim_matches('/')).collect();
     starts.sort_unstable();
     starts.dedup();
+    // Paths in path order: one start as it is walked; several gathered, sorted, and a path
+    // met twice (overlapping sources) counted once.
+    let mut walk: Box<dyn Iterator<Item = Result<TreeEntry>>> = match starts.as_slice() {
+        [start] => Box::new(Walk::new(root, start, visit)?),
+        _ => {
+            let mut all = Vec::new();
+            for start in &starts {
+                all.extend(walk_tree(root, start, visit)?);
+            }
+            all.par_sort_unstable_by(|a, b| path_order(&a.path, &b.path));
+            all.dedup_by(|a, b| a.path == b.path);
+            Box::new(all.into_iter().map(Ok))
+        }
+    };
+    // Listed one by one up to the limit, else by their first components below the
+    // shallowest start.
+    let depth = 1 + starts
+        .iter()
+        .map(|s| {
+            if s.is_empty() {
+                0
+            } else {
+                s.split('/').count()
+            }
+        })
+        .min()
+        .unwrap_or(0);
+    let mut listing = Listing::new(depth, FILES_LISTED);
+    let mut total = Sha256::new();
+    let table = &memo.entries;
+    let mut matched = vec![false; table.len()];
+    let mut at = 0;
+    // What the memo learns: files hashed (in path order), and how many it did not know.
+    let mut puts = Table::default();
+    let mut unknown = 0usize;
+    let (mut hits, mut misses) = (0u64, 0u64);
+    loop {
+        let chunk: Vec<TreeEntry> = walk.by_ref().take(4096).collect::<Result<_>>()?;
+        if chunk.is_empty() {
+            break;
+        }
+        // Each file with the memo's row for its path: a merge, both in path order.
+        let mut rows: Vec<Option<usize>> = Vec::with_capacity(chunk.len());
+        for f in &chunk {
+            while at < table.len() && path_order(table.name(at), &f.path).is_lt() {
+                at += 1;
+            }
+            let known = f.kind == Kind::File && at < table.len() && table.name(at) == f.path;
+            if known {
+                matched[at] = true;
+            }
+            rows.push(known.then_some(at));
+        }
+        // Hash what the memo does not know (or knows with other metadata), in parallel.
+        let wanted: Vec<usize> = (0..chunk.len())
+            .filter(|&i| chunk[i].kind == Kind::File)
+            .filter(|&i| rows[i].is_none_or(|row| !chunk[i].matches(&table.rows[row].1)))
+            .collect();
+        let hashed: Vec<(usize, [u8; 32])> = wanted
+            .par_iter()
+            .map(|&i| Ok((i, hash_file(&root.join(&chunk[i].path))?)))
+            .collect::<Result<_>>()?;
+        let files = chunk.iter().filter(|f| f.kind == Kind::File).count();
+        hits += (files - hashed.len()) as u64;
+        misses += hashed.len() as u64;
+        // Each path's own digest, in parallel; the whole and the listing in path order.
+        let digests: Vec<[u8; 32]> = chunk
+            .par_iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let hash = match hashed.binary_search_by_key(&i, |(at, _)| *at) {
+                    Ok(at) => Some(&hashed[at].1),
+                    Err(_) => rows[i].map(|row| &table.rows[row].1.hash),
+                };
+                own_digest(f, hash, owners)
+            })
+            .collect();
+        for (f, digest) in chunk.iter().zip(&digests) {
+            put_member(&mut total, &f.path, digest);
+            listing.add(&f.path, digest);
+        }
+        for (i, hash) in hashed {
+            let f = &chunk[i];
+            unknown += usize::from(rows[i].is_none());
+            let entry = MemoEntry {
+                size: f.size,
+                mtime: f.mtime,
+                ctime: f.ctime,
+                ino: f.ino,
+                hash,
+            };
+            puts.push(&f.path, entry).map_err(|message| Error::Memo {
+                path: root.join(&f.path),
+                message,
+            })?;
+        }
+    }
+    drop(walk);
+    // Files the memo knows below the paths walked that the walk did not find are gone (or
+    // ignored now): forgotten, so that the memo does not grow with every deleted file.
+    let mut gone: Vec<String> = Vec::new();
     for start in &starts {
         for row in table.below(start) {
             if !matched[row] {
@@ -767,38 +846,143 @@ fn hash_paths(
             }
         }
     }
-    gone.sort_unstable();
-    drop(rows);
-    // The memo's changes, in path order: what was hashed, and what is gone.
-    let mut changes: Vec<(&str, Option<MemoEntry>)> = Vec::with_capacity(hashed.len() + gone.len());
-    let mut gone_iter = gone.iter().peekable();
-    for (i, hash) in &hashed {
-        let f = &found[*i];
-        while let Some(path) = gone_iter.next_if(|p| p.as_str() < f.path.as_str()) {
-            changes.push((path, None));
-        }
-        let entry = MemoEntry {
-            size: f.size,
-            mtime: f.mtime,
-            ctime: f.ctime,
-            ino: f.ino,
-            hash: *hash,
-        };
-        changes.push((&f.path, Some(entry)));
+    gone.sort_unstable_by(|a, b| path_order(a, b));
+    drop(matched);
+    memo.hits += hits;
+    memo.misses += misses;
+    for (path, _) in puts.iter() {
+        memo.note(path, false);
     }
-    changes.extend(gone_iter.map(|p| (p.as_str(), None)));
-    for (path, entry) in &changes {
-        memo.note(path, entry.is_none());
+    for path in &gone {
+        memo.note(path, true);
     }
-    memo.entries.apply(changes);
-    let mut total = Sha256::new();
-    for (f, digest) in found.iter().zip(&digests) {
-        put_member(&mut total, &f.path, digest);
-    }
+    memo.entries.apply(puts, &gone, unknown == 0);
+    let digest = sha256_text(&total.finalize());
     Ok(ContextDigest {
-        digest: sha256_text(&total.finalize()),
-        files: listing(&found, &digests, FILES_LISTED),
+        files: listing.finish(&digest),
+        digest,
     })
+}
+
+/// A path's own digest: its kind, mode (and with `owners`, its owner), and a file's content
+/// hash or a link's target.
+fn own_digest(f: &TreeEntry, hash: Option<&[u8; 32]>, owners: bool) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update([f.kind_byte()]);
+    hasher.update(f.mode.to_be_bytes());
+    if owners {
+        hasher.update(f.uid.to_be_bytes());
+        hasher.update(f.gid.to_be_bytes());
+    }
+    match f.kind {
+        Kind::File => {
+            if let Some(hash) = hash {
+                let mut hex = [0u8; 64];
+                // (64 bytes for 32: the length always fits.)
+                if hex::encode_to_slice(hash, &mut hex).is_ok() {
+                    hasher.update(hex);
+                }
+            }
+        }
+        Kind::Symlink => hasher.update(f.link.as_deref().unwrap_or_default()),
+        _ => {}
+    }
+    hasher.finalize().into()
+}
+
+/// [`ContextDigest::files`], built as paths come in path order: each path while there are no
+/// more than `limit`; past that, each path of at most `depth` components on its own and
+/// the rest grouped by their first `depth` components (`a/b/**`, a group's members are
+/// contiguous in path order); past `limit` groups, one group `**` for all (whose digest is
+/// the whole's).
+struct Listing {
+    depth: usize,
+    limit: usize,
+    /// Each path and its digest, while there are no more than `limit`.
+    each: Vec<(String, [u8; 32])>,
+    grouped: bool,
+    groups: Vec<(String, String)>,
+    /// The group being hashed: its prefix and its members so far.
+    open: Option<(String, Sha256)>,
+    too_many: bool,
+}
+
+impl Listing {
+    fn new(depth: usize, limit: usize) -> Listing {
+        Listing {
+            depth,
+            limit,
+            each: Vec::new(),
+            grouped: false,
+            groups: Vec::new(),
+            open: None,
+            too_many: false,
+        }
+    }
+
+    fn add(&mut self, path: &str, digest: &[u8; 32]) {
+        if !self.grouped {
+            self.each.push((path.to_owned(), *digest));
+            if self.each.len() > self.limit {
+                self.grouped = true;
+                for (path, digest) in std::mem::take(&mut self.each) {
+                    self.group(&path, &digest);
+                }
+            }
+            return;
+        }
+        self.group(path, digest);
+    }
+
+    fn group(&mut self, path: &str, digest: &[u8; 32]) {
+        if self.too_many {
+            return;
+        }
+        match path.match_indices('/').nth(self.depth - 1) {
+            None => {
+                self.close();
+                self.groups.push((path.to_owned(), sha256_text(digest)));
+            }
+            Some((at, _)) => {
+                let prefix = &path[..at];
+                if self.open.as_ref().is_none_or(|(open, _)| open != prefix) {
+                    self.close();
+                    self.open = Some((prefix.to_owned(), Sha256::new()));
+                }
+                if let Some((_, hasher)) = &mut self.open {
+                    put_member(hasher, path, digest);
+                }
+            }
+        }
+        if self.groups.len() > self.limit {
+            self.too_many = true;
+            self.groups = Vec::new();
+            self.open = None;
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some((prefix, hasher)) = self.open.take() {
+            self.groups
+                .push((format!("{prefix}/**"), sha256_text(&hasher.finalize())));
+        }
+    }
+
+    /// The listing; `whole` is the digest of everything.
+    fn finish(mut self, whole: &str) -> Vec<(String, String)> {
+        if !self.grouped {
+            return self
+                .each
+                .into_iter()
+                .map(|(path, digest)| (path, sha256_text(&digest)))
+                .collect();
+        }
+        self.close();
+        if self.too_many || self.groups.len() > self.limit {
+            return vec![("**".to_owned(), whole.to_owned())];
+        }
+        self.groups
+    }
 }
 
 /// One path and its digest, as the whole and a group hash them.
@@ -813,81 +997,6 @@ fn put_member(hasher: &mut Sha256, path: &str, digest: &[u8; 32]) {
     hasher.update([b'\n']);
 }
 
-/// The listing of [`ContextDigest::files`]: each path, or groups by leading components
-/// when there are more than `limit` paths.
-fn listing(found: &[TreeEntry], digests: &[[u8; 32]], limit: usize) -> Vec<(String, String)> {
-    if found.len() <= limit {
-        return found
-            .iter()
-            .zip(digests)
-            .map(|(f, d)| (f.path.clone(), sha256_text(d)))
-            .collect();
-    }
-    // A path's group at depth `depth`: its first `depth` components (all of it when it
-    // has no more).
-    let key = |path: &str, depth: usize| -> usize {
-        path.match_indices('/')
-            .nth(depth - 1)
-            .map_or(path.len(), |(at, _)| at)
-    };
-    let count = |depth: usize| -> usize {
-        let mut seen = std::collections::HashSet::new();
-        for f in found {
-            seen.insert(&f.path[..key(&f.path, depth)]);
-            if seen.len() > limit {
-                break;
-            }
-        }
-        seen.len()
-    };
-    let deepest = found
-        .iter()
-        .map(|f| f.path.matches('/').count() + 1)
-        .max()
-        .unwrap_or(1);
-    let mut hashers: std::collections::BTreeMap<&str, (Sha256, usize)> =
-        std::collections::BTreeMap::new();
-    if count(1) > limit {
-        // Too many even at the top (a flat directory): one group for everything.
-        let all = hashers.entry("").or_insert_with(|| (Sha256::new(), 0));
-        for (f, d) in found.iter().zip(digests) {
-            put_member(&mut all.0, &f.path, d);
-        }
-    } else {
-        // As deep as the limit allows.
-        let mut depth = 1;
-        while depth < deepest && count(depth + 1) <= limit {
-            depth += 1;
-        }
-        for (f, d) in found.iter().zip(digests) {
-            let group = hashers
-                .entry(&f.path[..key(&f.path, depth)])
-                .or_insert_with(|| (Sha256::new(), 0));
-            put_member(&mut group.0, &f.path, d);
-            group.1 += 1;
-        }
-    }
-    let mut files: Vec<(String, String)> = hashers
-        .into_iter()
-        .map(|(prefix, (hasher, members))| {
-            // A group of only the path itself is listed as that path, with its own digest.
-            if members == 1
-                && let Some(at) = found.binary_search_by(|f| f.path.as_str().cmp(prefix)).ok()
-            {
-                return (prefix.to_owned(), sha256_text(&digests[at]));
-            }
-            let name = if prefix.is_empty() {
-                "**".to_owned()
-            } else {
-                format!("{prefix}/**")
-            };
-            (name, sha256_text(&hasher.finalize()))
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// `sha256:` and the hex of a digest, in one allocation.
 fn sha256_text(digest: &[u8]) -> String {
     let mut text = String::with_capacity(7 + 2 * digest.len());
@@ -900,64 +1009,214 @@ fn sha256_text(digest: &[u8]) -> String {
     text
 }
 
+/// The order of paths in a walk, a layer and the memo: component by component, so that a
+/// directory's contents come right after it (`a`, `a/x`, `a.b`), which is byte order with
+/// `/` before every other byte.
+pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |c: u8| if c == b'/' { 0 } else { c };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
 /// Everything below `start` (itself included unless it is the root) that `visit` lets in,
-/// in path order (paths relative to `root`): one task per directory, each reading its
-/// entries with `statx` relative to the directory, asking only for the fields a
-/// [`TreeEntry`] keeps.
+/// in [`path_order`] (paths relative to `root`). [`Walk`], gathered.
 pub fn walk_tree(
     root: &Path,
     start: &str,
     visit: &(dyn Fn(&str, bool) -> Visit + Sync),
 ) -> Result<Vec<TreeEntry>> {
-    let full = if start.is_empty() {
-        root.to_owned()
-    } else {
-        root.join(start)
-    };
-    let stat = rustix::fs::statx(
-        rustix::fs::CWD,
-        &full,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        STATX_FIELDS,
-    )
-    .map_err(|e| Error::io(&full)(e.into()))?;
-    let is_dir = file_kind(&stat) == Kind::Dir;
-    let decision = if start.is_empty() {
-        Visit::Include
-    } else {
-        visit(start, is_dir)
-    };
-    let mut out = Vec::new();
-    if decision == Visit::Prune {
-        return Ok(out);
-    }
-    if decision == Visit::Include && !start.is_empty() {
-        let link = if file_kind(&stat) == Kind::Symlink {
-            let target = fs::read_link(&full).map_err(Error::io(&full))?;
-            Some(target.into_os_string().into_vec())
+    Walk::new(root, start, visit)?.collect()
+}
+
+/// How many directories a [`Walk`] reads ahead of the one it gives entries from.
+const READ_AHEAD: usize = 16;
+/// A directory with more entries than this has their metadata read in parallel.
+const PARALLEL_STAT: usize = 512;
+
+/// The entries below a start, in [`path_order`], one at a time: a million files are never
+/// held at once. Directories are read ahead on the rayon pool ([`READ_AHEAD`] of them, so
+/// memory is a few directories' worth), each with one `getdents` pass and a `statx` per
+/// entry relative to the directory, asking only for the fields a [`TreeEntry`] keeps.
+/// `visit` is asked about every path met, before its directory is read: a pruned directory
+/// is never opened.
+pub struct Walk<'v> {
+    root: std::sync::Arc<Path>,
+    visit: &'v (dyn Fn(&str, bool) -> Visit + Sync),
+    /// The start itself, when it is given.
+    first: Option<TreeEntry>,
+    /// The directories being given, innermost last: each one's entries (what `visit` let
+    /// in or looks inside), the next to give, and how far read-ahead has looked.
+    frames: Vec<Frame>,
+    /// Directories asked for ahead, by path.
+    ahead: std::collections::HashMap<String, std::sync::mpsc::Receiver<Result<Vec<TreeEntry>>>>,
+    done: bool,
+}
+
+struct Frame {
+    entries: Vec<(TreeEntry, Visit)>,
+    next: usize,
+    looked: usize,
+}
+
+impl<'v> Walk<'v> {
+    /// A walk of `start` (relative to `root`; empty for `root` itself).
+    pub fn new(
+        root: &Path,
+        start: &str,
+        visit: &'v (dyn Fn(&str, bool) -> Visit + Sync),
+    ) -> Result<Walk<'v>> {
+        let full = if start.is_empty() {
+            root.to_owned()
         } else {
-            None
+            root.join(start)
         };
-        out.push(found(start.to_owned(), &stat, link));
+        let stat = rustix::fs::statx(
+            rustix::fs::CWD,
+            &full,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            STATX_FIELDS,
+        )
+        .map_err(|e| Error::io(&full)(e.into()))?;
+        let is_dir = file_kind(&stat) == Kind::Dir;
+        let decision = if start.is_empty() {
+            Visit::Include
+        } else {
+            visit(start, is_dir)
+        };
+        let mut walk = Walk {
+            root: std::sync::Arc::from(root),
+            visit,
+            first: None,
+            frames: Vec::new(),
+            ahead: std::collections::HashMap::new(),
+            done: decision == Visit::Prune,
+        };
+        if walk.done {
+            return Ok(walk);
+        }
+        if decision == Visit::Include && !start.is_empty() {
+            let link = if file_kind(&stat) == Kind::Symlink {
+                let target = fs::read_link(&full).map_err(Error::io(&full))?;
+                Some(target.into_os_string().into_vec())
+            } else {
+                None
+            };
+            walk.first = Some(found(start.to_owned(), &stat, link));
+        }
+        if is_dir {
+            let listing = read_listing(&walk.root, start)?;
+            walk.open(listing);
+        }
+        Ok(walk)
     }
-    if !is_dir {
-        return Ok(out);
+
+    /// Makes `listing` the innermost directory, `visit` asked about each entry.
+    fn open(&mut self, listing: Vec<TreeEntry>) {
+        let entries = listing
+            .into_iter()
+            .filter_map(|entry| {
+                let decision = (self.visit)(&entry.path, entry.kind == Kind::Dir);
+                (decision != Visit::Prune).then_some((entry, decision))
+            })
+            .collect();
+        self.frames.push(Frame {
+            entries,
+            next: 0,
+            looked: 0,
+        });
+        self.read_ahead();
     }
-    let results: Mutex<Vec<Vec<TreeEntry>>> = Mutex::new(Vec::new());
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    rayon::scope(|scope| {
-        walk_dir(scope, root, start.to_owned(), visit, &results, &failure);
-    });
-    if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(error);
+
+    /// Asks for the next directories to come, innermost first, up to [`READ_AHEAD`].
+    fn read_ahead(&mut self) {
+        // Inside the pool itself, waiting on a task of the pool could wait forever.
+        if rayon::current_thread_index().is_some() {
+            return;
+        }
+        for frame in self.frames.iter_mut().rev() {
+            while self.ahead.len() < READ_AHEAD && frame.looked < frame.entries.len() {
+                let (entry, _) = &frame.entries[frame.looked];
+                frame.looked += 1;
+                if entry.kind != Kind::Dir {
+                    continue;
+                }
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let root = std::sync::Arc::clone(&self.root);
+                let rel = entry.path.clone();
+                rayon::spawn(move || {
+                    // (The walk may be gone: nobody to tell.)
+                    let _ = tx.send(read_listing(&root, &rel));
+                });
+                self.ahead.insert(entry.path.clone(), rx);
+            }
+            if self.ahead.len() >= READ_AHEAD {
+                break;
+            }
+        }
     }
-    let parts = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    out.reserve_exact(parts.iter().map(Vec::len).sum());
-    for part in parts {
-        out.extend(part);
+
+    /// The listing of `rel`: read ahead, or read now.
+    fn listing(&mut self, rel: &str) -> Result<Vec<TreeEntry>> {
+        match self.ahead.remove(rel) {
+            Some(rx) => rx.recv().unwrap_or_else(|_| read_listing(&self.root, rel)),
+            None => read_listing(&self.root, rel),
+        }
     }
-    out.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Result<TreeEntry>;
+
+    fn next(&mut self) -> Option<Result<TreeEntry>> {
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        while !self.done {
+            let Some(frame) = self.frames.last_mut() else {
+                self.done = true;
+                break;
+            };
+            let Some((entry, decision)) = frame.entries.get_mut(frame.next) else {
+                self.frames.pop();
+                continue;
+            };
+            frame.next += 1;
+            let decision = *decision;
+            // Taken out (what is left behind is an empty name, never looked at again).
+            let entry = std::mem::replace(entry, found_empty());
+            if entry.kind == Kind::Dir {
+                // Its contents come right after it.
+                match self.listing(&entry.path) {
+                    Ok(listing) => self.open(listing),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            if decision == Visit::Include {
+                return Some(Ok(entry));
+            }
+        }
+        None
+    }
+}
+
+/// A placeholder left where an entry was taken from its frame.
+fn found_empty() -> TreeEntry {
+    TreeEntry {
+        path: String::new(),
+        kind: Kind::Fifo,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: (0, 0),
+        ctime: (0, 0),
+        dev: 0,
+        ino: 0,
+        nlink: 0,
+        link: None,
+    }
 }
 
 const STATX_FIELDS: rustix::fs::StatxFlags = rustix::fs::StatxFlags::TYPE
@@ -991,53 +1250,34 @@ fn found(path: String, stat: &rustix::fs::Statx, link: Option<Vec<u8>>) -> TreeE
     }
 }
 
-/// Reads one directory (`rel`, below `root`), records what `visit` lets in, and walks its
-/// subdirectories as tasks of their own.
-fn walk_dir<'s>(
-    scope: &rayon::Scope<'s>,
-    root: &'s Path,
-    rel: String,
-    visit: &'s (dyn Fn(&str, bool) -> Visit + Sync),
-    results: &'s Mutex<Vec<Vec<TreeEntry>>>,
-    failure: &'s Mutex<Option<Error>>,
-) {
+/// Every entry of the directory `rel` (below `root`), sorted by name: one `getdents` pass,
+/// then a `statx` (and for a link, a `readlink`) of each relative to the directory, in
+/// parallel for a large directory.
+fn read_listing(root: &Path, rel: &str) -> Result<Vec<TreeEntry>> {
     let full = if rel.is_empty() {
         root.to_owned()
     } else {
-        root.join(&rel)
+        root.join(rel)
     };
-    let fail = |error: Error| {
-        if let Ok(mut slot) = failure.lock() {
-            slot.get_or_insert(error);
-        }
-    };
-    if failure.lock().is_ok_and(|f| f.is_some()) {
-        return;
-    }
-    let dir = match rustix::fs::open(
+    let dir = rustix::fs::open(
         &full,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(e) => return fail(Error::io(&full)(e.into())),
-    };
-    let mut entries = match rustix::fs::Dir::read_from(&dir) {
-        Ok(entries) => entries,
-        Err(e) => return fail(Error::io(&full)(e.into())),
-    };
-    let mut here = Vec::new();
-    for entry in entries.by_ref() {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => return fail(Error::io(&full)(e.into())),
-        };
+    )
+    .map_err(|e| Error::io(&full)(e.into()))?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir).map_err(|e| Error::io(&full)(e.into()))? {
+        let entry = entry.map_err(|e| Error::io(&full)(e.into()))?;
         let name = entry.file_name();
         if name == c"." || name == c".." {
             continue;
         }
+        names.push(name.to_owned());
+    }
+    names.sort_unstable();
+    let one = |name: &std::ffi::CString| -> Result<TreeEntry> {
         let Ok(name_text) = name.to_str() else {
-            return fail(Error::NotUtf8 {
+            return Err(Error::NotUtf8 {
                 path: full
                     .join(OsStr::from_bytes(name.to_bytes()))
                     .display()
@@ -1048,44 +1288,31 @@ fn walk_dir<'s>(
             name_text.to_owned()
         } else {
             let mut path = String::with_capacity(rel.len() + 1 + name_text.len());
-            path.push_str(&rel);
+            path.push_str(rel);
             path.push('/');
             path.push_str(name_text);
             path
         };
-        let stat = match rustix::fs::statx(
+        let stat = rustix::fs::statx(
             &dir,
-            name,
+            name.as_c_str(),
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
             STATX_FIELDS,
-        ) {
-            Ok(stat) => stat,
-            Err(e) => return fail(Error::io(full.join(name_text))(e.into())),
+        )
+        .map_err(|e| Error::io(full.join(name_text))(e.into()))?;
+        let link = if file_kind(&stat) == Kind::Symlink {
+            let target = rustix::fs::readlinkat(&dir, name.as_c_str(), Vec::new())
+                .map_err(|e| Error::io(full.join(name_text))(e.into()))?;
+            Some(target.into_bytes())
+        } else {
+            None
         };
-        let kind = file_kind(&stat);
-        let decision = visit(&path, kind == Kind::Dir);
-        if decision == Visit::Prune {
-            continue;
-        }
-        if decision == Visit::Include {
-            let link = if kind == Kind::Symlink {
-                match rustix::fs::readlinkat(&dir, name, Vec::new()) {
-                    Ok(target) => Some(target.into_bytes()),
-                    Err(e) => return fail(Error::io(full.join(name_text))(e.into())),
-                }
-            } else {
-                None
-            };
-            here.push(found(path.clone(), &stat, link));
-        }
-        if kind == Kind::Dir {
-            scope.spawn(move |scope| walk_dir(scope, root, path, visit, results, failure));
-        }
-    }
-    if !here.is_empty()
-        && let Ok(mut results) = results.lock()
-    {
-        results.push(here);
+        Ok(found(path, &stat, link))
+    };
+    if names.len() > PARALLEL_STAT {
+        names.par_iter().map(one).collect()
+    } else {
+        names.iter().map(one).collect()
     }
 }
 
@@ -1093,73 +1320,67 @@ fn walk_dir<'s>(
 mod tests {
     use super::*;
 
-    fn entry(path: &str) -> TreeEntry {
-        TreeEntry {
-            path: path.to_owned(),
-            kind: if path.ends_with(".txt") {
-                Kind::File
-            } else {
-                Kind::Dir
-            },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime: (0, 0),
-            ctime: (0, 0),
-            dev: 0,
-            ino: 0,
-            nlink: 1,
-            link: None,
-        }
-    }
-
-    /// Paths in path order, each with a digest made from its name and `salt`.
-    fn tree(paths: &[&str], changed: &str) -> (Vec<TreeEntry>, Vec<[u8; 32]>) {
+    /// A listing of `paths` (sorted into path order) at `depth` and `limit`, each path's
+    /// digest made from its name, and `changed`'s from something else.
+    fn list(paths: &[&str], changed: &str, depth: usize, limit: usize) -> Vec<(String, String)> {
         let mut paths = paths.to_vec();
-        paths.sort();
-        let digests = paths
-            .iter()
-            .map(|p| {
-                let salt: &[u8] = if *p == changed { b"new" } else { b"old" };
-                Sha256::new()
-                    .chain_update(p)
-                    .chain_update(salt)
-                    .finalize()
-                    .into()
-            })
-            .collect();
-        (paths.into_iter().map(entry).collect(), digests)
+        paths.sort_by(|a, b| path_order(a, b));
+        let mut listing = Listing::new(depth, limit);
+        let mut whole = Sha256::new();
+        for path in paths {
+            let salt: &[u8] = if path == changed { b"new" } else { b"old" };
+            let digest: [u8; 32] = Sha256::new()
+                .chain_update(path)
+                .chain_update(salt)
+                .finalize()
+                .into();
+            put_member(&mut whole, path, &digest);
+            listing.add(path, &digest);
+        }
+        listing.finish(&sha256_text(&whole.finalize()))
     }
 
     #[test]
-    fn a_listing_groups_paths_as_deep_as_its_limit_allows() {
-        let mut paths = vec!["README.txt", "a", "a/b", "b", "b/c", "b/c/d"];
+    fn a_listing_groups_paths_below_its_depth_past_its_limit() {
+        let mut paths = vec!["README.txt", "a", "a/b", "b", "b/c", "b/c/d", "b.txt"];
         let names: Vec<String> = (0..4)
             .flat_map(|n| [format!("a/b/{n}.txt"), format!("b/c/d/{n}.txt")])
             .collect();
         paths.extend(names.iter().map(String::as_str));
         // Few enough paths: each on its own.
-        let (found, digests) = tree(&paths, "");
-        assert_eq!(listing(&found, &digests, 100).len(), paths.len());
-        // Limit 6: depth 2 gives README.txt, a, a/b, b, b/c (5); depth 3 would give 13.
-        let grouped = listing(&found, &digests, 6);
+        assert_eq!(list(&paths, "", 1, 100).len(), paths.len());
+        // Past the limit: the top's paths on their own, what is below them by directory.
+        let grouped = list(&paths, "", 1, 6);
         let names: Vec<&str> = grouped.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["README.txt", "a", "a/b/**", "b", "b/c/**"]);
+        assert_eq!(names, ["README.txt", "a", "a/**", "b", "b/**", "b.txt"]);
         // One changed file changes its group only.
-        let (found2, digests2) = tree(&paths, "b/c/d/2.txt");
         let changed: Vec<&str> = grouped
             .iter()
-            .zip(listing(&found2, &digests2, 6))
+            .zip(list(&paths, "b/c/d/2.txt", 1, 6))
             .filter(|(a, b)| **a != *b)
             .map(|(a, _)| a.0.as_str())
             .collect();
-        assert_eq!(changed, ["b/c/**"]);
-        // Limit 2: even the top has three groups (README.txt, a, b): one for everything.
-        let all = listing(&found, &digests, 2);
+        assert_eq!(changed, ["b/**"]);
+        // Depth 2 (a start one level down): groups one level deeper.
+        let names: Vec<String> = list(&paths, "", 2, 8).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "README.txt",
+                "a",
+                "a/b",
+                "a/b/**",
+                "b",
+                "b/c",
+                "b/c/**",
+                "b.txt"
+            ]
+        );
+        // More groups than the limit: one for everything, the whole's digest.
+        let all = list(&paths, "", 1, 2);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0, "**");
-        assert_ne!(all[0].1, listing(&found2, &digests2, 2)[0].1);
+        assert_ne!(all[0].1, list(&paths, "b/c/d/2.txt", 1, 2)[0].1);
     }
 
     fn memo_entry(n: u8) -> MemoEntry {
@@ -1172,48 +1393,54 @@ mod tests {
         }
     }
 
-    fn table(paths: &[&str]) -> Table {
+    fn table(paths: &[(&str, u8)]) -> Table {
         let mut table = Table::default();
-        for (n, path) in paths.iter().enumerate() {
-            table.push(path, memo_entry(n as u8)).unwrap();
+        for (path, n) in paths {
+            table.push(path, memo_entry(*n)).unwrap();
         }
         table
     }
 
     #[test]
-    fn the_memo_table_merges_changes_in_path_order() {
-        let mut t = table(&["a", "a.b", "a/x", "a/y", "b"]);
-        assert!(t.push("a", memo_entry(9)).is_err(), "out of order");
+    fn the_memo_table_keeps_path_order_and_merges_changes() {
+        let mut t = table(&[("a", 0), ("a/x", 1), ("a/y", 2), ("a.b", 3), ("b", 4)]);
+        assert!(t.push("a.a", memo_entry(9)).is_err(), "out of order");
         // Updates of known paths only: in place.
-        t.apply(vec![("a/x", Some(memo_entry(7)))]);
+        t.apply(table(&[("a/x", 7)]), &[], true);
         assert_eq!(t.get("a/x"), Some(&memo_entry(7)));
         // New paths and removals: merged.
-        t.apply(vec![
-            ("0", Some(memo_entry(1))),
-            ("a.b", None),
-            ("a/w", Some(memo_entry(2))),
-            ("a/y", None),
-            ("c", Some(memo_entry(3))),
-        ]);
+        t.apply(
+            table(&[("0", 1), ("a/w", 2), ("a/x", 8), ("c", 3)]),
+            &["a/y".to_owned(), "a.b".to_owned()],
+            false,
+        );
         let names: Vec<&str> = t.iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["0", "a", "a/w", "a/x", "b", "c"]);
-        assert_eq!(t.get("a/x"), Some(&memo_entry(7)));
+        assert_eq!(t.get("a/x"), Some(&memo_entry(8)));
         assert_eq!(t.get("a.b"), None);
         // What is below a start: itself and `start/…`, not `a.b` or `ab`.
-        let t = table(&["a", "a.b", "a/x", "a/y/z", "ab", "b"]);
+        let t = table(&[
+            ("a", 0),
+            ("a/x", 0),
+            ("a/y/z", 0),
+            ("a.b", 0),
+            ("ab", 0),
+            ("b", 0),
+        ]);
         let below: Vec<&str> = t.below("a").map(|row| t.name(row)).collect();
         assert_eq!(below, ["a", "a/x", "a/y/z"]);
         assert_eq!(t.below("").count(), 6);
         assert_eq!(t.below("zz").count(), 0);
+        // An empty table takes what it is given.
+        let mut empty = Table::default();
+        empty.apply(table(&[("a", 1)]), &[], false);
+        assert_eq!(empty.len(), 1);
     }
 
     #[test]
-    fn a_group_of_one_deeper_path_is_still_a_group() {
-        // `x/y.txt` without `x` itself (a source below it): its group is `x/**`, and a
-        // path named like a group cannot be mistaken for one.
-        let (found, digests) = tree(&["x/y.txt", "z/1.txt", "z/2.txt", "q.txt"], "");
-        let listed = listing(&found, &digests, 3);
-        let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["q.txt", "x/**", "z/**"]);
+    fn path_order_puts_a_directory_s_contents_right_after_it() {
+        let mut paths = vec!["a.b", "a/x", "a", "a-b", "a/x/y", "ab", "a b"];
+        paths.sort_by(|a, b| path_order(a, b));
+        assert_eq!(paths, ["a", "a/x", "a/x/y", "a b", "a-b", "a.b", "ab"]);
     }
 }

@@ -38,8 +38,8 @@ mod scan;
 
 pub use clone::{CloneReport, clone_tree, clone_tree_from_layers};
 pub use context::{
-    ContextDigest, FILES_LISTED, HashMemo, TreeEntry, Visit, hash_context,
-    hash_context_with_owners, walk_tree,
+    ContextDigest, FILES_LISTED, HashMemo, TreeEntry, Visit, Walk, hash_context,
+    hash_context_with_owners, path_order, walk_tree,
 };
 pub use diff::{Change, ChangeKind, ChangeSet, changed, diff};
 pub use error::{Error, Result};

@@ -186,6 +186,12 @@ fn the_memo_makes_an_unchanged_context_cost_a_metadata_scan() {
             b
         },
         [good.as_slice(), b"x"].concat(),
+        {
+            // A path that claims 4 GiB.
+            let mut b = good.clone();
+            b[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+            b
+        },
     ] {
         fs::write(&memo_path, &bad).unwrap();
         assert_eq!(
