@@ -47,13 +47,22 @@ pub(crate) struct HeaderFields<'a> {
 /// Writes `value` as NUL-terminated octal into `field`; false when it does not fit.
 fn put_octal(field: &mut [u8], value: u64) -> bool {
     let digits = field.len() - 1;
-    let text = format!("{value:0digits$o}");
-    if text.len() > digits {
+    // (22 octal digits hold any u64.)
+    if digits < 22 && value >> (3 * digits) != 0 {
         return false;
     }
-    field[..digits].copy_from_slice(text.as_bytes());
+    write_octal(&mut field[..digits], value);
     field[digits] = 0;
     true
+}
+
+/// `value` in octal, zero-padded to fill `out` (which the caller made wide enough): no
+/// formatting machinery, since a layer of a million files writes eight of these per file.
+fn write_octal(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value & 7) as u8;
+        value >>= 3;
+    }
 }
 
 fn put_str(field: &mut [u8], value: &str) -> bool {
@@ -99,8 +108,10 @@ fn split_ustar(name: &[u8]) -> Option<(&[u8], &[u8])> {
 fn checksum(block: &mut [u8; BLOCK]) {
     block[148..156].fill(b' ');
     let sum: u32 = block.iter().map(|b| u32::from(*b)).sum();
-    let text = format!("{sum:06o}\0 ");
-    block[148..156].copy_from_slice(text.as_bytes());
+    // At most 512 * 255, six octal digits; then NUL and space, as tar writes it.
+    write_octal(&mut block[148..154], u64::from(sum));
+    block[154] = 0;
+    block[155] = b' ';
 }
 
 fn ustar_block(
@@ -353,6 +364,27 @@ mod tests {
             let records = parse_pax(&out).unwrap();
             assert_eq!(records[0].1.len(), value_len);
         }
+    }
+
+    #[test]
+    fn octal_fields_are_zero_padded_and_refuse_what_does_not_fit() {
+        let mut field = [b'x'; 8];
+        assert!(put_octal(&mut field, 0o644));
+        assert_eq!(&field, b"0000644\0");
+        assert!(put_octal(&mut field, 0o7777777));
+        assert_eq!(parse_number(&field), Some(0o7777777));
+        assert!(
+            !put_octal(&mut field, 0o10000000),
+            "eight digits in a 7-digit field"
+        );
+        let mut wide = [0u8; 24];
+        assert!(put_octal(&mut wide, u64::MAX));
+        assert_eq!(parse_number(&wide), Some(u64::MAX));
+        let mut block = [0u8; BLOCK];
+        block[0] = b'a';
+        checksum(&mut block);
+        assert!(checksum_ok(&block));
+        assert_eq!(&block[148..156], b"000541\0 ");
     }
 
     #[test]
