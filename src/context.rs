@@ -443,8 +443,9 @@ impl Context {
     }
 
     /// The files below a directory source (their paths relative to it), for copying, in
-    /// order: directories before their contents. Ignored paths are left out. The snapshot
-    /// crate's walk, which hashing the context uses too: directories read in parallel.
+    /// path order (a directory's contents right after it). Ignored paths are left out. The
+    /// snapshot crate's walk, which hashing the context uses too: a few directories read
+    /// ahead in parallel.
     pub(crate) fn walk(&self, dir: &str, exclude: &[String]) -> Result<Vec<TreeEntry>> {
         self.walk_each(dir, exclude, |walk| walk.collect())
     }

@@ -1523,12 +1523,29 @@ async fn a_directory_written_as_it_is_walked_makes_the_layer_a_gathered_copy_mak
         last(walked),
         last(layers(&fx, ctx, &format!("{onto}COPY a e /app/\n")).await),
     );
-    // Hard links among the files: gathered, and kept.
+    // Below a directory `.dockerignore` excludes but looks inside (for an exception), onto
+    // a symbolic link in the image: `a/x/deep` goes where `/app/x/deep` leads.
+    fs::create_dir_all(ctx.join("l2/x")).unwrap();
+    symlink("/t2", ctx.join("l2/x/deep")).unwrap();
+    fs::write(ctx.join(".dockerignore"), "a/x\n!a/x/deep\n").unwrap();
+    let onto = "FROM scratch\nWORKDIR /t2\nCOPY l2 /app\n";
+    assert_eq!(
+        last(layers(&fx, ctx, &format!("{onto}COPY a /app\n")).await),
+        last(layers(&fx, ctx, &format!("{onto}COPY a e /app/\n")).await),
+    );
+    fs::remove_file(ctx.join(".dockerignore")).unwrap();
+    // Hard links among the files: linked to the first met, as gathering does, and kept.
     fs::hard_link(a.join("x/1"), a.join("x/hard")).unwrap();
+    fs::hard_link(a.join("x/1"), a.join("x.y/hard")).unwrap();
+    assert_eq!(
+        layers(&fx, ctx, "FROM scratch\nCOPY a /app\n").await,
+        layers(&fx, ctx, "FROM scratch\nCOPY a e /app/\n").await,
+    );
     let (image, _) = run(fx.build(ctx, "FROM scratch\nCOPY a /app\n")).await;
     let (work, layout) = layout(&image.unwrap());
     let rootfs = umoci_rootfs(work.path(), &layout);
     let inode =
         |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(rootfs.join(p)).unwrap());
     assert_eq!(inode("app/x/1"), inode("app/x/hard"));
+    assert_eq!(inode("app/x/1"), inode("app/x.y/hard"));
 }

@@ -593,11 +593,12 @@ impl CopyEntries<'_> {
 
     /// The layer of a COPY of one directory `source` into `dest_rel`, written as the walk
     /// finds its files, an entry at a time: a context of a million files is never held in
-    /// memory. `None`, with nothing written, where the whole set is needed first: a file
-    /// source, hard links among the files (the layer links them to one another), or a
-    /// copied directory that lands on a symbolic link in the image ([`follow_links_in_root`]
-    /// moves what goes below it); the walk stops where it meets one. The entries gathered
-    /// so far (the destination's parents) come first.
+    /// memory. Files that are one file (hard links) are linked to the first of them met, as
+    /// [`link_hardlinks`] does. `None`, with no layer committed, where the whole set is
+    /// needed first: a file source, or a copied directory that lands on a symbolic link in
+    /// the image ([`follow_links_in_root`] moves what goes below it; the walk stops where it
+    /// meets one, and the staged layer is dropped). The entries gathered so far (the
+    /// destination's parents) come first.
     fn stream(
         &mut self,
         source: &crate::context::Source,
@@ -613,8 +614,12 @@ impl CopyEntries<'_> {
         let head: Vec<Entry> = this.entries.values().cloned().collect();
         let host = ctx.root().join(&source.path);
         let dest_exists = this.root.join(dest_rel).is_dir();
-        // The copied directories the image has too: below them, a link may wait.
-        let mut existing: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Copied directories the image lacks: nothing below them exists there either. Any
+        // other (one the image has, or one the walk did not give, such as a directory
+        // `.dockerignore` excludes but looks inside) is looked at: a link may wait there.
+        let mut missing: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // The first copied path of each file with several links: its later names link to it.
+        let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
         // Why the walk stopped early: files to gather first, or an error.
         let gather = std::cell::Cell::new(false);
         let failed = std::cell::Cell::new(None);
@@ -626,32 +631,43 @@ impl CopyEntries<'_> {
                     return None;
                 }
             };
-            if found.kind == Kind::File && found.nlink > 1 {
-                gather.set(true);
-                return None;
-            }
             if found.kind == Kind::Dir && dest_exists {
-                let parent_exists = match found.path.rsplit_once('/') {
-                    None => true,
-                    Some((parent, _)) => existing.contains(parent),
-                };
-                if parent_exists {
-                    match fs::symlink_metadata(this.root.join(join(dest_rel, &found.path))) {
+                let parent_missing = found
+                    .path
+                    .rsplit_once('/')
+                    .is_some_and(|(parent, _)| missing.contains(parent));
+                let exists = !parent_missing
+                    && match fs::symlink_metadata(this.root.join(join(dest_rel, &found.path))) {
                         Ok(meta) if meta.file_type().is_symlink() => {
                             gather.set(true);
                             return None;
                         }
-                        Ok(meta) if meta.is_dir() => {
-                            existing.insert(found.path.clone());
-                        }
-                        _ => {}
-                    }
+                        Ok(meta) => meta.is_dir(),
+                        Err(_) => false,
+                    };
+                if !exists {
+                    missing.insert(found.path.clone());
                 }
             }
             let metadata = this.meta_of(&found);
             let path = join(dest_rel, &found.path);
             match file_entry(&path, &host.join(&found.path), &found, metadata) {
-                Ok(entry) => Some(entry),
+                Ok(Some(mut entry)) => {
+                    if found.kind == Kind::File && found.nlink > 1 {
+                        match linked.get(&(found.dev, found.ino)) {
+                            Some(first) => {
+                                entry.kind = EntryKind::Hardlink {
+                                    target: first.clone(),
+                                }
+                            }
+                            None => {
+                                linked.insert((found.dev, found.ino), entry.path.clone());
+                            }
+                        }
+                    }
+                    Some(Some(entry))
+                }
+                Ok(None) => Some(None),
                 Err(e) => {
                     failed.set(Some(e));
                     None

@@ -117,8 +117,8 @@ impl KeyBuilder {
         self
     }
 
-    /// Source files and their content digests, at once (in path order, the map is built
-    /// in one pass).
+    /// Source files and their content digests, at once (a context digest's listing: at most
+    /// its 10,000 entries, whatever the number of files).
     pub fn files(mut self, files: impl IntoIterator<Item = (String, String)>) -> KeyBuilder {
         if self.inputs.files.is_empty() {
             self.inputs.files = files.into_iter().collect();

@@ -138,8 +138,10 @@ impl LayerWriter {
     /// sorts into: component by component, parents before children, names in byte order
     /// within a directory), one at a time: memory stays the same for a million entries as
     /// for ten. `entries` is read once; an entry that does not come after the one before it
-    /// (out of order, or a path given twice) is an error, as are whiteouts, opaque markers
-    /// and hard links, which need the whole layer to check (use [`LayerWriter::write`]).
+    /// (out of order, or a path given twice) is an error, as are whiteouts and opaque
+    /// markers, which need the whole layer to check (use [`LayerWriter::write`]). A hard
+    /// link must come after its target, which the caller wrote as a regular file (only the
+    /// order is checked here: checking the rest would mean remembering every path).
     ///
     /// ```
     /// use strata_layer::{Entry, EntryKind, LayerWriter, Metadata};
@@ -172,14 +174,22 @@ impl LayerWriter {
                 path: entry.path.display().to_string(),
                 message: message.to_owned(),
             };
-            if matches!(
-                entry.kind,
-                EntryKind::Whiteout | EntryKind::OpaqueDir | EntryKind::Hardlink { .. }
-            ) {
+            if matches!(entry.kind, EntryKind::Whiteout | EntryKind::OpaqueDir) {
                 return Err(refuse(
-                    "whiteouts, opaque markers and hard links need the whole layer \
-                     (LayerWriter::write)",
+                    "whiteouts and opaque markers need the whole layer (LayerWriter::write)",
                 ));
+            }
+            if let EntryKind::Hardlink { target } = &entry.kind {
+                let target = Entry {
+                    path: target.clone(),
+                    kind: EntryKind::Dir,
+                    metadata: crate::entry::Metadata::default(),
+                };
+                if validate_path(&target.path).is_err()
+                    || compare(&target, &entry) != std::cmp::Ordering::Less
+                {
+                    return Err(refuse("a hard link must come after its target"));
+                }
             }
             if let Some(previous) = &previous
                 && compare(previous, &entry) != std::cmp::Ordering::Less

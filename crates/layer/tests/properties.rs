@@ -141,11 +141,12 @@ fn ordered_writing_refuses_what_it_cannot_check() {
         vec![entry("a.b", file()), entry("a/x", file())],
         // Twice.
         vec![entry("a", file()), entry("a", file())],
-        // What needs the whole layer.
+        // A hard link before its target.
         vec![
-            entry("a", file()),
-            entry("b", EntryKind::Hardlink { target: "a".into() }),
+            entry("a", EntryKind::Hardlink { target: "b".into() }),
+            entry("b", file()),
         ],
+        // What needs the whole layer.
         vec![entry("a", EntryKind::Whiteout)],
         vec![entry("a", EntryKind::OpaqueDir)],
     ];
@@ -155,16 +156,24 @@ fn ordered_writing_refuses_what_it_cannot_check() {
             .unwrap_err();
         assert!(matches!(err, Error::InvalidEntry { .. }), "{case:?}: {err}");
     }
-    // In order, with `a/x` before `a.b`, it writes.
-    LayerWriter::new()
-        .write_ordered(
-            vec![
-                entry("a", EntryKind::Dir),
-                entry("a/x", file()),
-                entry("a.b", file()),
-            ]
-            .into_iter(),
-            std::io::sink(),
-        )
+    // In order, with `a/x` before `a.b` and a hard link after its target, it writes the
+    // layer the writer's own sort writes.
+    let in_order = vec![
+        entry("a", EntryKind::Dir),
+        entry("a/x", file()),
+        entry(
+            "a.b",
+            EntryKind::Hardlink {
+                target: "a/x".into(),
+            },
+        ),
+    ];
+    let (mut sorted, mut ordered) = (Vec::new(), Vec::new());
+    let a = LayerWriter::new()
+        .write(in_order.clone(), &mut sorted)
         .unwrap();
+    let b = LayerWriter::new()
+        .write_ordered(in_order.into_iter(), &mut ordered)
+        .unwrap();
+    assert_eq!((a, sorted), (b, ordered));
 }

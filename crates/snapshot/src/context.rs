@@ -34,12 +34,13 @@ pub enum Visit {
 pub struct ContextDigest {
     /// `sha256:` over every included path and its own digest, in path order.
     pub digest: String,
-    /// What a cache miss names, at most [`FILES_LISTED`] of them, in path order. Up to that
-    /// many paths: each path with its own digest (`sha256:` of kind, mode, and contents or
-    /// link target). Beyond it, the paths are grouped by their first components, as deep as
-    /// the limit allows: a group is named `a/b/**` (the path `a/b` and everything below
-    /// it) and its digest covers its members' paths and digests; a path shallower than the
-    /// groups stays on its own. Every path counts, so two sets with the same listing have
+    /// What a cache miss names, at most [`FILES_LISTED`] entries. Up to that many paths:
+    /// each path with its own digest (`sha256:` of kind, mode, and contents or link
+    /// target). Beyond it, each path no more than one component below the shallowest
+    /// source stays on its own, and what lies deeper is grouped under that path: `a/**`
+    /// (everything below `a`, not `a` itself), whose digest covers its members' paths and
+    /// digests. Past [`FILES_LISTED`] entries even so, one entry `**` whose digest is
+    /// [`ContextDigest::digest`]. Every path counts, so two sets with the same listing have
     /// the same contents.
     pub files: Vec<(String, String)>,
 }
