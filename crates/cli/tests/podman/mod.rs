@@ -17,6 +17,8 @@ use strata_testkit::find_program;
 pub fn lowercase_dir() -> tempfile::TempDir {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_images_of_ended_processes);
     loop {
         let n = COUNT.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -33,6 +35,30 @@ pub fn lowercase_dir() -> tempfile::TempDir {
             Ok(dir) => return dir,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => continue,
             Err(e) => panic!("a directory for the image: {e}"),
+        }
+    }
+}
+
+/// Removes the image directories of test processes that have ended: the images kept in
+/// statics are never dropped, so each test process leaves its directories behind.
+fn sweep_images_of_ended_processes() {
+    // Without /proc, no process can be told ended: nothing is removed.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("strata-image-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
