@@ -68,6 +68,8 @@ pub struct Build {
     secrets: BTreeMap<String, Secret>,
     named_contexts: BTreeMap<String, String>,
     uncached: Vec<String>,
+    /// What setters that cannot fail found wrong: [`Build::validate`] says it.
+    invalid: Vec<String>,
     max_download: u64,
     cache_repo_writes: bool,
     cache_from: Vec<String>,
@@ -114,6 +116,7 @@ impl Build {
             secrets: BTreeMap::new(),
             named_contexts: BTreeMap::new(),
             uncached: Vec::new(),
+            invalid: Vec::new(),
             max_download: strata_registry::DEFAULT_DOWNLOAD_LIMIT,
             cache_repo_writes: true,
             cache_from: Vec::new(),
@@ -248,6 +251,13 @@ impl Build {
     /// digest.
     pub fn cache_layers_of(mut self, instruction: &str, on: bool) -> Build {
         let keyword = instruction.to_ascii_uppercase();
+        if !matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
+            // Said by `validate` (and so by `run`).
+            self.invalid.push(format!(
+                "cache_layers_of(`{instruction}`): only RUN, COPY and ADD steps make layers"
+            ));
+            return self;
+        }
         self.uncached.retain(|k| *k != keyword);
         if !on {
             self.uncached.push(keyword);
@@ -309,11 +319,43 @@ impl Build {
         self
     }
 
+    /// Checks the options that can be wrong on their own, all at once, before anything is
+    /// read or written: the platform (`os/arch[/variant]`), the instructions named in
+    /// [`Build::cache_layers_of`] (`RUN`, `COPY` or `ADD`), and the named build contexts'
+    /// sources. [`Build::run`] starts with it; an embedder can call it when the options are
+    /// set. Errors are [`ErrorKind::Invalid`](crate::ErrorKind::Invalid).
+    ///
+    /// ```
+    /// let build = strata::Build::new(".").platform("linux");
+    /// assert_eq!(build.validate().unwrap_err().kind(), strata::ErrorKind::Invalid);
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        self.target_platform()?;
+        if let Some(first) = self.invalid.first() {
+            return Err(Error::Invalid(first.clone()));
+        }
+        named_contexts(&self.named_contexts)?;
+        Ok(())
+    }
+
+    /// The platform to build for: the one set, checked, or the host's.
+    fn target_platform(&self) -> Result<strata_dockerfile::Platform> {
+        match &self.platform {
+            Some(text) => strata_dockerfile::Platform::parse(text).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "invalid platform `{text}` (expected os/arch[/variant], such as linux/amd64)"
+                ))
+            }),
+            None => Ok(strata_dockerfile::Platform::host()),
+        }
+    }
+
     /// Runs the build and returns the image, whose blobs are in the state directory.
     ///
     /// Events reach the [`Build::on_event`] subscriber on a thread of their own (a slow
     /// subscriber never stalls a step), in order, and all of them before this returns.
     pub async fn run(mut self) -> Result<Image> {
+        self.validate()?;
         let runtime = tokio::runtime::Handle::current();
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         // The engine sends to the delivery's queue; the image gets the subscriber itself.
@@ -354,6 +396,7 @@ impl Build {
         state_dir: &Path,
         runtime: tokio::runtime::Handle,
     ) -> Result<(Engine, crate::state::WorkDir)> {
+        let target_platform = self.target_platform()?;
         let state = match State::open(state_dir) {
             Ok(state) => state,
             // Not root in a container where namespaces are denied: the state directory is
@@ -492,11 +535,7 @@ impl Build {
             file: file_name.clone(),
             source,
         })?;
-        let target_platform = match &self.platform {
-            Some(text) => strata_dockerfile::Platform::parse(text)
-                .ok_or_else(|| Error::Invalid(format!("invalid platform `{text}`")))?,
-            None => strata_dockerfile::Platform::host(),
-        };
+
         let plan = Plan::new(
             &file,
             &PlanOptions {

@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 
 use common::{Fixture, describe, layout, run, skopeo_config, umoci_rootfs};
-use strata::Event;
+use strata::{Build, Event};
 use strata_testkit::ContextBuilder;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1548,4 +1548,39 @@ async fn a_directory_written_as_it_is_walked_makes_the_layer_a_gathered_copy_mak
         |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(rootfs.join(p)).unwrap());
     assert_eq!(inode("app/x/1"), inode("app/x/hard"));
     assert_eq!(inode("app/x/1"), inode("app/x.y/hard"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn options_are_checked_at_once_before_anything_is_read_or_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bad = [
+        Build::new(dir.path()).platform("linux"),
+        Build::new(dir.path()).platform("linux/arm64/v8/extra"),
+        Build::new(dir.path()).cache_layers_of("FROM", false),
+        Build::new(dir.path()).cache_layers_of("WORKDIR", true),
+        Build::new(dir.path()).build_context("base", "ftp://example.com/base"),
+        Build::new(dir.path()).build_context("base", "docker-image://Not A Reference"),
+    ];
+    for build in bad {
+        let shown = format!("{build:?}");
+        assert_eq!(
+            build.validate().unwrap_err().kind(),
+            strata::ErrorKind::Invalid,
+            "{shown}"
+        );
+        // `run` says the same before it opens the state directory or reads the context
+        // (there is no Dockerfile here).
+        let err = build.state_dir(&state).run().await.unwrap_err();
+        assert_eq!(err.kind(), strata::ErrorKind::Invalid, "{shown}: {err}");
+        assert!(!state.exists());
+    }
+    Build::new(dir.path())
+        .platform("linux/arm64/v8")
+        .cache_layers_of("run", false)
+        .cache_layers_of("Copy", true)
+        .build_context("base", "docker-image://alpine:3")
+        .build_context("local", "oci-layout:///tmp/layout:tag")
+        .validate()
+        .unwrap();
 }
