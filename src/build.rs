@@ -7,6 +7,7 @@ use std::sync::Arc;
 use strata_cache::LocalStore;
 use strata_dockerfile::{Plan, PlanOptions};
 use strata_layer::Compression;
+use strata_oci::Platform;
 use strata_registry::RegistryClient;
 
 use crate::Isolation;
@@ -16,6 +17,7 @@ use crate::engine::{Engine, Options, Secret, SnapshotMode, StageResult};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
 use crate::image::Image;
+use crate::options::{ImageSource, LayerStep};
 use crate::state::{State, default_state_dir};
 
 /// Where the Dockerfile comes from.
@@ -52,7 +54,7 @@ pub struct Build {
     dockerfile: DockerfileSource,
     build_args: BTreeMap<String, String>,
     target: Option<String>,
-    platform: Option<String>,
+    platform: Option<Platform>,
     labels: BTreeMap<String, String>,
     state_dir: Option<PathBuf>,
     cache: bool,
@@ -66,10 +68,8 @@ pub struct Build {
     compression: Compression,
     events: Option<EventSink>,
     secrets: BTreeMap<String, Secret>,
-    named_contexts: BTreeMap<String, String>,
+    named_contexts: BTreeMap<String, ImageSource>,
     uncached: Vec<String>,
-    /// What setters that cannot fail found wrong: [`Build::validate`] says it.
-    invalid: Vec<String>,
     max_download: u64,
     cache_repo_writes: bool,
     cache_from: Vec<String>,
@@ -116,7 +116,6 @@ impl Build {
             secrets: BTreeMap::new(),
             named_contexts: BTreeMap::new(),
             uncached: Vec::new(),
-            invalid: Vec::new(),
             max_download: strata_registry::DEFAULT_DOWNLOAD_LIMIT,
             cache_repo_writes: true,
             cache_from: Vec::new(),
@@ -150,9 +149,10 @@ impl Build {
         self
     }
 
-    /// The platform to build for, `os/arch[/variant]` (default: the host's).
-    pub fn platform(mut self, platform: impl Into<String>) -> Build {
-        self.platform = Some(platform.into());
+    /// The platform to build for (default: the host's); parse one from text with
+    /// `"linux/arm64".parse::<Platform>()`.
+    pub fn platform(mut self, platform: Platform) -> Build {
+        self.platform = Some(platform);
         self
     }
 
@@ -249,15 +249,8 @@ impl Build {
     /// all are). Kaniko's `--cache-run-layers` and `--cache-copy-layers`; unlike Kaniko,
     /// strata caches COPY layers by default, because their keys hold the copied content's
     /// digest.
-    pub fn cache_layers_of(mut self, instruction: &str, on: bool) -> Build {
-        let keyword = instruction.to_ascii_uppercase();
-        if !matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
-            // Said by `validate` (and so by `run`).
-            self.invalid.push(format!(
-                "cache_layers_of(`{instruction}`): only RUN, COPY and ADD steps make layers"
-            ));
-            return self;
-        }
+    pub fn cache_layers_of(mut self, step: LayerStep, on: bool) -> Build {
+        let keyword = step.keyword().to_owned();
         self.uncached.retain(|k| *k != keyword);
         if !on {
             self.uncached.push(keyword);
@@ -266,11 +259,11 @@ impl Build {
     }
 
     /// A named build context: `name` in `FROM`, `COPY --from` and `RUN --mount from=` stands
-    /// for the image `source` (`oci-layout://PATH[:TAG]` or `docker-image://REFERENCE`),
-    /// unless a stage has that name. BuildKit's `--build-context`; directories are not
-    /// supported yet (an error when the build starts).
-    pub fn build_context(mut self, name: impl Into<String>, source: impl Into<String>) -> Build {
-        self.named_contexts.insert(name.into(), source.into());
+    /// for the image `source`, unless a stage has that name. BuildKit's `--build-context`;
+    /// parse a source from its text (`oci-layout://PATH[:TAG]`, `docker-image://REFERENCE`)
+    /// with `str::parse::<ImageSource>`. Directories are not supported yet.
+    pub fn build_context(mut self, name: impl Into<String>, source: ImageSource) -> Build {
+        self.named_contexts.insert(name.into(), source);
         self
     }
 
@@ -319,35 +312,38 @@ impl Build {
         self
     }
 
-    /// Checks the options that can be wrong on their own, all at once, before anything is
-    /// read or written: the platform (`os/arch[/variant]`), the instructions named in
-    /// [`Build::cache_layers_of`] (`RUN`, `COPY` or `ADD`), and the named build contexts'
-    /// sources. [`Build::run`] starts with it; an embedder can call it when the options are
-    /// set. Errors are [`ErrorKind::Invalid`](crate::ErrorKind::Invalid).
+    /// Checks the options given as text that can be wrong on their own, all at once, before
+    /// anything is read or written: the cache repository and `--cache-from` images
+    /// (references), and the names of build contexts. (Platforms, layer steps and build
+    /// context sources are typed, so they were checked when they were parsed.) [`Build::run`]
+    /// starts with it; an embedder can call it when the options are set. Errors are
+    /// [`ErrorKind::Invalid`](crate::ErrorKind::Invalid).
     ///
     /// ```
-    /// let build = strata::Build::new(".").platform("linux");
+    /// let build = strata::Build::new(".").cache_repo("Not A Repository");
     /// assert_eq!(build.validate().unwrap_err().kind(), strata::ErrorKind::Invalid);
     /// ```
     pub fn validate(&self) -> Result<()> {
-        self.target_platform()?;
-        if let Some(first) = self.invalid.first() {
-            return Err(Error::Invalid(first.clone()));
+        for reference in self.cache_repo.iter().chain(&self.cache_from) {
+            strata_registry::Reference::parse(reference)?;
         }
-        named_contexts(&self.named_contexts)?;
+        for name in self.named_contexts.keys() {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':'));
+            if !valid {
+                return Err(Error::Invalid(format!(
+                    "build context name `{name}`: use letters, digits, `_`, `-`, `.`, `/` and `:`"
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// The platform to build for: the one set, checked, or the host's.
-    fn target_platform(&self) -> Result<strata_dockerfile::Platform> {
-        match &self.platform {
-            Some(text) => strata_dockerfile::Platform::parse(text).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "invalid platform `{text}` (expected os/arch[/variant], such as linux/amd64)"
-                ))
-            }),
-            None => Ok(strata_dockerfile::Platform::host()),
-        }
+    /// The platform to build for: the one set, or the host's.
+    fn target_platform(&self) -> Platform {
+        self.platform.clone().unwrap_or_else(Platform::host)
     }
 
     /// Runs the build and returns the image, whose blobs are in the state directory.
@@ -396,7 +392,7 @@ impl Build {
         state_dir: &Path,
         runtime: tokio::runtime::Handle,
     ) -> Result<(Engine, crate::state::WorkDir)> {
-        let target_platform = self.target_platform()?;
+        let target_platform = self.target_platform();
         let state = match State::open(state_dir) {
             Ok(state) => state,
             // Not root in a container where namespaces are denied: the state directory is
@@ -415,7 +411,11 @@ impl Build {
             Err(e) => return Err(e),
         };
         let work = state.work_dir()?;
-        let named_contexts = named_contexts(&self.named_contexts)?;
+        let named_contexts = self
+            .named_contexts
+            .iter()
+            .map(|(name, source)| (name.clone(), source.engine_form()))
+            .collect();
         let mut registry = self
             .registry
             .unwrap_or_else(|| RegistryClient::builder().build());
@@ -542,7 +542,7 @@ impl Build {
                 build_args: self.build_args.clone(),
                 target: self.target.clone(),
                 target_platform: target_platform.clone(),
-                build_platform: strata_dockerfile::Platform::host(),
+                build_platform: Platform::host(),
             },
         )
         .map_err(|source| Error::Dockerfile {
@@ -556,7 +556,7 @@ impl Build {
         };
         let remote = match (&self.cache_repo, &cache) {
             (Some(repository), Some(_)) => Some(
-                strata_cache::RegistryStore::new(
+                crate::remote_cache::RegistryStore::new(
                     registry.clone(),
                     repository,
                     state.layout.clone(),
@@ -577,7 +577,7 @@ impl Build {
             })?),
             None => self.reproducible,
         };
-        let platform = crate::engine::registry_platform(target_platform);
+        let platform = target_platform;
         let engine = Engine::new(
             state,
             cache,
@@ -873,26 +873,4 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
         engine.blob_sources()?,
         engine.opts.cache_from.clone(),
     ))
-}
-
-/// The image source each named build context stands for, checked: `oci-layout://` is kept,
-/// `docker-image://` gives the plain reference.
-fn named_contexts(given: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
-    given
-        .iter()
-        .map(|(name, source)| {
-            let resolved = if source.starts_with("oci-layout://") {
-                source.clone()
-            } else if let Some(reference) = source.strip_prefix("docker-image://") {
-                strata_registry::Reference::parse(reference)?;
-                reference.to_owned()
-            } else {
-                return Err(Error::Invalid(format!(
-                    "build context `{name}={source}`: strata supports oci-layout://PATH[:TAG] and \
-                     docker-image://REFERENCE sources (directories are not supported yet)"
-                )));
-            };
-            Ok((name.clone(), resolved))
-        })
-        .collect()
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use strata_cache::LocalStore;
-use strata_registry::Layout;
+use strata_oci::Layout;
 
 use crate::error::{Error, Result};
 
@@ -20,8 +20,8 @@ pub struct StateFault {
     pub repaired: bool,
 }
 
-impl From<strata_registry::Fault> for StateFault {
-    fn from(f: strata_registry::Fault) -> StateFault {
+impl From<strata_oci::Fault> for StateFault {
+    fn from(f: strata_oci::Fault) -> StateFault {
         StateFault {
             path: f.path,
             message: f.message,

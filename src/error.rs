@@ -84,6 +84,9 @@ pub enum Error {
     /// Talking to a registry or reading an image store failed.
     #[error(transparent)]
     Registry(#[from] strata_registry::Error),
+    /// The state directory's image layout, a manifest or a platform is not usable.
+    #[error(transparent)]
+    Oci(#[from] strata_oci::Error),
     /// Writing or extracting a layer failed.
     #[error(transparent)]
     Layer(#[from] strata_layer::Error),
@@ -184,7 +187,8 @@ impl Error {
             Error::Task(_) => ErrorKind::Internal,
             Error::Invalid(_) => ErrorKind::Invalid,
             Error::Registry(e) => match e {
-                strata_registry::Error::NotFound { .. } => ErrorKind::NotFound,
+                strata_registry::Error::NotFound { .. }
+                | strata_registry::Error::NoPlatform { .. } => ErrorKind::NotFound,
                 strata_registry::Error::Io { .. } => ErrorKind::Io,
                 strata_registry::Error::CredentialHelper { .. } => ErrorKind::Auth,
                 strata_registry::Error::Registry { .. } => match e.http_status() {
@@ -194,6 +198,13 @@ impl Error {
                 },
                 strata_registry::Error::InvalidReference { .. } => ErrorKind::Invalid,
                 _ => ErrorKind::Registry,
+            },
+            Error::Oci(e) => match e {
+                strata_oci::Error::Io { .. } => ErrorKind::Io,
+                strata_oci::Error::NotFound { .. } | strata_oci::Error::NoPlatform { .. } => {
+                    ErrorKind::NotFound
+                }
+                _ => ErrorKind::Invalid,
             },
             Error::Layer(strata_layer::Error::Io { .. }) => ErrorKind::Io,
             Error::Layer(_) => ErrorKind::Invalid,

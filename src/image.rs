@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use strata_registry::{BlobInfo, Layout, Reference, RegistryClient, Target};
+use strata_oci::{BlobInfo, Layout};
+use strata_registry::{Reference, RegistryClient, Target};
 
 use crate::config::{ImageConfig, LayerRef};
 use crate::error::{Error, Result};

@@ -39,15 +39,11 @@ pub(crate) struct LayerStore {
 /// The chain id of each layer of a stack given by its diff_ids (lowest first): the first
 /// layer's diff_id, then `sha256(chain below + " " + diff_id)`.
 pub(crate) fn chain_ids<'a>(diff_ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    use sha2::{Digest, Sha256};
     let mut chains: Vec<String> = Vec::new();
     for diff_id in diff_ids {
         let chain = match chains.last() {
             None => diff_id.to_owned(),
-            Some(below) => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(format!("{below} {diff_id}").as_bytes()))
-            ),
+            Some(below) => strata_oci::digest::sha256(format!("{below} {diff_id}")),
         };
         chains.push(chain);
     }

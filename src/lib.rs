@@ -55,7 +55,9 @@ mod incontainer;
 mod inplace;
 mod layers;
 mod objects;
+mod options;
 mod prune;
+pub mod remote_cache;
 mod state;
 
 pub use build::Build;
@@ -67,12 +69,15 @@ pub use event::{Event, EventSink};
 pub use git::{GitSource, PullMethod, is_git_url, redact as redact_url};
 pub use image::Image;
 pub use incontainer::{Isolation, container_marker};
+pub use options::{ImageSource, LayerStep};
 pub use prune::{PruneOptions, PruneReport, prune_state};
 pub use state::default_state_dir;
 
 pub use strata_cache as cache;
 pub use strata_dockerfile as dockerfile;
 pub use strata_layer as layer;
+pub use strata_oci as oci;
+pub use strata_oci::Platform;
 pub use strata_registry as registry;
 pub use strata_sandbox as sandbox;
 pub use strata_snapshot as snapshot;

@@ -162,7 +162,7 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
 
     let blobs = dir.join("blobs/sha256");
     let cache_blobs = dir.join("cache/blobs/sha256");
-    let layout = strata_registry::Layout::open(dir)?;
+    let layout = strata_oci::Layout::open(dir)?;
     // Units and what each holds.
     let mut units: Vec<(SystemTime, Unit, Vec<String>)> = Vec::new();
     for path in list(&dir.join("cache/entries")) {

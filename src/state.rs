@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use strata_registry::Layout;
+use strata_oci::Layout;
 
 use crate::error::{Error, Result};
 

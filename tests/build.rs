@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 
 use common::{Fixture, describe, layout, run, skopeo_config, umoci_rootfs};
-use strata::{Build, Event};
+use strata::{Build, Event, ImageSource, LayerStep, Platform};
 use strata_testkit::ContextBuilder;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1199,8 +1199,16 @@ async fn named_build_contexts_stand_in_for_images() {
     let dockerfile = "FROM app-base\nCOPY --from=tools /etc/passwd /copied-passwd\n";
     let build = fx
         .build(context.path(), dockerfile)
-        .build_context("app-base", format!("oci-layout://{}:v1", saved.display()))
-        .build_context("tools", format!("docker-image://{}", fx.base));
+        .build_context(
+            "app-base",
+            format!("oci-layout://{}:v1", saved.display())
+                .parse()
+                .unwrap(),
+        )
+        .build_context(
+            "tools",
+            format!("docker-image://{}", fx.base).parse().unwrap(),
+        );
     let (image, events) = run(build).await;
     let image = image.unwrap();
     assert!(
@@ -1221,17 +1229,15 @@ async fn named_build_contexts_stand_in_for_images() {
     let staged = "FROM {base} AS tools\nRUN echo stage > /from-stage\nFROM scratch\nCOPY --from=tools /from-stage /s\n";
     let build = fx
         .build(context.path(), staged)
-        .build_context("tools", "oci-layout:///nonexistent");
+        .build_context("tools", "oci-layout:///nonexistent".parse().unwrap());
     let (image, _) = run(build).await;
     image.unwrap();
-    // Sources strata cannot use are refused by name.
-    let build = fx
-        .build(context.path(), "FROM app-base\n")
-        .build_context("app-base", "/some/dir");
-    let (result, _) = run(build).await;
-    let text = result.err().unwrap().to_string();
+    // Sources strata cannot use are refused by name when they are parsed.
+    let error = "/some/dir".parse::<ImageSource>().unwrap_err();
+    assert_eq!(error.kind(), strata::ErrorKind::Invalid);
+    let text = error.to_string();
     assert!(
-        text.contains("app-base=/some/dir") && text.contains("oci-layout://"),
+        text.contains("/some/dir") && text.contains("oci-layout://"),
         "{text}"
     );
 }
@@ -1243,7 +1249,7 @@ async fn run_layers_can_be_left_out_of_the_cache() {
     let dockerfile = "FROM {base}\nCOPY f /f\nRUN date +%s%N > /stamp\n";
     let build = || {
         fx.build(context.path(), dockerfile)
-            .cache_layers_of("RUN", false)
+            .cache_layers_of(LayerStep::Run, false)
     };
     let (first, _) = run(build()).await;
     assert_eq!(first.unwrap().cache_hits(), (0, 2));
@@ -1431,7 +1437,9 @@ async fn from_platform_picks_that_platforms_image_from_an_index() {
          FROM --platform=$TARGETPLATFORM {multi}\n\
          COPY --from=tools /platform /build-platform\n"
     );
-    let build = fx.build(context.path(), &dockerfile).platform(foreign);
+    let build = fx
+        .build(context.path(), &dockerfile)
+        .platform(foreign.parse().unwrap());
     let (_work, rootfs, platform) = unpacked(build).await;
     assert_eq!(read(&rootfs, "platform"), format!("{foreign}\n"));
     assert_eq!(read(&rootfs, "build-platform"), format!("{host}\n"));
@@ -1554,13 +1562,27 @@ async fn a_directory_written_as_it_is_walked_makes_the_layer_a_gathered_copy_mak
 async fn options_are_checked_at_once_before_anything_is_read_or_written() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    // Typed values are refused when parsed, with the kind a build would give.
+    for platform in ["linux", "linux/arm64/v8/extra", "linux/am d64"] {
+        let error = strata::Error::from(platform.parse::<Platform>().unwrap_err());
+        assert_eq!(error.kind(), strata::ErrorKind::Invalid, "{platform}");
+        assert!(error.to_string().contains(platform), "{error}");
+    }
+    for step in ["FROM", "WORKDIR"] {
+        let error = step.parse::<LayerStep>().unwrap_err();
+        assert_eq!(error.kind(), strata::ErrorKind::Invalid, "{step}");
+    }
+    for source in ["ftp://example.com/base", "docker-image://Not A Reference"] {
+        let error = source.parse::<ImageSource>().unwrap_err();
+        assert_eq!(error.kind(), strata::ErrorKind::Invalid, "{source}");
+    }
+    // What stays text is checked by `validate`, and by `run` before anything else.
+    let base: ImageSource = "docker-image://alpine:3".parse().unwrap();
     let bad = [
-        Build::new(dir.path()).platform("linux"),
-        Build::new(dir.path()).platform("linux/arm64/v8/extra"),
-        Build::new(dir.path()).cache_layers_of("FROM", false),
-        Build::new(dir.path()).cache_layers_of("WORKDIR", true),
-        Build::new(dir.path()).build_context("base", "ftp://example.com/base"),
-        Build::new(dir.path()).build_context("base", "docker-image://Not A Reference"),
+        Build::new(dir.path()).cache_repo("Not A Repository"),
+        Build::new(dir.path()).cache_from("UPPER/case:1"),
+        Build::new(dir.path()).build_context("", base.clone()),
+        Build::new(dir.path()).build_context("two words", base.clone()),
     ];
     for build in bad {
         let shown = format!("{build:?}");
@@ -1576,11 +1598,13 @@ async fn options_are_checked_at_once_before_anything_is_read_or_written() {
         assert!(!state.exists());
     }
     Build::new(dir.path())
-        .platform("linux/arm64/v8")
-        .cache_layers_of("run", false)
-        .cache_layers_of("Copy", true)
-        .build_context("base", "docker-image://alpine:3")
-        .build_context("local", "oci-layout:///tmp/layout:tag")
+        .platform("linux/arm64/v8".parse().unwrap())
+        .cache_layers_of("run".parse().unwrap(), false)
+        .cache_layers_of(LayerStep::Copy, true)
+        .cache_repo("localhost:5000/cache")
+        .cache_from("localhost:5000/app:1")
+        .build_context("base", base)
+        .build_context("local", "oci-layout:///tmp/layout:tag".parse().unwrap())
         .validate()
         .unwrap();
 }

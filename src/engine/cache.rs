@@ -398,9 +398,8 @@ impl Engine {
 /// The cache-repository name of a `COPY --from` source's content digest: apart from every
 /// step key (those hash other bytes).
 fn content_alias(name: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
+    let mut hasher = strata_oci::Hasher::new();
     hasher.update(b"strata COPY --from content\n");
     hasher.update(name.as_bytes());
-    format!("sha256:{}", hex::encode(hasher.finalize()))
+    hasher.finish()
 }

@@ -18,7 +18,6 @@ pub(crate) mod run;
 mod stage;
 
 pub(crate) use config::expose;
-pub(crate) use stage::registry_platform;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -30,12 +29,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_json::json;
-use strata_cache::{
-    CacheEntry, CacheKey, CacheStore, CachedLayer, KeyBuilder, LocalStore, RegistryStore,
-};
+use strata_cache::{CacheEntry, CacheKey, CacheStore, CachedLayer, KeyBuilder, LocalStore};
 use strata_dockerfile::{Base, CommandLine, Healthcheck, Instruction, Located, Plan, Stage};
 use strata_layer::{Compression, Entry, EntryKind, Extractor, LayerWriter, Metadata, Mtime};
-use strata_registry::{Descriptor, Layout, Manifest, Platform, Reference, RegistryClient};
+use strata_oci::{Descriptor, Layout, Manifest, Platform};
+use strata_registry::{Reference, RegistryClient};
+
+use crate::remote_cache::RegistryStore;
 use strata_sandbox::{Cancel, Sandbox};
 use strata_snapshot::HashMemo;
 

@@ -189,8 +189,8 @@ impl Engine {
             &strata_dockerfile::PlanOptions {
                 build_args: BTreeMap::new(),
                 target: None,
-                target_platform: strata_dockerfile::Platform::host(),
-                build_platform: strata_dockerfile::Platform::host(),
+                target_platform: Platform::host(),
+                build_platform: Platform::host(),
             },
         )
         .map_err(invalid)?;
@@ -271,13 +271,8 @@ impl Engine {
         let Some(text) = stage.platform.as_deref() else {
             return Ok(self.opts.platform.clone());
         };
-        let parsed = strata_dockerfile::Platform::parse(text).ok_or_else(|| {
-            Error::Invalid(format!(
-                "FROM --platform={text}: not a platform (expected os/arch[/variant], such as \
-                 linux/arm64)"
-            ))
-        })?;
-        Ok(registry_platform(parsed))
+        text.parse::<Platform>()
+            .map_err(|e| Error::Invalid(format!("FROM --platform={text}: {e}")))
     }
 
     /// Resolves and pulls an image for `platform` (or reads an `oci-layout://` directory) into
@@ -539,15 +534,5 @@ fn image_manifest(layout: &Layout, digest: &str) -> Result<(Descriptor, Vec<Desc
         Manifest::Index { .. } => Err(Error::Invalid(format!(
             "{digest} is an image index where an image manifest was expected"
         ))),
-    }
-}
-
-/// The Dockerfile crate's platform as the registry crate names it (the two crates do not
-/// know each other).
-pub(crate) fn registry_platform(platform: strata_dockerfile::Platform) -> Platform {
-    Platform {
-        os: platform.os,
-        architecture: platform.architecture,
-        variant: platform.variant,
     }
 }

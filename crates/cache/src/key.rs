@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use strata_oci::Hasher;
 
 /// The version of the key encoding, hashed into every key.
 pub const KEY_FORMAT: &str = "strata-cache-key/1";
@@ -140,9 +140,9 @@ impl KeyBuilder {
 /// Hashes the inputs: every field length-prefixed, so that no two different input sets can
 /// encode to the same bytes.
 fn digest_of(inputs: &KeyInputs) -> String {
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new();
     let mut put = |text: &str| {
-        hasher.update((text.len() as u64).to_be_bytes());
+        hasher.update(&(text.len() as u64).to_be_bytes());
         hasher.update(text.as_bytes());
     };
     put(KEY_FORMAT);
@@ -161,7 +161,7 @@ fn digest_of(inputs: &KeyInputs) -> String {
             put(value);
         }
     }
-    format!("sha256:{}", hex::encode(hasher.finalize()))
+    hasher.finish()
 }
 
 /// Says, in words, how `current` differs from `previous`: what a user reads to learn why a

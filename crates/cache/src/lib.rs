@@ -7,8 +7,9 @@
 //! what steps produced; [`LocalStore`] is one in a local directory, safe with several builds
 //! at once, with a size limit (least recently used first out) and a TTL.
 //!
-//! With the cargo feature `registry`, [`RegistryStore`] keeps entries in a repository of an
-//! OCI registry (Kaniko's `--cache-repo`), so that another machine hits them too.
+//! The store that keeps entries in a repository of an OCI registry (Kaniko's `--cache-repo`)
+//! joins this crate and `strata-registry`, so it lives in the `strata` package
+//! (`strata::remote_cache::RegistryStore`).
 //!
 //! ```
 //! use strata_cache::{CacheEntry, CacheStore, KeyBuilder, LocalStore};
@@ -32,12 +33,8 @@
 
 mod error;
 mod key;
-#[cfg(feature = "registry")]
-mod registry;
 mod store;
 
 pub use error::{Error, Result};
 pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, KeyInputs, explain};
-#[cfg(feature = "registry")]
-pub use registry::{ENTRY_MEDIA_TYPE, PARALLEL_LOOKUPS, RegistryStore};
 pub use store::{CacheEntry, CacheStore, CachedLayer, LocalStore, StoreFault, StoreReport};

@@ -404,7 +404,7 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 fn hash_file(path: &Path) -> Result<String> {
     use std::io::Read;
     let mut file = File::open(path).map_err(Error::io(path))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = strata_oci::Hasher::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buffer).map_err(Error::io(path))?;
@@ -413,5 +413,5 @@ fn hash_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    Ok(hasher.finish())
 }

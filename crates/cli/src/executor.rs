@@ -142,6 +142,9 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
         build = build.target(target);
     }
     if let Some(platform) = &args.custom_platform {
+        let platform = platform
+            .parse::<strata::Platform>()
+            .map_err(|e| Failure::Usage(format!("--custom-platform: {e}")))?;
         build = build.platform(platform);
     }
     let state = state_dir(&args)?;
@@ -167,9 +170,9 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
             _ => strata::SnapshotMode::Walk,
         })
         .single_snapshot(args.single_snapshot)
-        .cache_layers_of("RUN", args.cache_run_layers)
-        .cache_layers_of("COPY", args.cache_copy_layers)
-        .cache_layers_of("ADD", args.cache_copy_layers)
+        .cache_layers_of(strata::LayerStep::Run, args.cache_run_layers)
+        .cache_layers_of(strata::LayerStep::Copy, args.cache_copy_layers)
+        .cache_layers_of(strata::LayerStep::Add, args.cache_copy_layers)
         .cache_repo_writes(!args.no_push_cache)
         .isolation(match args.isolation {
             cli::IsolationMode::Auto => strata::Isolation::Auto,
@@ -180,6 +183,9 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
         .ignore_var_run(args.ignore_var_run);
     for text in &args.build_contexts {
         let (name, source) = key_value("--build-context", text, "NAME=oci-layout://DIR[:TAG]")?;
+        let source = source
+            .parse::<strata::ImageSource>()
+            .map_err(|e| Failure::Usage(format!("--build-context {name}: {e}")))?;
         build = build.build_context(name, source);
     }
     for path in &args.ignore_paths {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use strata_oci::Platform;
 
 use crate::ast::{Dockerfile, Node};
 use crate::error::{Error, Result};
@@ -22,61 +23,6 @@ pub const PROXY_ARGS: [&str; 10] = [
     "ALL_PROXY",
     "all_proxy",
 ];
-
-/// An OS/architecture/variant triple, as in `linux/arm64/v8`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// GOARCH spelling: `amd64`, `arm64`, ...
-    pub architecture: String,
-    /// `v7`, `v8`, ... when there is one.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform of the machine this runs on.
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
-        Platform {
-            os: "linux".to_owned(),
-            architecture: architecture.to_owned(),
-            variant: None,
-        }
-    }
-
-    /// Parses `os/arch[/variant]`.
-    pub fn parse(text: &str) -> Option<Platform> {
-        let mut parts = text.split('/');
-        let os = parts.next().filter(|s| !s.is_empty())?;
-        let architecture = parts.next().filter(|s| !s.is_empty())?;
-        let variant = parts.next().map(str::to_owned);
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(Platform {
-            os: os.to_owned(),
-            architecture: architecture.to_owned(),
-            variant,
-        })
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(variant) = &self.variant {
-            write!(f, "/{variant}")?;
-        }
-        Ok(())
-    }
-}
 
 /// What a build asks of a Dockerfile: build args, target stage, platforms.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,8 +20,8 @@ fn plan_with(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         target: target.map(str::to_owned),
-        target_platform: Platform::parse("linux/arm64/v8").unwrap(),
-        build_platform: Platform::parse("linux/amd64").unwrap(),
+        target_platform: "linux/arm64/v8".parse::<Platform>().unwrap(),
+        build_platform: "linux/amd64".parse::<Platform>().unwrap(),
     };
     Plan::new(&file, &options)
 }

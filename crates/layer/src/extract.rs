@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::compression::Codec;
-use crate::digest::{HashingReader, finish};
 use crate::entry::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
 use crate::read::{EntryHeader, ReadKind, TarReader};
+use strata_oci::HashingReader;
 
 /// The longest entry name accepted.
 const MAX_NAME: usize = 4096;
@@ -869,13 +869,13 @@ impl Extractor {
     ) -> Result<()> {
         let mut uncompressed = tar.into_inner();
         io::copy(&mut uncompressed, &mut io::sink()).map_err(Error::io("<layer>"))?;
-        report.diff_id = finish(uncompressed.hasher);
-        report.uncompressed_size = uncompressed.count;
+        report.uncompressed_size = uncompressed.hasher.count();
+        report.diff_id = uncompressed.hasher.finish();
         let mut raw = uncompressed.inner.into_inner();
         io::copy(&mut raw, &mut io::sink()).map_err(Error::io("<layer>"))?;
         let raw = raw.into_inner();
-        report.digest = finish(raw.hasher);
-        report.compressed_size = raw.count;
+        report.compressed_size = raw.hasher.count();
+        report.digest = raw.hasher.finish();
         if let Some(expected) = &self.expected_digest
             && *expected != report.digest
         {

@@ -40,7 +40,6 @@
 )]
 
 mod compression;
-mod digest;
 mod entry;
 mod error;
 mod extract;

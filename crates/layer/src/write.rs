@@ -11,11 +11,11 @@ use std::str::FromStr;
 use oci_spec::image::{Descriptor, Sha256Digest};
 
 use crate::compression::Compression;
-use crate::digest::{HashingWriter, finish};
 use crate::entry::{Entry, EntryKind, Mtime, compare, validate_path};
 use crate::error::{Error, Result};
 use crate::gzip::ParallelGzip;
 use crate::tar_format::{BLOCK, HeaderFields, encode_header, kind};
+use strata_oci::HashingWriter;
 
 /// What a written layer is: its descriptor (media type, compressed digest and size) and its
 /// `diff_id` (digest of the uncompressed tar).
@@ -228,10 +228,7 @@ impl LayerWriter {
                         .map_err(Error::io("<gzip>"))?;
                     let tar = self.write_tar(entries, gzip)?;
                     let gzip = tar.inner;
-                    (
-                        gzip.finish().map_err(Error::io("<output>"))?,
-                        (tar.hasher, tar.count),
-                    )
+                    (gzip.finish().map_err(Error::io("<output>"))?, tar.hasher)
                 }
                 Compression::Zstd { level } => {
                     let mut encoder = zstd::stream::write::Encoder::new(compressed, level)
@@ -249,23 +246,19 @@ impl LayerWriter {
                     }
                     let tar = self.write_tar(entries, encoder)?;
                     let encoder = tar.inner;
-                    (
-                        encoder.finish().map_err(Error::io("<output>"))?,
-                        (tar.hasher, tar.count),
-                    )
+                    (encoder.finish().map_err(Error::io("<output>"))?, tar.hasher)
                 }
                 Compression::None => {
                     let tar = self.write_tar(entries, compressed)?;
-                    let uncompressed = (tar.hasher.clone(), tar.count);
-                    (tar.inner, uncompressed)
+                    (tar.inner, tar.hasher)
                 }
             };
-        let (tar_hasher, uncompressed_size) = tar;
-        let diff_id = finish(tar_hasher);
+        let uncompressed_size = tar.count();
+        let diff_id = tar.finish();
         let mut compressed = compressed;
         compressed.flush().map_err(Error::io("<output>"))?;
-        let size = compressed.count;
-        let digest = finish(compressed.hasher);
+        let size = compressed.hasher.count();
+        let digest = compressed.hasher.finish();
         let hex = digest.trim_start_matches("sha256:");
         let descriptor = Descriptor::new(
             self.compression.media_type(),
@@ -457,17 +450,18 @@ fn write_empty_gzip<W: Write>(out: W, media_type: oci_spec::image::MediaType) ->
     let mut tar = HashingWriter::new(io::sink());
     tar.write_all(&[0u8; 2 * BLOCK])
         .map_err(Error::io("<output>"))?;
-    let digest = finish(compressed.hasher);
+    let size = compressed.hasher.count();
+    let digest = compressed.hasher.finish();
     let descriptor = Descriptor::new(
         media_type,
-        compressed.count,
+        size,
         Sha256Digest::from_str(digest.trim_start_matches("sha256:"))
             .map_err(|e| Error::Descriptor(e.to_string()))?,
     );
     Ok(LayerInfo {
         descriptor,
-        diff_id: finish(tar.hasher),
-        uncompressed_size: tar.count,
+        uncompressed_size: tar.hasher.count(),
+        diff_id: tar.hasher.finish(),
         entries: 0,
     })
 }

@@ -14,8 +14,8 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::layout::Layout;
 use crate::reference::{DOCKER_HUB, Reference};
+use strata_oci::Layout;
 
 fn header(size: u64, mode: u32) -> tar::Header {
     let mut header = tar::Header::new_ustar();
@@ -71,7 +71,7 @@ pub fn write_docker_archive(
                 .ok_or_else(|| bad("layer without a digest"))
         })
         .collect::<Result<_>>()?;
-    let hex = |digest: &str| digest.split_once(':').map_or(digest, |(_, h)| h).to_owned();
+    let hex = |digest: &str| strata_oci::digest::hex_part(digest).to_owned();
     let config_name = format!("{}.json", hex(config_digest));
     let layer_names: Vec<String> = layers
         .iter()

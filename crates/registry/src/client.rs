@@ -15,92 +15,21 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Body, StatusCode, Url};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
+use strata_oci::digest::{Hasher, sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::auth::Credentials;
 use crate::error::{Error, Result};
 use crate::http::{HttpError, Session, SessionOptions, Timeouts, read_limited, status_error};
-use crate::layout::Layout;
-use crate::manifest::{
-    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
-};
 use crate::progress::{Direction, Meter, ProgressSink};
 use crate::reference::{Reference, is_loopback_host};
+use strata_oci::{
+    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
+};
+use strata_oci::{Layout, Platform};
 
 /// How many blobs move at once.
 const PARALLEL_BLOBS: usize = 4;
-
-/// An OS/architecture/variant triple to pick from an image index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// GOARCH spelling: `amd64`, `arm64`, ...
-    pub architecture: String,
-    /// `v7`, `v8`, ... when it matters.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform of this machine.
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            other => other,
-        };
-        Platform {
-            os: "linux".to_owned(),
-            architecture: architecture.to_owned(),
-            variant: None,
-        }
-    }
-
-    /// The entry of an index's `manifests` (as JSON) for this platform, or an error naming
-    /// `reference` and listing the platforms the index has.
-    pub fn select<'a>(&self, entries: &'a [Value], reference: &str) -> Result<&'a Value> {
-        entries
-            .iter()
-            .find(|m| self.matches(&m["platform"]))
-            .ok_or_else(|| Error::NoPlatform {
-                reference: reference.to_owned(),
-                platform: self.to_string(),
-                available: entries
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{}/{}",
-                            m["platform"]["os"].as_str().unwrap_or("?"),
-                            m["platform"]["architecture"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
-
-    fn matches(&self, platform: &Value) -> bool {
-        platform["os"] == self.os.as_str()
-            && platform["architecture"] == self.architecture.as_str()
-            && self
-                .variant
-                .as_ref()
-                .is_none_or(|v| platform["variant"] == v.as_str())
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
 
 /// An image now held in a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,10 +235,6 @@ const DEFAULT_CHUNK: u64 = 64 << 20;
 
 /// How many times a failing request is tried again by default.
 const DEFAULT_RETRIES: u32 = 4;
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
 
 fn malformed(reference: &Reference, message: impl Into<String>) -> Error {
     Error::UnsupportedManifest {
@@ -666,7 +591,7 @@ impl RegistryClient {
                     digest,
                     size,
                 );
-                let mut hasher = Sha256::new();
+                let mut hasher = Hasher::new();
                 let mut received = 0u64;
                 let mut stream = response.bytes_stream();
                 while let Some(chunk) = stream.next().await {
@@ -688,11 +613,11 @@ impl RegistryClient {
                 }
                 file.flush().await.map_err(disk_error)?;
                 meter.finish();
-                let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+                let actual = hasher.finish();
                 Ok((staging, actual))
             })
             .await?;
-        layout.commit_staged(staging, digest, &actual)
+        Ok(layout.commit_staged(staging, digest, &actual)?)
     }
 
     /// Pushes the image whose manifest is `manifest_digest` in `layout` to `to`: every blob

@@ -128,5 +128,51 @@ impl Error {
     }
 }
 
+/// Errors of the layout store and of manifest and platform checks keep their meaning here:
+/// a missing name is still [`Error::NotFound`], a bad digest [`Error::InvalidReference`].
+impl From<strata_oci::Error> for Error {
+    fn from(error: strata_oci::Error) -> Error {
+        use strata_oci::Error as E;
+        match error {
+            E::Io { path, source } => Error::Io { path, source },
+            E::InvalidDigest { digest, message } => Error::InvalidReference {
+                reference: digest,
+                message,
+            },
+            E::InvalidPlatform { text, message } => Error::InvalidReference {
+                reference: text,
+                message,
+            },
+            E::DigestMismatch {
+                what,
+                expected,
+                actual,
+            } => Error::DigestMismatch {
+                what,
+                expected,
+                actual,
+            },
+            E::Malformed { path, message } => Error::Malformed { path, message },
+            E::NotFound { store, name } => Error::NotFound { store, name },
+            E::NoPlatform {
+                reference,
+                platform,
+                available,
+            } => Error::NoPlatform {
+                reference,
+                platform,
+                available,
+            },
+            E::UnsupportedManifest { reference, message } => {
+                Error::UnsupportedManifest { reference, message }
+            }
+            other => Error::Malformed {
+                path: std::path::PathBuf::new(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

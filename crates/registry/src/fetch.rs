@@ -12,7 +12,7 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use reqwest::{StatusCode, Url};
-use sha2::{Digest, Sha256};
+use strata_oci::digest::Hasher;
 use tokio::io::AsyncWriteExt;
 
 use crate::client::RegistryClient;
@@ -90,7 +90,7 @@ impl RegistryClient {
         let file = temp.reopen().map_err(disk)?;
         let mut writer =
             tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        let mut hasher = Sha256::new();
+        let mut hasher = Hasher::new();
         let mut size = 0u64;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -107,7 +107,7 @@ impl RegistryClient {
         writer.flush().await.map_err(disk)?;
         Ok(Fetched {
             file: temp,
-            digest: format!("sha256:{}", hex::encode(hasher.finalize())),
+            digest: hasher.finish(),
             size,
             last_modified,
             final_url,

@@ -3,8 +3,8 @@
 //! - [`Reference`]: image references parsed and normalised exactly as Docker does.
 //! - [`Credentials`]: credentials from Docker's config (helpers included), containers auth
 //!   files, or the caller; secrets never show in `Debug` output or errors.
-//! - [`Layout`]: an OCI image layout directory with content-addressed, digest-verified blobs
-//!   written atomically and a lock-protected `index.json`.
+//! - [`Layout`], [`Manifest`], [`Platform`]: the OCI vocabulary of `strata-oci`, re-exported
+//!   because this crate's API speaks it.
 //!
 //! - [`RegistryClient`]: pulls into and pushes from a layout, streaming, digests verified.
 //! - [`write_docker_archive`]: the tarball `docker load` and `podman load` take.
@@ -35,23 +35,20 @@ mod client;
 mod error;
 mod fetch;
 mod http;
-mod layout;
-mod manifest;
 mod progress;
 mod reference;
 mod target;
-mod verify;
 
 pub use archive::write_docker_archive;
 pub use auth::{Credential, Credentials, DockerConfig};
-pub use client::{ClientBuilder, Platform, PulledImage, PushReport, RegistryClient, TlsSettings};
+pub use client::{ClientBuilder, PulledImage, PushReport, RegistryClient, TlsSettings};
 pub use error::{Error, Result};
 pub use fetch::{DEFAULT_DOWNLOAD_LIMIT, Fetched};
-pub use layout::{BlobInfo, Layout, REF_NAME};
-pub use manifest::{
-    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
-};
 pub use progress::{Direction, PROGRESS_STEP, ProgressSink, Transfer};
-pub use reference::{DOCKER_HUB, Reference, is_loopback_host, validate_digest};
+pub use reference::{DOCKER_HUB, Reference, is_loopback_host};
 pub use target::Target;
-pub use verify::{Fault, LayoutReport};
+// The OCI vocabulary the registry's API speaks, from the crate every strata crate shares.
+pub use strata_oci::{
+    BlobInfo, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Fault, Layout, LayoutReport,
+    MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST, Platform, REF_NAME, validate_digest,
+};

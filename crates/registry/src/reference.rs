@@ -9,6 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use strata_oci::validate_digest;
 
 /// The registry Docker Hub images live on.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -92,44 +93,6 @@ fn valid_tag(tag: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
         && tag.len() <= 128
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// Checks a digest (`algorithm:hex`): known algorithms must have their exact length.
-pub fn validate_digest(digest: &str) -> std::result::Result<(), String> {
-    let Some((algorithm, hex)) = digest.split_once(':') else {
-        return Err(format!(
-            "digest `{digest}` has no algorithm (expected sha256:<hex>)"
-        ));
-    };
-    let algorithm_ok = !algorithm.is_empty()
-        && algorithm.split(['+', '.', '-', '_']).all(|c| {
-            let mut chars = c.chars();
-            matches!(chars.next(), Some(first) if first.is_ascii_alphabetic())
-                && chars.all(|ch| ch.is_ascii_alphanumeric())
-        });
-    if !algorithm_ok {
-        return Err(format!("digest algorithm `{algorithm}` is not valid"));
-    }
-    if !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("digest `{digest}` is not hexadecimal"));
-    }
-    let expected = match algorithm {
-        "sha256" => Some(64),
-        "sha384" => Some(96),
-        "sha512" => Some(128),
-        _ => None,
-    };
-    match expected {
-        Some(len) if hex.len() != len => Err(format!(
-            "a {algorithm} digest has {len} hex digits, `{digest}` has {}",
-            hex.len()
-        )),
-        Some(_) if hex.chars().any(|c| c.is_ascii_uppercase()) => {
-            Err(format!("digest `{digest}` must be lower case"))
-        }
-        None if hex.len() < 32 => Err(format!("digest `{digest}` is shorter than 128 bits")),
-        _ => Ok(()),
-    }
 }
 
 impl Reference {

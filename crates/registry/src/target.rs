@@ -3,16 +3,12 @@
 //! [`RegistryClient::put`].
 
 use std::fmt;
-use std::io::BufReader;
 use std::path::PathBuf;
-
-use serde_json::json;
 
 use crate::client::RegistryClient;
 use crate::error::{Error, Result};
-use crate::layout::Layout;
-use crate::manifest::Manifest;
 use crate::reference::Reference;
+use strata_oci::Layout;
 
 /// A place for an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,76 +136,6 @@ fn write_local(layout: &Layout, manifest_digest: &str, target: &Target) -> Resul
             crate::archive::write_docker_archive(layout, manifest_digest, tags, path)?;
             Ok(manifest_digest.to_owned())
         }
-    }
-}
-
-impl Layout {
-    /// Copies the image (or index, with its images) whose manifest is `manifest_digest` into
-    /// the layout `to` under `name`: every blob hard-linked where the filesystem allows,
-    /// else copied and verified; the name recorded last, once every blob is there.
-    pub fn copy_image(&self, manifest_digest: &str, to: &Layout, name: &str) -> Result<()> {
-        let bytes = self.read_blob(manifest_digest)?;
-        let media_type = match Manifest::parse(&bytes, manifest_digest)? {
-            Manifest::Image {
-                media_type,
-                config,
-                layers,
-            } => {
-                for descriptor in std::iter::once(&config).chain(&layers) {
-                    self.copy_blob(&descriptor.digest, to)?;
-                }
-                media_type
-            }
-            Manifest::Index {
-                media_type,
-                manifests,
-            } => {
-                for entry in &manifests {
-                    if let Some(digest) = entry["digest"].as_str() {
-                        // Children are copied without a name of their own.
-                        self.copy_image_blobs(digest, to)?;
-                    }
-                }
-                media_type
-            }
-        };
-        self.copy_blob(manifest_digest, to)?;
-        to.tag(
-            name,
-            &json!({
-                "mediaType": media_type,
-                "digest": manifest_digest,
-                "size": bytes.len(),
-            }),
-        )
-    }
-
-    fn copy_image_blobs(&self, manifest_digest: &str, to: &Layout) -> Result<()> {
-        let bytes = self.read_blob(manifest_digest)?;
-        if let Manifest::Image { config, layers, .. } = Manifest::parse(&bytes, manifest_digest)? {
-            for descriptor in std::iter::once(&config).chain(&layers) {
-                self.copy_blob(&descriptor.digest, to)?;
-            }
-        }
-        self.copy_blob(manifest_digest, to)
-    }
-
-    /// One blob into `to`: a hard link when possible, else a verified copy.
-    pub fn copy_blob(&self, digest: &str, to: &Layout) -> Result<()> {
-        if to.has_blob(digest) {
-            return Ok(());
-        }
-        let source = self.blob_path(digest)?;
-        let target = to.blob_path(digest)?;
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-        }
-        if std::fs::hard_link(&source, &target).is_ok() {
-            return Ok(());
-        }
-        let file = self.open_blob(digest)?;
-        to.write_blob(BufReader::new(file), Some(digest))?;
-        Ok(())
     }
 }
 

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use strata_registry::{
     Credential, Credentials, Layout, OCI_INDEX, OCI_MANIFEST, Platform, Reference, RegistryClient,
 };
 use strata_testkit::{HostileServer, Reply, Request};
 
 fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    strata_oci::digest::sha256(bytes)
 }
 
 /// A one-layer image: (manifest, config, layer).

@@ -4,7 +4,8 @@ use std::fs;
 use std::process::Command;
 
 use serde_json::json;
-use strata_registry::{Error, Layout};
+use strata_oci::Error;
+use strata_registry::Layout;
 use strata_testkit::find_program;
 
 mod common;

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
+use crate::digest::validate_digest;
 use crate::error::{Error, Result};
-use crate::reference::validate_digest;
 
 /// The OCI image manifest media type.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -10,10 +10,11 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
+use crate::digest::{Hasher, validate_digest};
 use crate::error::{Error, Result};
-use crate::reference::validate_digest;
+use crate::manifest::Manifest;
+use crate::platform::Platform;
 
 /// The annotation that names a manifest in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -75,8 +76,8 @@ impl Layout {
 
     /// Where the blob with `digest` lives (whether or not it is there).
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        validate_digest(digest).map_err(|message| Error::InvalidReference {
-            reference: digest.to_owned(),
+        validate_digest(digest).map_err(|message| Error::InvalidDigest {
+            digest: digest.to_owned(),
             message,
         })?;
         let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
@@ -117,7 +118,7 @@ impl Layout {
         }
         let tmp_dir = self.tmp();
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(Error::io(&tmp_dir))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Hasher::new();
         let mut size = 0u64;
         let mut buffer = vec![0u8; 256 * 1024];
         loop {
@@ -131,7 +132,7 @@ impl Layout {
             tmp.write_all(&buffer[..n]).map_err(Error::io(tmp.path()))?;
             size += n as u64;
         }
-        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        let digest = hasher.finish();
         if let Some(expected) = expected
             && expected != digest
         {
@@ -248,7 +249,7 @@ impl Layout {
 
     /// The image manifest `name` stands for on `platform`: the manifest itself, or, when
     /// `name` records an index, the index entry for the platform. Returns its digest.
-    pub fn image_manifest(&self, name: &str, platform: &crate::client::Platform) -> Result<String> {
+    pub fn image_manifest(&self, name: &str, platform: &Platform) -> Result<String> {
         let descriptor = self.resolve(name)?;
         let digest = descriptor["digest"]
             .as_str()
@@ -290,5 +291,75 @@ impl Layout {
                 store: self.root.clone(),
                 name: name.to_owned(),
             })
+    }
+}
+
+impl Layout {
+    /// Copies the image (or index, with its images) whose manifest is `manifest_digest` into
+    /// the layout `to` under `name`: every blob hard-linked where the filesystem allows,
+    /// else copied and verified; the name recorded last, once every blob is there.
+    pub fn copy_image(&self, manifest_digest: &str, to: &Layout, name: &str) -> Result<()> {
+        let bytes = self.read_blob(manifest_digest)?;
+        let media_type = match Manifest::parse(&bytes, manifest_digest)? {
+            Manifest::Image {
+                media_type,
+                config,
+                layers,
+            } => {
+                for descriptor in std::iter::once(&config).chain(&layers) {
+                    self.copy_blob(&descriptor.digest, to)?;
+                }
+                media_type
+            }
+            Manifest::Index {
+                media_type,
+                manifests,
+            } => {
+                for entry in &manifests {
+                    if let Some(digest) = entry["digest"].as_str() {
+                        // Children are copied without a name of their own.
+                        self.copy_image_blobs(digest, to)?;
+                    }
+                }
+                media_type
+            }
+        };
+        self.copy_blob(manifest_digest, to)?;
+        to.tag(
+            name,
+            &json!({
+                "mediaType": media_type,
+                "digest": manifest_digest,
+                "size": bytes.len(),
+            }),
+        )
+    }
+
+    fn copy_image_blobs(&self, manifest_digest: &str, to: &Layout) -> Result<()> {
+        let bytes = self.read_blob(manifest_digest)?;
+        if let Manifest::Image { config, layers, .. } = Manifest::parse(&bytes, manifest_digest)? {
+            for descriptor in std::iter::once(&config).chain(&layers) {
+                self.copy_blob(&descriptor.digest, to)?;
+            }
+        }
+        self.copy_blob(manifest_digest, to)
+    }
+
+    /// One blob into `to`: a hard link when possible, else a verified copy.
+    pub fn copy_blob(&self, digest: &str, to: &Layout) -> Result<()> {
+        if to.has_blob(digest) {
+            return Ok(());
+        }
+        let source = self.blob_path(digest)?;
+        let target = to.blob_path(digest)?;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(Error::io(parent))?;
+        }
+        if fs::hard_link(&source, &target).is_ok() {
+            return Ok(());
+        }
+        let file = self.open_blob(digest)?;
+        to.write_blob(io::BufReader::new(file), Some(digest))?;
+        Ok(())
     }
 }

@@ -1,13 +1,15 @@
 //! A lookup that hits in the registry store, against the test kit's real registry on
 //! loopback: `warm` when the entry's blobs are already in the local layout (one manifest
 //! request), `cold` for a machine that has never seen it (manifest, config and a 1 MiB layer
-//! downloaded). Run with `cargo bench -p strata-cache --features registry --bench registry`.
+//! downloaded). Run with `cargo bench -p strata --bench registry_cache`.
 
 #![allow(missing_docs)]
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use strata_cache::{CacheEntry, CacheStore, CachedLayer, KeyBuilder, RegistryStore};
-use strata_registry::{Layout, RegistryClient};
+use strata::cache::{CacheEntry, CacheStore, CachedLayer, KeyBuilder};
+use strata::oci::Layout;
+use strata::registry::RegistryClient;
+use strata::remote_cache::RegistryStore;
 
 fn registry_lookup(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();

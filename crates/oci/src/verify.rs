@@ -7,7 +7,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -47,7 +46,7 @@ impl Layout {
         for algorithm in read_dir(&blobs)? {
             for path in read_dir(&algorithm)? {
                 let name = format!("{}:{}", file_name(&algorithm), file_name(&path));
-                if !path.is_file() || crate::reference::validate_digest(&name).is_err() {
+                if !path.is_file() || crate::digest::validate_digest(&name).is_err() {
                     report.faults.push(Fault {
                         path,
                         message: "not a blob (its name is not a digest)".to_owned(),
@@ -159,16 +158,15 @@ fn file_name(path: &Path) -> String {
 /// `sha256:<hex>` and size of a file, read in 1 MiB pieces.
 fn hash(path: &Path) -> Result<(String, u64)> {
     let mut file = fs::File::open(path).map_err(Error::io(path))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = crate::digest::Hasher::new();
     let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
     loop {
         let n = file.read(&mut buffer).map_err(Error::io(path))?;
         if n == 0 {
             break;
         }
         hasher.update(&buffer[..n]);
-        size += n as u64;
     }
-    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+    let size = hasher.count();
+    Ok((hasher.finish(), size))
 }

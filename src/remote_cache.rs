@@ -1,6 +1,9 @@
 //! The registry store: cache entries kept as images in a repository of the user's registry
 //! (Kaniko's `--cache-repo`), so that a second machine with an empty local store hits.
 //!
+//! It joins `strata-cache` (entries, the store trait) and `strata-registry` (the client), so
+//! it lives here, where the leaf crates meet, and neither leaf depends on the other.
+//!
 //! Each entry is an OCI image manifest tagged `sha256-<hex of the key>` whose config blob is
 //! the [`CacheEntry`] itself (media type [`ENTRY_MEDIA_TYPE`]) and whose one layer, when the
 //! step made one, is the step's layer blob: the same blob the built image references, so a
@@ -17,11 +20,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use strata_registry::{Layout, Platform, Reference, RegistryClient};
-
-use crate::error::{Error, Result};
-use crate::key::KeyInputs;
-use crate::store::{CacheEntry, CacheStore, CachedLayer};
+use strata_cache::{CacheEntry, CacheKey, CacheStore, CachedLayer, Error, KeyInputs, Result};
+use strata_oci::{Layout, Platform};
+use strata_registry::{Reference, RegistryClient};
 
 /// The manifest annotation that carries the entry itself (the config blob's JSON), so a
 /// lookup is one request.
@@ -194,7 +195,10 @@ impl CacheStore for RegistryStore {
                 let source = layer_blob.ok_or_else(|| {
                     self.remote(format!("layer {} is not in the layout", layer.digest))
                 })?;
-                let file = File::open(source).map_err(Error::io(source))?;
+                let file = File::open(source).map_err(|e| Error::Io {
+                    path: source.to_owned(),
+                    source: e,
+                })?;
                 self.layout
                     .write_blob(std::io::BufReader::new(file), Some(&layer.digest))
                     .map_err(|e| self.remote(e.to_string()))?;
@@ -254,7 +258,7 @@ impl CacheStore for RegistryStore {
     }
 
     /// Explanations stay local: the registry keeps entries only.
-    fn remember(&self, _step: &str, _key: &crate::key::CacheKey) -> Result<()> {
+    fn remember(&self, _step: &str, _key: &CacheKey) -> Result<()> {
         Ok(())
     }
 
