@@ -533,7 +533,7 @@ impl Build {
         };
         let file = strata_dockerfile::parse(&text).map_err(|source| Error::Dockerfile {
             file: file_name.clone(),
-            source,
+            error: source,
         })?;
 
         let plan = Plan::new(
@@ -547,7 +547,7 @@ impl Build {
         )
         .map_err(|source| Error::Dockerfile {
             file: file_name.clone(),
-            source,
+            error: source,
         })?;
         let cache = if self.cache {
             Some(LocalStore::open(state.root().join("cache"))?.ttl(self.cache_ttl))

@@ -28,20 +28,20 @@ impl std::fmt::Display for Position {
 #[non_exhaustive]
 pub enum Error {
     /// The Dockerfile could not be read, parsed or planned.
-    #[error("{}", dockerfile_message(file, source))]
+    #[error("{}", dockerfile_message(file, error))]
     Dockerfile {
         /// The Dockerfile's path.
         file: String,
         /// What the parser said (it carries line and column).
-        source: strata_dockerfile::Error,
+        error: strata_dockerfile::Error,
     },
     /// An instruction failed; `source` says why.
-    #[error("{position}: {source}")]
+    #[error("{position}: {error}")]
     Step {
         /// Where.
         position: Position,
         /// Why.
-        source: Box<Error>,
+        error: Box<Error>,
     },
     /// A `RUN` command exited non-zero or was killed.
     #[error("process \"{command}\" did not complete successfully: {status}{}", tail(.output))]
@@ -54,12 +54,12 @@ pub enum Error {
         output: Vec<String>,
     },
     /// A file or directory could not be used.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The path at fault.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The build context is not usable, or an instruction tried to leave it.
     #[error("build context: {0}")]
@@ -176,7 +176,7 @@ impl Error {
     /// What kind of failure this is (for a failed instruction, the kind of its cause).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Step { source, .. } => source.kind(),
+            Error::Step { error, .. } => error.kind(),
             Error::Dockerfile { .. } => ErrorKind::Dockerfile,
             Error::RunFailed { .. } => ErrorKind::StepFailed,
             Error::Io { .. } => ErrorKind::Io,
@@ -227,7 +227,7 @@ impl Error {
     /// killed by a signal).
     pub fn exit_code(&self) -> Option<i32> {
         match self {
-            Error::Step { source, .. } => source.exit_code(),
+            Error::Step { error, .. } => error.exit_code(),
             Error::RunFailed {
                 status: strata_sandbox::ExitStatus::Code(code),
                 ..
@@ -239,7 +239,7 @@ impl Error {
     /// The HTTP status of the registry response that caused this error, when one did.
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            Error::Step { source, .. } => source.http_status(),
+            Error::Step { error, .. } => error.http_status(),
             Error::Registry(e) => e.http_status(),
             _ => None,
         }
@@ -250,7 +250,7 @@ impl Error {
     /// 5xx).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Step { source, .. } => source.is_retryable(),
+            Error::Step { error, .. } => error.is_retryable(),
             Error::Registry(e) => e.is_retryable(),
             _ => false,
         }
@@ -258,7 +258,7 @@ impl Error {
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 
     /// The Dockerfile position of the failing instruction, when the error has one.

@@ -44,6 +44,12 @@ pub enum Event {
         stage: String,
         /// The instruction's line in the Dockerfile.
         line: usize,
+        /// The step's place in its stage, from 0; with `line`, `stage` and `onbuild`, the step's
+        /// identity (ONBUILD triggers share their stage's `FROM` line).
+        index: usize,
+        /// The step is a trigger the base image's `ONBUILD` left (`index` counts the triggers).
+        #[serde(skip_serializing_if = "is_false")]
+        onbuild: bool,
         /// The instruction, expanded.
         #[serde(rename = "instruction")]
         text: String,
@@ -54,6 +60,12 @@ pub enum Event {
         stage: String,
         /// The instruction's line.
         line: usize,
+        /// The step's place in its stage, from 0; with `line`, `stage` and `onbuild`, the step's
+        /// identity (ONBUILD triggers share their stage's `FROM` line).
+        index: usize,
+        /// The step is a trigger the base image's `ONBUILD` left (`index` counts the triggers).
+        #[serde(skip_serializing_if = "is_false")]
+        onbuild: bool,
     },
     /// The cache did not have it; `reasons` say what changed since the last build, when
     /// a previous build of the same step is known.
@@ -62,8 +74,14 @@ pub enum Event {
         stage: String,
         /// The instruction's line.
         line: usize,
-        /// What differs from the last build of this step.
-        reasons: Vec<String>,
+        /// The step's place in its stage, from 0; with `line`, `stage` and `onbuild`, the step's
+        /// identity (ONBUILD triggers share their stage's `FROM` line).
+        index: usize,
+        /// The step is a trigger the base image's `ONBUILD` left (`index` counts the triggers).
+        #[serde(skip_serializing_if = "is_false")]
+        onbuild: bool,
+        /// What differs from the last build of this step (or that the cache was off).
+        reasons: Vec<strata_cache::MissReason>,
     },
     /// A line of a `RUN` command's output.
     Output {
@@ -71,6 +89,12 @@ pub enum Event {
         stage: String,
         /// The instruction's line.
         line: usize,
+        /// The step's place in its stage, from 0; with `line`, `stage` and `onbuild`, the step's
+        /// identity (ONBUILD triggers share their stage's `FROM` line).
+        index: usize,
+        /// The step is a trigger the base image's `ONBUILD` left (`index` counts the triggers).
+        #[serde(skip_serializing_if = "is_false")]
+        onbuild: bool,
         /// Standard error rather than standard output.
         stderr: bool,
         /// The text, without its newline.
@@ -83,6 +107,12 @@ pub enum Event {
         stage: String,
         /// The instruction's line.
         line: usize,
+        /// The step's place in its stage, from 0; with `line`, `stage` and `onbuild`, the step's
+        /// identity (ONBUILD triggers share their stage's `FROM` line).
+        index: usize,
+        /// The step is a trigger the base image's `ONBUILD` left (`index` counts the triggers).
+        #[serde(skip_serializing_if = "is_false")]
+        onbuild: bool,
         /// How long it took.
         #[serde(rename = "seconds", serialize_with = "seconds")]
         duration: Duration,
@@ -200,6 +230,11 @@ pub enum Event {
         stage: String,
         /// The instruction's line.
         line: usize,
+        /// The step's place in its stage (as in `step`).
+        index: usize,
+        /// The step is an `ONBUILD` trigger (as in `step`).
+        #[serde(skip_serializing_if = "is_false")]
+        onbuild: bool,
         /// Before the command.
         #[serde(rename = "prepare_seconds", serialize_with = "seconds")]
         prepare: Duration,
@@ -222,6 +257,10 @@ fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S
     serializer.serialize_f64(duration.as_secs_f64())
 }
 
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
 /// Where events go: any `Fn(&Event)` that can be shared between threads.
 pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
 
@@ -234,23 +273,55 @@ mod tests {
         let event = Event::StepFinished {
             stage: "build".to_owned(),
             line: 4,
+            index: 2,
+            onbuild: false,
             duration: Duration::from_millis(1500),
             cached: true,
         };
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
             serde_json::json!({
-                "event": "step-done", "stage": "build", "line": 4, "seconds": 1.5, "cached": true
+                "event": "step-done", "stage": "build", "line": 4, "index": 2, "seconds": 1.5,
+                "cached": true
             })
         );
         let event = Event::StepStarted {
             stage: "0".to_owned(),
             line: 2,
+            index: 0,
+            onbuild: true,
             text: "RUN make".to_owned(),
         };
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
-            serde_json::json!({"event": "step", "stage": "0", "line": 2, "instruction": "RUN make"})
+            serde_json::json!({
+                "event": "step", "stage": "0", "line": 2, "index": 0, "onbuild": true,
+                "instruction": "RUN make"
+            })
+        );
+        let event = Event::CacheMiss {
+            stage: "0".to_owned(),
+            line: 3,
+            index: 1,
+            onbuild: false,
+            reasons: vec![
+                strata_cache::MissReason::CacheOff {
+                    instruction: "RUN".to_owned(),
+                },
+                strata_cache::MissReason::InstructionChanged {
+                    was: "RUN make".to_owned(),
+                },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            serde_json::json!({
+                "event": "cache-miss", "stage": "0", "line": 3, "index": 1,
+                "reasons": [
+                    {"reason": "cache-off", "instruction": "RUN"},
+                    {"reason": "instruction-changed", "was": "RUN make"},
+                ]
+            })
         );
     }
 }

@@ -197,7 +197,7 @@ impl CacheStore for RegistryStore {
                 })?;
                 let file = File::open(source).map_err(|e| Error::Io {
                     path: source.to_owned(),
-                    source: e,
+                    error: e,
                 })?;
                 self.layout
                     .write_blob(std::io::BufReader::new(file), Some(&layer.digest))

@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 
 use common::{Fixture, describe, layout, run, skopeo_config, umoci_rootfs};
+use strata::cache::{Change, InputKind, MissReason};
 use strata::{Build, Event, ImageSource, LayerStep, Platform};
 use strata_testkit::ContextBuilder;
 
@@ -290,14 +291,22 @@ RUN cat /src/main.txt > /copied
     let (fourth, events) = run(fx.build(context.path(), dockerfile)).await;
     let fourth = fourth.unwrap();
     assert_eq!(fourth.cache_hits(), (2, 4));
-    let reasons: Vec<&Vec<String>> = events
+    let reasons: Vec<&Vec<MissReason>> = events
         .iter()
         .filter_map(|e| match e {
             Event::CacheMiss { line, reasons, .. } if *line == 4 => Some(reasons),
             _ => None,
         })
         .collect();
-    assert_eq!(reasons, [&vec!["file src/main.txt changed".to_owned()]]);
+    assert_eq!(
+        reasons,
+        [&vec![MissReason::Input {
+            kind: InputKind::File,
+            name: "src/main.txt".to_owned(),
+            change: Change::Changed,
+        }]]
+    );
+    assert_eq!(reasons[0][0].to_string(), "file src/main.txt changed");
     let (work, layout) = layout(&fourth);
     let rootfs = umoci_rootfs(work.path(), &layout);
     assert_eq!(fs::read_to_string(rootfs.join("copied")).unwrap(), "v2\n");
@@ -318,14 +327,15 @@ async fn a_miss_in_a_large_context_names_the_directory_and_its_record_stays_smal
     fs::write(context.path().join("d07/f19.txt"), "changed\n").unwrap();
     let (second, events) = run(fx.build(context.path(), dockerfile)).await;
     assert_eq!(second.unwrap().cache_hits(), (0, 1));
-    let reasons: Vec<&Vec<String>> = events
+    let reasons: Vec<String> = events
         .iter()
         .filter_map(|e| match e {
-            Event::CacheMiss { reasons, .. } => Some(reasons),
+            Event::CacheMiss { reasons, .. } => Some(reasons.iter().map(ToString::to_string)),
             _ => None,
         })
+        .flatten()
         .collect();
-    assert_eq!(reasons, [&vec!["file d07/** changed".to_owned()]]);
+    assert_eq!(reasons, ["file d07/** changed"]);
     // What explains the next miss is a line per directory, not per file.
     let steps = fx.state.path().join("cache/steps");
     for record in fs::read_dir(&steps).unwrap() {
@@ -791,8 +801,28 @@ async fn onbuild_triggers_run_in_the_image_built_on_top() {
     let reference = format!("{}/team/onbuild:1", fx.registry.host());
     parent.push(&reference).await.unwrap();
     let child = format!("FROM {reference}\nRUN cat /from-trigger /trigger-ran > /both\n");
-    let (child, _) = run(fx.build(context.path(), &child)).await;
+    let (child, events) = run(fx.build(context.path(), &child)).await;
     let child = child.unwrap();
+    // Each trigger is a step of its own: both share the FROM line, and their identities
+    // (index, ONBUILD) differ from each other and from the stage's own first step.
+    let started: Vec<(usize, usize, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted {
+                line,
+                index,
+                onbuild,
+                ..
+            } => Some((*line, *index, *onbuild)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, [(1, 0, true), (1, 1, true), (2, 0, false)]);
+    let finished = events
+        .iter()
+        .filter(|e| matches!(e, Event::StepFinished { onbuild: true, .. }))
+        .count();
+    assert_eq!(finished, 2);
     assert!(
         child.config().config.on_build.is_none(),
         "triggers are not inherited"
@@ -1260,7 +1290,7 @@ async fn run_layers_can_be_left_out_of_the_cache() {
         events
             .iter()
             .any(|e| matches!(e, Event::CacheMiss { line: 3, reasons, .. }
-        if reasons.iter().any(|r| r.contains("cache is off for RUN"))))
+        if reasons == &[MissReason::CacheOff { instruction: "RUN".to_owned() }]))
     );
     // With the cache on again, RUN still misses once (nothing was recorded), then hits.
     let (third, _) = run(fx.build(context.path(), dockerfile)).await;
@@ -1607,4 +1637,42 @@ async fn options_are_checked_at_once_before_anything_is_read_or_written() {
         .build_context("local", "oci-layout:///tmp/layout:tag".parse().unwrap())
         .validate()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_cause_is_printed_once_in_an_error_chain() {
+    // An error either says its cause in its own message or gives it as its source, never
+    // both: a `Caused by:` printer (anyhow's, the command line's) must not repeat a line.
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().file("f", "f\n").build().unwrap();
+    let missing_base = format!("{}/no/such-image:1", fx.registry.host());
+    let cases = [
+        // A step whose cause is the context (and under it, the filesystem).
+        fx.build(context.path(), "FROM {base}\nCOPY missing /m\n"),
+        // A RUN that exits non-zero.
+        fx.build(context.path(), "FROM {base}\nRUN exit 3\n"),
+        // A registry that has no such image (HTTP 404).
+        fx.build(context.path(), &format!("FROM {missing_base}\n")),
+        // A Dockerfile that is not there (a file system error).
+        fx.build(context.path(), "")
+            .dockerfile(context.path().join("nope/Dockerfile")),
+    ];
+    for build in cases {
+        let (result, _) = run(build).await;
+        let error = result.expect_err("the build fails");
+        let mut parent: &dyn std::error::Error = &error;
+        let mut depth = 0;
+        while let Some(cause) = parent.source() {
+            let (outer, inner) = (parent.to_string(), cause.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "`{inner}` is printed by `{outer}` and again as its source"
+            );
+            parent = cause;
+            depth += 1;
+        }
+        assert!(depth < 8, "{error}");
+        // The message alone still names what failed.
+        assert!(!error.to_string().is_empty());
+    }
 }

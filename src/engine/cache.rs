@@ -113,7 +113,11 @@ impl Engine {
             self.emit(Event::CacheMiss {
                 stage: at.stage.to_owned(),
                 line: at.line,
-                reasons: vec![format!("the cache is off for {keyword} steps")],
+                index: at.index,
+                onbuild: at.onbuild,
+                reasons: vec![strata_cache::MissReason::CacheOff {
+                    instruction: keyword.to_ascii_uppercase(),
+                }],
             });
             return Ok(false);
         }
@@ -184,6 +188,8 @@ impl Engine {
             self.emit(Event::CacheHit {
                 stage: at.stage.to_owned(),
                 line: at.line,
+                index: at.index,
+                onbuild: at.onbuild,
             });
             return Ok(true);
         }
@@ -194,6 +200,8 @@ impl Engine {
         self.emit(Event::CacheMiss {
             stage: at.stage.to_owned(),
             line: at.line,
+            index: at.index,
+            onbuild: at.onbuild,
             reasons,
         });
         Ok(false)

@@ -264,6 +264,10 @@ pub(crate) struct StepAt<'a> {
     /// `stage/index`, the name the cache remembers this step's inputs under.
     pub(crate) id: String,
     pub(crate) line: usize,
+    /// The step's place in its stage (among the ONBUILD triggers, for one of them).
+    pub(crate) index: usize,
+    /// The step is a trigger the base image's ONBUILD left.
+    pub(crate) onbuild: bool,
     pub(crate) original: &'a str,
     pub(crate) done: &'a HashMap<usize, Arc<StageResult>>,
 }
@@ -358,6 +362,8 @@ impl Engine {
             stage: name,
             id: format!("{}/{name}/{index}", self.file_name),
             line: located.start_line,
+            index,
+            onbuild: false,
             original: stage.nodes.get(index).map_or("", |n| n.original.trim()),
             done,
         }

@@ -466,14 +466,13 @@ impl Engine {
         .map_err(|e| match e {
             // The layer crate names its output stream; the file it was going to is what
             // the user can look at (a full disk, a quota).
-            Error::Layer(strata_layer::Error::Io { path, source })
-                if path.as_os_str() == "<output>" =>
-            {
-                Error::Io {
-                    path: staged.path().to_owned(),
-                    source,
-                }
-            }
+            Error::Layer(strata_layer::Error::Io {
+                path,
+                error: source,
+            }) if path.as_os_str() == "<output>" => Error::Io {
+                path: staged.path().to_owned(),
+                error: source,
+            },
             other => other,
         })?;
         let Some(info) = info else {

@@ -289,6 +289,8 @@ impl Engine {
         self.emit(Event::RunTimings {
             stage: at.stage.to_owned(),
             line: at.line,
+            index: at.index,
+            onbuild: at.onbuild,
             prepare: command_started - prepare_started,
             command: command_ended - command_started,
             layer: command_ended.elapsed(),
@@ -534,6 +536,8 @@ impl Engine {
         self.emit(Event::Output {
             stage: at.stage.to_owned(),
             line: at.line,
+            index: at.index,
+            onbuild: at.onbuild,
             stderr: stream == Stream::Stderr,
             text,
         });
@@ -641,7 +645,7 @@ fn private_file(bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
         .tempfile_in(shm)
         .map_err(|e| Error::Io {
             path: shm.to_owned(),
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 e.kind(),
                 format!(
                     "{e} (strata keeps a secret given by environment variable only in \

@@ -24,7 +24,7 @@ impl Engine {
                 line: stage.line,
                 stage: name.clone(),
             },
-            source: Box::new(e),
+            error: Box::new(e),
         };
         let (mut image, mut rootfs) = self.base(stage, done).map_err(at_from)?;
         let base_layers = image.layers.len();
@@ -64,7 +64,7 @@ impl Engine {
                 .instructions(index, &base_env)
                 .map_err(|source| Error::Dockerfile {
                     file: self.file_name.clone(),
-                    source,
+                    error: source,
                 })?;
         if self.remote.is_some() {
             self.look_ahead(&image, &instructions, stage, &name, done);
@@ -79,6 +79,8 @@ impl Engine {
             self.emit(Event::StepStarted {
                 stage: name.clone(),
                 line: located.start_line,
+                index: at.index,
+                onbuild: false,
                 text: at.original.to_owned(),
             });
             let cached = self
@@ -89,11 +91,13 @@ impl Engine {
                         line: located.start_line,
                         stage: name.clone(),
                     },
-                    source: Box::new(e),
+                    error: Box::new(e),
                 })?;
             self.emit(Event::StepFinished {
                 stage: name.clone(),
                 line: located.start_line,
+                index: at.index,
+                onbuild: false,
                 duration: started.elapsed(),
                 cached,
             });
@@ -203,12 +207,16 @@ impl Engine {
                 stage: name,
                 id: format!("{}/{name}/onbuild-{i}", self.file_name),
                 line: stage.line,
+                index: i,
+                onbuild: true,
                 original,
                 done,
             };
             self.emit(Event::StepStarted {
                 stage: name.to_owned(),
                 line: stage.line,
+                index: i,
+                onbuild: true,
                 text: format!("ONBUILD {original}"),
             });
             let started = Instant::now();
@@ -216,6 +224,8 @@ impl Engine {
             self.emit(Event::StepFinished {
                 stage: name.to_owned(),
                 line: stage.line,
+                index: i,
+                onbuild: true,
                 duration: started.elapsed(),
                 cached,
             });

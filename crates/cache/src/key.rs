@@ -164,42 +164,148 @@ fn digest_of(inputs: &KeyInputs) -> String {
     hasher.finish()
 }
 
-/// Says, in words, how `current` differs from `previous`: what a user reads to learn why a
-/// step missed the cache. Empty when they are the same.
-pub fn explain(previous: &KeyInputs, current: &KeyInputs) -> Vec<String> {
+/// One input of a cache key, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum InputKind {
+    /// A build arg the step sees.
+    BuildArg,
+    /// An environment variable the step sees.
+    Env,
+    /// A flag of the instruction (`--chown`, a mount, the network, ...).
+    Flag,
+    /// A file the step copies or mounts (a path in the context, or a group of them).
+    File,
+}
+
+impl InputKind {
+    fn noun(self) -> &'static str {
+        match self {
+            InputKind::BuildArg => "build arg",
+            InputKind::Env => "env",
+            InputKind::Flag => "flag",
+            InputKind::File => "file",
+        }
+    }
+}
+
+/// How an input changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    /// It is new.
+    Added,
+    /// Its value differs.
+    Changed,
+    /// It is gone.
+    Removed,
+}
+
+/// Why a step missed the cache: one difference from the last build of the same step, or a
+/// reason the cache was not asked. Serialises tagged by `reason`; `Display` gives the words
+/// a user reads (`file src/main.rs changed`). Never carries a value, only names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum MissReason {
+    /// The base image is another image (another digest).
+    BaseImageChanged,
+    /// The step now starts its stage from a base image (before, an earlier step preceded it).
+    NowFromBaseImage,
+    /// An earlier step of the stage changed, so this one's parent key did.
+    EarlierStepChanged,
+    /// The instruction's text changed.
+    InstructionChanged {
+        /// The instruction as it was.
+        was: String,
+    },
+    /// A build arg, environment variable, flag or file was added, changed or removed.
+    Input {
+        /// Which kind of input.
+        kind: InputKind,
+        /// Its name (a path for files).
+        name: String,
+        /// How.
+        change: Change,
+    },
+    /// The build turned the cache off for steps of this instruction.
+    CacheOff {
+        /// `RUN`, `COPY` or `ADD`.
+        instruction: String,
+    },
+}
+
+impl std::fmt::Display for MissReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MissReason::BaseImageChanged => f.write_str("base image digest changed"),
+            MissReason::NowFromBaseImage => {
+                f.write_str("the step now starts the stage from a base image")
+            }
+            MissReason::EarlierStepChanged => f.write_str("an earlier step changed"),
+            MissReason::InstructionChanged { was } => {
+                write!(f, "instruction changed (was `{was}`)")
+            }
+            MissReason::Input { kind, name, change } => {
+                let change = match change {
+                    Change::Added => "added",
+                    Change::Changed => "changed",
+                    Change::Removed => "removed",
+                };
+                write!(f, "{} {name} {change}", kind.noun())
+            }
+            MissReason::CacheOff { instruction } => {
+                write!(f, "the cache is off for {instruction} steps")
+            }
+        }
+    }
+}
+
+/// How `current` differs from `previous`: what a user reads to learn why a step missed the
+/// cache. Empty when they are the same.
+pub fn explain(previous: &KeyInputs, current: &KeyInputs) -> Vec<MissReason> {
     let mut reasons = Vec::new();
     if previous.parent != current.parent {
         reasons.push(if current.parent.starts_with("image ") {
             if previous.parent.starts_with("image ") {
-                "base image digest changed".to_owned()
+                MissReason::BaseImageChanged
             } else {
-                "the step now starts the stage from a base image".to_owned()
+                MissReason::NowFromBaseImage
             }
         } else {
-            "an earlier step changed".to_owned()
+            MissReason::EarlierStepChanged
         });
     }
     if previous.instruction != current.instruction {
-        reasons.push(format!(
-            "instruction changed (was `{}`)",
-            previous.instruction
-        ));
+        reasons.push(MissReason::InstructionChanged {
+            was: previous.instruction.clone(),
+        });
     }
-    for (what, before, now) in [
-        ("build arg", &previous.build_args, &current.build_args),
-        ("env", &previous.env, &current.env),
-        ("flag", &previous.flags, &current.flags),
-        ("file", &previous.files, &current.files),
+    for (kind, before, now) in [
+        (
+            InputKind::BuildArg,
+            &previous.build_args,
+            &current.build_args,
+        ),
+        (InputKind::Env, &previous.env, &current.env),
+        (InputKind::Flag, &previous.flags, &current.flags),
+        (InputKind::File, &previous.files, &current.files),
     ] {
+        let input = |name: &str, change| MissReason::Input {
+            kind,
+            name: name.to_owned(),
+            change,
+        };
         for (name, value) in now {
             match before.get(name) {
-                None => reasons.push(format!("{what} {name} added")),
-                Some(old) if old != value => reasons.push(format!("{what} {name} changed")),
+                None => reasons.push(input(name, Change::Added)),
+                Some(old) if old != value => reasons.push(input(name, Change::Changed)),
                 Some(_) => {}
             }
         }
         for name in before.keys().filter(|n| !now.contains_key(*n)) {
-            reasons.push(format!("{what} {name} removed"));
+            reasons.push(input(name, Change::Removed));
         }
     }
     reasons

@@ -36,5 +36,7 @@ mod key;
 mod store;
 
 pub use error::{Error, Result};
-pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, KeyInputs, explain};
+pub use key::{
+    CacheKey, Change, InputKind, KEY_FORMAT, KeyBuilder, KeyInputs, MissReason, explain,
+};
 pub use store::{CacheEntry, CacheStore, CachedLayer, LocalStore, StoreFault, StoreReport};

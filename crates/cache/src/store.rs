@@ -135,7 +135,7 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io {
                 path: path.to_owned(),
-                source: e,
+                error: e,
             }),
         }
     }
@@ -299,7 +299,7 @@ impl CacheStore for LocalStore {
             // A damaged record only loses an explanation.
             Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io { path, source: e }),
+            Err(e) => Err(Error::Io { path, error: e }),
         }
     }
 }
@@ -396,7 +396,7 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::Io {
             path: dir.to_owned(),
-            source: e,
+            error: e,
         }),
     }
 }

@@ -1,7 +1,12 @@
 //! Keys: stable, sensitive to every input, blind to everything else; misses explained.
 
 use proptest::prelude::*;
-use strata_cache::{KeyBuilder, KeyInputs, explain};
+use strata_cache::{Change, InputKind, KeyBuilder, KeyInputs, MissReason, explain};
+
+/// The reasons as a user reads them.
+fn said(reasons: Vec<MissReason>) -> Vec<String> {
+    reasons.iter().map(ToString::to_string).collect()
+}
 
 fn sample() -> KeyBuilder {
     KeyBuilder::new(&KeyBuilder::base_image("sha256:abc", "linux/amd64"))
@@ -51,7 +56,19 @@ fn misses_are_explained() {
         .build()
         .inputs;
     assert_eq!(
-        explain(&before, &after),
+        explain(&before, &after)[0],
+        MissReason::Input {
+            kind: InputKind::BuildArg,
+            name: "VERSION".to_owned(),
+            change: Change::Changed
+        }
+    );
+    assert_eq!(
+        serde_json::to_value(&explain(&before, &after)[2]).unwrap(),
+        serde_json::json!({"reason": "input", "kind": "file", "name": "src/lib.rs", "change": "added"})
+    );
+    assert_eq!(
+        said(explain(&before, &after)),
         [
             "build arg VERSION changed",
             "env NEW added",
@@ -64,17 +81,24 @@ fn misses_are_explained() {
     let base = KeyBuilder::new(&KeyBuilder::base_image("sha256:abc", "linux/amd64"))
         .build()
         .inputs;
-    assert_eq!(explain(&base, &moved), ["base image digest changed"]);
+    assert_eq!(explain(&base, &moved), [MissReason::BaseImageChanged]);
+    assert_eq!(said(explain(&base, &moved)), ["base image digest changed"]);
     let parent = KeyBuilder::new("sha256:parent2").build().inputs;
     assert_eq!(
-        explain(&KeyBuilder::new("sha256:parent1").build().inputs, &parent),
+        said(explain(
+            &KeyBuilder::new("sha256:parent1").build().inputs,
+            &parent
+        )),
         ["an earlier step changed"]
     );
     let removed = KeyInputs {
         files: Default::default(),
         ..before.clone()
     };
-    assert_eq!(explain(&before, &removed), ["file src/main.rs removed"]);
+    assert_eq!(
+        said(explain(&before, &removed)),
+        ["file src/main.rs removed"]
+    );
     assert!(explain(&before, &before).is_empty());
 }
 

@@ -145,7 +145,10 @@ fn steps_remember_their_inputs_for_explanations() {
     store.remember("app/3", &before).unwrap();
     let now = entry(2, None).key;
     assert_eq!(
-        strata_cache::explain(&store.recall("app/3").unwrap().unwrap(), &now.inputs),
+        strata_cache::explain(&store.recall("app/3").unwrap().unwrap(), &now.inputs)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["instruction changed (was `RUN step 1`)"]
     );
     // Remembering the same key again writes nothing; another key replaces the inputs.

@@ -35,8 +35,8 @@ pub struct Display {
 /// What the terminal display is showing.
 #[derive(Default)]
 struct Live {
-    /// Running steps by (stage, line): their bar and their text.
-    steps: HashMap<(String, usize), (ProgressBar, String)>,
+    /// Running steps by identity (stage, index, ONBUILD trigger): their bar and their text.
+    steps: HashMap<(String, usize, bool), (ProgressBar, String)>,
     /// Blobs in flight by (push, digest).
     transfers: HashMap<(bool, String), ProgressBar>,
 }
@@ -96,21 +96,32 @@ impl Display {
         let Some(live) = &self.live else { return };
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            Event::StepStarted { stage, line, text } => {
+            Event::StepStarted {
+                stage,
+                line,
+                index,
+                onbuild,
+                text,
+                ..
+            } => {
                 let label = format!("[{stage}] {line:>3} {text}");
                 let bar = live.add(ProgressBar::new_spinner());
                 bar.set_style(style("{spinner:.cyan} {wide_msg} {elapsed:>4}"));
                 bar.set_message(label.clone());
                 bar.enable_steady_tick(Duration::from_millis(100));
-                state.steps.insert((stage.clone(), *line), (bar, label));
+                state
+                    .steps
+                    .insert((stage.clone(), *index, *onbuild), (bar, label));
             }
             Event::StepFinished {
                 stage,
-                line,
+                index,
+                onbuild,
                 duration,
                 cached,
+                ..
             } => {
-                if let Some((bar, label)) = state.steps.remove(&(stage.clone(), *line)) {
+                if let Some((bar, label)) = state.steps.remove(&(stage.clone(), *index, *onbuild)) {
                     bar.finish_and_clear();
                     let outcome = if *cached {
                         "CACHED".to_owned()
@@ -175,14 +186,18 @@ impl Display {
                 digest,
                 downloaded,
             } => format!("pulled {reference} ({digest}, {downloaded} blobs downloaded)"),
-            Event::StepStarted { stage, line, text } => format!("[{stage}] line {line}: {text}"),
-            Event::CacheHit { stage, line } => format!("[{stage}] line {line}: cached"),
+            Event::StepStarted {
+                stage, line, text, ..
+            } => format!("[{stage}] line {line}: {text}"),
+            Event::CacheHit { stage, line, .. } => format!("[{stage}] line {line}: cached"),
             Event::CacheMiss {
                 stage,
                 line,
                 reasons,
+                ..
             } => {
                 if self.explain && !reasons.is_empty() {
+                    let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
                     format!("[{stage}] line {line}: not cached: {}", reasons.join("; "))
                 } else if self.mode == Mode::Tty {
                     return None;
@@ -262,6 +277,7 @@ impl Display {
                 prepare,
                 command,
                 layer,
+                ..
             } => {
                 format!(
                     "[{stage}] line {line}: prepared in {:.3}s, command {:.3}s, layer {:.3}s",

@@ -47,16 +47,14 @@ impl From<strata::Error> for Failure {
     }
 }
 
-/// An error and its sources, each once.
+/// An error and its sources, joined by `: ` (strata's errors print a cause either in their
+/// own message or as a source, never both, so each is said once).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
         source = cause.source();
     }
     text

@@ -234,7 +234,7 @@ impl Applier<'_> {
                     let relative: PathBuf = real.iter().collect();
                     self.like_lower(&path, &relative)?;
                 }
-                Err(e) => return Err(Error::Io { path, source: e }),
+                Err(e) => return Err(Error::Io { path, error: e }),
             }
         }
         let resolved = self.join(&real);
@@ -314,7 +314,7 @@ impl Applier<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::Io {
                 path: path.to_owned(),
-                source: e,
+                error: e,
             }),
         }
     }
@@ -547,7 +547,7 @@ impl Applier<'_> {
                         Err(e) => {
                             return Err(Error::Io {
                                 path: dir,
-                                source: e,
+                                error: e,
                             });
                         }
                     };
@@ -921,7 +921,7 @@ impl Extractor {
                 } else {
                     Err(Error::Io {
                         path: dest.to_owned(),
-                        source: e,
+                        error: e,
                     })
                 }
             }

@@ -123,7 +123,7 @@ impl<R: Read> TarReader<R> {
     fn read_error(&self, e: io::Error) -> Error {
         Error::Io {
             path: format!("<layer at byte {}>", self.offset).into(),
-            source: e,
+            error: e,
         }
     }
 

@@ -370,11 +370,11 @@ impl LayerWriter {
                     copy_exact(file, &mut tar, fields.size, &mut buffer).map_err(|e| match e {
                         CopyError::Read(source) => Error::Io {
                             path: path.clone(),
-                            source,
+                            error: source,
                         },
                         CopyError::Write(source) => Error::Io {
                             path: "<output>".into(),
-                            source,
+                            error: source,
                         },
                         CopyError::Size(found) => Error::InvalidEntry {
                             path: entry.path.display().to_string(),

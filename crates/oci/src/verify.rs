@@ -144,7 +144,7 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::Io {
             path: dir.to_owned(),
-            source: e,
+            error: e,
         }),
     }
 }

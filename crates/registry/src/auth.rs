@@ -182,7 +182,7 @@ impl DockerConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io {
                 path: path.to_owned(),
-                source: e,
+                error: e,
             }),
         }
     }

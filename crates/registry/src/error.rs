@@ -14,12 +14,12 @@ pub enum Error {
         message: String,
     },
     /// A filesystem operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The path at fault.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Bytes did not hash to the digest they were stored or announced under.
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
@@ -94,7 +94,7 @@ pub enum Error {
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 
     /// An error of the registry at `reference` with no HTTP status, not worth retrying.
@@ -134,7 +134,7 @@ impl From<strata_oci::Error> for Error {
     fn from(error: strata_oci::Error) -> Error {
         use strata_oci::Error as E;
         match error {
-            E::Io { path, source } => Error::Io { path, source },
+            E::Io { path, error } => Error::Io { path, error },
             E::InvalidDigest { digest, message } => Error::InvalidReference {
                 reference: digest,
                 message,

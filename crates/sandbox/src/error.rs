@@ -11,12 +11,12 @@ pub enum Error {
     #[error("running build steps is unsupported on this platform: {0}")]
     Unsupported(&'static str),
     /// A file or directory on the host could not be used.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The host path at fault.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The step description is not valid (relative mount target, NUL byte, empty command).
     #[error("invalid step: {0}")]
@@ -38,10 +38,10 @@ pub enum Error {
         reason: String,
     },
     /// The namespaces could not be created; the message says what to change.
-    #[error("cannot create the step's namespaces: {source}{hint}")]
+    #[error("cannot create the step's namespaces: {error}{hint}")]
     Namespaces {
         /// What `clone` said.
-        source: std::io::Error,
+        error: std::io::Error,
         /// A sentence on what to change, starting with `; `, or empty.
         hint: String,
     },
@@ -49,12 +49,12 @@ pub enum Error {
     #[error("cannot map user ids into the user namespace: {0}")]
     IdMap(String),
     /// One step of setting up the isolated root (a mount, pivot_root, hostname) failed.
-    #[error("setting up the step's root: {action}: {source}")]
+    #[error("setting up the step's root: {action}: {error}")]
     Setup {
         /// What was being done, e.g. `mount proc on /proc`.
         action: String,
         /// What the kernel said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The command could not be started inside the root.
     #[error("cannot run `{program}`: {reason}")]
@@ -78,7 +78,7 @@ pub enum Error {
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 }
 

@@ -80,7 +80,7 @@ impl SandboxBuilder {
             Mode::Privileged if privileged => false,
             Mode::Privileged => {
                 return Err(Error::Namespaces {
-                    source: std::io::Error::from_raw_os_error(libc::EPERM),
+                    error: std::io::Error::from_raw_os_error(libc::EPERM),
                     hint: "; privileged mode needs root with CAP_SYS_ADMIN".to_owned(),
                 });
             }
@@ -190,19 +190,19 @@ impl Sandbox {
                         .map_or_else(|| format!("step {index}"), |op| op.what.clone());
                     return Err(Error::Setup {
                         action,
-                        source: std::io::Error::from_raw_os_error(errno),
+                        error: std::io::Error::from_raw_os_error(errno),
                     });
                 }
                 Report::ForkFailed { errno } => {
                     return Err(Error::Setup {
                         action: "starting the command's process".to_owned(),
-                        source: std::io::Error::from_raw_os_error(errno),
+                        error: std::io::Error::from_raw_os_error(errno),
                     });
                 }
                 Report::Credentials { stage, errno } => {
                     return Err(Error::Setup {
                         action: stage.describe().to_owned(),
-                        source: std::io::Error::from_raw_os_error(errno),
+                        error: std::io::Error::from_raw_os_error(errno),
                     });
                 }
                 Report::ExecFailed { errno } => {
@@ -240,7 +240,7 @@ impl Sandbox {
         if !root_dir.is_dir() {
             return Err(Error::Io {
                 path: root_dir,
-                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+                error: std::io::Error::from_raw_os_error(libc::ENOTDIR),
             });
         }
         let root_str = root_dir
@@ -939,7 +939,7 @@ pub(crate) fn namespace_error(source: std::io::Error, user_namespace: bool) -> E
         _ => "",
     };
     Error::Namespaces {
-        source,
+        error: source,
         hint: hint.to_owned(),
     }
 }

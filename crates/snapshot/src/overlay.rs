@@ -295,7 +295,7 @@ fn in_lowers(lowers: &[PathBuf], path: &Path) -> Result<Option<(PathBuf, FileInf
             Err(e) => {
                 return Err(Error::Io {
                     path: candidate,
-                    source: e,
+                    error: e,
                 });
             }
         }
@@ -319,10 +319,7 @@ fn hidden_below(lower: &Path, path: &Path) -> Result<bool> {
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
-                return Err(Error::Io {
-                    path: at,
-                    source: e,
-                });
+                return Err(Error::Io { path: at, error: e });
             }
         }
     }

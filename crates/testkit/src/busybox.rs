@@ -204,7 +204,7 @@ fn applets(busybox: &Path) -> Result<Vec<String>> {
     if !output.status.success() {
         return Err(Error::Io {
             path: busybox.to_owned(),
-            source: std::io::Error::other(format!("`busybox --list` failed: {}", output.status)),
+            error: std::io::Error::other(format!("`busybox --list` failed: {}", output.status)),
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout)

@@ -23,7 +23,7 @@ pub fn set_mtime(path: &Path, secs: i64) -> Result<()> {
     )
     .map_err(|e| Error::Io {
         path: path.to_owned(),
-        source: e.into(),
+        error: e.into(),
     })
 }
 

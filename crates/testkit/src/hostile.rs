@@ -113,15 +113,15 @@ impl HostileServer {
     ) -> Result<HostileServer> {
         let listener = TcpListener::bind((ip, 0)).map_err(|e| Error::Io {
             path: format!("listen on {ip}").into(),
-            source: e,
+            error: e,
         })?;
         let address = listener.local_addr().map_err(|e| Error::Io {
             path: "local address".into(),
-            source: e,
+            error: e,
         })?;
         listener.set_nonblocking(true).map_err(|e| Error::Io {
             path: "listener".into(),
-            source: e,
+            error: e,
         })?;
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));

@@ -17,7 +17,7 @@ impl Xfs {
     pub fn mount() -> Result<Xfs> {
         let io = |what: &str| {
             let what = PathBuf::from(what);
-            move |source| Error::Io { path: what, source }
+            move |error| Error::Io { path: what, error }
         };
         let dir = tempfile::Builder::new()
             .prefix("strata-xfs-")
@@ -54,9 +54,7 @@ impl Xfs {
             if !out.status.success() {
                 return Err(Error::Io {
                     path: program,
-                    source: std::io::Error::other(
-                        String::from_utf8_lossy(&out.stderr).into_owned(),
-                    ),
+                    error: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
                 });
             }
         }
