@@ -387,155 +387,45 @@ impl Build {
         result.map(|image| image.with_events(subscriber))
     }
 
+    /// Everything a build needs before its first stage: the state directory, the context
+    /// (fetched when remote), the Dockerfile and its plan, the caches, and where RUN executes.
     fn prepare(
         self,
         state_dir: &Path,
         runtime: tokio::runtime::Handle,
     ) -> Result<(Engine, crate::state::WorkDir)> {
         let target_platform = self.target_platform();
-        let state = match State::open(state_dir) {
-            Ok(state) => state,
-            // Not root in a container where namespaces are denied: the state directory is
-            // rarely the only trouble, so say what the build needs.
-            Err(e)
-                if self.isolation != Isolation::Namespaces
-                    && !rustix::process::geteuid().is_root()
-                    && crate::incontainer::container_marker().is_some()
-                    && !strata_sandbox::probe().namespaces.is_yes() =>
-            {
-                let why = crate::incontainer::check(self.force)
-                    .err()
-                    .map_or_else(String::new, |e| format!("{e}; "));
-                return Err(Error::Invalid(format!("{why}{e}")));
-            }
-            Err(e) => return Err(e),
-        };
+        let state = self.open_state(state_dir)?;
         let work = state.work_dir()?;
+        let ignore = self.ignore_file()?;
+        let dir_dockerfile = match &self.context {
+            ContextSource::Dir(dir) => Some(default_dockerfile(dir)),
+            _ => None,
+        };
         let named_contexts = self
             .named_contexts
             .iter()
             .map(|(name, source)| (name.clone(), source.engine_form()))
             .collect();
-        let mut registry = self
-            .registry
-            .unwrap_or_else(|| RegistryClient::builder().build());
-        if self.events.is_some() || crate::failpoint::any() {
-            let sink = self.events.clone();
-            registry = registry.with_progress(Arc::new(move |t: &strata_registry::Transfer| {
-                let push = t.direction == strata_registry::Direction::Push;
-                if !push && t.done == t.total {
-                    crate::failpoint::hit("blob-staged");
-                }
-                if push && t.done > 0 && t.done < t.total {
-                    crate::failpoint::hit("mid-push");
-                }
-                if let Some(sink) = &sink {
-                    sink(&Event::Transfer {
-                        reference: t.reference.clone(),
-                        digest: t.digest.clone(),
-                        push,
-                        done: t.done,
-                        total: t.total,
-                    })
-                }
-            }));
-        }
-        // .dockerignore: `<Dockerfile>.dockerignore` beside the Dockerfile first.
-        let ignore = match &self.context {
-            ContextSource::Dir(dir) => {
-                let dockerfile_path = match &self.dockerfile {
-                    DockerfileSource::Path(p) => p.clone(),
-                    _ => default_dockerfile(dir),
-                };
-                strata_dockerfile::ignore_file_for(dir, &dockerfile_path)
-                    .map(|p| std::fs::read_to_string(&p).map_err(Error::io(&p)))
-                    .transpose()?
-            }
-            _ => None,
+        let registry = with_transfer_events(
+            self.registry
+                .unwrap_or_else(|| RegistryClient::builder().build()),
+            &self.events,
+        );
+        let fetch = Fetch {
+            registry: &registry,
+            work: work.path(),
+            runtime: &runtime,
+            max_download: self.max_download,
+            events: &self.events,
         };
-        let dir_dockerfile = match &self.context {
-            ContextSource::Dir(dir) => Some(default_dockerfile(dir)),
-            _ => None,
-        };
-        let mut default_labels = BTreeMap::new();
-        let context = match self.context {
-            ContextSource::Git(git) => {
-                let git = git.with_tls_of(&registry);
-                let started = std::time::Instant::now();
-                let dir = Context::scratch_dir(work.path())?;
-                let checkout =
-                    crate::git::checkout(&git, work.path(), dir.path(), self.max_download, false)?;
-                emit_fetched(
-                    &self.events,
-                    checkout.url.clone(),
-                    Some(checkout.commit.clone()),
-                    checkout.bytes,
-                    started,
-                );
-                default_labels.insert(
-                    "org.opencontainers.image.revision".to_owned(),
-                    checkout.commit.clone(),
-                );
-                default_labels.insert(
-                    "org.opencontainers.image.source".to_owned(),
-                    checkout.url.clone(),
-                );
-                Context::open_unpacked(dir, None)?
-            }
-            ContextSource::Url(url) => {
-                let started = std::time::Instant::now();
-                let fetched =
-                    runtime.block_on(registry.fetch_url(&url, work.path(), self.max_download))?;
-                let shown = crate::git::redact(&url);
-                let context = archive_context(fetched.file.path(), work.path(), &shown)?;
-                emit_fetched(&self.events, shown, None, fetched.size, started);
-                context
-            }
-            ContextSource::Object(url) => {
-                let started = std::time::Instant::now();
-                let fetched = runtime.block_on(crate::objects::fetch(
-                    &url,
-                    work.path(),
-                    self.max_download,
-                ))?;
-                let context = archive_context(fetched.file.path(), work.path(), &url)?;
-                emit_fetched(&self.events, url, None, fetched.size, started);
-                context
-            }
-            local => Context::open(local, work.path(), ignore.as_deref())?,
-        };
-        // The Dockerfile: a tar context's is inside the archive (`Dockerfile`, or a relative
-        // --dockerfile found there), as Kaniko reads it.
-        let (file_name, text) = match &self.dockerfile {
-            DockerfileSource::Text(text) => ("Dockerfile".to_owned(), text.clone()),
-            DockerfileSource::Path(path) => {
-                let inside = context.root().join(path);
-                let path = if !context.is_dir_source() && path.is_relative() && inside.is_file() {
-                    inside
-                } else {
-                    path.clone()
-                };
-                (
-                    path.display().to_string(),
-                    std::fs::read_to_string(&path).map_err(Error::io(&path))?,
-                )
-            }
-            DockerfileSource::Default => {
-                let (name, path) = match dir_dockerfile {
-                    Some(path) => (path.display().to_string(), path),
-                    None => ("Dockerfile".to_owned(), default_dockerfile(context.root())),
-                };
-                (
-                    name,
-                    std::fs::read_to_string(&path).map_err(Error::io(&path))?,
-                )
-            }
-        };
-        let file = strata_dockerfile::parse(&text).map_err(|source| Error::Dockerfile {
+        let (context, default_labels) = fetch.context(self.context, ignore.as_deref())?;
+        let (file_name, text) = read_dockerfile(&self.dockerfile, &context, dir_dockerfile)?;
+        let dockerfile_error = |error| Error::Dockerfile {
             file: file_name.clone(),
-            error: source,
-        })?;
-
+            error,
+        };
+        let file = strata_dockerfile::parse(&text).map_err(dockerfile_error)?;
         let plan = Plan::new(
             &file,
             &PlanOptions {
@@ -545,10 +435,7 @@ impl Build {
                 build_platform: Platform::host(),
             },
         )
-        .map_err(|source| Error::Dockerfile {
-            file: file_name.clone(),
-            error: source,
-        })?;
+        .map_err(dockerfile_error)?;
         let cache = if self.cache {
             Some(LocalStore::open(state.root().join("cache"))?.ttl(self.cache_ttl))
         } else {
@@ -566,19 +453,8 @@ impl Build {
             ),
             _ => None,
         };
-        // BuildKit's rule: a SOURCE_DATE_EPOCH build arg is the epoch of the image's dates
-        // (strata clamps file times to it too, as with `reproducible`); a value that is not a
-        // number of seconds is an error, never ignored.
-        let reproducible = match self.build_args.get("SOURCE_DATE_EPOCH") {
-            Some(text) => Some(text.trim().parse::<i64>().map_err(|_| {
-                Error::Invalid(format!(
-                    "build arg SOURCE_DATE_EPOCH={text}: not a Unix time in seconds"
-                ))
-            })?),
-            None => self.reproducible,
-        };
-        let platform = target_platform;
-        let engine = Engine::new(
+        let reproducible = source_date_epoch(&self.build_args, self.reproducible)?;
+        let mut engine = Engine::new(
             state,
             cache,
             remote,
@@ -588,7 +464,7 @@ impl Build {
             context,
             work.path().to_owned(),
             Options {
-                platform,
+                platform: target_platform,
                 reproducible,
                 compression: self.compression,
                 labels: self.labels,
@@ -609,53 +485,238 @@ impl Build {
             self.events,
             runtime,
         );
-        let mut engine = engine;
         let has_run = file.nodes.iter().any(|n| {
             n.instruction == "run" || n.onbuild.as_ref().is_some_and(|t| t.instruction == "run")
         });
-        let (mode, reason, probed) = choose_isolation(&engine.opts, has_run)?;
-        engine.namespaces_probe = probed;
-        if mode == Isolation::Namespaces && !rustix::process::geteuid().is_root() {
-            engine.id_map = Some(strata_sandbox::UserNamespaceMap::for_caller());
-        }
-        if mode == Isolation::InContainer {
-            // The build's inputs may be plain directories of the container, not volumes:
-            // replacing `/` must not take them away.
-            let mut inputs = vec![engine.context.root().to_owned()];
-            for secret in engine.opts.secrets.values() {
-                if let Secret::File(path) = secret {
-                    inputs.push(path.clone());
-                }
-            }
-            for source in engine.opts.named_contexts.values() {
-                if let Some(rest) = source.strip_prefix("oci-layout://") {
-                    inputs.push(PathBuf::from(
-                        rest.rsplit_once(':').map_or(rest, |(d, _)| d),
-                    ));
-                }
-            }
-            if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
-                inputs.push(PathBuf::from(dir));
-            }
-            engine.in_container = Some(crate::engine::InContainer {
-                ignore: crate::incontainer::ignore_list(
-                    state_dir,
-                    &inputs,
-                    &engine.opts.ignore_paths,
-                    engine.opts.ignore_var_run,
-                ),
-                untouchable: crate::incontainer::untouchable(state_dir, &inputs),
-                slash: std::sync::Mutex::new(None),
-            });
-        }
-        if has_run {
-            engine.emit(Event::Isolation {
-                mode: mode.name().to_owned(),
-                reason,
-            });
-        }
+        set_isolation(&mut engine, state_dir, has_run)?;
         Ok((engine, work))
     }
+
+    /// Opens the state directory; when that fails in a container that allows nothing, says
+    /// what the build needs rather than only what failed.
+    fn open_state(&self, state_dir: &Path) -> Result<State> {
+        match State::open(state_dir) {
+            Ok(state) => Ok(state),
+            // Not root in a container where namespaces are denied: the state directory is
+            // rarely the only trouble, so say what the build needs.
+            Err(e)
+                if self.isolation != Isolation::Namespaces
+                    && !rustix::process::geteuid().is_root()
+                    && crate::incontainer::container_marker().is_some()
+                    && !strata_sandbox::probe().namespaces.is_yes() =>
+            {
+                let why = crate::incontainer::check(self.force)
+                    .err()
+                    .map_or_else(String::new, |e| format!("{e}; "));
+                Err(Error::Invalid(format!("{why}{e}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A directory context's `.dockerignore` text: `<Dockerfile>.dockerignore` beside the
+    /// Dockerfile first.
+    fn ignore_file(&self) -> Result<Option<String>> {
+        let ContextSource::Dir(dir) = &self.context else {
+            return Ok(None);
+        };
+        let dockerfile_path = match &self.dockerfile {
+            DockerfileSource::Path(p) => p.clone(),
+            _ => default_dockerfile(dir),
+        };
+        strata_dockerfile::ignore_file_for(dir, &dockerfile_path)
+            .map(|p| std::fs::read_to_string(&p).map_err(Error::io(&p)))
+            .transpose()
+    }
+}
+
+/// The registry client, reporting its transfers as events (and to the fault tests' points).
+fn with_transfer_events(registry: RegistryClient, events: &Option<EventSink>) -> RegistryClient {
+    if events.is_none() && !crate::failpoint::any() {
+        return registry;
+    }
+    let sink = events.clone();
+    registry.with_progress(Arc::new(move |t: &strata_registry::Transfer| {
+        let push = t.direction == strata_registry::Direction::Push;
+        if !push && t.done == t.total {
+            crate::failpoint::hit("blob-staged");
+        }
+        if push && t.done > 0 && t.done < t.total {
+            crate::failpoint::hit("mid-push");
+        }
+        if let Some(sink) = &sink {
+            sink(&Event::Transfer {
+                reference: t.reference.clone(),
+                digest: t.digest.clone(),
+                push,
+                done: t.done,
+                total: t.total,
+            })
+        }
+    }))
+}
+
+/// What fetching a remote context needs.
+struct Fetch<'a> {
+    registry: &'a RegistryClient,
+    work: &'a Path,
+    runtime: &'a tokio::runtime::Handle,
+    max_download: u64,
+    events: &'a Option<EventSink>,
+}
+
+impl Fetch<'_> {
+    /// The build context on disk, and the labels it gives the image (a git context's
+    /// revision and source).
+    fn context(
+        &self,
+        source: ContextSource,
+        ignore: Option<&str>,
+    ) -> Result<(Context, BTreeMap<String, String>)> {
+        let mut labels = BTreeMap::new();
+        let started = std::time::Instant::now();
+        let context = match source {
+            ContextSource::Git(git) => {
+                let git = git.with_tls_of(self.registry);
+                let dir = Context::scratch_dir(self.work)?;
+                let checkout =
+                    crate::git::checkout(&git, self.work, dir.path(), self.max_download, false)?;
+                emit_fetched(
+                    self.events,
+                    checkout.url.clone(),
+                    Some(checkout.commit.clone()),
+                    checkout.bytes,
+                    started,
+                );
+                labels.insert(
+                    "org.opencontainers.image.revision".to_owned(),
+                    checkout.commit.clone(),
+                );
+                labels.insert(
+                    "org.opencontainers.image.source".to_owned(),
+                    checkout.url.clone(),
+                );
+                Context::open_unpacked(dir, None)?
+            }
+            ContextSource::Url(url) => {
+                let fetched = self.runtime.block_on(self.registry.fetch_url(
+                    &url,
+                    self.work,
+                    self.max_download,
+                ))?;
+                let shown = crate::git::redact(&url);
+                let context = archive_context(fetched.file.path(), self.work, &shown)?;
+                emit_fetched(self.events, shown, None, fetched.size, started);
+                context
+            }
+            ContextSource::Object(url) => {
+                let fetched = self.runtime.block_on(crate::objects::fetch(
+                    &url,
+                    self.work,
+                    self.max_download,
+                ))?;
+                let context = archive_context(fetched.file.path(), self.work, &url)?;
+                emit_fetched(self.events, url, None, fetched.size, started);
+                context
+            }
+            local => Context::open(local, self.work, ignore)?,
+        };
+        Ok((context, labels))
+    }
+}
+
+/// The Dockerfile's name (for messages) and text: a tar context's is inside the archive
+/// (`Dockerfile`, or a relative --dockerfile found there), as Kaniko reads it.
+fn read_dockerfile(
+    source: &DockerfileSource,
+    context: &Context,
+    dir_dockerfile: Option<PathBuf>,
+) -> Result<(String, String)> {
+    let path = match source {
+        DockerfileSource::Text(text) => return Ok(("Dockerfile".to_owned(), text.clone())),
+        DockerfileSource::Path(path) => {
+            let inside = context.root().join(path);
+            if !context.is_dir_source() && path.is_relative() && inside.is_file() {
+                inside
+            } else {
+                path.clone()
+            }
+        }
+        DockerfileSource::Default => match dir_dockerfile {
+            Some(path) => path,
+            None => {
+                let path = default_dockerfile(context.root());
+                let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+                return Ok(("Dockerfile".to_owned(), text));
+            }
+        },
+    };
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    Ok((path.display().to_string(), text))
+}
+
+/// BuildKit's rule: a SOURCE_DATE_EPOCH build arg is the epoch of the image's dates (strata
+/// clamps file times to it too, as with `reproducible`); a value that is not a number of
+/// seconds is an error, never ignored.
+fn source_date_epoch(
+    build_args: &BTreeMap<String, String>,
+    reproducible: Option<i64>,
+) -> Result<Option<i64>> {
+    match build_args.get("SOURCE_DATE_EPOCH") {
+        Some(text) => text.trim().parse::<i64>().map(Some).map_err(|_| {
+            Error::Invalid(format!(
+                "build arg SOURCE_DATE_EPOCH={text}: not a Unix time in seconds"
+            ))
+        }),
+        None => Ok(reproducible),
+    }
+}
+
+/// Chooses where RUN executes and sets the engine up for it: the user namespace's map when
+/// rootless, and in the container's own `/`, what replacing `/` must leave alone.
+fn set_isolation(engine: &mut Engine, state_dir: &Path, has_run: bool) -> Result<()> {
+    let (mode, reason, probed) = choose_isolation(&engine.opts, has_run)?;
+    engine.namespaces_probe = probed;
+    if mode == Isolation::Namespaces && !rustix::process::geteuid().is_root() {
+        engine.id_map = Some(strata_sandbox::UserNamespaceMap::for_caller());
+    }
+    if mode == Isolation::InContainer {
+        // The build's inputs may be plain directories of the container, not volumes:
+        // replacing `/` must not take them away.
+        let mut inputs = vec![engine.context.root().to_owned()];
+        for secret in engine.opts.secrets.values() {
+            if let Secret::File(path) = secret {
+                inputs.push(path.clone());
+            }
+        }
+        for source in engine.opts.named_contexts.values() {
+            if let Some(rest) = source.strip_prefix("oci-layout://") {
+                inputs.push(PathBuf::from(
+                    rest.rsplit_once(':').map_or(rest, |(d, _)| d),
+                ));
+            }
+        }
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+            inputs.push(PathBuf::from(dir));
+        }
+        engine.in_container = Some(crate::engine::InContainer {
+            ignore: crate::incontainer::ignore_list(
+                state_dir,
+                &inputs,
+                &engine.opts.ignore_paths,
+                engine.opts.ignore_var_run,
+            ),
+            untouchable: crate::incontainer::untouchable(state_dir, &inputs),
+            slash: std::sync::Mutex::new(None),
+        });
+    }
+    if has_run {
+        engine.emit(Event::Isolation {
+            mode: mode.name().to_owned(),
+            reason,
+        });
+    }
+    Ok(())
 }
 
 /// Cancels the running steps when the build's future is dropped.

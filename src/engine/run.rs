@@ -86,8 +86,8 @@ impl Engine {
         // The overlay's lower directories, the top-most first: the layer store's directories
         // of the stage's layers; else one private directory the layers are extracted into,
         // which a RUN without overlay runs in.
-        let mut store = overlay && self.use_store();
-        let mut lowers = if store {
+        let store = overlay && self.use_store();
+        let lowers = if store {
             let mut lowers = self.layer_dirs(&image.layers)?;
             if lowers.is_empty() {
                 lowers.push(self.empty_dir()?);
@@ -101,10 +101,8 @@ impl Engine {
             .prefix("run-")
             .tempdir_in(&self.work)
             .map_err(Error::io(&self.work))?;
-        let upper = scratch.path().join("upper");
-        let merged = scratch.path().join("merged");
         let step_root = if overlay {
-            merged.clone()
+            scratch.path().join("merged")
         } else {
             root.clone()
         };
@@ -130,98 +128,150 @@ impl Engine {
         for mount in mounts {
             step = step.mount(mount);
         }
-        step = step.envs(secret_env);
-        let mut tail: VecDeque<String> = VecDeque::new();
-        let mut on_output =
-            |stream: Stream, line: &[u8]| self.step_output(at, &mut tail, stream, line);
-        let mut entries;
+        let command = Command {
+            sandbox,
+            step: step.envs(secret_env),
+            argv,
+            at,
+            prepare_started,
+        };
+        let done = StepDone { key, created_by };
         if overlay {
-            let work = scratch.path().join("work");
-            for dir in [&upper, &work, &merged] {
-                fs::create_dir(dir).map_err(Error::io(dir))?;
-            }
-            let mount = match strata_snapshot::overlay::OverlayMount::mount(
-                &lowers, &upper, &work, &merged,
-            ) {
-                Ok(mount) => mount,
-                // A stack this kernel cannot mount (too deep for one page of options
-                // before Linux 6.8's `lowerdir+`): the layers in one private directory.
-                Err(strata_snapshot::Error::OverlayUnavailable { reason }) if store => {
-                    tracing::info!(%reason, layers = lowers.len(), "layer stack not mountable; extracting into one directory");
-                    store = false;
-                    lowers = vec![self.private_rootfs(rootfs, &image.layers)?];
-                    strata_snapshot::overlay::OverlayMount::mount(&lowers, &upper, &work, &merged)?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let command_started = std::time::Instant::now();
-            let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
-            let command_ended = std::time::Instant::now();
-            mount.unmount()?;
-            check_outcome(outcome?, &argv, &tail)?;
-            let mut changes = strata_snapshot::overlay::upper_changes(&upper, &lowers)?;
-            let all = changes.changes.len();
-            self.drop_ignored(&mut changes);
-            // The upper directory holds exactly the layer unless something was left out of
-            // it (an ignored path, a socket): then the store extracts the layer when needed.
-            let exact = changes.changes.len() == all
-                && !changes.changes.iter().any(|c| {
-                    c.info
-                        .as_ref()
-                        .is_some_and(|i| i.kind == strata_snapshot::Kind::Socket)
-                });
-            entries = crate::changes::entries(&changes)?;
-            self.ids_inside(&mut entries)?;
-            // A step that changes nothing still gets a layer, the empty one (BuildKit's
-            // layer count and history).
-            let layer = Some(self.write_layer(entries)?);
-            // With clamped times (`--reproducible`, SOURCE_DATE_EPOCH) the upper directory's
-            // times are not the layer's: a later step reading them would make the build
-            // depend on the clock, so the layer is extracted from its blob when needed.
-            if let Some(layer) = &layer
-                && exact
-                && self.opts.reproducible.is_none()
-                && store
-            {
-                // No second extraction for the next step or the next build.
-                let mut ids: Vec<&str> = image.layers.iter().map(|l| l.diff_id.as_str()).collect();
-                ids.push(&layer.diff_id);
-                if let Some(chain) = crate::layers::chain_ids(ids).pop()
-                    && let Err(error) = self.layers.adopt(&chain, &upper, &self.work)
-                {
-                    // Only a saving lost: the store extracts the layer when it is needed.
-                    tracing::debug!(%error, "upper directory not moved into the layer store");
-                }
-            }
-            // Other root filesystems get the layer when a later step needs it.
-            self.finish_miss(image, key, at, layer, created_by)?;
-            self.emit_run_timings(at, prepare_started, command_started, command_ended);
+            self.run_on_overlay(&command, image, rootfs, done, lowers, store, scratch.path())?;
         } else {
-            let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
-            ignore.extend(self.opts.ignore_paths.iter().cloned());
-            let before = strata_snapshot::Scanner::new(&root)
-                .ignore(&ignore)
-                .scan()?;
-            let command_started = std::time::Instant::now();
-            let outcome = sandbox.run(&step, &self.cancel, &mut on_output);
-            let command_ended = std::time::Instant::now();
-            check_outcome(outcome?, &argv, &tail)?;
-            let after = strata_snapshot::Scanner::new(&root)
-                .ignore(&ignore)
-                .scan()?;
-            let mut changes = strata_snapshot::diff(&before, &after);
-            self.drop_ignored(&mut changes);
-            entries = crate::changes::entries(&changes)?;
-            self.ids_inside(&mut entries)?;
-            let layer = self.write_layer(entries)?;
-            self.finish_miss(image, key, at, Some(layer), created_by)?;
-            self.emit_run_timings(at, prepare_started, command_started, command_ended);
-            // The directory already holds the step's changes.
-            if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut() {
-                *applied += 1;
-            }
+            self.run_between_scans(&command, image, rootfs, done, &root)?;
         }
         Ok(false)
+    }
+
+    /// Runs the command on an overlay of `lowers` whose upper directory becomes the step's
+    /// layer (and, when it holds exactly the layer, the layer store's directory for it).
+    #[allow(clippy::too_many_arguments)]
+    fn run_on_overlay(
+        &self,
+        command: &Command<'_, '_>,
+        image: &mut StageImage,
+        rootfs: &mut Option<Rootfs>,
+        done: StepDone,
+        mut lowers: Vec<PathBuf>,
+        mut store: bool,
+        scratch: &Path,
+    ) -> Result<()> {
+        let (upper, work, merged) = (
+            scratch.join("upper"),
+            scratch.join("work"),
+            scratch.join("merged"),
+        );
+        for dir in [&upper, &work, &merged] {
+            fs::create_dir(dir).map_err(Error::io(dir))?;
+        }
+        let mount = match strata_snapshot::overlay::OverlayMount::mount(
+            &lowers, &upper, &work, &merged,
+        ) {
+            Ok(mount) => mount,
+            // A stack this kernel cannot mount (too deep for one page of options
+            // before Linux 6.8's `lowerdir+`): the layers in one private directory.
+            Err(strata_snapshot::Error::OverlayUnavailable { reason }) if store => {
+                tracing::info!(%reason, layers = lowers.len(), "layer stack not mountable; extracting into one directory");
+                store = false;
+                lowers = vec![self.private_rootfs(rootfs, &image.layers)?];
+                strata_snapshot::overlay::OverlayMount::mount(&lowers, &upper, &work, &merged)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ran = self.execute(command);
+        mount.unmount()?;
+        let (command_started, command_ended) = ran.check(&command.argv)?;
+        let mut changes = strata_snapshot::overlay::upper_changes(&upper, &lowers)?;
+        let all = changes.changes.len();
+        self.drop_ignored(&mut changes);
+        // The upper directory holds exactly the layer unless something was left out of
+        // it (an ignored path, a socket): then the store extracts the layer when needed.
+        let exact = changes.changes.len() == all
+            && !changes.changes.iter().any(|c| {
+                c.info
+                    .as_ref()
+                    .is_some_and(|i| i.kind == strata_snapshot::Kind::Socket)
+            });
+        let mut entries = crate::changes::entries(&changes)?;
+        self.ids_inside(&mut entries)?;
+        // A step that changes nothing still gets a layer, the empty one (BuildKit's
+        // layer count and history).
+        let layer = self.write_layer(entries)?;
+        // With clamped times (`--reproducible`, SOURCE_DATE_EPOCH) the upper directory's
+        // times are not the layer's: a later step reading them would make the build
+        // depend on the clock, so the layer is extracted from its blob when needed.
+        if exact && self.opts.reproducible.is_none() && store {
+            // No second extraction for the next step or the next build.
+            let mut ids: Vec<&str> = image.layers.iter().map(|l| l.diff_id.as_str()).collect();
+            ids.push(&layer.diff_id);
+            if let Some(chain) = crate::layers::chain_ids(ids).pop()
+                && let Err(error) = self.layers.adopt(&chain, &upper, &self.work)
+            {
+                // Only a saving lost: the store extracts the layer when it is needed.
+                tracing::debug!(%error, "upper directory not moved into the layer store");
+            }
+        }
+        // Other root filesystems get the layer when a later step needs it.
+        self.finish_miss(image, done.key, command.at, Some(layer), done.created_by)?;
+        self.emit_run_timings(
+            command.at,
+            command.prepare_started,
+            command_started,
+            command_ended,
+        );
+        Ok(())
+    }
+
+    /// Runs the command in the private directory `root` itself; its layer is the difference
+    /// of a scan before and a scan after.
+    fn run_between_scans(
+        &self,
+        command: &Command<'_, '_>,
+        image: &mut StageImage,
+        rootfs: &mut Option<Rootfs>,
+        done: StepDone,
+        root: &Path,
+    ) -> Result<()> {
+        let mut ignore = vec!["proc".to_owned(), "sys".to_owned(), "dev".to_owned()];
+        ignore.extend(self.opts.ignore_paths.iter().cloned());
+        let before = strata_snapshot::Scanner::new(root).ignore(&ignore).scan()?;
+        let (command_started, command_ended) = self.execute(command).check(&command.argv)?;
+        let after = strata_snapshot::Scanner::new(root).ignore(&ignore).scan()?;
+        let mut changes = strata_snapshot::diff(&before, &after);
+        self.drop_ignored(&mut changes);
+        let mut entries = crate::changes::entries(&changes)?;
+        self.ids_inside(&mut entries)?;
+        let layer = self.write_layer(entries)?;
+        self.finish_miss(image, done.key, command.at, Some(layer), done.created_by)?;
+        self.emit_run_timings(
+            command.at,
+            command.prepare_started,
+            command_started,
+            command_ended,
+        );
+        // The directory already holds the step's changes.
+        if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut() {
+            *applied += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs the step's command in the sandbox, its output sent as events as it comes.
+    fn execute(&self, command: &Command<'_, '_>) -> Ran {
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let started = std::time::Instant::now();
+        let outcome = command
+            .sandbox
+            .run(&command.step, &self.cancel, |stream, line| {
+                self.step_output(command.at, &mut tail, stream, line)
+            });
+        Ran {
+            outcome,
+            tail,
+            started,
+            ended: std::time::Instant::now(),
+        }
     }
 
     /// The command line a RUN runs with `shell`, and the script a `#!` heredoc becomes:
@@ -576,6 +626,37 @@ struct StepMounts {
     secret_files: Vec<tempfile::NamedTempFile>,
     /// Bind mounts (by index in `mounts`) whose source the step gets a copy of.
     bind_copies: Vec<(usize, BindCopy)>,
+}
+
+/// A RUN command ready to start in the sandbox.
+struct Command<'e, 'a> {
+    sandbox: &'e strata_sandbox::Sandbox,
+    step: Step,
+    argv: Vec<String>,
+    at: &'e StepAt<'a>,
+    prepare_started: std::time::Instant,
+}
+
+/// What a step that ran records: its key and its history entry.
+struct StepDone {
+    key: CacheKey,
+    created_by: String,
+}
+
+/// A command that ran: how it ended, its last lines, and when it ran.
+struct Ran {
+    outcome: strata_sandbox::Result<strata_sandbox::Outcome>,
+    tail: VecDeque<String>,
+    started: std::time::Instant,
+    ended: std::time::Instant,
+}
+
+impl Ran {
+    /// When it started and ended, if it succeeded; else the error that says how it failed.
+    fn check(self, argv: &[String]) -> Result<(std::time::Instant, std::time::Instant)> {
+        check_outcome(self.outcome?, argv, &self.tail)?;
+        Ok((self.started, self.ended))
+    }
 }
 
 pub(crate) fn check_outcome(

@@ -22,7 +22,7 @@ use crate::step::{
     Cancel, DEFAULT_PATH, ExitStatus, Isolation, Mode, MountKind, Network, Outcome, Sharing, Step,
     Stream,
 };
-use crate::user;
+use crate::user::{self, ExecUser};
 
 /// The longest line handed to the output callback; longer lines come in pieces.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -249,35 +249,8 @@ impl Sandbox {
             .trim_end_matches('/')
             .to_owned();
         let at = |inner: &str| cstring(format!("{root_str}{inner}"));
-
-        let exec_user = user::resolve(&root_dir, &step.user)?;
-        if let Some(map) = &self.id_map
-            && !map.maps(exec_user.uid, exec_user.gid)
-        {
-            return Err(Error::User {
-                user: step.user.clone(),
-                reason: format!(
-                    "uid {} / gid {} is not mapped in rootless mode: only root exists inside \
-                     unless /etc/subuid and /etc/subgid give the caller a range and newuidmap \
-                     is installed (Debian package uidmap)",
-                    exec_user.uid, exec_user.gid
-                ),
-            });
-        }
-        let set_groups = self.id_map.as_ref().is_none_or(IdMap::allows_setgroups);
-
-        let mut env: Vec<(String, String)> = step.env.clone();
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
-        }
-        if !env.iter().any(|(k, _)| k == "HOME") {
-            env.push(("HOME".to_owned(), exec_user.home.clone()));
-        }
-        let path = env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let exec_user = self.exec_user(&root_dir, step)?;
+        let (env, path) = environment(step, &exec_user);
         let workdir = if step.workdir.is_empty() {
             "/"
         } else {
@@ -298,6 +271,82 @@ impl Sandbox {
                 what,
             })
         };
+        let root = StepRoot {
+            dir: &root_dir,
+            shown: &root_str,
+        };
+        let system = self.system_ops(&mut op, &at, &root, &mut stubs)?;
+        etc_ops(&mut op, &at, &root, &mut stubs, step, scratch.path())?;
+        let locks = self.mount_ops(
+            &mut op,
+            &at,
+            &root,
+            &mut stubs,
+            step,
+            scratch.path(),
+            &system,
+        )?;
+        op(
+            Action::Hostname(cstring(step.hostname.clone())?),
+            false,
+            format!("setting the hostname to {}", step.hostname),
+        );
+        if step.network == Network::None {
+            op(
+                Action::LoopbackUp,
+                false,
+                "bringing up the loopback interface".to_owned(),
+            );
+        }
+        op(
+            Action::PivotRoot { root: at("")? },
+            false,
+            format!("entering the root {root_str}"),
+        );
+
+        let exec = self.exec(step, &exec_user, cwd, &env, &path)?;
+        Ok(Prepared {
+            program: Program {
+                ops,
+                exec: Some(exec),
+            },
+            stubs,
+            path,
+            _scratch: scratch,
+            _locks: locks,
+        })
+    }
+
+    /// The user the command runs as, checked against the user namespace's map when rootless.
+    fn exec_user(&self, root_dir: &Path, step: &Step) -> Result<ExecUser> {
+        let exec_user = user::resolve(root_dir, &step.user)?;
+        if let Some(map) = &self.id_map
+            && !map.maps(exec_user.uid, exec_user.gid)
+        {
+            return Err(Error::User {
+                user: step.user.clone(),
+                reason: format!(
+                    "uid {} / gid {} is not mapped in rootless mode: only root exists inside \
+                     unless /etc/subuid and /etc/subgid give the caller a range and newuidmap \
+                     is installed (Debian package uidmap)",
+                    exec_user.uid, exec_user.gid
+                ),
+            });
+        }
+        Ok(exec_user)
+    }
+
+    /// What every step's root gets: private mount propagation, the root bound onto itself,
+    /// `/proc` (with the kernel's sensitive files masked), a read-only `/sys`, and `/dev`.
+    /// Returns where `/proc` and `/sys` are, which the step's own mounts may not enter.
+    fn system_ops(
+        &self,
+        op: &mut impl FnMut(Action, bool, String),
+        at: &impl Fn(&str) -> Result<CString>,
+        root: &StepRoot<'_>,
+        stubs: &mut Stubs,
+    ) -> Result<SystemDirs> {
+        let (root_dir, root_str) = (root.dir, root.shown);
         let flag = |f: c_ulong| f;
 
         op(
@@ -322,7 +371,7 @@ impl Sandbox {
             false,
             format!("binding the root {root_str} onto itself"),
         );
-        let proc_dir = root::resolve_as(&root_dir, "/proc", Create::Dir, Some(&mut stubs))?;
+        let proc_dir = root::resolve_as(root_dir, "/proc", Create::Dir, Some(&mut *stubs))?;
         op(
             Action::Mount {
                 source: Some(cstring("proc")?),
@@ -334,7 +383,7 @@ impl Sandbox {
             false,
             format!("mounting proc on {proc_dir}"),
         );
-        let sys_dir = root::resolve_as(&root_dir, "/sys", Create::Dir, Some(&mut stubs))?;
+        let sys_dir = root::resolve_as(root_dir, "/sys", Create::Dir, Some(&mut *stubs))?;
         op(
             Action::Sysfs {
                 target: at(&sys_dir)?,
@@ -344,8 +393,8 @@ impl Sandbox {
             false,
             format!("mounting sysfs read-only on {sys_dir}"),
         );
-        let dev = root::resolve_as(&root_dir, "/dev", Create::Dir, Some(&mut stubs))?;
-        self.dev_ops(&mut op, &at, &dev)?;
+        let dev = root::resolve_as(root_dir, "/dev", Create::Dir, Some(&mut *stubs))?;
+        self.dev_ops(op, at, &dev)?;
         for name in ["kcore", "keys", "timer_list", "sched_debug"] {
             op(
                 Action::Mount {
@@ -390,33 +439,27 @@ impl Sandbox {
             );
         }
 
-        let hosts = step.hosts.clone().unwrap_or_else(|| {
-            format!(
-                "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback {0}\n",
-                step.hostname
-            )
-        });
-        let resolv = match &step.resolv_conf {
-            Some(text) => text.clone(),
-            None => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        };
-        for (name, contents) in [("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)] {
-            let source = scratch.path().join(&name[5..]);
-            write_private(&source, contents.as_bytes(), 0o644)?;
-            let target = root::resolve_as(&root_dir, name, Create::File, Some(&mut stubs))?;
-            op(
-                Action::Mount {
-                    source: Some(path_cstring(&source)?),
-                    target: at(&target)?,
-                    fstype: None,
-                    flags: libc::MS_BIND,
-                    data: None,
-                },
-                false,
-                format!("binding the step's {name}"),
-            );
-        }
+        Ok(SystemDirs {
+            proc: proc_dir,
+            sys: sys_dir,
+        })
+    }
 
+    /// The step's own mounts (binds, caches, tmpfs, secrets), outermost first. Returns the
+    /// locks of the cache directories it uses, held while the step runs.
+    #[allow(clippy::too_many_arguments)]
+    fn mount_ops(
+        &self,
+        op: &mut impl FnMut(Action, bool, String),
+        at: &impl Fn(&str) -> Result<CString>,
+        root: &StepRoot<'_>,
+        stubs: &mut Stubs,
+        step: &Step,
+        scratch: &Path,
+        system: &SystemDirs,
+    ) -> Result<Vec<Option<fs::File>>> {
+        let root_dir = root.dir;
+        let (proc_dir, sys_dir) = (&system.proc, &system.sys);
         let mut locks = Vec::new();
         let mut mounted: Vec<(String, bool)> = Vec::new();
         let mut mounts: Vec<&crate::step::Mount> = step.mounts.iter().collect();
@@ -430,7 +473,7 @@ impl Sandbox {
                 MountKind::Cache { .. } | MountKind::Tmpfs { .. } => false,
             };
             let create = if is_file { Create::File } else { Create::Dir };
-            let target = root::resolve_as(&root_dir, &mount.target, create, Some(&mut stubs))?;
+            let target = root::resolve_as(root_dir, &mount.target, create, Some(&mut *stubs))?;
             for refused in [&proc_dir, &sys_dir] {
                 if inside(&target, refused) {
                     return Err(Error::InvalidStep(format!(
@@ -470,7 +513,7 @@ impl Sandbox {
             match &mount.kind {
                 MountKind::Bind { source, read_write } => {
                     bind(
-                        &mut op,
+                        op,
                         path_cstring(source)?,
                         target_c,
                         *read_write,
@@ -479,9 +522,9 @@ impl Sandbox {
                     )?;
                 }
                 MountKind::Cache { dir, sharing } => {
-                    let (dir, lock) = cache_dir(dir, *sharing, scratch.path(), index)?;
+                    let (dir, lock) = cache_dir(dir, *sharing, scratch, index)?;
                     locks.push(lock);
-                    bind(&mut op, path_cstring(&dir)?, target_c, true, &dir, &what)?;
+                    bind(op, path_cstring(&dir)?, target_c, true, &dir, &what)?;
                 }
                 MountKind::Tmpfs { size } => op(
                     Action::Mount {
@@ -503,7 +546,7 @@ impl Sandbox {
                     uid,
                     gid,
                 } => {
-                    let copy = scratch.path().join(format!("secret-{index}"));
+                    let copy = scratch.join(format!("secret-{index}"));
                     let bytes = fs::read(source).map_err(Error::io(source))?;
                     write_private(&copy, &bytes, *mode)?;
                     if self.id_map.is_none() {
@@ -519,30 +562,26 @@ impl Sandbox {
                             mount.target
                         )));
                     }
-                    bind(&mut op, path_cstring(&copy)?, target_c, false, &copy, &what)?;
+                    bind(op, path_cstring(&copy)?, target_c, false, &copy, &what)?;
                 }
             }
             mounted.push((target, matches!(mount.kind, MountKind::Tmpfs { .. })));
         }
 
-        op(
-            Action::Hostname(cstring(step.hostname.clone())?),
-            false,
-            format!("setting the hostname to {}", step.hostname),
-        );
-        if step.network == Network::None {
-            op(
-                Action::LoopbackUp,
-                false,
-                "bringing up the loopback interface".to_owned(),
-            );
-        }
-        op(
-            Action::PivotRoot { root: at("")? },
-            false,
-            format!("entering the root {root_str}"),
-        );
+        Ok(locks)
+    }
 
+    /// The command, its search path, identity, directory and environment, as the child
+    /// execs them.
+    fn exec(
+        &self,
+        step: &Step,
+        exec_user: &ExecUser,
+        cwd: String,
+        env: &[(String, String)],
+        path: &str,
+    ) -> Result<Exec> {
+        let set_groups = self.id_map.as_ref().is_none_or(IdMap::allows_setgroups);
         let argv0 = &step.argv[0];
         let candidates = if argv0.contains('/') {
             vec![cstring(argv0.clone())?]
@@ -584,16 +623,7 @@ impl Sandbox {
             last_cap: self.last_cap,
             dev_null: cstring("/dev/null")?,
         };
-        Ok(Prepared {
-            program: Program {
-                ops,
-                exec: Some(exec),
-            },
-            stubs,
-            path,
-            _scratch: scratch,
-            _locks: locks,
-        })
+        Ok(exec)
     }
 
     /// A tmpfs on /dev with the host's harmless devices bound in, devpts, shm and the links.
@@ -989,6 +1019,76 @@ fn kind_name(kind: &MountKind) -> &'static str {
 
 /// A bind mount, remounted read-only unless `read_write`, keeping the flags the source's
 /// mount has (a user namespace may not clear them).
+/// The root a step runs in: its directory and the same as text, for messages.
+struct StepRoot<'a> {
+    dir: &'a Path,
+    shown: &'a str,
+}
+
+/// Where a step's `/proc` and `/sys` are, inside its root.
+struct SystemDirs {
+    proc: String,
+    sys: String,
+}
+
+/// The step's environment with `PATH` and `HOME` filled in when it lacks them, and its
+/// `PATH`.
+fn environment(step: &Step, exec_user: &ExecUser) -> (Vec<(String, String)>, String) {
+    let mut env: Vec<(String, String)> = step.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".to_owned(), exec_user.home.clone()));
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    (env, path)
+}
+
+/// The step's own `/etc/hosts` and `/etc/resolv.conf`, bound over the image's.
+fn etc_ops(
+    op: &mut impl FnMut(Action, bool, String),
+    at: &impl Fn(&str) -> Result<CString>,
+    root: &StepRoot<'_>,
+    stubs: &mut Stubs,
+    step: &Step,
+    scratch: &Path,
+) -> Result<()> {
+    let root_dir = root.dir;
+    let hosts = step.hosts.clone().unwrap_or_else(|| {
+        format!(
+            "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback {0}\n",
+            step.hostname
+        )
+    });
+    let resolv = match &step.resolv_conf {
+        Some(text) => text.clone(),
+        None => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    for (name, contents) in [("/etc/hosts", hosts), ("/etc/resolv.conf", resolv)] {
+        let source = scratch.join(&name[5..]);
+        write_private(&source, contents.as_bytes(), 0o644)?;
+        let target = root::resolve_as(root_dir, name, Create::File, Some(stubs))?;
+        op(
+            Action::Mount {
+                source: Some(path_cstring(&source)?),
+                target: at(&target)?,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            },
+            false,
+            format!("binding the step's {name}"),
+        );
+    }
+
+    Ok(())
+}
+
 fn bind(
     op: &mut impl FnMut(Action, bool, String),
     source: CString,
