@@ -17,8 +17,7 @@ impl Engine {
     pub(super) fn look_ahead(
         &self,
         image: &StageImage,
-        instructions: &[Located<Instruction>],
-        stage: &Stage,
+        steps: &[PlannedStep],
         name: &str,
         done: &HashMap<usize, Arc<StageResult>>,
     ) {
@@ -30,8 +29,9 @@ impl Engine {
         let mut wanted: Vec<String> = Vec::new();
         // (step id, chain head, key) of every key worked out.
         let mut candidates = Vec::new();
-        for (i, located) in instructions.iter().enumerate() {
-            let at = self.step_at(stage, name, i, located, done);
+        for step in steps {
+            let located = &step.instruction;
+            let at = self.step_at(name, step, done);
             let instruction = &located.value;
             // `None`: the keys from here on are not known before the steps run.
             let key = match instruction {

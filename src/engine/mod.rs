@@ -30,7 +30,9 @@ use std::time::Instant;
 
 use serde_json::json;
 use strata_cache::{CacheEntry, CacheKey, CacheStore, CachedLayer, KeyBuilder, LocalStore};
-use strata_dockerfile::{Base, CommandLine, Healthcheck, Instruction, Located, Plan, Stage};
+use strata_dockerfile::{
+    Base, CommandLine, Healthcheck, Instruction, Located, Plan, Stage, Step as PlannedStep, StepId,
+};
 use strata_layer::{Compression, Entry, EntryKind, Extractor, LayerWriter, Metadata, Mtime};
 use strata_oci::{Descriptor, Layout, Manifest, Platform};
 use strata_registry::{Reference, RegistryClient};
@@ -348,23 +350,27 @@ impl Engine {
         Mtime::from_secs(self.epoch_now())
     }
 
-    /// Where step `index` of `stage` (named `name`) is: its identity for events, errors, the
+    /// Where `step` of the stage named `name` is: its identity for events, errors, the
     /// cache's explanations and the keys worked out ahead.
     pub(crate) fn step_at<'a>(
         &self,
-        stage: &'a Stage,
         name: &'a str,
-        index: usize,
-        located: &Located<Instruction>,
+        step: &'a PlannedStep,
         done: &'a HashMap<usize, Arc<StageResult>>,
     ) -> StepAt<'a> {
+        let StepId { index, onbuild, .. } = step.id;
+        let id = if onbuild {
+            format!("{}/{name}/onbuild-{index}", self.file_name)
+        } else {
+            format!("{}/{name}/{index}", self.file_name)
+        };
         StepAt {
             stage: name,
-            id: format!("{}/{name}/{index}", self.file_name),
-            line: located.start_line,
+            id,
+            line: step.instruction.start_line,
             index,
-            onbuild: false,
-            original: stage.nodes.get(index).map_or("", |n| n.original.trim()),
+            onbuild,
+            original: &step.original,
             done,
         }
     }

@@ -59,22 +59,23 @@ impl Engine {
             .map_err(at_from)?;
         }
         let base_env = image.config.config.env_pairs();
-        let instructions =
-            self.plan
-                .instructions(index, &base_env)
-                .map_err(|source| Error::Dockerfile {
-                    file: self.file_name.clone(),
-                    error: source,
-                })?;
+        let steps = self
+            .plan
+            .steps(index, &base_env)
+            .map_err(|source| Error::Dockerfile {
+                file: self.file_name.clone(),
+                error: source,
+            })?;
         if self.remote.is_some() {
-            self.look_ahead(&image, &instructions, stage, &name, done);
+            self.look_ahead(&image, &steps, &name, done);
         }
-        for (i, located) in instructions.iter().enumerate() {
+        for step in &steps {
+            let located = &step.instruction;
             if self.cancel.is_cancelled() {
                 // Another stage failed: this one stops before its next step.
                 return Err(Error::Cancelled);
             }
-            let at = self.step_at(stage, &name, i, located, done);
+            let at = self.step_at(&name, step, done);
             let started = Instant::now();
             self.emit(Event::StepStarted {
                 stage: name.clone(),
@@ -183,48 +184,25 @@ impl Engine {
         done: &HashMap<usize, Arc<StageResult>>,
         cmd_set: &mut bool,
     ) -> Result<()> {
-        let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
-        let invalid = |e: strata_dockerfile::Error| {
-            Error::Invalid(format!("the base image's ONBUILD triggers: {e}"))
-        };
-        let file = strata_dockerfile::parse(&text).map_err(invalid)?;
-        let plan = Plan::new(
-            &file,
-            &strata_dockerfile::PlanOptions {
-                build_args: BTreeMap::new(),
-                target: None,
-                target_platform: Platform::host(),
-                build_platform: Platform::host(),
-            },
-        )
-        .map_err(invalid)?;
-        let instructions = plan
-            .instructions(0, &image.config.config.env_pairs())
-            .map_err(invalid)?;
-        for (i, located) in instructions.iter().enumerate() {
-            let original = triggers.get(i).map_or("", String::as_str);
-            let at = StepAt {
-                stage: name,
-                id: format!("{}/{name}/onbuild-{i}", self.file_name),
-                line: stage.line,
-                index: i,
-                onbuild: true,
-                original,
-                done,
-            };
+        let steps = self
+            .plan
+            .triggers(stage.index, triggers, &image.config.config.env_pairs())
+            .map_err(|e| Error::Invalid(format!("the base image's ONBUILD triggers: {e}")))?;
+        for step in &steps {
+            let at = self.step_at(name, step, done);
             self.emit(Event::StepStarted {
                 stage: name.to_owned(),
-                line: stage.line,
-                index: i,
+                line: at.line,
+                index: at.index,
                 onbuild: true,
-                text: format!("ONBUILD {original}"),
+                text: format!("ONBUILD {}", at.original),
             });
             let started = Instant::now();
-            let cached = self.step(image, rootfs, located, &at, cmd_set)?;
+            let cached = self.step(image, rootfs, &step.instruction, &at, cmd_set)?;
             self.emit(Event::StepFinished {
                 stage: name.to_owned(),
-                line: stage.line,
-                index: i,
+                line: at.line,
+                index: at.index,
                 onbuild: true,
                 duration: started.elapsed(),
                 cached,

@@ -45,6 +45,6 @@ pub use instructions::{
 };
 pub use mount::{Mount, MountType, Sharing};
 pub use parser::{parse, parse_bytes};
-pub use stages::{Base, PROXY_ARGS, Plan, PlanOptions, Stage};
+pub use stages::{Base, PROXY_ARGS, Plan, PlanOptions, Stage, Step, StepId};
 /// The platform type every strata crate shares (`strata-oci`'s).
 pub use strata_oci::Platform;

@@ -81,6 +81,30 @@ pub struct Stage {
     pub nodes: Vec<Node>,
 }
 
+/// Which step of a build: its stage, its place in the stage, and whether it is a trigger a
+/// base image's `ONBUILD` left (then `index` counts the triggers, which run first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct StepId {
+    /// The stage's index.
+    pub stage: usize,
+    /// The step's place among the stage's instructions (or its triggers), from 0.
+    pub index: usize,
+    /// A base image's `ONBUILD` trigger.
+    pub onbuild: bool,
+}
+
+/// One step of a stage, typed and expanded: what a build executes, with its identity and the
+/// text it was written as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Which step.
+    pub id: StepId,
+    /// The instruction as written, trimmed (a trigger's own text, without `ONBUILD`).
+    pub original: String,
+    /// The typed instruction and its lines (a trigger's are its stage's `FROM` line).
+    pub instruction: Located<Instruction>,
+}
+
 /// A Dockerfile resolved for one build: global args, stages, their graph, and the stages the
 /// target needs, in an order where every stage comes after those it needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -500,6 +524,67 @@ impl Plan {
         base_env: &[(String, String)],
     ) -> Result<Vec<Located<Instruction>>> {
         Ok(self.simulate(index, base_env)?.0)
+    }
+
+    /// The steps of stage `index`: [`Plan::instructions`] with each one's identity and text.
+    pub fn steps(&self, index: usize, base_env: &[(String, String)]) -> Result<Vec<Step>> {
+        let typed = self.instructions(index, base_env)?;
+        let nodes = self.stages.get(index).map_or(&[][..], |s| &s.nodes[..]);
+        Ok(typed
+            .into_iter()
+            .enumerate()
+            .map(|(i, instruction)| Step {
+                id: StepId {
+                    stage: index,
+                    index: i,
+                    onbuild: false,
+                },
+                original: nodes.get(i).map_or("", |n| n.original.trim()).to_owned(),
+                instruction,
+            })
+            .collect())
+    }
+
+    /// The triggers a base image's `ONBUILD` left (`triggers`, as its config lists them), as
+    /// steps at the start of stage `index`: typed and expanded with the base's environment,
+    /// as if they were written right after the stage's `FROM`, except that `--build-arg`
+    /// values do not reach them.
+    pub fn triggers(
+        &self,
+        index: usize,
+        triggers: &[String],
+        base_env: &[(String, String)],
+    ) -> Result<Vec<Step>> {
+        let line = self.stages.get(index).map_or(0, |s| s.line);
+        let text = format!("FROM scratch\n{}\n", triggers.join("\n"));
+        let file = crate::parser::parse(&text)?;
+        let plan = Plan::new(
+            &file,
+            &PlanOptions {
+                build_args: BTreeMap::new(),
+                target: None,
+                target_platform: self.options.target_platform.clone(),
+                build_platform: self.options.build_platform.clone(),
+            },
+        )?;
+        Ok(plan
+            .instructions(0, base_env)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut instruction)| {
+                instruction.start_line = line;
+                instruction.end_line = line;
+                Step {
+                    id: StepId {
+                        stage: index,
+                        index: i,
+                        onbuild: true,
+                    },
+                    original: triggers.get(i).map_or("", |t| t.trim()).to_owned(),
+                    instruction,
+                }
+            })
+            .collect())
     }
 
     /// Types every instruction of a stage in order, tracking `ENV` and `ARG`; returns them with

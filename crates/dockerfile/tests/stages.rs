@@ -518,3 +518,53 @@ fn a_long_chain_of_stages_resolves_in_linear_work() {
         }
     );
 }
+
+#[test]
+fn steps_carry_their_identity_text_and_lines() {
+    let plan = plan("FROM scratch AS a\nENV A=1\nRUN echo $A \\\n  two\nFROM a\nCOPY x /x\n");
+    let steps = plan.steps(0, &[]).unwrap();
+    let ids: Vec<(usize, usize, bool)> = steps
+        .iter()
+        .map(|s| (s.id.stage, s.id.index, s.id.onbuild))
+        .collect();
+    assert_eq!(ids, [(0, 0, false), (0, 1, false)]);
+    assert_eq!(steps[0].original, "ENV A=1");
+    // As BuildKit records it: continuation lines joined.
+    assert_eq!(steps[1].original, "RUN echo $A   two");
+    assert_eq!(
+        (
+            steps[1].instruction.start_line,
+            steps[1].instruction.end_line
+        ),
+        (3, 4)
+    );
+    let second = plan.steps(1, &[]).unwrap();
+    assert_eq!(second[0].id.stage, 1);
+    assert_eq!(second[0].original, "COPY x /x");
+
+    // A base image's ONBUILD triggers: steps of the stage at its FROM line, expanded with the
+    // base's environment, told apart from the stage's own steps.
+    let triggers = [
+        "WORKDIR /srv/$GREETING".to_owned(),
+        "COPY app /app".to_owned(),
+    ];
+    let base_env = [("GREETING".to_owned(), "hi".to_owned())];
+    let steps = plan.triggers(1, &triggers, &base_env).unwrap();
+    assert_eq!(steps.len(), 2);
+    for (i, step) in steps.iter().enumerate() {
+        assert_eq!(
+            (step.id.stage, step.id.index, step.id.onbuild),
+            (1, i, true)
+        );
+        assert_eq!(step.original, triggers[i]);
+        assert_eq!(step.instruction.start_line, 5);
+    }
+    assert_eq!(
+        steps[0].instruction.value,
+        Instruction::Workdir {
+            path: "/srv/hi".to_owned()
+        }
+    );
+    // A trigger that is not an instruction is an error.
+    assert!(plan.triggers(1, &["NOPE x".to_owned()], &[]).is_err());
+}
