@@ -137,24 +137,10 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
             dir.display()
         )));
     }
-    let how = if options.wait {
-        rustix::fs::FlockOperation::LockExclusive
-    } else {
-        rustix::fs::FlockOperation::NonBlockingLockExclusive
+    let Some(locks) = lock_out_builds(dir, options.wait)? else {
+        report.skipped = true;
+        return Ok(report);
     };
-    // The gate first (new builds then wait for us), then the builds in progress.
-    let mut locks = Vec::new();
-    for name in [PRUNE_GATE, STATE_LOCK] {
-        let lock = open_lock(dir, name)?;
-        match rustix::fs::flock(&lock, how) {
-            Ok(()) => locks.push(lock),
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                report.skipped = true;
-                return Ok(report);
-            }
-            Err(e) => return Err(Error::io(dir.join(name))(e.into())),
-        }
-    }
     // No build runs now: their scratch is garbage.
     crate::state::sweep(&dir.join("tmp"));
     let mut sizes = Sizes::default();
@@ -163,7 +149,67 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
     let blobs = dir.join("blobs/sha256");
     let cache_blobs = dir.join("cache/blobs/sha256");
     let layout = strata_oci::Layout::open(dir)?;
-    // Units and what each holds.
+    let units = units(dir, &layout, &blobs)?;
+    let mut holders: HashMap<String, usize> = HashMap::new();
+    for (_, _, held) in &units {
+        for digest in held {
+            *holders.entry(digest.clone()).or_default() += 1;
+        }
+    }
+    // First, what nothing needs: it counts against the size and goes in any case.
+    let keep = needed(&holders);
+    report.blobs += remove_unneeded(&blobs, &keep) + remove_unneeded(&cache_blobs, &keep);
+    let size = sizes.total(dir);
+    let gone = choose(units, &mut holders, options, size, [&blobs, &cache_blobs]);
+    let dropped = remove_units(gone, &mut report);
+    if !dropped.is_empty() {
+        layout.drop_entries(&dropped)?;
+        report.images = dropped.len();
+    }
+    let keep = needed(&holders);
+    report.blobs += remove_unneeded(&blobs, &keep) + remove_unneeded(&cache_blobs, &keep);
+    remove_leftovers(dir, options);
+    report.after = Sizes::default().total(dir);
+    drop(locks);
+    Ok(report)
+}
+
+/// Takes the prune gate (new builds then wait) and then the state lock exclusively (the
+/// builds in progress have ended). `None` when they are held and `wait` is off.
+fn lock_out_builds(dir: &Path, wait: bool) -> Result<Option<Vec<fs::File>>> {
+    let how = if wait {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::NonBlockingLockExclusive
+    };
+    let mut locks = Vec::new();
+    for name in [PRUNE_GATE, STATE_LOCK] {
+        let lock = open_lock(dir, name)?;
+        match rustix::fs::flock(&lock, how) {
+            Ok(()) => locks.push(lock),
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(Error::io(dir.join(name))(e.into())),
+        }
+    }
+    Ok(Some(locks))
+}
+
+/// The digests some unit still holds.
+fn needed(holders: &HashMap<String, usize>) -> HashSet<String> {
+    holders
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(d, _)| d.clone())
+        .collect()
+}
+
+/// Everything that can go, each with its last use and the blobs it holds, oldest first:
+/// cache entries, images the layout names, cache mounts, extracted layers.
+fn units(
+    dir: &Path,
+    layout: &strata_oci::Layout,
+    blobs: &Path,
+) -> Result<Vec<(SystemTime, Unit, Vec<String>)>> {
     let mut units: Vec<(SystemTime, Unit, Vec<String>)> = Vec::new();
     for path in list(&dir.join("cache/entries")) {
         let used = modified(&path);
@@ -178,18 +224,17 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
         let Some(digest) = entry["digest"].as_str() else {
             continue;
         };
-        let used = last_use(&blob_path(&blobs, digest));
+        let used = last_use(&blob_path(blobs, digest));
         units.push((
             used,
             Unit::Image(digest.to_owned()),
-            image_blobs(&blobs, digest),
+            image_blobs(blobs, digest),
         ));
     }
     for path in list(&dir.join("cache-mounts")) {
         units.push((modified(&path), Unit::Mount(path), Vec::new()));
     }
-    let layers = dir.join(crate::layers::LAYERS);
-    for path in list(&layers) {
+    for path in list(&dir.join(crate::layers::LAYERS)) {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
         if name.is_some_and(|n| n.starts_with('.')) {
             continue;
@@ -202,27 +247,20 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
         ));
     }
     units.sort_by_key(|unit| unit.0);
+    Ok(units)
+}
 
-    // Which units go: too old, then the oldest until the rest fits.
+/// Which units go: those past the age limit, then the oldest until the rest fits the size
+/// limit (`size` is the state's size now). `holders` counts down the blobs they release.
+fn choose(
+    units: Vec<(SystemTime, Unit, Vec<String>)>,
+    holders: &mut HashMap<String, usize>,
+    options: &PruneOptions,
+    mut size: u64,
+    blob_dirs: [&Path; 2],
+) -> Vec<Unit> {
     let now = SystemTime::now();
-    let mut holders: HashMap<String, usize> = HashMap::new();
-    for (_, _, held) in &units {
-        for digest in held {
-            *holders.entry(digest.clone()).or_default() += 1;
-        }
-    }
-    let needed = |holders: &HashMap<String, usize>| -> HashSet<String> {
-        holders
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(d, _)| d.clone())
-            .collect()
-    };
-    // First, what nothing needs: it counts against the size and goes in any case.
-    let keep = needed(&holders);
-    report.blobs += remove_unneeded(&blobs, &keep) + remove_unneeded(&cache_blobs, &keep);
-    let mut size = sizes.total(dir);
-    // What removing each unit frees, counted afresh (the walk above has seen every inode).
+    // What removing each unit frees, counted afresh (the walk before has seen every inode).
     let mut freeing = Sizes::default();
     let mut gone: Vec<Unit> = Vec::new();
     for (used, unit, held) in units {
@@ -242,14 +280,21 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
             if let Some(n) = holders.get_mut(digest) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    freed += freeing.of_file(&blob_path(&blobs, digest));
-                    freed += freeing.of_file(&blob_path(&cache_blobs, digest));
+                    for dir in blob_dirs {
+                        freed += freeing.of_file(&blob_path(dir, digest));
+                    }
                 }
             }
         }
         size = size.saturating_sub(freed);
         gone.push(unit);
     }
+    gone
+}
+
+/// Removes the chosen units, counting them in `report`; returns the images to drop from
+/// the layout's index.
+fn remove_units(gone: Vec<Unit>, report: &mut PruneReport) -> Vec<String> {
     let mut dropped = Vec::new();
     for unit in gone {
         match unit {
@@ -274,13 +319,12 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
             Unit::Image(digest) => dropped.push(digest),
         }
     }
-    if !dropped.is_empty() {
-        layout.drop_entries(&dropped)?;
-        report.images = dropped.len();
-    }
-    let keep = needed(&holders);
-    report.blobs += remove_unneeded(&blobs, &keep) + remove_unneeded(&cache_blobs, &keep);
-    // The locks of layer directories that are gone.
+    dropped
+}
+
+/// The locks of layer directories that are gone, and small records past the age limit.
+fn remove_leftovers(dir: &Path, options: &PruneOptions) {
+    let layers = dir.join(crate::layers::LAYERS);
     for path in list(&layers) {
         let name = path
             .file_name()
@@ -292,23 +336,21 @@ pub fn prune_state(dir: &Path, options: &PruneOptions) -> Result<PruneReport> {
             let _ = fs::remove_file(&path);
         }
     }
-    // Small records past the age limit.
-    if let Some(age) = options.max_age {
-        for dir in [
-            dir.join("copy-digests"),
-            dir.join("cache/steps"),
-            dir.join(crate::state::BLOB_SOURCES),
-        ] {
-            for path in list(&dir) {
-                if now.duration_since(modified(&path)).unwrap_or_default() > age {
-                    let _ = fs::remove_file(&path);
-                }
+    let Some(age) = options.max_age else {
+        return;
+    };
+    let now = SystemTime::now();
+    for dir in [
+        dir.join("copy-digests"),
+        dir.join("cache/steps"),
+        dir.join(crate::state::BLOB_SOURCES),
+    ] {
+        for path in list(&dir) {
+            if now.duration_since(modified(&path)).unwrap_or_default() > age {
+                let _ = fs::remove_file(&path);
             }
         }
     }
-    report.after = Sizes::default().total(dir);
-    drop(locks);
-    Ok(report)
 }
 
 /// Sizes by inode, so hard links (a layer in the layout and in the cache) count once.

@@ -227,41 +227,14 @@ impl Engine {
             self.finish_miss(image, key, at, Some(layer), created_by)?;
             return Ok(false);
         }
-        for source in &sources {
-            match archives.get(&source.path) {
-                Some(dir) => out.archive(dir.path(), &dest.rel, copy.chown.is_none())?,
-                None => out.source(source, source_ctx, copy, &dest)?,
-            }
-        }
-        // A repository's files go into the destination, as a directory's do.
-        for (_, _, dir) in &fetched.checkouts {
-            out.tree(&Context::for_rootfs(dir.path()), "", &dest.rel, true, &[])?;
-        }
-        let mtime_now = self.mtime_now();
-        for (_, download) in &fetched.downloads {
-            let path = dest.file_path(&download.name);
-            // Docker gives downloaded files 0600.
-            let metadata = out.new_file(0o600, download.mtime.map_or(mtime_now, Mtime::from_secs));
-            out.insert(Entry {
-                path: path.into(),
-                kind: EntryKind::File {
-                    source: download.file.path().to_owned(),
-                    size: download.size,
-                },
-                metadata,
-            });
-        }
-        for file in &copy.files {
-            let path = dest.file_path(&file.name);
-            let metadata = out.new_file(0o644, mtime_now);
-            out.insert(Entry {
-                path: path.into(),
-                kind: EntryKind::Bytes(file.data.clone().into_bytes()),
-                metadata,
-            });
-        }
-        let entries = out.finish()?;
-        let layer = self.write_layer(entries.into_values().collect())?;
+        let gathered = Gathered {
+            sources: &sources,
+            archives: &archives,
+            source_ctx,
+            fetched: &fetched,
+        };
+        let entries = out.gather(&gathered, copy, &dest)?;
+        let layer = self.write_layer(entries)?;
         self.finish_miss(image, key, at, Some(layer), created_by)?;
         Ok(false)
     }
@@ -467,7 +440,59 @@ struct CopyEntries<'a> {
     keep_owners: bool,
 }
 
+/// What a gathered COPY copies besides the instruction itself.
+struct Gathered<'a> {
+    sources: &'a [crate::context::Source],
+    archives: &'a BTreeMap<String, tempfile::TempDir>,
+    source_ctx: &'a Context,
+    fetched: &'a Fetched,
+}
+
 impl CopyEntries<'_> {
+    /// Every entry of a COPY that is not one streamed directory: the sources (archives
+    /// unpacked), ADD's repositories and downloads, and heredoc files, in layer order.
+    fn gather(
+        mut self,
+        gathered: &Gathered<'_>,
+        copy: &Copy,
+        dest: &Destination,
+    ) -> Result<Vec<Entry>> {
+        for source in gathered.sources {
+            match gathered.archives.get(&source.path) {
+                Some(dir) => self.archive(dir.path(), &dest.rel, copy.chown.is_none())?,
+                None => self.source(source, gathered.source_ctx, copy, dest)?,
+            }
+        }
+        // A repository's files go into the destination, as a directory's do.
+        for (_, _, dir) in &gathered.fetched.checkouts {
+            self.tree(&Context::for_rootfs(dir.path()), "", &dest.rel, true, &[])?;
+        }
+        let mtime_now = self.engine.mtime_now();
+        for (_, download) in &gathered.fetched.downloads {
+            let path = dest.file_path(&download.name);
+            // Docker gives downloaded files 0600.
+            let metadata = self.new_file(0o600, download.mtime.map_or(mtime_now, Mtime::from_secs));
+            self.insert(Entry {
+                path: path.into(),
+                kind: EntryKind::File {
+                    source: download.file.path().to_owned(),
+                    size: download.size,
+                },
+                metadata,
+            });
+        }
+        for file in &copy.files {
+            let path = dest.file_path(&file.name);
+            let metadata = self.new_file(0o644, mtime_now);
+            self.insert(Entry {
+                path: path.into(),
+                kind: EntryKind::Bytes(file.data.clone().into_bytes()),
+                metadata,
+            });
+        }
+        Ok(self.finish()?.into_values().collect())
+    }
+
     fn insert(&mut self, entry: Entry) {
         self.entries.insert(entry.path.clone(), entry);
     }

@@ -182,22 +182,12 @@ impl Engine {
         let ran = self.execute(command);
         mount.unmount()?;
         let (command_started, command_ended) = ran.check(&command.argv)?;
-        let mut changes = strata_snapshot::overlay::upper_changes(&upper, &lowers)?;
-        let all = changes.changes.len();
-        self.drop_ignored(&mut changes);
-        // The upper directory holds exactly the layer unless something was left out of
-        // it (an ignored path, a socket): then the store extracts the layer when needed.
-        let exact = changes.changes.len() == all
-            && !changes.changes.iter().any(|c| {
-                c.info
-                    .as_ref()
-                    .is_some_and(|i| i.kind == strata_snapshot::Kind::Socket)
-            });
-        let mut entries = crate::changes::entries(&changes)?;
-        self.ids_inside(&mut entries)?;
+        let changes = strata_snapshot::overlay::upper_changes(&upper, &lowers)?;
         // A step that changes nothing still gets a layer, the empty one (BuildKit's
-        // layer count and history).
-        let layer = self.write_layer(entries)?;
+        // layer count and history). The upper directory holds exactly the layer unless
+        // something was left out of it (an ignored path, a socket): then the store extracts
+        // the layer when needed.
+        let (layer, exact) = self.layer_of(changes)?;
         // With clamped times (`--reproducible`, SOURCE_DATE_EPOCH) the upper directory's
         // times are not the layer's: a later step reading them would make the build
         // depend on the clock, so the layer is extracted from its blob when needed.
@@ -213,14 +203,13 @@ impl Engine {
             }
         }
         // Other root filesystems get the layer when a later step needs it.
-        self.finish_miss(image, done.key, command.at, Some(layer), done.created_by)?;
-        self.emit_run_timings(
-            command.at,
-            command.prepare_started,
-            command_started,
-            command_ended,
-        );
-        Ok(())
+        self.record_run(
+            command,
+            image,
+            done,
+            layer,
+            (command_started, command_ended),
+        )
     }
 
     /// Runs the command in the private directory `root` itself; its layer is the difference
@@ -238,22 +227,51 @@ impl Engine {
         let before = strata_snapshot::Scanner::new(root).ignore(&ignore).scan()?;
         let (command_started, command_ended) = self.execute(command).check(&command.argv)?;
         let after = strata_snapshot::Scanner::new(root).ignore(&ignore).scan()?;
-        let mut changes = strata_snapshot::diff(&before, &after);
-        self.drop_ignored(&mut changes);
-        let mut entries = crate::changes::entries(&changes)?;
-        self.ids_inside(&mut entries)?;
-        let layer = self.write_layer(entries)?;
-        self.finish_miss(image, done.key, command.at, Some(layer), done.created_by)?;
-        self.emit_run_timings(
-            command.at,
-            command.prepare_started,
-            command_started,
-            command_ended,
-        );
+        let (layer, _) = self.layer_of(strata_snapshot::diff(&before, &after))?;
+        self.record_run(
+            command,
+            image,
+            done,
+            layer,
+            (command_started, command_ended),
+        )?;
         // The directory already holds the step's changes.
         if let Some(Rootfs::Private { applied, .. }) = rootfs.as_mut() {
             *applied += 1;
         }
+        Ok(())
+    }
+
+    /// The layer of a step's change set, less the paths the build ignores; and whether it
+    /// holds the change set whole (nothing ignored, no socket left out).
+    fn layer_of(
+        &self,
+        mut changes: strata_snapshot::ChangeSet,
+    ) -> Result<(crate::config::LayerRef, bool)> {
+        let all = changes.changes.len();
+        self.drop_ignored(&mut changes);
+        let whole = changes.changes.len() == all
+            && !changes.changes.iter().any(|c| {
+                c.info
+                    .as_ref()
+                    .is_some_and(|i| i.kind == strata_snapshot::Kind::Socket)
+            });
+        let mut entries = crate::changes::entries(&changes)?;
+        self.ids_inside(&mut entries)?;
+        Ok((self.write_layer(entries)?, whole))
+    }
+
+    /// Records a step that ran: its layer and history, the cache entry, the timings event.
+    fn record_run(
+        &self,
+        command: &Command<'_, '_>,
+        image: &mut StageImage,
+        done: StepDone,
+        layer: crate::config::LayerRef,
+        (started, ended): (std::time::Instant, std::time::Instant),
+    ) -> Result<()> {
+        self.finish_miss(image, done.key, command.at, Some(layer), done.created_by)?;
+        self.emit_run_timings(command.at, command.prepare_started, started, ended);
         Ok(())
     }
 
@@ -357,131 +375,30 @@ impl Engine {
         shebang_script: Option<Script>,
         at: &StepAt<'_>,
     ) -> Result<StepMounts> {
-        let mut mounts = Vec::new();
-        let mut secret_env: Vec<(String, String)> = Vec::new();
-        // Secrets from environment variables that must be files: kept in memory-backed
-        // storage, removed when the step ends (the caller holds them until then).
-        let mut secret_files: Vec<tempfile::NamedTempFile> = Vec::new();
-        let mut bind_copies: Vec<(usize, BindCopy)> = Vec::new();
+        let mut out = StepMounts {
+            mounts: Vec::new(),
+            secret_env: Vec::new(),
+            secret_files: Vec::new(),
+            bind_copies: Vec::new(),
+        };
         for mount in &run.mounts {
             let target = mount_target(workdir, &mount.target);
             match mount.kind {
                 MountType::Bind => {
-                    let source = mount.source.clone().unwrap_or_default();
-                    // The step sees a throwaway copy when it may write (writes never reach the
-                    // context or the source stage) or when `.dockerignore` hides part of the
-                    // context (the step sees only what COPY could see).
-                    let (host, copy) = match &mount.from {
-                        None => {
-                            let sources = self.context.sources(std::slice::from_ref(&source))?;
-                            let first = sources.into_iter().next().ok_or_else(|| {
-                                Error::Context(format!("`{source}` matches nothing to mount"))
-                            })?;
-                            let host = self.context.root().join(&first.path);
-                            let filtered = self.context.ignores_anything();
-                            let copy =
-                                (!mount.readonly || filtered).then_some(BindCopy::Context(first));
-                            (host, copy)
-                        }
-                        Some(from) => {
-                            let stage = self.source_stage(from, at)?;
-                            let dir = self.stage_rootfs(&stage)?;
-                            let inner = strata_sandbox::resolve_in_root(&dir, &source)?;
-                            let host = dir.join(inner.trim_start_matches('/'));
-                            let copy = (!mount.readonly).then(|| BindCopy::Tree(host.clone()));
-                            (host, copy)
-                        }
-                    };
+                    let (host, copy) = self.bind_source(mount, at)?;
                     if let Some(copy) = copy {
-                        bind_copies.push((mounts.len(), copy));
+                        out.bind_copies.push((out.mounts.len(), copy));
                     }
                     let m = SandboxMount::bind(host, target);
-                    mounts.push(if mount.readonly { m } else { m.read_write() });
+                    out.mounts
+                        .push(if mount.readonly { m } else { m.read_write() });
                 }
-                MountType::Cache => {
-                    let id = mount.id.clone().unwrap_or_else(|| target.clone());
-                    // Another owner or mode is another cache (as in BuildKit, where they make
-                    // the directory the cache starts from): never the old directory with the
-                    // old owner.
-                    let dir = match (mount.uid, mount.gid, mount.mode) {
-                        (None, None, None) => self.state.cache_mount(&id),
-                        (uid, gid, mode) => self.state.cache_mount(&format!(
-                            "{id}\0uid={}\0gid={}\0mode={:o}",
-                            uid.unwrap_or(0),
-                            gid.unwrap_or(0),
-                            mode.unwrap_or(0o755)
-                        )),
-                    };
-                    if !dir.exists() {
-                        new_cache_dir(&dir, mount.uid, mount.gid, mount.mode)?;
-                    }
-                    let sharing = match mount.sharing {
-                        strata_dockerfile::Sharing::Shared => Sharing::Shared,
-                        strata_dockerfile::Sharing::Private => Sharing::Private,
-                        strata_dockerfile::Sharing::Locked => Sharing::Locked,
-                    };
-                    mounts.push(SandboxMount::cache(dir, target, sharing));
-                }
-                MountType::Tmpfs => mounts.push(SandboxMount {
+                MountType::Cache => out.mounts.push(self.cache_mount(mount, target)?),
+                MountType::Tmpfs => out.mounts.push(SandboxMount {
                     target,
                     kind: strata_sandbox::MountKind::Tmpfs { size: mount.size },
                 }),
-                MountType::Secret => {
-                    let id = mount.id.clone().unwrap_or_else(|| {
-                        Path::new(&target)
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    });
-                    let target = if mount.target.is_empty() {
-                        format!("/run/secrets/{id}")
-                    } else {
-                        target
-                    };
-                    let file = match self.opts.secrets.get(&id) {
-                        Some(Secret::File(path)) => path.clone(),
-                        Some(Secret::Env(var)) => {
-                            let value = std::env::var(var).map_err(|_| {
-                                Error::Invalid(format!("secret {id}: ${var} is not set"))
-                            })?;
-                            if let Some(name) =
-                                mount.env.as_ref().filter(|_| mount.target.is_empty())
-                            {
-                                // Only an environment variable: no file at all.
-                                secret_env.push((name.clone(), value));
-                                continue;
-                            }
-                            let file = private_file(value.as_bytes())?;
-                            let path = file.path().to_owned();
-                            secret_files.push(file);
-                            path
-                        }
-                        None if mount.required => {
-                            return Err(Error::Invalid(format!(
-                                "secret {id} is required but was not given"
-                            )));
-                        }
-                        None => continue,
-                    };
-                    if let Some(var) = &mount.env {
-                        // Exposed as an environment variable of this step only: never in
-                        // the image config, the cache key or a layer.
-                        let value = read_secret(&file)?;
-                        secret_env.push((var.clone(), value));
-                        if mount.target.is_empty() {
-                            continue;
-                        }
-                    }
-                    mounts.push(SandboxMount {
-                        target,
-                        kind: strata_sandbox::MountKind::Secret {
-                            source: file,
-                            mode: mount.mode.unwrap_or(0o400),
-                            uid: mount.uid.unwrap_or(0),
-                            gid: mount.gid.unwrap_or(0),
-                        },
-                    });
-                }
+                MountType::Secret => self.secret_mount(mount, target, &mut out)?,
                 MountType::Ssh => {
                     return Err(Error::Unsupported("RUN --mount=type=ssh".to_owned()));
                 }
@@ -493,7 +410,7 @@ impl Engine {
                 .tempfile_in(&self.work)
                 .map_err(Error::io(&self.work))?;
             fs::write(script.path(), content).map_err(Error::io(script.path()))?;
-            mounts.push(SandboxMount {
+            out.mounts.push(SandboxMount {
                 target: target.clone(),
                 // A private read-only copy with its mode, removed after the step: what a
                 // secret gets, and what the script needs.
@@ -504,14 +421,134 @@ impl Engine {
                     gid: 0,
                 },
             });
-            secret_files.push(script);
+            out.secret_files.push(script);
         }
-        Ok(StepMounts {
-            mounts,
-            secret_env,
-            secret_files,
-            bind_copies,
-        })
+        Ok(out)
+    }
+
+    /// Where a bind mount's source is on the host, and the throwaway copy the step sees
+    /// instead when it may write (writes never reach the context or the source stage) or when
+    /// `.dockerignore` hides part of the context (the step sees only what COPY could see).
+    fn bind_source(
+        &self,
+        mount: &strata_dockerfile::Mount,
+        at: &StepAt<'_>,
+    ) -> Result<(PathBuf, Option<BindCopy>)> {
+        let source = mount.source.clone().unwrap_or_default();
+        let (host, copy) = match &mount.from {
+            None => {
+                let sources = self.context.sources(std::slice::from_ref(&source))?;
+                let first = sources.into_iter().next().ok_or_else(|| {
+                    Error::Context(format!("`{source}` matches nothing to mount"))
+                })?;
+                let host = self.context.root().join(&first.path);
+                let filtered = self.context.ignores_anything();
+                let copy = (!mount.readonly || filtered).then_some(BindCopy::Context(first));
+                (host, copy)
+            }
+            Some(from) => {
+                let stage = self.source_stage(from, at)?;
+                let dir = self.stage_rootfs(&stage)?;
+                let inner = strata_sandbox::resolve_in_root(&dir, &source)?;
+                let host = dir.join(inner.trim_start_matches('/'));
+                let copy = (!mount.readonly).then(|| BindCopy::Tree(host.clone()));
+                (host, copy)
+            }
+        };
+        Ok((host, copy))
+    }
+
+    /// A cache mount's directory in the state (created with its owner and mode the first
+    /// time).
+    fn cache_mount(
+        &self,
+        mount: &strata_dockerfile::Mount,
+        target: String,
+    ) -> Result<SandboxMount> {
+        let id = mount.id.clone().unwrap_or_else(|| target.clone());
+        // Another owner or mode is another cache (as in BuildKit, where they make
+        // the directory the cache starts from): never the old directory with the
+        // old owner.
+        let dir = match (mount.uid, mount.gid, mount.mode) {
+            (None, None, None) => self.state.cache_mount(&id),
+            (uid, gid, mode) => self.state.cache_mount(&format!(
+                "{id}\0uid={}\0gid={}\0mode={:o}",
+                uid.unwrap_or(0),
+                gid.unwrap_or(0),
+                mode.unwrap_or(0o755)
+            )),
+        };
+        if !dir.exists() {
+            new_cache_dir(&dir, mount.uid, mount.gid, mount.mode)?;
+        }
+        let sharing = match mount.sharing {
+            strata_dockerfile::Sharing::Shared => Sharing::Shared,
+            strata_dockerfile::Sharing::Private => Sharing::Private,
+            strata_dockerfile::Sharing::Locked => Sharing::Locked,
+        };
+        Ok(SandboxMount::cache(dir, target, sharing))
+    }
+
+    /// A secret mount: a file (the given file, or a private copy of an environment
+    /// variable's value) and/or an environment variable of this step only.
+    fn secret_mount(
+        &self,
+        mount: &strata_dockerfile::Mount,
+        target: String,
+        out: &mut StepMounts,
+    ) -> Result<()> {
+        let id = mount.id.clone().unwrap_or_else(|| {
+            Path::new(&target)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let target = if mount.target.is_empty() {
+            format!("/run/secrets/{id}")
+        } else {
+            target
+        };
+        let file = match self.opts.secrets.get(&id) {
+            Some(Secret::File(path)) => path.clone(),
+            Some(Secret::Env(var)) => {
+                let value = std::env::var(var)
+                    .map_err(|_| Error::Invalid(format!("secret {id}: ${var} is not set")))?;
+                if let Some(name) = mount.env.as_ref().filter(|_| mount.target.is_empty()) {
+                    // Only an environment variable: no file at all.
+                    out.secret_env.push((name.clone(), value));
+                    return Ok(());
+                }
+                let file = private_file(value.as_bytes())?;
+                let path = file.path().to_owned();
+                out.secret_files.push(file);
+                path
+            }
+            None if mount.required => {
+                return Err(Error::Invalid(format!(
+                    "secret {id} is required but was not given"
+                )));
+            }
+            None => return Ok(()),
+        };
+        if let Some(var) = &mount.env {
+            // Exposed as an environment variable of this step only: never in
+            // the image config, the cache key or a layer.
+            let value = read_secret(&file)?;
+            out.secret_env.push((var.clone(), value));
+            if mount.target.is_empty() {
+                return Ok(());
+            }
+        }
+        out.mounts.push(SandboxMount {
+            target,
+            kind: strata_sandbox::MountKind::Secret {
+                source: file,
+                mode: mount.mode.unwrap_or(0o400),
+                uid: mount.uid.unwrap_or(0),
+                gid: mount.gid.unwrap_or(0),
+            },
+        });
+        Ok(())
     }
 
     /// The cache key of `run` on `image`: the command, the environment and build arguments

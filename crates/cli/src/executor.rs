@@ -116,6 +116,61 @@ fn state_dir(args: &BuildArgs) -> Result<Option<PathBuf>, Failure> {
 async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
     let started = Instant::now();
     let (context, name) = context_source(&args)?;
+    let Configured {
+        build,
+        state,
+        prune_to,
+    } = configure(&args, context)?;
+    let (build, isolation) = with_display(build, &args, &display);
+    let image = build.run().await?;
+    let (mut outputs, pushed) = deliver(&image, &args, &name).await?;
+    write_digest_files(&image, &args)?;
+    if let Some(line) = isolation.lock().ok().and_then(|slot| slot.clone()) {
+        outputs.push(line);
+    }
+    let (hits, steps) = image.cache_hits();
+    let digest = image.digest().to_owned();
+    drop(image);
+    if let Some(max_size) = prune_to {
+        let dir = state.clone().unwrap_or_else(strata::default_state_dir);
+        let report = strata::prune_state(&dir, &strata::PruneOptions::new().max_size(max_size))?;
+        outputs.push(report.to_string());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if args.log_format == LogFormat::Json {
+        let summary = json!({
+            "digest": digest,
+            "destinations": pushed,
+            "outputs": outputs,
+            "seconds": seconds,
+            "cache_hits": hits,
+            "steps": steps,
+        });
+        display.report(&summary.to_string());
+    } else {
+        display.report(&format!("digest {digest}"));
+        for line in outputs {
+            display.report(&line);
+        }
+        display.report(&format!(
+            "done in {seconds:.2}s, {hits} of {steps} steps from the cache"
+        ));
+    }
+    Ok(())
+}
+
+/// A build set up from Kaniko's flags, with what the command does after it.
+struct Configured {
+    build: Build,
+    /// `--state-dir` (or Kaniko's `--kaniko-dir`), when given.
+    state: Option<PathBuf>,
+    /// `--cache-max-size`: the state directory is pruned to it after the build.
+    prune_to: Option<u64>,
+}
+
+/// The build the flags ask for (everything but the display): a flag whose value is wrong is
+/// a usage error naming it.
+fn configure(args: &BuildArgs, context: ContextSource) -> Result<Configured, Failure> {
     let context_dir = match &context {
         ContextSource::Dir(dir) => Some(dir.clone()),
         _ => None,
@@ -147,7 +202,7 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
             .map_err(|e| Failure::Usage(format!("--custom-platform: {e}")))?;
         build = build.platform(platform);
     }
-    let state = state_dir(&args)?;
+    let state = state_dir(args)?;
     if let Some(dir) = &state {
         build = build.state_dir(dir);
     }
@@ -191,6 +246,29 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
     for path in &args.ignore_paths {
         build = build.ignore_path(path);
     }
+    build = cache_and_layer_flags(build, args)?;
+    let prune_to = args
+        .cache_max_size
+        .as_deref()
+        .map(|text| {
+            parse_size(text).ok_or_else(|| {
+                Failure::Usage(format!(
+                    "--cache-max-size {text}: expected a size like 10GiB or 500M"
+                ))
+            })
+        })
+        .transpose()?;
+    build = build.registry(registry_client(args)?);
+    Ok(Configured {
+        build,
+        state,
+        prune_to,
+    })
+}
+
+/// The remote cache (`--cache-repo`, `--cache-from`, `--cache-ttl`), layer compression and
+/// the download limit.
+fn cache_and_layer_flags(mut build: Build, args: &BuildArgs) -> Result<Build, Failure> {
     if let Some(repo) = &args.cache_repo {
         if repo.starts_with("oci:") {
             return Err(Failure::Usage(format!(
@@ -231,40 +309,44 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
         ))
     })?;
     build = build.max_download_size(max_download);
-    let prune_to = args
-        .cache_max_size
-        .as_deref()
-        .map(|text| {
-            parse_size(text).ok_or_else(|| {
-                Failure::Usage(format!(
-                    "--cache-max-size {text}: expected a size like 10GiB or 500M"
-                ))
-            })
-        })
-        .transpose()?;
-    build = build.registry(registry_client(&args)?);
+    Ok(build)
+}
+
+/// The build with its events sent to the display (unless the verbosity hides them), and
+/// where the isolation RUN steps used is kept for the final report.
+fn with_display(
+    build: Build,
+    args: &BuildArgs,
+    display: &Arc<Display>,
+) -> (Build, Arc<std::sync::Mutex<Option<String>>>) {
     let verbose = !matches!(
         args.verbosity,
         Verbosity::Panic | Verbosity::Fatal | Verbosity::Error
     );
     // Which isolation ran goes into the final report too.
     let isolation: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    {
-        let sink = Arc::clone(&display);
-        let isolation = Arc::clone(&isolation);
-        build = build.on_event(move |event| {
-            if let strata::Event::Isolation { mode, reason } = event
-                && let Ok(mut slot) = isolation.lock()
-            {
-                *slot = Some(format!("RUN steps ran with {mode} isolation: {reason}"));
-            }
-            if verbose {
-                sink.event(event);
-            }
-        });
-    }
+    let sink = Arc::clone(display);
+    let slot = Arc::clone(&isolation);
+    let build = build.on_event(move |event| {
+        if let strata::Event::Isolation { mode, reason } = event
+            && let Ok(mut slot) = slot.lock()
+        {
+            *slot = Some(format!("RUN steps ran with {mode} isolation: {reason}"));
+        }
+        if verbose {
+            sink.event(event);
+        }
+    });
+    (build, isolation)
+}
 
-    let image = build.run().await?;
+/// Pushes to each destination and writes the local outputs asked for (an OCI layout under
+/// `out/` when nothing was); returns what was done, as lines and as JSON for the pushes.
+async fn deliver(
+    image: &strata::Image,
+    args: &BuildArgs,
+    name: &str,
+) -> Result<(Vec<String>, Vec<serde_json::Value>), Failure> {
     let mut outputs = Vec::new();
     let mut pushed = Vec::new();
     if !args.no_push {
@@ -289,7 +371,7 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
             "no output asked for (--no-push): the image is in the state directory".to_owned(),
         );
     } else if outputs.is_empty() && args.destinations.is_empty() {
-        let dir = PathBuf::from("out").join(&name);
+        let dir = PathBuf::from("out").join(name);
         image.write_oci_layout(&dir, "latest")?;
         outputs.push(format!(
             "wrote OCI layout {0}:latest (push it with: skopeo copy oci:{0}:latest docker://REGISTRY/{1}:latest)",
@@ -297,6 +379,12 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
             name
         ));
     }
+    Ok((outputs, pushed))
+}
+
+/// `--digest-file`, `--image-name-with-digest-file` and `--image-name-tag-with-digest-file`,
+/// each written through a temporary file.
+fn write_digest_files(image: &strata::Image, args: &BuildArgs) -> Result<(), Failure> {
     let write = |path: &Option<PathBuf>, text: String| -> Result<(), Failure> {
         match path {
             Some(path) => write_atomic(path, text.as_bytes())
@@ -322,37 +410,6 @@ async fn build(args: BuildArgs, display: Arc<Display>) -> Result<(), Failure> {
     };
     write(&args.image_name_with_digest_file, names(false))?;
     write(&args.image_name_tag_with_digest_file, names(true))?;
-    if let Some(line) = isolation.lock().ok().and_then(|slot| slot.clone()) {
-        outputs.push(line);
-    }
-    let (hits, steps) = image.cache_hits();
-    let digest = image.digest().to_owned();
-    drop(image);
-    if let Some(max_size) = prune_to {
-        let dir = state.clone().unwrap_or_else(strata::default_state_dir);
-        let report = strata::prune_state(&dir, &strata::PruneOptions::new().max_size(max_size))?;
-        outputs.push(report.to_string());
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    if args.log_format == LogFormat::Json {
-        let summary = json!({
-            "digest": digest,
-            "destinations": pushed,
-            "outputs": outputs,
-            "seconds": seconds,
-            "cache_hits": hits,
-            "steps": steps,
-        });
-        display.report(&summary.to_string());
-    } else {
-        display.report(&format!("digest {digest}"));
-        for line in outputs {
-            display.report(&line);
-        }
-        display.report(&format!(
-            "done in {seconds:.2}s, {hits} of {steps} steps from the cache"
-        ));
-    }
     Ok(())
 }
 

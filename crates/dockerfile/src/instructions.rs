@@ -103,7 +103,7 @@ pub struct Copy {
     pub exclude: Vec<String>,
 }
 
-/// `ADD`: a [`Copy`] that can also fetch URLs and unpack archives.
+/// `ADD`: a [`Copy`](struct@Copy) that can also fetch URLs and unpack archives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Add {
     /// What `ADD` shares with `COPY` (`from` is always `None`).

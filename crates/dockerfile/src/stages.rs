@@ -177,129 +177,17 @@ impl Plan {
         let escape = file.directives.escape;
         let lexer = Lexer::new(escape);
         let builtin = builtin_args(options);
-        let mut global_args = Vec::new();
-        let mut global_values: Vec<(String, String)> = Vec::new();
         let mut nodes = file.nodes.iter().peekable();
-
-        // Global scope: only ARG before the first FROM.
-        while let Some(node) = nodes.next_if(|n| n.instruction != "from") {
-            if node.instruction != "arg" {
-                return Err(stage_error(
-                    node.start_line,
-                    format!(
-                        "{} is not allowed before the first FROM (no build stage in current context)",
-                        node.instruction.to_uppercase()
-                    ),
-                ));
-            }
-            let mut scope_values = builtin.clone();
-            scope_values.extend(global_values.iter().cloned());
-            let given = |name: &str| options.build_args.contains_key(name);
-            let context = Context {
-                escape,
-                env: &scope_values,
-                build_args: Vec::new(),
-                given: &given,
-            };
-            let lookup = |name: &str, default: Option<String>| {
-                options.build_args.get(name).cloned().or(default)
-            };
-            let Instruction::Arg { args } = context.instruction(node, &lookup)? else {
-                continue;
-            };
-            for arg in args {
-                if let Some(value) = &arg.value {
-                    global_values.push((arg.name.clone(), value.clone()));
-                }
-                global_args.push(arg);
-            }
-        }
-
+        let (global_args, global_values) = global_args(&mut nodes, escape, &builtin, options)?;
         let mut from_env = builtin.clone();
-        from_env.extend(global_values.iter().cloned());
+        from_env.extend(global_values);
         let mut stages: Vec<Stage> = Vec::new();
         while let Some(from) = nodes.next() {
-            let flags =
-                crate::flags::Flags::parse(&from.flags, crate::flags::FROM).map_err(|message| {
-                    Error::Instruction {
-                        line: from.start_line,
-                        column: 1,
-                        instruction: "FROM".to_owned(),
-                        message,
-                    }
-                })?;
-            let expand = |word: &str| {
-                lexer
-                    .process_word(word, &from_env)
-                    .map_err(|e| Error::Expansion {
-                        line: from.start_line,
-                        message: format!("FROM: expanding `{word}`: {e}"),
-                    })
-            };
-            let (image, name) = match from.args.as_slice() {
-                [image] => (image, None),
-                [image, as_, name] if as_.eq_ignore_ascii_case("as") => {
-                    (image, Some(name.to_lowercase()))
-                }
-                _ => {
-                    return Err(Error::Instruction {
-                        line: from.start_line,
-                        column: 1,
-                        instruction: "FROM".to_owned(),
-                        message:
-                            "FROM requires either one or three arguments (`FROM image [AS name]`)"
-                                .to_owned(),
-                    });
-                }
-            };
-            if let Some(name) = &name {
-                if !valid_stage_name(name) {
-                    return Err(stage_error(
-                        from.start_line,
-                        format!(
-                            "invalid name for build stage: \"{name}\", name can't start with a number or contain symbols"
-                        ),
-                    ));
-                }
-                if stages.iter().any(|s| s.name.as_deref() == Some(name)) {
-                    return Err(stage_error(
-                        from.start_line,
-                        format!("duplicate stage name \"{name}\""),
-                    ));
-                }
-            }
-            let image = expand(image)?;
-            if image.is_empty() {
-                return Err(stage_error(
-                    from.start_line,
-                    "base name (FROM) should not be blank".to_owned(),
-                ));
-            }
-            let lowered = image.to_lowercase();
-            let base = if lowered == "scratch" {
-                Base::Scratch
-            } else if let Some(stage) = stages
-                .iter()
-                .find(|s| s.name.as_deref() == Some(lowered.as_str()))
-            {
-                Base::Stage(stage.index)
-            } else {
-                Base::Image(image)
-            };
-            let platform = flags.string("platform").map(|p| expand(&p)).transpose()?;
-            let mut body = Vec::new();
+            let mut stage = stage_of(from, &stages, &from_env, &lexer)?;
             while let Some(node) = nodes.next_if(|n| n.instruction != "from") {
-                body.push(node.clone());
+                stage.nodes.push(node.clone());
             }
-            stages.push(Stage {
-                index: stages.len(),
-                name,
-                base,
-                platform,
-                line: from.start_line,
-                dependencies: Vec::new(),
-                nodes: body,
-            });
+            stages.push(stage);
         }
         if stages.is_empty() {
             let line = file.nodes.last().map_or(1, |n| n.start_line);
@@ -308,27 +196,7 @@ impl Plan {
                 "dockerfile contains no stages to build (it has no FROM)".to_owned(),
             ));
         }
-
-        let target = match &options.target {
-            None => stages.len() - 1,
-            Some(name) => {
-                let lowered = name.to_lowercase();
-                stages
-                    .iter()
-                    .position(|s| s.name.as_deref() == Some(lowered.as_str()))
-                    .ok_or_else(|| {
-                        stage_error(
-                            0,
-                            crate::suggest::with_hint(
-                                format!("target stage \"{name}\" could not be found"),
-                                name,
-                                stages.iter().filter_map(|s| s.name.as_deref()),
-                                false,
-                            ),
-                        )
-                    })?
-            }
-        };
+        let target = target_stage(options.target.as_deref(), &stages)?;
         let mut plan = Plan {
             global_args,
             stages,
@@ -707,4 +575,156 @@ fn builtin_args(options: &PlanOptions) -> Vec<(String, String)> {
             .unwrap_or_else(|| "default".to_owned()),
     ));
     args
+}
+
+/// The `ARG`s before the first `FROM` (the global scope), and the values they have.
+fn global_args(
+    nodes: &mut std::iter::Peekable<std::slice::Iter<'_, Node>>,
+    escape: char,
+    builtin: &[(String, String)],
+    options: &PlanOptions,
+) -> Result<(Vec<ArgDecl>, EnvList)> {
+    let mut global_args = Vec::new();
+    let mut global_values: Vec<(String, String)> = Vec::new();
+    // Global scope: only ARG before the first FROM.
+    while let Some(node) = nodes.next_if(|n| n.instruction != "from") {
+        if node.instruction != "arg" {
+            return Err(stage_error(
+                node.start_line,
+                format!(
+                    "{} is not allowed before the first FROM (no build stage in current context)",
+                    node.instruction.to_uppercase()
+                ),
+            ));
+        }
+        let mut scope_values = builtin.to_vec();
+        scope_values.extend(global_values.iter().cloned());
+        let given = |name: &str| options.build_args.contains_key(name);
+        let context = Context {
+            escape,
+            env: &scope_values,
+            build_args: Vec::new(),
+            given: &given,
+        };
+        let lookup =
+            |name: &str, default: Option<String>| options.build_args.get(name).cloned().or(default);
+        let Instruction::Arg { args } = context.instruction(node, &lookup)? else {
+            continue;
+        };
+        for arg in args {
+            if let Some(value) = &arg.value {
+                global_values.push((arg.name.clone(), value.clone()));
+            }
+            global_args.push(arg);
+        }
+    }
+    Ok((global_args, global_values))
+}
+
+/// The stage a `FROM` starts (without its instructions): its name, base and platform,
+/// expanded with the global args; `stages` are those before it.
+fn stage_of(
+    from: &Node,
+    stages: &[Stage],
+    from_env: &[(String, String)],
+    lexer: &Lexer,
+) -> Result<Stage> {
+    let flags = crate::flags::Flags::parse(&from.flags, crate::flags::FROM).map_err(|message| {
+        Error::Instruction {
+            line: from.start_line,
+            column: 1,
+            instruction: "FROM".to_owned(),
+            message,
+        }
+    })?;
+    let expand = |word: &str| {
+        lexer
+            .process_word(word, from_env)
+            .map_err(|e| Error::Expansion {
+                line: from.start_line,
+                message: format!("FROM: expanding `{word}`: {e}"),
+            })
+    };
+    let (image, name) = match from.args.as_slice() {
+        [image] => (image, None),
+        [image, as_, name] if as_.eq_ignore_ascii_case("as") => (image, Some(name.to_lowercase())),
+        _ => {
+            return Err(Error::Instruction {
+                line: from.start_line,
+                column: 1,
+                instruction: "FROM".to_owned(),
+                message: "FROM requires either one or three arguments (`FROM image [AS name]`)"
+                    .to_owned(),
+            });
+        }
+    };
+    if let Some(name) = &name {
+        if !valid_stage_name(name) {
+            return Err(stage_error(
+                from.start_line,
+                format!(
+                    "invalid name for build stage: \"{name}\", name can't start with a number or contain symbols"
+                ),
+            ));
+        }
+        if stages.iter().any(|s| s.name.as_deref() == Some(name)) {
+            return Err(stage_error(
+                from.start_line,
+                format!("duplicate stage name \"{name}\""),
+            ));
+        }
+    }
+    let image = expand(image)?;
+    if image.is_empty() {
+        return Err(stage_error(
+            from.start_line,
+            "base name (FROM) should not be blank".to_owned(),
+        ));
+    }
+    let lowered = image.to_lowercase();
+    let base = if lowered == "scratch" {
+        Base::Scratch
+    } else if let Some(stage) = stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lowered.as_str()))
+    {
+        Base::Stage(stage.index)
+    } else {
+        Base::Image(image)
+    };
+    let platform = flags.string("platform").map(|p| expand(&p)).transpose()?;
+    Ok(Stage {
+        index: stages.len(),
+        name,
+        base,
+        platform,
+        line: from.start_line,
+        dependencies: Vec::new(),
+        nodes: Vec::new(),
+    })
+}
+
+/// The index of the stage `--target` names (the last stage when none), or an error with
+/// the closest name.
+fn target_stage(target: Option<&str>, stages: &[Stage]) -> Result<usize> {
+    Ok(match target {
+        None => stages.len() - 1,
+        Some(name) => {
+            let lowered = name.to_lowercase();
+            stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(lowered.as_str()))
+                .ok_or_else(|| {
+                    stage_error(
+                        0,
+                        crate::suggest::with_hint(
+                            format!("target stage \"{name}\" could not be found"),
+                            name,
+                            stages.iter().filter_map(|s| s.name.as_deref()),
+                            false,
+                        ),
+                    )
+                })?
+        }
+    })
 }

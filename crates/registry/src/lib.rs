@@ -5,13 +5,9 @@
 //!   files, or the caller; secrets never show in `Debug` output or errors.
 //! - [`Layout`], [`Manifest`], [`Platform`]: the OCI vocabulary of `strata-oci`, re-exported
 //!   because this crate's API speaks it.
-//!
-//! - [`RegistryClient`]: pulls into and pushes from a layout, streaming, digests verified.
+//! - [`RegistryClient`]: pulls into and pushes from a layout, streaming, digests verified;
+//!   failed requests are retried with backoff, after `Retry-After` when a registry sends one.
 //! - [`write_docker_archive`]: the tarball `docker load` and `podman load` take.
-//!
-//! Status (issue 6): not yet — honouring `Retry-After` (failed requests back off on their own
-//! schedule), one store interface over registry, layout and archive targets, and a test of
-//! bearer-token auth against a token server.
 //!
 //! ```
 //! use strata_registry::Reference;

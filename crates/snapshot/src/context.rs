@@ -1034,7 +1034,7 @@ const READ_AHEAD: usize = 16;
 const PARALLEL_STAT: usize = 512;
 
 /// The entries below a start, in [`path_order`], one at a time: a million files are never
-/// held at once. Directories are read ahead on the rayon pool ([`READ_AHEAD`] of them, so
+/// held at once. Directories are read ahead on the rayon pool (`READ_AHEAD`, 16, of them, so
 /// memory is a few directories' worth), each with one `getdents` pass and a `statx` per
 /// entry relative to the directory, asking only for the fields a [`TreeEntry`] keeps.
 /// `visit` is asked about every path met, before its directory is read: a pruned directory
