@@ -62,7 +62,9 @@ pub struct CacheKey {
 ///     .file("src/main.rs", "sha256:2222")
 ///     .build();
 /// assert_ne!(key.digest, other.digest);
-/// assert_eq!(strata_cache::explain(&key.inputs, &other.inputs), ["file src/main.rs changed"]);
+/// let reasons = strata_cache::explain(&key.inputs, &other.inputs);
+/// assert_eq!(reasons.len(), 1);
+/// assert_eq!(reasons[0].to_string(), "file src/main.rs changed");
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct KeyBuilder {
