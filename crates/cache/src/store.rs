@@ -402,16 +402,7 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn hash_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut file = File::open(path).map_err(Error::io(path))?;
-    let mut hasher = strata_oci::Hasher::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).map_err(Error::io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finish())
+    let file = File::open(path).map_err(Error::io(path))?;
+    let (digest, _) = strata_oci::digest::sha256_of_reader(file).map_err(Error::io(path))?;
+    Ok(digest)
 }

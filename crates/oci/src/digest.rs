@@ -17,6 +17,24 @@ pub fn sha256(bytes: impl AsRef<[u8]>) -> String {
     spell(&Sha256::digest(bytes.as_ref()).into())
 }
 
+/// `sha256:<hex>` and size of everything `reader` gives, read in 1 MiB pieces (a blob on
+/// disk: what verifying a layout or a cache store hashes).
+pub fn sha256_of_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
+    let mut hasher = Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+    }
+    let size = hasher.count();
+    Ok((hasher.finish(), size))
+}
+
 /// `sha256:<hex>` of a raw 32-byte SHA-256.
 pub fn spell(raw: &[u8; 32]) -> String {
     format!("sha256:{}", hex::encode(raw))

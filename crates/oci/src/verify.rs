@@ -3,7 +3,6 @@
 //! fault tests to prove nothing is corrupt; can remove what is broken.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -155,18 +154,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// `sha256:<hex>` and size of a file, read in 1 MiB pieces.
+/// `sha256:<hex>` and size of a file.
 fn hash(path: &Path) -> Result<(String, u64)> {
-    let mut file = fs::File::open(path).map_err(Error::io(path))?;
-    let mut hasher = crate::digest::Hasher::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).map_err(Error::io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    let size = hasher.count();
-    Ok((hasher.finish(), size))
+    let file = fs::File::open(path).map_err(Error::io(path))?;
+    crate::digest::sha256_of_reader(file).map_err(Error::io(path))
 }
