@@ -402,16 +402,19 @@ impl Build {
             ContextSource::Dir(dir) => Some(default_dockerfile(dir)),
             _ => None,
         };
-        let named_contexts = self
-            .named_contexts
-            .iter()
-            .map(|(name, source)| (name.clone(), source.engine_form()))
-            .collect();
+        let named_contexts = self.named_contexts.clone();
         let registry = with_transfer_events(
             self.registry
                 .unwrap_or_else(|| RegistryClient::builder().build()),
             &self.events,
         );
+        let (cache, remote) = cache_stores(
+            self.cache.then_some(self.cache_ttl),
+            self.cache_repo.as_deref(),
+            &state,
+            &registry,
+            &runtime,
+        )?;
         let fetch = Fetch {
             registry: &registry,
             work: work.path(),
@@ -436,23 +439,6 @@ impl Build {
             },
         )
         .map_err(dockerfile_error)?;
-        let cache = if self.cache {
-            Some(LocalStore::open(state.root().join("cache"))?.ttl(self.cache_ttl))
-        } else {
-            None
-        };
-        let remote = match (&self.cache_repo, &cache) {
-            (Some(repository), Some(_)) => Some(
-                crate::remote_cache::RegistryStore::new(
-                    registry.clone(),
-                    repository,
-                    state.layout.clone(),
-                    runtime.clone(),
-                )?
-                .ttl(self.cache_ttl),
-            ),
-            _ => None,
-        };
         let reproducible = source_date_epoch(&self.build_args, self.reproducible)?;
         let mut engine = Engine::new(
             state,
@@ -690,10 +676,8 @@ fn set_isolation(engine: &mut Engine, state_dir: &Path, has_run: bool) -> Result
             }
         }
         for source in engine.opts.named_contexts.values() {
-            if let Some(rest) = source.strip_prefix("oci-layout://") {
-                inputs.push(PathBuf::from(
-                    rest.rsplit_once(':').map_or(rest, |(d, _)| d),
-                ));
+            if let ImageSource::OciLayout { path, .. } = source {
+                inputs.push(path.clone());
             }
         }
         if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
@@ -881,6 +865,37 @@ fn default_dockerfile(dir: &Path) -> PathBuf {
     }
 }
 
+/// The build's cache stores: the state directory's (when the cache is on, with its time to
+/// live), and the cache repository (`--cache-repo`) in front of it.
+fn cache_stores(
+    cache: Option<Option<std::time::Duration>>,
+    cache_repo: Option<&str>,
+    state: &State,
+    registry: &RegistryClient,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(
+    Option<LocalStore>,
+    Option<crate::remote_cache::RegistryStore>,
+)> {
+    let Some(ttl) = cache else {
+        return Ok((None, None));
+    };
+    let local = LocalStore::open(state.root().join("cache"))?.ttl(ttl);
+    let remote = match cache_repo {
+        Some(repository) => Some(
+            crate::remote_cache::RegistryStore::new(
+                registry.clone(),
+                repository,
+                state.layout.clone(),
+                runtime.clone(),
+            )?
+            .ttl(ttl),
+        ),
+        None => None,
+    };
+    Ok((Some(local), remote))
+}
+
 /// Writes the final config and manifest into the state's blobs.
 fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> {
     let mut config = stage.config;
@@ -899,18 +914,19 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
         serde_json::to_vec(&config).map_err(|e| Error::Invalid(format!("image config: {e}")))?;
     let config_blob = engine.state.layout.write_blob_bytes(&config_bytes)?;
     let layers: Vec<LayerRef> = stage.layers.clone();
-    let mut manifest_value = manifest(&config_blob.digest, config_blob.size, &layers);
     // The steps' cache keys, for `--cache-from` (aligned with the layers).
     let keys: Vec<Option<&(String, String)>> = (0..layers.len())
         .map(|at| stage.layer_keys.get(&at))
         .collect();
+    // One annotation at most: oci-spec keeps them in a HashMap, whose order would make the
+    // manifest's bytes vary from build to build if there were more.
+    let mut annotations = BTreeMap::new();
     if keys.iter().any(Option::is_some) {
         let text = serde_json::to_string(&keys)
             .map_err(|e| Error::Invalid(format!("image manifest: {e}")))?;
-        manifest_value["annotations"] =
-            serde_json::json!({ crate::engine::CACHE_KEYS_ANNOTATION: text });
+        annotations.insert(crate::engine::CACHE_KEYS_ANNOTATION.to_owned(), text);
     }
-    let manifest_bytes = serde_json::to_vec(&manifest_value)
+    let manifest_bytes = serde_json::to_vec(&manifest(&config_blob, &layers, annotations)?)
         .map_err(|e| Error::Invalid(format!("image manifest: {e}")))?;
     let manifest_blob = engine.state.layout.write_blob_bytes(&manifest_bytes)?;
     engine.emit(Event::Built {

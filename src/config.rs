@@ -173,41 +173,8 @@ fn names(kv: &str, name: &str) -> bool {
         && (kv.len() == name.len() || kv[name.len()] == b'=')
 }
 
-/// A layer of an image: its blob and its `diff_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerRef {
-    /// Digest of the (compressed) blob.
-    pub digest: String,
-    /// Digest of the uncompressed tar.
-    pub diff_id: String,
-    /// Size of the blob in bytes.
-    pub size: u64,
-    /// Media type of the blob.
-    pub media_type: String,
-}
-
-/// The cache's record of a layer, and back: the same four fields.
-impl From<&LayerRef> for strata_cache::CachedLayer {
-    fn from(l: &LayerRef) -> Self {
-        strata_cache::CachedLayer {
-            digest: l.digest.clone(),
-            diff_id: l.diff_id.clone(),
-            size: l.size,
-            media_type: l.media_type.clone(),
-        }
-    }
-}
-
-impl From<&strata_cache::CachedLayer> for LayerRef {
-    fn from(l: &strata_cache::CachedLayer) -> Self {
-        LayerRef {
-            digest: l.digest.clone(),
-            diff_id: l.diff_id.clone(),
-            size: l.size,
-            media_type: l.media_type.clone(),
-        }
-    }
-}
+/// A layer of an image: its blob and its `diff_id` (the same type the cache records).
+pub type LayerRef = strata_oci::LayerBlob;
 
 /// Docker's layer media types and their OCI equivalents (the bytes are the same).
 pub fn oci_layer_media_type(media_type: &str) -> String {
@@ -222,22 +189,32 @@ pub fn oci_layer_media_type(media_type: &str) -> String {
     }
 }
 
-/// The manifest of an image with this config blob and these layers.
-pub fn manifest(config_digest: &str, config_size: u64, layers: &[LayerRef]) -> Value {
-    serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": OCI_CONFIG,
-            "digest": config_digest,
-            "size": config_size,
-        },
-        "layers": layers.iter().map(|l| serde_json::json!({
-            "mediaType": oci_layer_media_type(&l.media_type),
-            "digest": l.digest,
-            "size": l.size,
-        })).collect::<Vec<_>>(),
-    })
+/// The manifest of an image with this config blob, these layers and these annotations.
+pub fn manifest(
+    config: &strata_oci::BlobInfo,
+    layers: &[LayerRef],
+    annotations: BTreeMap<String, String>,
+) -> crate::Result<strata_oci::ImageManifest> {
+    use strata_oci::spec::{ImageManifestBuilder, MediaType};
+    let layers = layers
+        .iter()
+        .map(|l| l.descriptor(&oci_layer_media_type(&l.media_type)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config.descriptor(OCI_CONFIG)?)
+        .layers(layers);
+    if !annotations.is_empty() {
+        manifest = manifest.annotations(
+            annotations
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    }
+    manifest
+        .build()
+        .map_err(|e| crate::Error::Invalid(format!("image manifest: {e}")))
 }
 
 /// RFC 3339 for `secs` since the epoch, in UTC (`1970-01-01T00:00:00Z`); times beyond the

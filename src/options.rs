@@ -71,8 +71,18 @@ pub enum ImageSource {
 }
 
 impl ImageSource {
-    /// The form the engine resolves: `oci-layout://PATH[:TAG]`, or the plain reference.
-    pub(crate) fn engine_form(&self) -> String {
+    /// The source a Dockerfile's `FROM` or `--from` names: `oci-layout://PATH[:TAG]`, or an
+    /// image reference (with or without `docker-image://`).
+    pub(crate) fn of_name(name: &str) -> Result<ImageSource, Error> {
+        if name.starts_with("oci-layout://") || name.starts_with("docker-image://") {
+            return name.parse();
+        }
+        Ok(ImageSource::Image(Reference::parse(name)?))
+    }
+
+    /// How events and messages name the source: the layout as `oci-layout://PATH[:TAG]`, an
+    /// image by its reference alone.
+    pub(crate) fn display_name(&self) -> String {
         match self {
             ImageSource::Image(reference) => reference.to_string(),
             layout => layout.to_string(),
@@ -161,9 +171,18 @@ mod tests {
             "docker-image://alpine:3"
                 .parse::<ImageSource>()
                 .unwrap()
-                .engine_form(),
+                .display_name(),
             "docker.io/library/alpine:3"
         );
+        // What FROM and --from name: a layout, or a reference with or without its scheme.
+        for (name, expected) in [
+            ("alpine:3", "docker.io/library/alpine:3"),
+            ("docker-image://alpine:3", "docker.io/library/alpine:3"),
+            ("oci-layout:///l:v1", "oci-layout:///l:v1"),
+        ] {
+            assert_eq!(ImageSource::of_name(name).unwrap().display_name(), expected);
+        }
+        assert!(ImageSource::of_name("Not A Reference").is_err());
         for bad in [
             "/some/dir",
             "ftp://example.com/base",

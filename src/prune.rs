@@ -220,10 +220,8 @@ fn units(
         units.push((used, Unit::Entry(path), layer.into_iter().collect()));
     }
     let index = layout.index()?;
-    for entry in index["manifests"].as_array().into_iter().flatten() {
-        let Some(digest) = entry["digest"].as_str() else {
-            continue;
-        };
+    for entry in index.manifests() {
+        let digest = entry.digest().as_ref();
         let used = last_use(&blob_path(blobs, digest));
         units.push((
             used,

@@ -121,6 +121,38 @@ impl Engine {
             });
             return Ok(false);
         }
+        if let Some(entry) = self.find_entry(store, key)? {
+            self.take_hit(image, key, &entry, created_by);
+            image.key = key.digest.clone();
+            store.remember(&at.id, key)?;
+            self.steps.fetch_add(1, Ordering::Relaxed);
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.emit(Event::CacheHit {
+                stage: at.stage.to_owned(),
+                line: at.line,
+                index: at.index,
+                onbuild: at.onbuild,
+            });
+            return Ok(true);
+        }
+        let reasons = match store.recall(&at.id)? {
+            Some(previous) => strata_cache::explain(&previous, &key.inputs),
+            None => Vec::new(),
+        };
+        self.emit(Event::CacheMiss {
+            stage: at.stage.to_owned(),
+            line: at.line,
+            index: at.index,
+            onbuild: at.onbuild,
+            reasons,
+        });
+        Ok(false)
+    }
+
+    /// The cache entry for `key`: the local store's (its layer copied into the state when
+    /// missing), else the cache repository's (recorded locally), else an image of
+    /// `--cache-from` that was built with the step.
+    fn find_entry(&self, store: &LocalStore, key: &CacheKey) -> Result<Option<CacheEntry>> {
         let mut found = store.lookup(&key.digest)?;
         if let Some(layer) = found.as_ref().and_then(|e| e.layer.as_ref())
             && !self.state.layout.has_blob(&layer.digest)
@@ -159,52 +191,39 @@ impl Engine {
             }
             found = Some(CacheEntry {
                 key: key.clone(),
-                layer: Some(CachedLayer::from(layer)),
+                layer: Some(layer.clone()),
                 config: json!({ "created": created }),
                 created_unix: 0,
             });
         }
-        if let Some(entry) = found {
-            if let Some(created) = entry.config["created"].as_str() {
-                image.clock = created.to_owned();
-            }
-            if let Some(layer) = &entry.layer {
-                image.layer_keys.insert(
-                    image.layers.len(),
-                    (key.digest.clone(), image.clock.clone()),
-                );
-                image.layers.push(LayerRef::from(layer));
-            }
-            image.config.history.push(History {
-                created: Some(image.clock.clone()),
-                created_by: Some(created_by.to_owned()),
-                empty_layer: entry.layer.is_none(),
-                ..History::default()
-            });
-            image.key = key.digest.clone();
-            store.remember(&at.id, key)?;
-            self.steps.fetch_add(1, Ordering::Relaxed);
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            self.emit(Event::CacheHit {
-                stage: at.stage.to_owned(),
-                line: at.line,
-                index: at.index,
-                onbuild: at.onbuild,
-            });
-            return Ok(true);
+        Ok(found)
+    }
+
+    /// The image after a cache hit: the entry's layer (and time, as the image's clock) and
+    /// a history line.
+    fn take_hit(
+        &self,
+        image: &mut StageImage,
+        key: &CacheKey,
+        entry: &CacheEntry,
+        created_by: &str,
+    ) {
+        if let Some(created) = entry.config["created"].as_str() {
+            image.clock = created.to_owned();
         }
-        let reasons = match store.recall(&at.id)? {
-            Some(previous) => strata_cache::explain(&previous, &key.inputs),
-            None => Vec::new(),
-        };
-        self.emit(Event::CacheMiss {
-            stage: at.stage.to_owned(),
-            line: at.line,
-            index: at.index,
-            onbuild: at.onbuild,
-            reasons,
+        if let Some(layer) = &entry.layer {
+            image.layer_keys.insert(
+                image.layers.len(),
+                (key.digest.clone(), image.clock.clone()),
+            );
+            image.layers.push(layer.clone());
+        }
+        image.config.history.push(History {
+            created: Some(image.clock.clone()),
+            created_by: Some(created_by.to_owned()),
+            empty_layer: entry.layer.is_none(),
+            ..History::default()
         });
-        Ok(false)
     }
 
     /// The cache repository's answer for `digest` when [`Engine::look_ahead`] asked for it
@@ -291,7 +310,7 @@ impl Engine {
             };
             let entry = CacheEntry {
                 key: key.clone(),
-                layer: layer.as_ref().map(CachedLayer::from),
+                layer: layer.clone(),
                 config: json!({ "created": image.clock }),
                 created_unix: 0,
             };

@@ -29,12 +29,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_json::json;
-use strata_cache::{CacheEntry, CacheKey, CacheStore, CachedLayer, KeyBuilder, LocalStore};
+use strata_cache::{CacheEntry, CacheKey, CacheStore, KeyBuilder, LocalStore};
 use strata_dockerfile::{
     Base, CommandLine, Healthcheck, Instruction, Located, Plan, Stage, Step as PlannedStep, StepId,
 };
 use strata_layer::{Compression, Entry, EntryKind, Extractor, LayerWriter, Metadata, Mtime};
-use strata_oci::{Descriptor, Layout, Manifest, Platform};
+use strata_oci::{ImageManifest, Layout, Manifest, Platform};
 use strata_registry::{Reference, RegistryClient};
 
 use crate::remote_cache::RegistryStore;
@@ -94,7 +94,7 @@ pub(crate) struct Options {
     pub ignore_paths: Vec<String>,
     /// Images that stand in for names in FROM, `COPY --from` and `RUN --mount from=`
     /// (`--build-context name=oci-layout://…`): name → image source.
-    pub named_contexts: BTreeMap<String, String>,
+    pub named_contexts: BTreeMap<String, crate::options::ImageSource>,
     /// Instructions (upper case) whose layers are neither looked up in nor recorded to the
     /// cache (`--cache-run-layers=false`, `--cache-copy-layers=false`).
     pub uncached: Vec<String>,

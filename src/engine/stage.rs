@@ -3,6 +3,7 @@
 //! images named by `--from`, pulled once per build.
 
 use super::*;
+use crate::options::ImageSource;
 
 impl Engine {
     /// Builds stage `index`, whose dependencies are in `done`.
@@ -76,16 +77,7 @@ impl Engine {
                 return Err(Error::Cancelled);
             }
             let at = self.step_at(&name, step, done);
-            let started = Instant::now();
-            self.emit(Event::StepStarted {
-                stage: name.clone(),
-                line: located.start_line,
-                index: at.index,
-                onbuild: false,
-                text: at.original.to_owned(),
-            });
-            let cached = self
-                .step(&mut image, &mut rootfs, located, &at, &mut cmd_set)
+            self.run_step(&mut image, &mut rootfs, step, &at, &mut cmd_set)
                 .map_err(|e| Error::Step {
                     position: Position {
                         file: self.file_name.clone(),
@@ -94,14 +86,6 @@ impl Engine {
                     },
                     error: Box::new(e),
                 })?;
-            self.emit(Event::StepFinished {
-                stage: name.clone(),
-                line: located.start_line,
-                index: at.index,
-                onbuild: false,
-                duration: started.elapsed(),
-                cached,
-            });
         }
         if self.opts.single_snapshot && index == self.plan.target {
             self.squash(&mut image, base_layers, base_history)
@@ -190,24 +174,42 @@ impl Engine {
             .map_err(|e| Error::Invalid(format!("the base image's ONBUILD triggers: {e}")))?;
         for step in &steps {
             let at = self.step_at(name, step, done);
-            self.emit(Event::StepStarted {
-                stage: name.to_owned(),
-                line: at.line,
-                index: at.index,
-                onbuild: true,
-                text: format!("ONBUILD {}", at.original),
-            });
-            let started = Instant::now();
-            let cached = self.step(image, rootfs, &step.instruction, &at, cmd_set)?;
-            self.emit(Event::StepFinished {
-                stage: name.to_owned(),
-                line: at.line,
-                index: at.index,
-                onbuild: true,
-                duration: started.elapsed(),
-                cached,
-            });
+            self.run_step(image, rootfs, step, &at, cmd_set)?;
         }
+        Ok(())
+    }
+
+    /// Runs one step (of the Dockerfile, or a base image's ONBUILD trigger) between its
+    /// started and finished events.
+    fn run_step(
+        &self,
+        image: &mut StageImage,
+        rootfs: &mut Option<Rootfs>,
+        step: &PlannedStep,
+        at: &StepAt<'_>,
+        cmd_set: &mut bool,
+    ) -> Result<()> {
+        self.emit(Event::StepStarted {
+            stage: at.stage.to_owned(),
+            line: at.line,
+            index: at.index,
+            onbuild: at.onbuild,
+            text: if at.onbuild {
+                format!("ONBUILD {}", at.original)
+            } else {
+                at.original.to_owned()
+            },
+        });
+        let started = Instant::now();
+        let cached = self.step(image, rootfs, &step.instruction, at, cmd_set)?;
+        self.emit(Event::StepFinished {
+            stage: at.stage.to_owned(),
+            line: at.line,
+            index: at.index,
+            onbuild: at.onbuild,
+            duration: started.elapsed(),
+            cached,
+        });
         Ok(())
     }
 
@@ -267,19 +269,19 @@ impl Engine {
     /// the state.
     pub(crate) fn pull(&self, name: &str, platform: &Platform) -> Result<StageImage> {
         // A named build context stands in for the image it names.
-        let reference = self
-            .opts
-            .named_contexts
-            .get(name)
-            .map_or(name, String::as_str);
+        let source = match self.opts.named_contexts.get(name) {
+            Some(source) => source.clone(),
+            None => ImageSource::of_name(name)?,
+        };
+        let reference = source.display_name();
         self.emit(Event::Pulling {
-            reference: reference.to_owned(),
+            reference: reference.clone(),
         });
-        let (digest, downloaded) = if let Some(path) = reference.strip_prefix("oci-layout://") {
-            (self.import_layout(path, platform)?, 0)
-        } else {
-            let parsed = Reference::parse(reference)?;
-            match parsed
+        let (digest, downloaded) = match &source {
+            ImageSource::OciLayout { path, tag } => {
+                (self.import_layout(path, tag.as_deref(), platform)?, 0)
+            }
+            ImageSource::Image(parsed) => match parsed
                 .digest()
                 .filter(|d| self.complete_locally(d, platform))
             {
@@ -289,23 +291,23 @@ impl Engine {
                     // The manifest and config only: the layers come when a step needs the
                     // filesystem or an output needs their bytes.
                     let pulled = self.runtime.block_on(self.registry.pull_manifest(
-                        &parsed,
+                        parsed,
                         platform,
                         &self.state.layout,
                     ))?;
                     (pulled.manifest_digest, pulled.downloaded)
                 }
-            }
+            },
         };
         let mut image = self.image_in_state(&digest, platform)?;
-        if !reference.starts_with("oci-layout://") {
+        if matches!(source, ImageSource::Image(_)) {
             for layer in &image.layers {
-                self.note_source(&layer.digest, reference)?;
+                self.note_source(&layer.digest, &reference)?;
             }
         }
-        image.base_reference = Some(reference.to_owned());
+        image.base_reference = Some(reference.clone());
         self.emit(Event::Pulled {
-            reference: reference.to_owned(),
+            reference,
             digest,
             downloaded,
         });
@@ -318,11 +320,11 @@ impl Engine {
         self.platform_manifest(&self.state.layout, digest, platform)
             .ok()
             .and_then(|d| {
-                let (config, layers) = image_manifest(&self.state.layout, &d).ok()?;
+                let image = image_manifest(&self.state.layout, &d).ok()?;
                 Some(
-                    std::iter::once(&config)
-                        .chain(&layers)
-                        .all(|blob| self.state.layout.has_blob(&blob.digest)),
+                    std::iter::once(image.config())
+                        .chain(image.layers())
+                        .all(|blob| self.state.layout.has_blob(blob.digest().as_ref())),
                 )
             })
             .unwrap_or(false)
@@ -336,24 +338,30 @@ impl Engine {
         platform: &Platform,
     ) -> Result<String> {
         match Manifest::parse(&layout.read_blob(digest)?, digest)? {
-            Manifest::Image { .. } => Ok(digest.to_owned()),
-            // Every entry of a parsed index has a valid digest.
-            Manifest::Index { manifests, .. } => platform.select(&manifests, digest)?["digest"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| Error::Invalid(format!("index {digest}: an entry has no digest"))),
+            Manifest::Image(_) => Ok(digest.to_owned()),
+            Manifest::Index(index) => Ok(platform
+                .select(index.manifests(), digest)?
+                .digest()
+                .to_string()),
         }
     }
 
-    /// Copies an image out of an OCI layout directory (`PATH[:TAG]`) into the state.
-    pub(crate) fn import_layout(&self, spec: &str, platform: &Platform) -> Result<String> {
-        let (path, tag) = match spec.rsplit_once(':') {
-            Some((path, tag)) if !tag.contains('/') => (path, Some(tag)),
-            _ => (spec, None),
+    /// Copies an image out of the OCI layout directory `path` (the one named `tag`, or the
+    /// only one there) into the state.
+    pub(crate) fn import_layout(
+        &self,
+        path: &Path,
+        tag: Option<&str>,
+        platform: &Platform,
+    ) -> Result<String> {
+        let spec = ImageSource::OciLayout {
+            path: path.to_owned(),
+            tag: tag.map(str::to_owned),
         };
-        if !Path::new(path).join("index.json").is_file() {
+        if !path.join("index.json").is_file() {
             return Err(Error::Invalid(format!(
-                "oci-layout://{spec}: {path} is not an OCI image layout (no index.json)"
+                "{spec}: {} is not an OCI image layout (no index.json)",
+                path.display()
             )));
         }
         let source = Layout::open(path)?;
@@ -361,12 +369,12 @@ impl Engine {
             Some(tag) => source.image_manifest(tag, platform)?,
             None => {
                 let index = source.index()?;
-                let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+                let manifests = index.manifests();
                 match manifests.as_slice() {
-                    [only] => only["digest"].as_str().unwrap_or_default().to_owned(),
+                    [only] => only.digest().to_string(),
                     _ => {
                         return Err(Error::Invalid(format!(
-                            "oci-layout://{spec}: the layout holds {} images; name one with :TAG",
+                            "{spec}: the layout holds {} images; name one with :TAG",
                             manifests.len()
                         )));
                     }
@@ -374,10 +382,10 @@ impl Engine {
             }
         };
         let digest = self.platform_manifest(&source, &digest, platform)?;
-        let (config, layers) = image_manifest(&source, &digest)?;
+        let image = image_manifest(&source, &digest)?;
         source.copy_blob(&digest, &self.state.layout)?;
-        for blob in std::iter::once(&config).chain(&layers) {
-            source.copy_blob(&blob.digest, &self.state.layout)?;
+        for blob in std::iter::once(image.config()).chain(image.layers()) {
+            source.copy_blob(blob.digest().as_ref(), &self.state.layout)?;
         }
         Ok(digest)
     }
@@ -386,8 +394,9 @@ impl Engine {
     pub(crate) fn image_in_state(&self, digest: &str, platform: &Platform) -> Result<StageImage> {
         let layout = &self.state.layout;
         let digest = self.platform_manifest(layout, digest, platform)?;
-        let (config_blob, descriptors) = image_manifest(layout, &digest)?;
-        let config_digest = &config_blob.digest;
+        let image = image_manifest(layout, &digest)?;
+        let descriptors = image.layers();
+        let config_digest = image.config().digest().as_ref();
         let config: ImageConfig = serde_json::from_slice(&layout.read_blob(config_digest)?)
             .map_err(|e| Error::Invalid(format!("image config {config_digest}: {e}")))?;
         if descriptors.len() != config.rootfs.diff_ids.len() {
@@ -398,16 +407,15 @@ impl Engine {
             )));
         }
         let layers = descriptors
-            .into_iter()
+            .iter()
             .zip(&config.rootfs.diff_ids)
             .map(|(d, diff_id)| LayerRef {
-                digest: d.digest,
+                digest: d.digest().to_string(),
                 diff_id: diff_id.clone(),
-                size: d.size,
-                media_type: if d.media_type.is_empty() {
-                    "application/vnd.oci.image.layer.v1.tar+gzip".to_owned()
-                } else {
-                    d.media_type
+                size: d.size(),
+                media_type: match d.media_type().to_string() {
+                    t if t.is_empty() => "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
+                    t => t,
                 },
             })
             .collect();
@@ -516,10 +524,10 @@ impl Engine {
 
 /// The config and layer descriptors of the image manifest `digest` in `layout`, parsed and
 /// validated (digests, sizes, media types); an index is an error here.
-fn image_manifest(layout: &Layout, digest: &str) -> Result<(Descriptor, Vec<Descriptor>)> {
+fn image_manifest(layout: &Layout, digest: &str) -> Result<ImageManifest> {
     match Manifest::parse(&layout.read_blob(digest)?, digest)? {
-        Manifest::Image { config, layers, .. } => Ok((config, layers)),
-        Manifest::Index { .. } => Err(Error::Invalid(format!(
+        Manifest::Image(image) => Ok(*image),
+        Manifest::Index(_) => Err(Error::Invalid(format!(
             "{digest} is an image index where an image manifest was expected"
         ))),
     }

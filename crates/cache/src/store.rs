@@ -11,18 +11,9 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::key::{CacheKey, KeyInputs};
 
-/// The layer a cached step produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedLayer {
-    /// Digest of the compressed blob.
-    pub digest: String,
-    /// Digest of the uncompressed tar.
-    pub diff_id: String,
-    /// Size of the blob.
-    pub size: u64,
-    /// Its media type.
-    pub media_type: String,
-}
+/// The layer a cached step produced: the vocabulary's layer, whose serde form is what
+/// cache entries hold.
+pub type CachedLayer = strata_oci::LayerBlob;
 
 /// What a step produced: its layer (none for steps that only change the config) and the
 /// config changes it made, under its key.

@@ -150,6 +150,24 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A digest from text, checked ([`validate_digest`]) and typed as oci-spec's
+/// [`oci_spec::image::Digest`], the form descriptors carry.
+///
+/// ```
+/// let digest = strata_oci::digest::parse(&strata_oci::digest::sha256(b"x"))?;
+/// assert_eq!(digest.algorithm().to_string(), "sha256");
+/// assert!(strata_oci::digest::parse("sha256:../../etc").is_err());
+/// # Ok::<(), strata_oci::Error>(())
+/// ```
+pub fn parse(digest: &str) -> crate::Result<oci_spec::image::Digest> {
+    let invalid = |message: String| crate::Error::InvalidDigest {
+        digest: digest.to_owned(),
+        message,
+    };
+    validate_digest(digest).map_err(invalid)?;
+    digest.parse().map_err(|e| invalid(format!("{e}")))
+}
+
 /// Checks a digest (`algorithm:hex`): known algorithms must have their exact length.
 pub fn validate_digest(digest: &str) -> std::result::Result<(), String> {
     let Some((algorithm, hex)) = digest.split_once(':') else {

@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use serde_json::{Value, json};
 
 use crate::digest::{Hasher, validate_digest};
@@ -26,6 +27,45 @@ pub struct BlobInfo {
     pub digest: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// An image layer as manifests, configs and caches speak of it: its blob (digest, size,
+/// media type) and its `diff_id`, the digest of the uncompressed tar. The cache records it
+/// with these field names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerBlob {
+    /// Digest of the (compressed) blob.
+    pub digest: String,
+    /// Digest of the uncompressed tar, for the image config's `rootfs.diff_ids`.
+    pub diff_id: String,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    /// Media type of the blob.
+    pub media_type: String,
+}
+
+impl LayerBlob {
+    /// The blob's descriptor, with its media type as `media_type` (a manifest may spell a
+    /// layer's type its own way).
+    pub fn descriptor(&self, media_type: &str) -> Result<Descriptor> {
+        let blob = BlobInfo {
+            digest: self.digest.clone(),
+            size: self.size,
+        };
+        blob.descriptor(media_type)
+    }
+}
+
+impl BlobInfo {
+    /// The descriptor of this blob as `media_type`, for a manifest or [`Layout::tag`].
+    pub fn descriptor(&self, media_type: &str) -> Result<Descriptor> {
+        let digest = crate::digest::parse(&self.digest)?;
+        Ok(Descriptor::new(
+            MediaType::from(media_type),
+            self.size,
+            digest,
+        ))
+    }
 }
 
 /// An OCI image layout on disk.
@@ -180,10 +220,13 @@ impl Layout {
         self.write_blob(bytes, None)
     }
 
-    /// Records `descriptor` (a manifest or index descriptor, as JSON) in `index.json` under
-    /// `name`, replacing what had that name; `name` may be empty for an unnamed entry.
-    pub fn tag(&self, name: &str, descriptor: &Value) -> Result<()> {
-        let mut entry = descriptor.clone();
+    /// Records `descriptor` (a manifest's or an index's) in `index.json` under `name`,
+    /// replacing what had that name; `name` may be empty for an unnamed entry.
+    pub fn tag(&self, name: &str, descriptor: &Descriptor) -> Result<()> {
+        let mut entry = serde_json::to_value(descriptor).map_err(|e| Error::Malformed {
+            path: self.root.join("index.json"),
+            message: format!("the descriptor for `{name}` does not serialise: {e}"),
+        })?;
         if !name.is_empty() {
             entry["annotations"][REF_NAME] = json!(name);
         }
@@ -214,7 +257,7 @@ impl Layout {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| Error::io(&lock_path)(e.into()))?;
         let index_path = self.root.join("index.json");
-        let mut index = self.index()?;
+        let mut index = self.index_value()?;
         let manifests = index["manifests"]
             .as_array_mut()
             .ok_or_else(|| Error::Malformed {
@@ -231,7 +274,17 @@ impl Layout {
     }
 
     /// The parsed `index.json`.
-    pub fn index(&self) -> Result<Value> {
+    pub fn index(&self) -> Result<ImageIndex> {
+        let path = self.root.join("index.json");
+        serde_json::from_value(self.index_value()?).map_err(|e| Error::Malformed {
+            path,
+            message: format!("not an image index: {e}"),
+        })
+    }
+
+    /// `index.json` as JSON, for the code that keeps what it does not know ([`Layout::tag`]
+    /// rewrites it) or must read a broken one ([`Layout::verify`]).
+    pub(crate) fn index_value(&self) -> Result<Value> {
         let path = self.root.join("index.json");
         let bytes = fs::read(&path).map_err(Error::io(&path))?;
         let index: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
@@ -251,40 +304,29 @@ impl Layout {
     /// `name` records an index, the index entry for the platform. Returns its digest.
     pub fn image_manifest(&self, name: &str, platform: &Platform) -> Result<String> {
         let descriptor = self.resolve(name)?;
-        let digest = descriptor["digest"]
-            .as_str()
-            .ok_or_else(|| Error::Malformed {
-                path: self.root.join("index.json"),
-                message: format!("the entry for `{name}` has no digest"),
-            })?;
-        let blob = self.read_blob(digest)?;
-        let manifest: Value = serde_json::from_slice(&blob).map_err(|e| Error::Malformed {
-            path: self.blob_path(digest).unwrap_or_default(),
-            message: format!("not JSON: {e}"),
-        })?;
-        let Some(entries) = manifest["manifests"].as_array() else {
-            return Ok(digest.to_owned());
-        };
-        let reference = format!("{}:{name}", self.root.display());
-        let chosen = platform.select(entries, &reference)?;
-        chosen["digest"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::Malformed {
-                path: self.root.join("index.json"),
-                message: format!("the index of `{name}` has an entry without a digest"),
-            })
+        let digest = descriptor.digest().to_string();
+        let blob = self.read_blob(&digest)?;
+        match Manifest::parse(&blob, &digest)? {
+            Manifest::Image(_) => Ok(digest),
+            Manifest::Index(index) => {
+                let reference = format!("{}:{name}", self.root.display());
+                let chosen = platform.select(index.manifests(), &reference)?;
+                Ok(chosen.digest().to_string())
+            }
+        }
     }
 
     /// The descriptor recorded under `name`.
-    pub fn resolve(&self, name: &str) -> Result<Value> {
-        let index = self.index()?;
-        index["manifests"]
-            .as_array()
-            .and_then(|m| {
-                m.iter()
-                    .rev()
-                    .find(|d| d["annotations"][REF_NAME] == json!(name))
+    pub fn resolve(&self, name: &str) -> Result<Descriptor> {
+        self.index()?
+            .manifests()
+            .iter()
+            .rev()
+            .find(|d| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .is_some_and(|n| n == name)
             })
             .cloned()
             .ok_or_else(|| Error::NotFound {
@@ -300,47 +342,30 @@ impl Layout {
     /// else copied and verified; the name recorded last, once every blob is there.
     pub fn copy_image(&self, manifest_digest: &str, to: &Layout, name: &str) -> Result<()> {
         let bytes = self.read_blob(manifest_digest)?;
-        let media_type = match Manifest::parse(&bytes, manifest_digest)? {
-            Manifest::Image {
-                media_type,
-                config,
-                layers,
-            } => {
-                for descriptor in std::iter::once(&config).chain(&layers) {
-                    self.copy_blob(&descriptor.digest, to)?;
-                }
-                media_type
+        let manifest = Manifest::parse(&bytes, manifest_digest)?;
+        for descriptor in manifest.blobs() {
+            self.copy_blob(descriptor.digest().as_ref(), to)?;
+        }
+        if let Manifest::Index(index) = &manifest {
+            for entry in index.manifests() {
+                // Children are copied without a name of their own.
+                self.copy_image_blobs(entry.digest().as_ref(), to)?;
             }
-            Manifest::Index {
-                media_type,
-                manifests,
-            } => {
-                for entry in &manifests {
-                    if let Some(digest) = entry["digest"].as_str() {
-                        // Children are copied without a name of their own.
-                        self.copy_image_blobs(digest, to)?;
-                    }
-                }
-                media_type
-            }
-        };
+        }
         self.copy_blob(manifest_digest, to)?;
-        to.tag(
-            name,
-            &json!({
-                "mediaType": media_type,
-                "digest": manifest_digest,
-                "size": bytes.len(),
-            }),
-        )
+        let digest = crate::digest::parse(manifest_digest)?;
+        let descriptor = Descriptor::new(
+            MediaType::from(manifest.media_type().as_str()),
+            bytes.len() as u64,
+            digest,
+        );
+        to.tag(name, &descriptor)
     }
 
     fn copy_image_blobs(&self, manifest_digest: &str, to: &Layout) -> Result<()> {
         let bytes = self.read_blob(manifest_digest)?;
-        if let Manifest::Image { config, layers, .. } = Manifest::parse(&bytes, manifest_digest)? {
-            for descriptor in std::iter::once(&config).chain(&layers) {
-                self.copy_blob(&descriptor.digest, to)?;
-            }
+        for descriptor in Manifest::parse(&bytes, manifest_digest)?.blobs() {
+            self.copy_blob(descriptor.digest().as_ref(), to)?;
         }
         self.copy_blob(manifest_digest, to)
     }

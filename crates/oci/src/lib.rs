@@ -4,8 +4,11 @@
 //!   bytes flow ([`Hasher`], [`HashingWriter`], [`HashingReader`]).
 //! - [`Platform`]: an OS/architecture/variant triple, parsed and normalised once, that picks
 //!   an image from an index.
-//! - [`Manifest`] and [`Descriptor`]: image manifests and indexes read from untrusted JSON
-//!   and checked once (digests valid, sizes numbers, documents bounded).
+//! - [`Manifest`]: image manifests and indexes read from untrusted JSON, checked once
+//!   (digests valid, sizes numbers, documents bounded) and given as oci-spec's
+//!   [`ImageManifest`] and [`ImageIndex`], whose [`Descriptor`]s carry typed [`Digest`]s and
+//!   platforms. These oci-spec types are what crates pass each other; they are re-exported
+//!   here, and the whole of oci-spec as [`spec`].
 //! - [`Layout`]: an OCI image-layout directory with content-addressed, digest-verified blobs
 //!   written atomically, a lock-protected `index.json`, and [`Layout::verify`].
 //!
@@ -39,9 +42,12 @@ mod verify;
 
 pub use digest::{Hasher, HashingReader, HashingWriter, validate_digest};
 pub use error::{Error, Result};
-pub use layout::{BlobInfo, Layout, REF_NAME};
+pub use layout::{BlobInfo, LayerBlob, Layout, REF_NAME};
 pub use manifest::{
-    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
+    DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
 };
+/// oci-spec, the OCI specifications' types, as this crate uses them.
+pub use oci_spec::image as spec;
+pub use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
 pub use platform::Platform;
 pub use verify::{Fault, LayoutReport};

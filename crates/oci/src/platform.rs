@@ -4,8 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -67,14 +67,9 @@ impl Platform {
         }
     }
 
-    /// The platform of an index entry's `platform` object, normalised, when it has one.
-    pub fn of_entry(entry: &Value) -> Option<Platform> {
-        let platform = &entry["platform"];
-        Some(Platform::new(
-            platform["os"].as_str()?,
-            platform["architecture"].as_str()?,
-            platform["variant"].as_str(),
-        ))
+    /// The platform of an index entry, normalised, when it names one.
+    pub fn of_entry(entry: &Descriptor) -> Option<Platform> {
+        entry.platform().as_ref().map(Platform::from)
     }
 
     /// Whether an image for `other` runs here: same OS and architecture, and the same
@@ -96,9 +91,9 @@ impl Platform {
         Platform::new(&self.os, &self.architecture, self.variant.as_deref())
     }
 
-    /// The entry of an index's `manifests` (as JSON) for this platform, or an error naming
+    /// The entry of an index's `manifests` for this platform, or an error naming
     /// `reference` and listing the platforms the index has.
-    pub fn select<'a>(&self, entries: &'a [Value], reference: &str) -> Result<&'a Value> {
+    pub fn select<'a>(&self, entries: &'a [Descriptor], reference: &str) -> Result<&'a Descriptor> {
         entries
             .iter()
             .find(|entry| Platform::of_entry(entry).is_some_and(|p| self.accepts(&p)))
@@ -113,6 +108,28 @@ impl Platform {
                     .collect::<Vec<_>>()
                     .join(", "),
             })
+    }
+}
+
+/// oci-spec's platform (an index entry's, an image config's), normalised.
+impl From<&oci_spec::image::Platform> for Platform {
+    fn from(platform: &oci_spec::image::Platform) -> Platform {
+        Platform::new(
+            &platform.os().to_string(),
+            &platform.architecture().to_string(),
+            platform.variant().as_deref(),
+        )
+    }
+}
+
+/// The oci-spec form, for an index entry or an image config.
+impl From<&Platform> for oci_spec::image::Platform {
+    fn from(platform: &Platform) -> oci_spec::image::Platform {
+        let mut spec = oci_spec::image::Platform::default();
+        spec.set_os(platform.os.as_str().into());
+        spec.set_architecture(platform.architecture.as_str().into());
+        spec.set_variant(platform.variant.clone());
+        spec
     }
 }
 
@@ -163,6 +180,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn entries(values: Vec<serde_json::Value>) -> Vec<Descriptor> {
+        values
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect()
+    }
+
     fn p(text: &str) -> Platform {
         text.parse().unwrap()
     }
@@ -205,24 +229,37 @@ mod tests {
 
     #[test]
     fn index_entries_are_chosen_by_normalised_platform() {
-        let entries = vec![
-            json!({"digest": "a", "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}}),
-            json!({"digest": "b", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}),
-            json!({"digest": "c", "platform": {"os": "linux", "architecture": "amd64"}}),
-            json!({"digest": "d", "platform": {"os": "linux", "architecture": "arm"}}),
-        ];
-        let pick = |text: &str| p(text).select(&entries, "r").unwrap()["digest"].clone();
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let entry = |c: char, platform: serde_json::Value| json!({"mediaType": "m", "size": 1, "digest": d(c), "platform": platform});
+        let entries = entries(vec![
+            entry(
+                'a',
+                json!({"os": "linux", "architecture": "arm", "variant": "v6"}),
+            ),
+            entry(
+                'b',
+                json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
+            ),
+            entry('c', json!({"os": "linux", "architecture": "amd64"})),
+            entry('d', json!({"os": "linux", "architecture": "arm"})),
+        ]);
+        let pick = |text: &str| p(text).select(&entries, "r").unwrap().digest().to_string();
         let by_hand = Platform {
             os: "linux".into(),
             architecture: "aarch64".into(),
             variant: Some("v8".into()),
         };
-        assert_eq!(by_hand.select(&entries, "r").unwrap()["digest"], "b");
-        assert_eq!(pick("linux/aarch64"), "b");
-        assert_eq!(pick("linux/amd64"), "c");
-        assert_eq!(pick("linux/arm/v6"), "a");
+        assert_eq!(
+            by_hand.select(&entries, "r").unwrap().digest().to_string(),
+            d('b')
+        );
+        assert_eq!(pick("linux/aarch64"), d('b'));
+        assert_eq!(pick("linux/amd64"), d('c'));
+        assert_eq!(pick("linux/arm/v6"), d('a'));
         // An entry without a variant is arm/v7, as BuildKit and containerd read it.
-        assert_eq!(pick("linux/arm"), "d");
+        assert_eq!(pick("linux/arm"), d('d'));
+        let spec = oci_spec::image::Platform::from(&p("linux/arm/v6"));
+        assert_eq!(Platform::from(&spec), p("linux/arm/v6"));
         let error = p("linux/s390x").select(&entries, "img").unwrap_err();
         assert!(
             matches!(&error, Error::NoPlatform { available, .. } if available == "linux/arm/v6, linux/arm64, linux/amd64, linux/arm/v7"),

@@ -5,8 +5,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::manifest::Manifest;
@@ -72,7 +70,7 @@ impl Layout {
         }
         report.leftovers = read_dir(&self.root().join("tmp"))?;
         let index_path = self.root().join("index.json");
-        let index = match self.index() {
+        let index = match self.index_value() {
             Ok(index) => index,
             Err(e) => {
                 report.faults.push(Fault {
@@ -90,12 +88,18 @@ impl Layout {
             .flatten()
             .enumerate()
         {
-            if let Some(message) = self.missing(entry, 0) {
-                broken.extend(entry["digest"].as_str().map(str::to_owned));
+            let digest = entry["digest"].as_str();
+            let fault = match digest {
+                Some(digest) => self.missing(digest, 0),
+                None => Some("has no digest".to_owned()),
+            };
+            if let Some(message) = fault {
+                broken.extend(digest.map(str::to_owned));
                 report.faults.push(Fault {
                     path: index_path.clone(),
                     message: format!("entry {i}: {message}"),
-                    repaired: repair,
+                    // An entry without a digest cannot be named to be dropped.
+                    repaired: repair && digest.is_some(),
                 });
             }
         }
@@ -105,9 +109,8 @@ impl Layout {
         Ok(report)
     }
 
-    /// What the manifest a descriptor names lacks (itself, a blob, a child manifest).
-    fn missing(&self, descriptor: &Value, depth: usize) -> Option<String> {
-        let digest = descriptor["digest"].as_str()?;
+    /// What the manifest `digest` names lacks (itself, a blob, a child manifest).
+    fn missing(&self, digest: &str, depth: usize) -> Option<String> {
         if !self.has_blob(digest) {
             return Some(format!("manifest {digest} is missing"));
         }
@@ -116,18 +119,19 @@ impl Layout {
         }
         let bytes = self.read_blob(digest).ok()?;
         match Manifest::parse(&bytes, digest) {
-            Ok(Manifest::Image { config, layers, .. }) => std::iter::once(&config)
-                .chain(&layers)
-                .find(|d| !self.has_blob(&d.digest))
+            Ok(Manifest::Image(image)) => std::iter::once(image.config())
+                .chain(image.layers())
+                .find(|d| !self.has_blob(d.digest().as_ref()))
                 .map(|d| {
                     format!(
                         "manifest {digest} needs blob {}, which is missing",
-                        d.digest
+                        d.digest()
                     )
                 }),
-            Ok(Manifest::Index { manifests, .. }) => manifests
+            Ok(Manifest::Index(index)) => index
+                .manifests()
                 .iter()
-                .find_map(|child| self.missing(child, depth + 1)),
+                .find_map(|child| self.missing(child.digest().as_ref(), depth + 1)),
             Err(e) => Some(e.to_string()),
         }
     }

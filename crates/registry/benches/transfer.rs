@@ -28,7 +28,7 @@ fn image() -> (PathBuf, String) {
         .join(format!("../../target/strata-bench-image-{}", image_mib()));
     let layout = Layout::open(&root).unwrap();
     if let Ok(descriptor) = layout.resolve("bench") {
-        return (root, descriptor["digest"].as_str().unwrap().to_owned());
+        return (root, descriptor.digest().to_string());
     }
     let per_layer = (image_mib() << 20) / 8;
     let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -60,7 +60,10 @@ fn image() -> (PathBuf, String) {
     .unwrap();
     let manifest = layout.write_blob_bytes(&manifest).unwrap();
     layout
-        .tag("bench", &json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest.digest, "size": manifest.size}))
+        .tag(
+            "bench",
+            &manifest.descriptor(strata_registry::OCI_MANIFEST).unwrap(),
+        )
         .unwrap();
     (root, manifest.digest)
 }

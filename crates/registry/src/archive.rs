@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::reference::{DOCKER_HUB, Reference};
-use strata_oci::Layout;
+use strata_oci::{Layout, Manifest};
 
 fn header(size: u64, mode: u32) -> tar::Header {
     let mut header = tar::Header::new_ustar();
@@ -42,6 +42,75 @@ fn docker_name(reference: &Reference) -> String {
     format!("{repository}:{}", reference.tag().unwrap_or("latest"))
 }
 
+/// What a docker-archive holds, named as `docker load` reads them.
+struct ArchiveParts<'a> {
+    config_digest: &'a str,
+    /// `<hex>.json`.
+    config_name: &'a str,
+    /// Each layer's digest and its `blobs/sha256/<hex>` name, bottom first.
+    layers: Vec<(&'a str, &'a String)>,
+    /// `manifest.json`.
+    manifest: &'a [u8],
+    /// `repositories`.
+    repositories: &'a [u8],
+}
+
+impl ArchiveParts<'_> {
+    /// The archive's tar into `file` (`path` names it in errors): directories, config,
+    /// each layer once, `manifest.json`, `repositories`.
+    fn write(&self, layout: &Layout, file: &std::fs::File, path: &Path) -> Result<()> {
+        let io = |e| Error::io(path)(e);
+        let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
+        let mut dir_header = header(0, 0o755);
+        dir_header.set_entry_type(tar::EntryType::Directory);
+        builder
+            .append_data(&mut dir_header, "blobs/", std::io::empty())
+            .map_err(io)?;
+        builder
+            .append_data(&mut dir_header.clone(), "blobs/sha256/", std::io::empty())
+            .map_err(io)?;
+        let config = layout.read_blob(self.config_digest)?;
+        builder
+            .append_data(
+                &mut header(config.len() as u64, 0o644),
+                self.config_name,
+                config.as_slice(),
+            )
+            .map_err(io)?;
+        let mut written = std::collections::HashSet::new();
+        for (digest, name) in &self.layers {
+            if !written.insert(*name) {
+                continue;
+            }
+            let blob = layout.open_blob(digest)?;
+            let size = blob
+                .metadata()
+                .map_err(Error::io(layout.blob_path(digest)?))?
+                .len();
+            builder
+                .append_data(&mut header(size, 0o644), name.as_str(), blob)
+                .map_err(io)?;
+        }
+        builder
+            .append_data(
+                &mut header(self.manifest.len() as u64, 0o644),
+                "manifest.json",
+                self.manifest,
+            )
+            .map_err(io)?;
+        builder
+            .append_data(
+                &mut header(self.repositories.len() as u64, 0o644),
+                "repositories",
+                self.repositories,
+            )
+            .map_err(io)?;
+        let mut writer = builder.into_inner().map_err(io)?;
+        writer.flush().map_err(io)?;
+        Ok(())
+    }
+}
+
 /// Writes the image whose manifest is `manifest_digest` in `layout` as a docker-archive at
 /// `path`, tagged with `tags`.
 pub fn write_docker_archive(
@@ -56,21 +125,15 @@ pub fn write_docker_archive(
         path: manifest_path.clone(),
         message: message.to_owned(),
     };
-    let manifest: Value = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| bad(&format!("manifest is not JSON: {e}")))?;
-    let config_digest = manifest["config"]["digest"]
-        .as_str()
-        .ok_or_else(|| bad("manifest without a config"))?;
-    let layers: Vec<&str> = manifest["layers"]
-        .as_array()
-        .ok_or_else(|| bad("manifest without layers"))?
+    let Manifest::Image(manifest) = Manifest::parse(&manifest_bytes, manifest_digest)? else {
+        return Err(bad("an image index, where an image manifest was expected"));
+    };
+    let config_digest = manifest.config().digest().as_ref();
+    let layers: Vec<&str> = manifest
+        .layers()
         .iter()
-        .map(|l| {
-            l["digest"]
-                .as_str()
-                .ok_or_else(|| bad("layer without a digest"))
-        })
-        .collect::<Result<_>>()?;
+        .map(|l| l.digest().as_ref())
+        .collect();
     let hex = |digest: &str| strata_oci::digest::hex_part(digest).to_owned();
     let config_name = format!("{}.json", hex(config_digest));
     let layer_names: Vec<String> = layers
@@ -102,56 +165,14 @@ pub fn write_docker_archive(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
-    let io = |e| Error::io(path)(e);
-    {
-        let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
-        let mut dir_header = header(0, 0o755);
-        dir_header.set_entry_type(tar::EntryType::Directory);
-        builder
-            .append_data(&mut dir_header, "blobs/", std::io::empty())
-            .map_err(io)?;
-        builder
-            .append_data(&mut dir_header.clone(), "blobs/sha256/", std::io::empty())
-            .map_err(io)?;
-        let config = layout.read_blob(config_digest)?;
-        builder
-            .append_data(
-                &mut header(config.len() as u64, 0o644),
-                &config_name,
-                config.as_slice(),
-            )
-            .map_err(io)?;
-        let mut written = std::collections::HashSet::new();
-        for (digest, name) in layers.iter().zip(&layer_names) {
-            if !written.insert(name.clone()) {
-                continue;
-            }
-            let blob = layout.open_blob(digest)?;
-            let size = blob
-                .metadata()
-                .map_err(Error::io(layout.blob_path(digest)?))?
-                .len();
-            builder
-                .append_data(&mut header(size, 0o644), name, blob)
-                .map_err(io)?;
-        }
-        builder
-            .append_data(
-                &mut header(docker_manifest.len() as u64, 0o644),
-                "manifest.json",
-                docker_manifest.as_slice(),
-            )
-            .map_err(io)?;
-        builder
-            .append_data(
-                &mut header(repositories.len() as u64, 0o644),
-                "repositories",
-                repositories.as_slice(),
-            )
-            .map_err(io)?;
-        let mut writer = builder.into_inner().map_err(io)?;
-        writer.flush().map_err(io)?;
-    }
+    let parts = ArchiveParts {
+        config_digest,
+        config_name: &config_name,
+        layers: layers.iter().copied().zip(&layer_names).collect(),
+        manifest: &docker_manifest,
+        repositories: &repositories,
+    };
+    parts.write(layout, tmp.as_file(), path)?;
     tmp.as_file().sync_all().map_err(Error::io(tmp.path()))?;
     tmp.persist(path).map_err(|e| Error::io(path)(e.error))?;
     Ok(())

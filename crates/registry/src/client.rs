@@ -24,7 +24,8 @@ use crate::http::{HttpError, Session, SessionOptions, Timeouts, read_limited, st
 use crate::progress::{Direction, Meter, ProgressSink};
 use crate::reference::{Reference, is_loopback_host};
 use strata_oci::{
-    DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST,
+    DOCKER_LIST, DOCKER_MANIFEST, ImageManifest, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX,
+    OCI_MANIFEST,
 };
 use strata_oci::{Layout, Platform};
 
@@ -46,6 +47,17 @@ pub struct PulledImage {
     pub layer_digests: Vec<String>,
     /// Blobs that were downloaded (the others were in the layout already).
     pub downloaded: usize,
+}
+
+impl PulledImage {
+    /// The manifest's descriptor, to record it in a layout with [`Layout::tag`].
+    pub fn descriptor(&self) -> Result<strata_oci::Descriptor> {
+        let blob = strata_oci::BlobInfo {
+            digest: self.manifest_digest.clone(),
+            size: self.manifest_size,
+        };
+        Ok(blob.descriptor(&self.media_type)?)
+    }
 }
 
 /// Options for a [`RegistryClient`].
@@ -489,12 +501,11 @@ impl RegistryClient {
         }
         let name = reference.to_string();
         let mut manifest = Manifest::parse(&bytes, &name)?;
-        if let Manifest::Index { manifests, .. } = &manifest {
-            let chosen = platform.select(manifests, &name)?;
-            let digest = chosen["digest"]
-                .as_str()
-                .ok_or_else(|| malformed(reference, "index entry without a digest"))?
-                .to_owned();
+        if let Manifest::Index(index) = &manifest {
+            let digest = platform
+                .select(index.manifests(), &name)?
+                .digest()
+                .to_string();
             let platform_bytes = self.get_manifest(reference, &digest).await?;
             if sha256(&platform_bytes) != digest {
                 return Err(Error::DigestMismatch {
@@ -506,23 +517,22 @@ impl RegistryClient {
             bytes = platform_bytes;
             manifest = Manifest::parse(&bytes, &name)?;
         }
-        let Manifest::Image {
-            media_type,
-            config,
-            layers,
-        } = manifest
-        else {
+        let media_type = manifest.media_type();
+        let Manifest::Image(image) = manifest else {
             return Err(malformed(reference, "an index names another index"));
         };
-        let config_digest = config.digest.clone();
-        let layer_digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+        let config_digest = image.config().digest().to_string();
+        let layer_digests: Vec<String> = image
+            .layers()
+            .iter()
+            .map(|l| l.digest().to_string())
+            .collect();
         let mut wanted: Vec<(String, u64)> = Vec::new();
-        let layers = if with_layers { layers } else { Vec::new() };
-        for descriptor in std::iter::once(config).chain(layers) {
-            if !layout.has_blob(&descriptor.digest)
-                && !wanted.iter().any(|(d, _)| *d == descriptor.digest)
-            {
-                wanted.push((descriptor.digest, descriptor.size));
+        let layers: &[_] = if with_layers { image.layers() } else { &[] };
+        for descriptor in std::iter::once(image.config()).chain(layers) {
+            let digest = descriptor.digest().as_ref();
+            if !layout.has_blob(digest) && !wanted.iter().any(|(d, _)| d == digest) {
+                wanted.push((digest.to_owned(), descriptor.size()));
             }
         }
         let downloaded = wanted.len();
@@ -664,19 +674,14 @@ impl RegistryClient {
         known: &HashMap<String, Vec<Reference>>,
     ) -> Result<PushReport> {
         let bytes = layout.read_blob(manifest_digest)?;
-        let (manifests, index_type) = match Manifest::parse(&bytes, &to.to_string())? {
-            Manifest::Image {
-                media_type,
-                config,
-                layers,
-            } => {
-                let image = (&bytes[..], media_type.as_str(), config, layers);
+        let manifest = Manifest::parse(&bytes, &to.to_string())?;
+        let index_type = manifest.media_type();
+        let index = match manifest {
+            Manifest::Image(image) => {
+                let image = (&bytes[..], index_type.as_str(), &*image);
                 return self.push_image(layout, image, to, mount_from, known).await;
             }
-            Manifest::Index {
-                manifests,
-                media_type,
-            } => (manifests, media_type),
+            Manifest::Index(index) => index,
         };
         // An index: each of its images by digest, then the index under the tag.
         let mut report = PushReport {
@@ -685,18 +690,15 @@ impl RegistryClient {
             mounted: 0,
             skipped: 0,
         };
-        for entry in &manifests {
-            let digest = entry["digest"].as_str().unwrap_or_default();
+        for entry in index.manifests() {
+            let digest = entry.digest().as_ref();
             let child = layout.read_blob(digest)?;
-            let Manifest::Image {
-                media_type,
-                config,
-                layers,
-            } = Manifest::parse(&child, digest)?
-            else {
+            let manifest = Manifest::parse(&child, digest)?;
+            let media_type = manifest.media_type();
+            let Manifest::Image(image) = manifest else {
                 return Err(malformed(to, "an index inside an index cannot be pushed"));
             };
-            let image = (&child[..], media_type.as_str(), config, layers);
+            let image = (&child[..], media_type.as_str(), &*image);
             let pushed = self
                 .push_image(layout, image, &to.with_digest(digest)?, mount_from, known)
                 .await?;
@@ -712,15 +714,16 @@ impl RegistryClient {
     async fn push_image(
         &self,
         layout: &Layout,
-        (bytes, media_type, config, layers): (&[u8], &str, Descriptor, Vec<Descriptor>),
+        (bytes, media_type, image): (&[u8], &str, &ImageManifest),
         to: &Reference,
         mount_from: &[&Reference],
         known: &HashMap<String, Vec<Reference>>,
     ) -> Result<PushReport> {
         let mut blobs: Vec<(String, u64)> = Vec::new();
-        for descriptor in std::iter::once(config).chain(layers) {
-            if !blobs.iter().any(|(d, _)| *d == descriptor.digest) {
-                blobs.push((descriptor.digest, descriptor.size));
+        for descriptor in std::iter::once(image.config()).chain(image.layers()) {
+            let digest = descriptor.digest().as_ref();
+            if !blobs.iter().any(|(d, _)| d == digest) {
+                blobs.push((digest.to_owned(), descriptor.size()));
             }
         }
         let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)

@@ -45,6 +45,7 @@ pub use reference::{DOCKER_HUB, Reference, is_loopback_host};
 pub use target::Target;
 // The OCI vocabulary the registry's API speaks, from the crate every strata crate shares.
 pub use strata_oci::{
-    BlobInfo, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Fault, Layout, LayoutReport,
-    MAX_MANIFEST_SIZE, Manifest, OCI_INDEX, OCI_MANIFEST, Platform, REF_NAME, validate_digest,
+    BlobInfo, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, Digest, Fault, ImageIndex, ImageManifest,
+    Layout, LayoutReport, MAX_MANIFEST_SIZE, Manifest, MediaType, OCI_INDEX, OCI_MANIFEST,
+    Platform, REF_NAME, spec, validate_digest,
 };

@@ -3,9 +3,8 @@
 use std::fs;
 use std::process::Command;
 
-use serde_json::json;
 use strata_oci::Error;
-use strata_registry::Layout;
+use strata_registry::{BlobInfo, Layout, OCI_MANIFEST};
 use strata_testkit::find_program;
 
 mod common;
@@ -51,14 +50,21 @@ fn tags_replace_and_resolve() {
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::open(dir.path()).unwrap();
     let first = store_busybox(&layout, "app");
-    assert_eq!(layout.resolve("app").unwrap()["digest"], first.as_str());
-    layout.tag("app", &json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:".to_owned() + &"1".repeat(64), "size": 1})).unwrap();
     assert_eq!(
-        layout.index().unwrap()["manifests"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
+        layout.resolve("app").unwrap().digest().as_ref(),
+        first.as_str()
+    );
+    let other = BlobInfo {
+        digest: "sha256:".to_owned() + &"1".repeat(64),
+        size: 1,
+    };
+    layout
+        .tag("app", &other.descriptor(OCI_MANIFEST).unwrap())
+        .unwrap();
+    assert_eq!(layout.index().unwrap().manifests().len(), 1);
+    assert_eq!(
+        layout.resolve("app").unwrap().digest().as_ref(),
+        other.digest
     );
     assert!(matches!(
         layout.resolve("missing"),
@@ -99,18 +105,18 @@ fn concurrent_taggers_lose_nothing() {
             s.spawn(move || {
                 for j in 0..10 {
                     let digest = format!("sha256:{:064x}", i * 100 + j);
-                    layout.tag(&format!("t{i}-{j}"), &json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 1})).unwrap();
+                    let blob = BlobInfo { digest, size: 1 };
+                    layout
+                        .tag(
+                            &format!("t{i}-{j}"),
+                            &blob.descriptor(OCI_MANIFEST).unwrap(),
+                        )
+                        .unwrap();
                 }
             });
         }
     });
-    assert_eq!(
-        layout.index().unwrap()["manifests"]
-            .as_array()
-            .unwrap()
-            .len(),
-        80
-    );
+    assert_eq!(layout.index().unwrap().manifests().len(), 80);
 }
 
 #[test]
@@ -160,12 +166,8 @@ fn skopeo_reads_our_docker_archive() {
     );
     let copied = Layout::open(&copy).unwrap();
     let descriptor = copied.resolve("copied").unwrap();
-    let copied_manifest: serde_json::Value = serde_json::from_slice(
-        &copied
-            .read_blob(descriptor["digest"].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let copied_manifest: serde_json::Value =
+        serde_json::from_slice(&copied.read_blob(descriptor.digest().as_ref()).unwrap()).unwrap();
     let original: serde_json::Value =
         serde_json::from_slice(&layout.read_blob(&manifest).unwrap()).unwrap();
     // skopeo compresses the plain layer and rewrites the config on the way to OCI, so compare
@@ -206,7 +208,12 @@ fn an_index_in_a_layout_resolves_per_platform() {
             .unwrap(),
         )
         .unwrap();
-    layout.tag("multi", &serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index.digest, "size": index.size})).unwrap();
+    layout
+        .tag(
+            "multi",
+            &index.descriptor(strata_registry::OCI_INDEX).unwrap(),
+        )
+        .unwrap();
     let arm = strata_registry::Platform {
         os: "linux".into(),
         architecture: "arm64".into(),

@@ -215,7 +215,12 @@ async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
     }))
     .unwrap();
     let index = layout.write_blob_bytes(&index).unwrap();
-    layout.tag("multi", &json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index.digest, "size": index.size})).unwrap();
+    layout
+        .tag(
+            "multi",
+            &index.descriptor(strata_registry::OCI_INDEX).unwrap(),
+        )
+        .unwrap();
     // skopeo copies the whole index: an independent client writes it to the registry.
     let to = format!("{}/multi/app:1", registry.host());
     skopeo(&[

@@ -41,7 +41,10 @@ pub fn store_busybox_for(layout: &Layout, name: &str, arch: &str) -> String {
     .unwrap();
     let manifest = layout.write_blob_bytes(&manifest).unwrap();
     layout
-        .tag(name, &json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest.digest, "size": manifest.size}))
+        .tag(
+            name,
+            &manifest.descriptor(strata_registry::OCI_MANIFEST).unwrap(),
+        )
         .unwrap();
     manifest.digest
 }
