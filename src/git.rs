@@ -556,6 +556,47 @@ fn fetch_with(
             .with_ref_name(Some(r))
             .map_err(|e| Error::Context(format!("{shown}: ref `{r}`: {e}")))?,
     };
+    prepare = with_connection(prepare, source, auth)?;
+    // gix has no size limit of its own: a watchdog stops the fetch when what it wrote passes
+    // the download limit (a hostile server's endless pack must not fill the disk).
+    let interrupt = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let too_big = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if disk_usage(repo_dir) > limit {
+                    too_big.store(true, Ordering::SeqCst);
+                    interrupt.store(true, Ordering::SeqCst);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let result = prepare.fetch_only(gix::progress::Discard, &interrupt);
+        done.store(true, Ordering::SeqCst);
+        result
+    });
+    if too_big.load(Ordering::SeqCst) || disk_usage(repo_dir) > limit {
+        return Err(Error::Fetch {
+            location: shown.clone(),
+            kind: ErrorKind::Invalid,
+            message: format!(
+                "the repository's data is larger than the download limit of {limit} bytes"
+            ),
+        });
+    }
+    let (repo, _outcome) = result.map_err(|e| fail(format!("{e:#}")))?;
+    Ok(repo)
+}
+
+/// The fetch with the source's credentials (and a note in `auth` of whether the server
+/// asked without any, or refused them) and its TLS settings (extra CAs, or no verification).
+fn with_connection(
+    mut prepare: gix::clone::PrepareFetch,
+    source: &GitSource,
+    auth: &Arc<AuthState>,
+) -> Result<gix::clone::PrepareFetch> {
     let credentials = source.credentials.clone();
     let mut ca = Vec::new();
     for path in &source.ca_files {
@@ -598,37 +639,7 @@ fn fetch_with(
         connection.set_transport_options(Box::new(http_options(&ca, insecure)));
         Ok(())
     });
-    // gix has no size limit of its own: a watchdog stops the fetch when what it wrote passes
-    // the download limit (a hostile server's endless pack must not fill the disk).
-    let interrupt = AtomicBool::new(false);
-    let done = AtomicBool::new(false);
-    let too_big = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if disk_usage(repo_dir) > limit {
-                    too_big.store(true, Ordering::SeqCst);
-                    interrupt.store(true, Ordering::SeqCst);
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        });
-        let result = prepare.fetch_only(gix::progress::Discard, &interrupt);
-        done.store(true, Ordering::SeqCst);
-        result
-    });
-    if too_big.load(Ordering::SeqCst) || disk_usage(repo_dir) > limit {
-        return Err(Error::Fetch {
-            location: shown.clone(),
-            kind: ErrorKind::Invalid,
-            message: format!(
-                "the repository's data is larger than the download limit of {limit} bytes"
-            ),
-        });
-    }
-    let (repo, _outcome) = result.map_err(|e| fail(format!("{e:#}")))?;
-    Ok(repo)
+    Ok(prepare)
 }
 
 /// Bytes of the files below `dir`.

@@ -164,15 +164,7 @@ impl Engine {
         }
 
         let root = self.materialize(rootfs, &image.layers)?;
-        let (source_ctx, sources) = match &from_stage {
-            None if kinds.local.is_empty() => (None, Vec::new()),
-            None => (None, self.context.sources(&kinds.local)?),
-            Some(stage) => {
-                let ctx = Context::for_rootfs(&self.stage_rootfs(stage)?);
-                let sources = ctx.sources(&copy.sources)?;
-                (Some(ctx), sources)
-            }
-        };
+        let (source_ctx, sources) = self.copy_sources(from_stage.as_ref(), &kinds, copy)?;
         let source_ctx = source_ctx.as_ref().unwrap_or(&self.context);
         let archives = self.unpack_archives(add, &sources, source_ctx)?;
         let owner = match &copy.chown {
@@ -205,13 +197,12 @@ impl Engine {
             .all(|s| s.is_dir || archives.contains_key(&s.path))
             && copy.files.is_empty()
             && fetched.downloads.is_empty();
-        // Parents of the destination that do not exist yet.
-        let parent_of_files = if dest.is_dir || all_dirs {
-            dest.rel.clone()
-        } else {
-            dest.rel
-                .rsplit_once('/')
-                .map_or(String::new(), |(p, _)| p.to_owned())
+        // Parents of the destination that do not exist yet: the destination itself when
+        // it is a directory (or only directories go there), else its parent.
+        let parent_of_files = match dest.rel.rsplit_once('/') {
+            _ if dest.is_dir || all_dirs => dest.rel.clone(),
+            Some((parent, _)) => parent.to_owned(),
+            None => String::new(),
         };
         out.parents(&parent_of_files)?;
         // One directory, nothing else: written as it is walked.
@@ -237,6 +228,25 @@ impl Engine {
         let layer = self.write_layer(entries)?;
         self.finish_miss(image, key, at, Some(layer), created_by)?;
         Ok(false)
+    }
+
+    /// The sources a COPY names, and the context they are in when it is not the build's:
+    /// a stage's root filesystem (`--from`).
+    fn copy_sources(
+        &self,
+        from_stage: Option<&std::sync::Arc<crate::engine::StageResult>>,
+        kinds: &SourceKinds,
+        copy: &Copy,
+    ) -> Result<(Option<Context>, Vec<crate::context::Source>)> {
+        Ok(match from_stage {
+            None if kinds.local.is_empty() => (None, Vec::new()),
+            None => (None, self.context.sources(&kinds.local)?),
+            Some(stage) => {
+                let ctx = Context::for_rootfs(&self.stage_rootfs(stage)?);
+                let sources = ctx.sources(&copy.sources)?;
+                (Some(ctx), sources)
+            }
+        })
     }
 
     /// Downloads ADD's URLs and checks out its repositories into the build's scratch

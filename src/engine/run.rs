@@ -83,19 +83,8 @@ impl Engine {
         }
         let sandbox = self.sandbox()?;
         let overlay = self.use_overlay(sandbox)?;
-        // The overlay's lower directories, the top-most first: the layer store's directories
-        // of the stage's layers; else one private directory the layers are extracted into,
-        // which a RUN without overlay runs in.
         let store = overlay && self.use_store();
-        let lowers = if store {
-            let mut lowers = self.layer_dirs(&image.layers)?;
-            if lowers.is_empty() {
-                lowers.push(self.empty_dir()?);
-            }
-            lowers
-        } else {
-            vec![self.materialize(rootfs, &image.layers)?]
-        };
+        let lowers = self.run_lowers(store, image, rootfs)?;
         let root = lowers.first().cloned().unwrap_or_default();
         let scratch = tempfile::Builder::new()
             .prefix("run-")
@@ -111,20 +100,7 @@ impl Engine {
             .workdir(workdir)
             .user(user)
             .network(network);
-        for (index, copy) in bind_copies {
-            let dest = scratch.path().join(format!("bind-{index}"));
-            match copy {
-                BindCopy::Context(source) => self.context.copy_out(&source, &dest)?,
-                BindCopy::Tree(host) => copy_tree(&host, &dest)?,
-            }
-            if let Some(SandboxMount {
-                kind: strata_sandbox::MountKind::Bind { source, .. },
-                ..
-            }) = mounts.get_mut(index)
-            {
-                *source = dest;
-            }
-        }
+        self.place_bind_copies(bind_copies, &mut mounts, scratch.path())?;
         for mount in mounts {
             step = step.mount(mount);
         }
@@ -142,6 +118,50 @@ impl Engine {
             self.run_between_scans(&command, image, rootfs, done, &root)?;
         }
         Ok(false)
+    }
+
+    /// The overlay's lower directories, the top-most first: with the layer `store`, its
+    /// directories of the stage's layers; else one private directory the layers are
+    /// extracted into, which a RUN without overlay runs in.
+    fn run_lowers(
+        &self,
+        store: bool,
+        image: &StageImage,
+        rootfs: &mut Option<Rootfs>,
+    ) -> Result<Vec<PathBuf>> {
+        if !store {
+            return Ok(vec![self.materialize(rootfs, &image.layers)?]);
+        }
+        let mut lowers = self.layer_dirs(&image.layers)?;
+        if lowers.is_empty() {
+            lowers.push(self.empty_dir()?);
+        }
+        Ok(lowers)
+    }
+
+    /// Makes the private copies bind mounts get (context sources, a stage's files) in
+    /// `scratch`, and points their mounts at them.
+    fn place_bind_copies(
+        &self,
+        bind_copies: Vec<(usize, BindCopy)>,
+        mounts: &mut [SandboxMount],
+        scratch: &Path,
+    ) -> Result<()> {
+        for (index, copy) in bind_copies {
+            let dest = scratch.join(format!("bind-{index}"));
+            match copy {
+                BindCopy::Context(source) => self.context.copy_out(&source, &dest)?,
+                BindCopy::Tree(host) => copy_tree(&host, &dest)?,
+            }
+            if let Some(SandboxMount {
+                kind: strata_sandbox::MountKind::Bind { source, .. },
+                ..
+            }) = mounts.get_mut(index)
+            {
+                *source = dest;
+            }
+        }
+        Ok(())
     }
 
     /// Runs the command on an overlay of `lowers` whose upper directory becomes the step's

@@ -429,26 +429,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The context source and the name an unnamed output gets.
 fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> {
-    // Kaniko's --bucket: the context is the bucket (Google Cloud Storage unless a scheme is
-    // given), whose context.tar.gz holds it.
-    let from_bucket;
-    let text = match &args.bucket {
-        Some(bucket) => {
-            if args.context != "." {
-                return Err(Failure::Usage(format!(
-                    "--bucket {bucket} and --context {} both name the context: give one",
-                    strata::redact_url(&args.context)
-                )));
-            }
-            from_bucket = if bucket.contains("://") {
-                bucket.clone()
-            } else {
-                format!("gs://{bucket}")
-            };
-            from_bucket.as_str()
-        }
-        None => args.context.as_str(),
-    };
+    let text = context_text(args)?;
+    let text = text.as_str();
     let sub = args.context_sub_path.as_deref();
     let git_options = args.git.as_deref();
     if let Some(options) = git_options
@@ -460,33 +442,7 @@ fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> 
         )));
     }
     if is_git(text) {
-        let mut source = match text.strip_prefix("git://") {
-            // Kaniko's form: the host and path, fetched over HTTPS unless GIT_PULL_METHOD
-            // says otherwise.
-            Some(rest) => strata::GitSource::kaniko(rest, strata::PullMethod::from_env()),
-            None => strata::GitSource::parse(text),
-        }
-        .map_err(|e| Failure::Usage(format!("--context: {e}")))?
-        .credentials_from_env();
-        if let Some(options) = git_options {
-            source = git_flag(source, options)?;
-        }
-        if let Some(sub) = sub {
-            let joined = match source.subdir_path() {
-                Some(first) => format!("{}/{sub}", first.trim_end_matches('/')),
-                None => sub.to_owned(),
-            };
-            source = source.subdir(joined);
-        }
-        let name = source
-            .url()
-            .trim_end_matches('/')
-            .rsplit(['/', ':'])
-            .next()
-            .map(|n| n.trim_end_matches(".git").to_lowercase())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "image".to_owned());
-        return Ok((ContextSource::Git(source), name));
+        return git_context(text, git_options, sub);
     }
     let http = text.starts_with("https://") || text.starts_with("http://");
     let archive = ContextSource::is_object_url(text) || http || text == "-";
@@ -539,6 +495,61 @@ fn context_source(args: &BuildArgs) -> Result<(ContextSource, String), Failure> 
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_lowercase()))
         .unwrap_or_else(|| "image".to_owned());
     Ok((ContextSource::Dir(dir), name))
+}
+
+/// The context's text: `--context`, or Kaniko's `--bucket` (Google Cloud Storage unless a
+/// scheme is given, whose context.tar.gz holds the context); both is a usage error.
+fn context_text(args: &BuildArgs) -> Result<String, Failure> {
+    let Some(bucket) = &args.bucket else {
+        return Ok(args.context.clone());
+    };
+    if args.context != "." {
+        return Err(Failure::Usage(format!(
+            "--bucket {bucket} and --context {} both name the context: give one",
+            strata::redact_url(&args.context)
+        )));
+    }
+    Ok(if bucket.contains("://") {
+        bucket.clone()
+    } else {
+        format!("gs://{bucket}")
+    })
+}
+
+/// A git context (`git://HOST/PATH` as Kaniko spells it, or a git URL) with `--git`'s
+/// options and `--context-sub-path` below its own subdirectory; named after its repository.
+fn git_context(
+    text: &str,
+    git_options: Option<&str>,
+    sub: Option<&str>,
+) -> Result<(ContextSource, String), Failure> {
+    let mut source = match text.strip_prefix("git://") {
+        // Kaniko's form: the host and path, fetched over HTTPS unless GIT_PULL_METHOD
+        // says otherwise.
+        Some(rest) => strata::GitSource::kaniko(rest, strata::PullMethod::from_env()),
+        None => strata::GitSource::parse(text),
+    }
+    .map_err(|e| Failure::Usage(format!("--context: {e}")))?
+    .credentials_from_env();
+    if let Some(options) = git_options {
+        source = git_flag(source, options)?;
+    }
+    if let Some(sub) = sub {
+        let joined = match source.subdir_path() {
+            Some(first) => format!("{}/{sub}", first.trim_end_matches('/')),
+            None => sub.to_owned(),
+        };
+        source = source.subdir(joined);
+    }
+    let name = source
+        .url()
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .map(|n| n.trim_end_matches(".git").to_lowercase())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "image".to_owned());
+    Ok((ContextSource::Git(source), name))
 }
 
 /// The output name for an archive context: its file name less the archive extensions.

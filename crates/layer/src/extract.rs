@@ -377,103 +377,10 @@ impl Applier<'_> {
             }
         }
         match header.kind {
-            ReadKind::File => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&target)
-                    .map_err(Error::io(&target))?;
-                loop {
-                    let n = tar.read_data(&mut self.buffer)?;
-                    if n == 0 {
-                        break;
-                    }
-                    file.write_all(&self.buffer[..n])
-                        .map_err(Error::io(&target))?;
-                }
-                self.owner_and_xattrs(header, &target)?;
-                // After chown, which clears setuid and setgid bits (and before nothing that
-                // needs the final mode: the file was created 0600 and is ours).
-                file.set_permissions(fs::Permissions::from_mode(header.mode))
-                    .map_err(Error::io(&target))?;
-                file.set_modified(system_time(header.mtime_secs, header.mtime_nanos))
-                    .map_err(Error::io(&target))?;
-            }
-            ReadKind::Symlink => {
-                if header.link.is_empty()
-                    || header.link.len() > MAX_NAME
-                    || header.link.contains(&0)
-                {
-                    return Err(refused(header, "bad symlink target"));
-                }
-                std::os::unix::fs::symlink(OsStr::from_bytes(&header.link), &target)
-                    .map_err(Error::io(&target))?;
-                self.cache = None;
-                self.owner_and_xattrs(header, &target)?;
-                self.set_times_nofollow(header, &target);
-            }
-            ReadKind::Hardlink => {
-                let link = clean_name(header, &header.link)?;
-                let Some((link_name, link_parent)) = link.split_last() else {
-                    return Err(refused(header, "hard link to the root"));
-                };
-                let source = self
-                    .resolve_dir(header, link_parent, false)?
-                    .map(|dir| dir.join(link_name))
-                    .filter(|p| !self.protected(p))
-                    .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
-                    .ok_or_else(|| {
-                        refused(
-                            header,
-                            format!(
-                                "hard link to `{}`, which does not exist",
-                                String::from_utf8_lossy(&header.link)
-                            ),
-                        )
-                    })?;
-                fs::hard_link(&source, &target).map_err(Error::io(&target))?;
-            }
-            ReadKind::CharDevice | ReadKind::BlockDevice => {
-                if !self.options.allow_devices {
-                    return Err(refused(
-                        header,
-                        "device nodes are not allowed (Extractor::allow_devices)",
-                    ));
-                }
-                let file_type = if header.kind == ReadKind::CharDevice {
-                    rustix::fs::FileType::CharacterDevice
-                } else {
-                    rustix::fs::FileType::BlockDevice
-                };
-                let dev = rustix::fs::makedev(header.device.0, header.device.1);
-                match rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &target,
-                    file_type,
-                    rustix::fs::Mode::from_raw_mode(header.mode),
-                    dev,
-                ) {
-                    Ok(()) => {
-                        self.owner_and_xattrs(header, &target)?;
-                        self.set_times_nofollow(header, &target);
-                    }
-                    // Not permitted here (a user namespace, a container without CAP_MKNOD):
-                    // the node is left out of the tree with a warning. A device of a base
-                    // image is replaced by the runtime's /dev when a container runs, and the
-                    // layer itself, which keeps it, is not rewritten.
-                    Err(rustix::io::Errno::PERM) => {
-                        self.report.warnings.push(format!(
-                            "{}: device node {}:{} not created (not permitted here)",
-                            header.display_name(),
-                            header.device.0,
-                            header.device.1
-                        ));
-                    }
-                    Err(e) => return Err(Error::io(&target)(e.into())),
-                }
-            }
+            ReadKind::File => self.write_file(header, tar, &target)?,
+            ReadKind::Symlink => self.write_symlink(header, &target)?,
+            ReadKind::Hardlink => self.write_hardlink(header, &target)?,
+            ReadKind::CharDevice | ReadKind::BlockDevice => self.write_device(header, &target)?,
             ReadKind::Fifo => {
                 rustix::fs::mknodat(
                     rustix::fs::CWD,
@@ -489,6 +396,117 @@ impl Applier<'_> {
             ReadKind::Dir => {}
         }
         self.created.insert(target);
+        Ok(())
+    }
+
+    /// A regular file's data, streamed from the archive into a file created 0600 (never
+    /// through a symlink), then its owner, mode and time.
+    fn write_file<R: Read>(
+        &mut self,
+        header: &EntryHeader,
+        tar: &mut TarReader<R>,
+        target: &Path,
+    ) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(target)
+            .map_err(Error::io(target))?;
+        loop {
+            let n = tar.read_data(&mut self.buffer)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&self.buffer[..n])
+                .map_err(Error::io(target))?;
+        }
+        self.owner_and_xattrs(header, target)?;
+        // After chown, which clears setuid and setgid bits (and before nothing that
+        // needs the final mode: the file was created 0600 and is ours).
+        file.set_permissions(fs::Permissions::from_mode(header.mode))
+            .map_err(Error::io(target))?;
+        file.set_modified(system_time(header.mtime_secs, header.mtime_nanos))
+            .map_err(Error::io(target))?;
+        Ok(())
+    }
+
+    fn write_symlink(&mut self, header: &EntryHeader, target: &Path) -> Result<()> {
+        if header.link.is_empty() || header.link.len() > MAX_NAME || header.link.contains(&0) {
+            return Err(refused(header, "bad symlink target"));
+        }
+        std::os::unix::fs::symlink(OsStr::from_bytes(&header.link), target)
+            .map_err(Error::io(target))?;
+        self.cache = None;
+        self.owner_and_xattrs(header, target)?;
+        self.set_times_nofollow(header, target);
+        Ok(())
+    }
+
+    /// A hard link to an entry already extracted, resolved inside the root.
+    fn write_hardlink(&mut self, header: &EntryHeader, target: &Path) -> Result<()> {
+        let link = clean_name(header, &header.link)?;
+        let Some((link_name, link_parent)) = link.split_last() else {
+            return Err(refused(header, "hard link to the root"));
+        };
+        let source = self
+            .resolve_dir(header, link_parent, false)?
+            .map(|dir| dir.join(link_name))
+            .filter(|p| !self.protected(p))
+            .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+            .ok_or_else(|| {
+                refused(
+                    header,
+                    format!(
+                        "hard link to `{}`, which does not exist",
+                        String::from_utf8_lossy(&header.link)
+                    ),
+                )
+            })?;
+        fs::hard_link(&source, target).map_err(Error::io(target))?;
+        Ok(())
+    }
+
+    /// A device node, when allowed and permitted; a warning when the kernel says no.
+    fn write_device(&mut self, header: &EntryHeader, target: &Path) -> Result<()> {
+        if !self.options.allow_devices {
+            return Err(refused(
+                header,
+                "device nodes are not allowed (Extractor::allow_devices)",
+            ));
+        }
+        let file_type = if header.kind == ReadKind::CharDevice {
+            rustix::fs::FileType::CharacterDevice
+        } else {
+            rustix::fs::FileType::BlockDevice
+        };
+        let dev = rustix::fs::makedev(header.device.0, header.device.1);
+        match rustix::fs::mknodat(
+            rustix::fs::CWD,
+            target,
+            file_type,
+            rustix::fs::Mode::from_raw_mode(header.mode),
+            dev,
+        ) {
+            Ok(()) => {
+                self.owner_and_xattrs(header, target)?;
+                self.set_times_nofollow(header, target);
+            }
+            // Not permitted here (a user namespace, a container without CAP_MKNOD):
+            // the node is left out of the tree with a warning. A device of a base
+            // image is replaced by the runtime's /dev when a container runs, and the
+            // layer itself, which keeps it, is not rewritten.
+            Err(rustix::io::Errno::PERM) => {
+                self.report.warnings.push(format!(
+                    "{}: device node {}:{} not created (not permitted here)",
+                    header.display_name(),
+                    header.device.0,
+                    header.device.1
+                ));
+            }
+            Err(e) => return Err(Error::io(target)(e.into())),
+        }
         Ok(())
     }
 

@@ -270,6 +270,20 @@ impl<R: Read> TarReader<R> {
                 u32::try_from(number(337..345, "devminor")?).unwrap_or(u32::MAX),
             );
         }
+        self.apply_pax(&mut header, pax)?;
+        header.kind = self.read_kind(typeflag, &header)?;
+        // Only regular files carry data that belongs to them; other kinds' sizes are skipped.
+        let data_size = header.size;
+        if header.kind != ReadKind::File {
+            header.size = 0;
+        }
+        self.data_left = data_size;
+        self.padding_left = (BLOCK as u64 - data_size % BLOCK as u64) % BLOCK as u64;
+        Ok(header)
+    }
+
+    /// The global PAX records, then the entry's own, over what the header block said.
+    fn apply_pax(&self, header: &mut EntryHeader, pax: Vec<(String, Vec<u8>)>) -> Result<()> {
         let records = self.global.iter().cloned().chain(pax);
         for (key, value) in records {
             let text = || String::from_utf8_lossy(&value).into_owned();
@@ -306,7 +320,12 @@ impl<R: Read> TarReader<R> {
                 _ => {}
             }
         }
-        header.kind = match typeflag {
+        Ok(())
+    }
+
+    /// The kind of entry `typeflag` is; sparse files and unknown types are refused.
+    fn read_kind(&self, typeflag: u8, header: &EntryHeader) -> Result<ReadKind> {
+        Ok(match typeflag {
             kind::FILE | kind::FILE_OLD | kind::CONTIGUOUS => {
                 if header.name.ends_with(b"/") && typeflag == kind::FILE_OLD {
                     ReadKind::Dir
@@ -327,15 +346,7 @@ impl<R: Read> TarReader<R> {
                     message: format!("unsupported tar entry type {:?}", other as char),
                 });
             }
-        };
-        // Only regular files carry data that belongs to them; other kinds' sizes are skipped.
-        let data_size = header.size;
-        if header.kind != ReadKind::File {
-            header.size = 0;
-        }
-        self.data_left = data_size;
-        self.padding_left = (BLOCK as u64 - data_size % BLOCK as u64) % BLOCK as u64;
-        Ok(header)
+        })
     }
 
     /// Reads from the current entry's data.

@@ -317,78 +317,15 @@ impl LayerWriter {
                 nanos: self.nanos,
                 ..HeaderFields::default()
             };
+            let source = kind_fields(&entry.kind, &mut fields);
             let dir_name;
-            let mut source = None;
-            match &entry.kind {
-                EntryKind::File { source: path, size } => {
-                    fields.kind = kind::FILE;
-                    fields.size = *size;
-                    source = Some(path);
-                }
-                EntryKind::Bytes(bytes) => {
-                    fields.kind = kind::FILE;
-                    fields.size = bytes.len() as u64;
-                }
-                EntryKind::Dir => {
-                    fields.kind = kind::DIR;
-                    dir_name = [name.as_slice(), b"/"].concat();
-                    fields.name = &dir_name;
-                }
-                EntryKind::Symlink { target } => {
-                    fields.kind = kind::SYMLINK;
-                    fields.linkname = target.as_os_str().as_bytes();
-                }
-                EntryKind::Hardlink { target } => {
-                    fields.kind = kind::HARDLINK;
-                    fields.linkname = target.as_os_str().as_bytes();
-                }
-                EntryKind::CharDevice { major, minor } => {
-                    fields.kind = kind::CHAR;
-                    (fields.devmajor, fields.devminor) = (*major, *minor);
-                }
-                EntryKind::BlockDevice { major, minor } => {
-                    fields.kind = kind::BLOCK;
-                    (fields.devmajor, fields.devminor) = (*major, *minor);
-                }
-                EntryKind::Fifo => fields.kind = kind::FIFO,
-                EntryKind::Whiteout | EntryKind::OpaqueDir => {
-                    fields.kind = kind::FILE;
-                    fields.mode = 0o644;
-                    fields.xattrs = &[];
-                    (fields.uid, fields.gid, fields.uname, fields.gname) = (0, 0, "", "");
-                }
+            if matches!(entry.kind, EntryKind::Dir) {
+                dir_name = [name.as_slice(), b"/"].concat();
+                fields.name = &dir_name;
             }
             encode_header(&fields, &mut header);
             tar.write_all(&header).map_err(Error::io("<output>"))?;
-            let written = match (&entry.kind, source) {
-                (EntryKind::Bytes(bytes), _) => {
-                    tar.write_all(bytes).map_err(Error::io("<output>"))?;
-                    bytes.len() as u64
-                }
-                (_, Some(path)) => {
-                    let file = File::open(path).map_err(Error::io(path))?;
-                    copy_exact(file, &mut tar, fields.size, &mut buffer).map_err(|e| match e {
-                        CopyError::Read(source) => Error::Io {
-                            path: path.clone(),
-                            error: source,
-                        },
-                        CopyError::Write(source) => Error::Io {
-                            path: "<output>".into(),
-                            error: source,
-                        },
-                        CopyError::Size(found) => Error::InvalidEntry {
-                            path: entry.path.display().to_string(),
-                            message: format!(
-                                "{} changed while being read: {} bytes announced, {found}",
-                                path.display(),
-                                fields.size
-                            ),
-                        },
-                    })?;
-                    fields.size
-                }
-                _ => 0,
-            };
+            let written = write_data(&mut tar, entry, source, fields.size, &mut buffer)?;
             let padding = (BLOCK - (written as usize % BLOCK)) % BLOCK;
             tar.write_all(&[0u8; BLOCK][..padding])
                 .map_err(Error::io("<output>"))?;
@@ -397,6 +334,87 @@ impl LayerWriter {
             .map_err(Error::io("<output>"))?;
         Ok(tar)
     }
+}
+
+/// The tar type and type-specific fields of an entry of `kind` (a directory's trailing `/`
+/// is the caller's); the file to copy the data from, when the data is a file's.
+fn kind_fields<'a>(kind: &'a EntryKind, fields: &mut HeaderFields<'a>) -> Option<&'a PathBuf> {
+    match kind {
+        EntryKind::File { source, size } => {
+            fields.kind = kind::FILE;
+            fields.size = *size;
+            return Some(source);
+        }
+        EntryKind::Bytes(bytes) => {
+            fields.kind = kind::FILE;
+            fields.size = bytes.len() as u64;
+        }
+        EntryKind::Dir => fields.kind = kind::DIR,
+        EntryKind::Symlink { target } => {
+            fields.kind = kind::SYMLINK;
+            fields.linkname = target.as_os_str().as_bytes();
+        }
+        EntryKind::Hardlink { target } => {
+            fields.kind = kind::HARDLINK;
+            fields.linkname = target.as_os_str().as_bytes();
+        }
+        EntryKind::CharDevice { major, minor } => {
+            fields.kind = kind::CHAR;
+            (fields.devmajor, fields.devminor) = (*major, *minor);
+        }
+        EntryKind::BlockDevice { major, minor } => {
+            fields.kind = kind::BLOCK;
+            (fields.devmajor, fields.devminor) = (*major, *minor);
+        }
+        EntryKind::Fifo => fields.kind = kind::FIFO,
+        EntryKind::Whiteout | EntryKind::OpaqueDir => {
+            fields.kind = kind::FILE;
+            fields.mode = 0o644;
+            fields.xattrs = &[];
+            (fields.uid, fields.gid, fields.uname, fields.gname) = (0, 0, "", "");
+        }
+    }
+    None
+}
+
+/// An entry's data after its header: its bytes, or exactly `size` bytes of the file
+/// `source` (a file that changed size while read is an error). Returns the bytes written.
+fn write_data<W: Write>(
+    tar: &mut HashingWriter<W>,
+    entry: &Entry,
+    source: Option<&PathBuf>,
+    size: u64,
+    buffer: &mut [u8],
+) -> Result<u64> {
+    Ok(match (&entry.kind, source) {
+        (EntryKind::Bytes(bytes), _) => {
+            tar.write_all(bytes).map_err(Error::io("<output>"))?;
+            bytes.len() as u64
+        }
+        (_, Some(path)) => {
+            let file = File::open(path).map_err(Error::io(path))?;
+            copy_exact(file, tar, size, buffer).map_err(|e| match e {
+                CopyError::Read(source) => Error::Io {
+                    path: path.clone(),
+                    error: source,
+                },
+                CopyError::Write(source) => Error::Io {
+                    path: "<output>".into(),
+                    error: source,
+                },
+                CopyError::Size(found) => Error::InvalidEntry {
+                    path: entry.path.display().to_string(),
+                    message: format!(
+                        "{} changed while being read: {} bytes announced, {found}",
+                        path.display(),
+                        size
+                    ),
+                },
+            })?;
+            size
+        }
+        _ => 0,
+    })
 }
 
 enum CopyError {

@@ -305,25 +305,7 @@ unsafe fn init(program: &Program, argv: &[*const c_char], envp: &[*const c_char]
         for fd in fds.parent {
             libc::close(fd);
         }
-        // The clone copied every descriptor the embedding process had open, among them the
-        // pipe ends of steps other threads are starting at this moment: held here, they would
-        // keep those steps' output open (their RUN could not end before this one). Only our
-        // own four stay.
-        let mut keep = [
-            fds.sync_read,
-            fds.status_write,
-            fds.stdout_write,
-            fds.stderr_write,
-        ];
-        keep.sort_unstable();
-        let mut from: c_int = 3;
-        for fd in keep {
-            if fd > from {
-                libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32);
-            }
-            from = from.max(fd + 1);
-        }
-        libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32);
+        close_inherited(&fds);
         // Wait for the parent: it writes the id maps of a user namespace first. End of file
         // means the parent died or gave up.
         let mut byte = 0u8;
@@ -372,6 +354,40 @@ unsafe fn init(program: &Program, argv: &[*const c_char], envp: &[*const c_char]
         if command == 0 {
             run_command(exec, argv, envp, fds);
         }
+        wait_for(command, &fds)
+    }
+}
+
+/// Closes every descriptor the clone copied but the init's own four.
+unsafe fn close_inherited(fds: &Fds) {
+    // SAFETY (whole function): close_range on descriptor numbers only.
+    unsafe {
+        // The clone copied every descriptor the embedding process had open, among them the
+        // pipe ends of steps other threads are starting at this moment: held here, they would
+        // keep those steps' output open (their RUN could not end before this one). Only our
+        // own four stay.
+        let mut keep = [
+            fds.sync_read,
+            fds.status_write,
+            fds.stdout_write,
+            fds.stderr_write,
+        ];
+        keep.sort_unstable();
+        let mut from: c_int = 3;
+        for fd in keep {
+            if fd > from {
+                libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32);
+            }
+            from = from.max(fd + 1);
+        }
+        libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32);
+    }
+}
+
+/// Waits as PID 1 (reaping every orphan) until the command exits, reports how, and exits.
+unsafe fn wait_for(command: libc::c_long, fds: &Fds) -> ! {
+    // SAFETY (whole function): raw system calls on the init's own descriptors.
+    unsafe {
         // Only the command's processes hold the output pipes from here on: when they are all
         // gone the parent sees end of file.
         libc::close(fds.stdout_write);
@@ -458,29 +474,7 @@ unsafe fn run_op(action: &Action) -> Result<bool, i32> {
                 target,
                 host,
                 locked,
-            } => {
-                let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-                let sysfs = c"sysfs".as_ptr();
-                if libc::mount(sysfs, target.as_ptr(), sysfs, flags, std::ptr::null()) == 0 {
-                    return Ok(true);
-                }
-                let bind = libc::MS_BIND | libc::MS_REC;
-                check(libc::mount(
-                    host.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    bind,
-                    std::ptr::null(),
-                ))?;
-                let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | *locked;
-                check(libc::mount(
-                    std::ptr::null(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    remount,
-                    std::ptr::null(),
-                ))
-            }
+            } => mount_sysfs(target, host, *locked),
             Action::Devpts {
                 target,
                 options,
@@ -500,23 +494,7 @@ unsafe fn run_op(action: &Action) -> Result<bool, i32> {
             Action::Hostname(name) => {
                 check(libc::sethostname(name.as_ptr(), name.as_bytes().len()))
             }
-            Action::LoopbackUp => {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                if fd < 0 {
-                    return Err(errno());
-                }
-                let mut request: libc::ifreq = std::mem::zeroed();
-                for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-                    *slot = *byte as c_char;
-                }
-                let mut result = check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut request));
-                if result.is_ok() {
-                    request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-                    result = check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw mut request));
-                }
-                libc::close(fd);
-                result
-            }
+            Action::LoopbackUp => loopback_up(),
             Action::PivotRoot { root } => {
                 check(libc::chdir(root.as_ptr()))?;
                 let dot = c".".as_ptr();
@@ -532,6 +510,59 @@ unsafe fn run_op(action: &Action) -> Result<bool, i32> {
                 }
             }
         }
+    }
+}
+
+/// A fresh read-only sysfs on `target`; where that is not permitted (no network namespace
+/// of our own), the host's bound read-only, keeping the `locked` flags it has.
+unsafe fn mount_sysfs(target: &CString, host: &CString, locked: c_ulong) -> Result<bool, i32> {
+    let check = |rc: c_int| if rc == 0 { Ok(true) } else { Err(errno()) };
+    // SAFETY (whole function): mount with C strings that outlive it.
+    unsafe {
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let sysfs = c"sysfs".as_ptr();
+        if libc::mount(sysfs, target.as_ptr(), sysfs, flags, std::ptr::null()) == 0 {
+            return Ok(true);
+        }
+        let bind = libc::MS_BIND | libc::MS_REC;
+        check(libc::mount(
+            host.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            bind,
+            std::ptr::null(),
+        ))?;
+        let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked;
+        check(libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            remount,
+            std::ptr::null(),
+        ))
+    }
+}
+
+/// Brings the network namespace's loopback interface up.
+unsafe fn loopback_up() -> Result<bool, i32> {
+    let check = |rc: c_int| if rc == 0 { Ok(true) } else { Err(errno()) };
+    // SAFETY (whole function): a socket and two ioctls on a zeroed request.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as c_char;
+        }
+        let mut result = check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut request));
+        if result.is_ok() {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw mut request));
+        }
+        libc::close(fd);
+        result
     }
 }
 

@@ -32,71 +32,8 @@ pub fn run_in_place(
     mut on_output: impl FnMut(Stream, &[u8]),
 ) -> Result<Outcome> {
     let started = Instant::now();
-    if step.argv.is_empty() {
-        return Err(Error::InvalidStep("the command is empty".to_owned()));
-    }
-    if step.root != Path::new("/") {
-        return Err(Error::InvalidStep(format!(
-            "a step run in place must have the root `/`, not {}",
-            step.root.display()
-        )));
-    }
-    if !step.mounts.is_empty() {
-        return Err(Error::InvalidStep(
-            "a step run in place takes no mounts (the caller makes them)".to_owned(),
-        ));
-    }
-    if step.network == Network::None {
-        return Err(Error::InvalidStep(
-            "--network=none needs a network namespace, which a step run in place does not have"
-                .to_owned(),
-        ));
-    }
-    let root_dir = Path::new("/");
-    let exec_user = user::resolve(root_dir, &step.user)?;
-    let mut env: Vec<(String, String)> = step.env.clone();
-    if !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
-    }
-    if !env.iter().any(|(k, _)| k == "HOME") {
-        env.push(("HOME".to_owned(), exec_user.home.clone()));
-    }
-    let workdir = if step.workdir.is_empty() {
-        "/"
-    } else {
-        &step.workdir
-    };
-    let cwd = root::resolve_as(root_dir, workdir, Create::Dir, None)?;
-
-    let mut command = Command::new(&step.argv[0]);
-    command
-        .args(&step.argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let (uid, gid, groups) = (exec_user.uid, exec_user.gid, exec_user.groups.clone());
-    // SAFETY: the closure runs in the forked child before exec and makes raw system calls
-    // only (no allocation: `groups` was built before the fork), in the order that keeps the
-    // privilege to make them: groups, then gid, then uid.
-    unsafe {
-        command.pre_exec(move || {
-            let list: &[libc::gid_t] = &groups;
-            if libc::syscall(libc::SYS_setgroups, list.len(), list.as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    check(step)?;
+    let mut command = command(step)?;
     let mut child = command.spawn().map_err(|e| Error::Exec {
         program: step.argv[0].clone(),
         reason: match e.kind() {
@@ -155,6 +92,84 @@ pub fn run_in_place(
         },
         duration: started.elapsed(),
     })
+}
+
+/// What a step run in place cannot have: an empty command, another root, mounts, or
+/// `--network=none`.
+fn check(step: &Step) -> Result<()> {
+    if step.argv.is_empty() {
+        return Err(Error::InvalidStep("the command is empty".to_owned()));
+    }
+    if step.root != Path::new("/") {
+        return Err(Error::InvalidStep(format!(
+            "a step run in place must have the root `/`, not {}",
+            step.root.display()
+        )));
+    }
+    if !step.mounts.is_empty() {
+        return Err(Error::InvalidStep(
+            "a step run in place takes no mounts (the caller makes them)".to_owned(),
+        ));
+    }
+    if step.network == Network::None {
+        return Err(Error::InvalidStep(
+            "--network=none needs a network namespace, which a step run in place does not have"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The command of `step`, as its user (groups, then gid, then uid, set in the child before
+/// exec), with its environment (a default `PATH` and the user's `HOME` when unset) in its
+/// working directory, in a process group of its own, its output piped.
+fn command(step: &Step) -> Result<Command> {
+    let root_dir = Path::new("/");
+    let exec_user = user::resolve(root_dir, &step.user)?;
+    let mut env: Vec<(String, String)> = step.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        env.push(("HOME".to_owned(), exec_user.home.clone()));
+    }
+    let workdir = if step.workdir.is_empty() {
+        "/"
+    } else {
+        &step.workdir
+    };
+    let cwd = root::resolve_as(root_dir, workdir, Create::Dir, None)?;
+
+    let mut command = Command::new(&step.argv[0]);
+    command
+        .args(&step.argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let (uid, gid, groups) = (exec_user.uid, exec_user.gid, exec_user.groups.clone());
+    // SAFETY: the closure runs in the forked child before exec and makes raw system calls
+    // only (no allocation: `groups` was built before the fork), in the order that keeps the
+    // privilege to make them: groups, then gid, then uid.
+    unsafe {
+        command.pre_exec(move || {
+            let list: &[libc::gid_t] = &groups;
+            if libc::syscall(libc::SYS_setgroups, list.len(), list.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(command)
 }
 
 /// Reaps what the command left in its process group and that became this process's

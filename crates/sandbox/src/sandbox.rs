@@ -395,50 +395,7 @@ impl Sandbox {
         );
         let dev = root::resolve_as(root_dir, "/dev", Create::Dir, Some(&mut *stubs))?;
         self.dev_ops(op, at, &dev)?;
-        for name in ["kcore", "keys", "timer_list", "sched_debug"] {
-            op(
-                Action::Mount {
-                    source: Some(cstring("/dev/null")?),
-                    target: at(&format!("{proc_dir}/{name}"))?,
-                    fstype: None,
-                    flags: libc::MS_BIND,
-                    data: None,
-                },
-                true,
-                format!("masking {proc_dir}/{name}"),
-            );
-        }
-        for name in ["sys", "sysrq-trigger", "irq", "bus"] {
-            let target = at(&format!("{proc_dir}/{name}"))?;
-            op(
-                Action::Mount {
-                    source: Some(target.clone()),
-                    target: target.clone(),
-                    fstype: None,
-                    flags: libc::MS_BIND | libc::MS_REC,
-                    data: None,
-                },
-                true,
-                format!("binding {proc_dir}/{name}"),
-            );
-            op(
-                Action::Mount {
-                    source: None,
-                    target,
-                    fstype: None,
-                    flags: libc::MS_BIND
-                        | libc::MS_REMOUNT
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV
-                        | libc::MS_NOEXEC,
-                    data: None,
-                },
-                true,
-                format!("making {proc_dir}/{name} read-only"),
-            );
-        }
-
+        mask_proc_ops(op, at, &proc_dir)?;
         Ok(SystemDirs {
             proc: proc_dir,
             sys: sys_dir,
@@ -491,23 +448,7 @@ impl Sandbox {
                     mount.target
                 )));
             }
-            // The target may lie inside a tmpfs mounted just before (or /dev): create it there.
-            let mut prefix = String::new();
-            let parts: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
-            for (i, part) in parts.iter().enumerate() {
-                prefix.push('/');
-                prefix.push_str(part);
-                let last = i + 1 == parts.len();
-                let action = if last && is_file {
-                    Action::CreateFile { path: at(&prefix)? }
-                } else {
-                    Action::Mkdir {
-                        path: at(&prefix)?,
-                        mode: 0o755,
-                    }
-                };
-                op(action, false, format!("creating the mount point {prefix}"));
-            }
+            mount_point_ops(op, at, &target, is_file)?;
             let target_c = at(&target)?;
             let what = format!("mounting {} on {}", kind_name(&mount.kind), mount.target);
             match &mount.kind {
@@ -547,21 +488,7 @@ impl Sandbox {
                     gid,
                 } => {
                     let copy = scratch.join(format!("secret-{index}"));
-                    let bytes = fs::read(source).map_err(Error::io(source))?;
-                    write_private(&copy, &bytes, *mode)?;
-                    if self.id_map.is_none() {
-                        rustix::fs::chown(
-                            &copy,
-                            Some(rustix::fs::Uid::from_raw(*uid)),
-                            Some(rustix::fs::Gid::from_raw(*gid)),
-                        )
-                        .map_err(|e| Error::io(&copy)(e.into()))?;
-                    } else if (*uid, *gid) != (0, 0) {
-                        return Err(Error::InvalidStep(format!(
-                            "secret at {}: owner {uid}:{gid} cannot be set in rootless mode",
-                            mount.target
-                        )));
-                    }
+                    self.place_secret(source, &copy, *mode, (*uid, *gid), &mount.target)?;
                     bind(op, path_cstring(&copy)?, target_c, false, &copy, &what)?;
                 }
             }
@@ -569,6 +496,33 @@ impl Sandbox {
         }
 
         Ok(locks)
+    }
+
+    /// A private copy of a secret for one step, `mode` and owned by `owner` (which a
+    /// rootless step cannot set), in the step's scratch directory.
+    fn place_secret(
+        &self,
+        source: &Path,
+        copy: &Path,
+        mode: u32,
+        (uid, gid): (u32, u32),
+        target: &str,
+    ) -> Result<()> {
+        let bytes = fs::read(source).map_err(Error::io(source))?;
+        write_private(copy, &bytes, mode)?;
+        if self.id_map.is_none() {
+            rustix::fs::chown(
+                copy,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| Error::io(copy)(e.into()))?;
+        } else if (uid, gid) != (0, 0) {
+            return Err(Error::InvalidStep(format!(
+                "secret at {target}: owner {uid}:{gid} cannot be set in rootless mode"
+            )));
+        }
+        Ok(())
     }
 
     /// The command, its search path, identity, directory and environment, as the child
@@ -1188,6 +1142,87 @@ fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     file.write_all(bytes).map_err(Error::io(path))?;
     file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
         .map_err(Error::io(path))
+}
+
+/// Masks the kernel's sensitive files under `/proc` (bound over with `/dev/null`) and makes
+/// its writable directories read-only, as container runtimes do.
+fn mask_proc_ops(
+    op: &mut impl FnMut(Action, bool, String),
+    at: &impl Fn(&str) -> Result<CString>,
+    proc_dir: &str,
+) -> Result<()> {
+    for name in ["kcore", "keys", "timer_list", "sched_debug"] {
+        op(
+            Action::Mount {
+                source: Some(cstring("/dev/null")?),
+                target: at(&format!("{proc_dir}/{name}"))?,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            },
+            true,
+            format!("masking {proc_dir}/{name}"),
+        );
+    }
+    for name in ["sys", "sysrq-trigger", "irq", "bus"] {
+        let target = at(&format!("{proc_dir}/{name}"))?;
+        op(
+            Action::Mount {
+                source: Some(target.clone()),
+                target: target.clone(),
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+            },
+            true,
+            format!("binding {proc_dir}/{name}"),
+        );
+        op(
+            Action::Mount {
+                source: None,
+                target,
+                fstype: None,
+                flags: libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                data: None,
+            },
+            true,
+            format!("making {proc_dir}/{name} read-only"),
+        );
+    }
+
+    Ok(())
+}
+
+/// Creates a mount's target, every directory on the way: the target may lie inside a tmpfs
+/// mounted just before (or /dev), so it is created there, in the child.
+fn mount_point_ops(
+    op: &mut impl FnMut(Action, bool, String),
+    at: &impl Fn(&str) -> Result<CString>,
+    target: &str,
+    is_file: bool,
+) -> Result<()> {
+    let mut prefix = String::new();
+    let parts: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push('/');
+        prefix.push_str(part);
+        let last = i + 1 == parts.len();
+        let action = if last && is_file {
+            Action::CreateFile { path: at(&prefix)? }
+        } else {
+            Action::Mkdir {
+                path: at(&prefix)?,
+                mode: 0o755,
+            }
+        };
+        op(action, false, format!("creating the mount point {prefix}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -738,33 +738,8 @@ fn hash_paths(
     let mut starts: Vec<&str> = paths.iter().map(|p| p.trim_matches('/')).collect();
     starts.sort_unstable();
     starts.dedup();
-    // Paths in path order: one start as it is walked; several gathered, sorted, and a path
-    // met twice (overlapping sources) counted once.
-    let mut walk: Box<dyn Iterator<Item = Result<TreeEntry>>> = match starts.as_slice() {
-        [start] => Box::new(Walk::new(root, start, visit)?),
-        _ => {
-            let mut all = Vec::new();
-            for start in &starts {
-                all.extend(walk_tree(root, start, visit)?);
-            }
-            all.par_sort_unstable_by(|a, b| path_order(&a.path, &b.path));
-            all.dedup_by(|a, b| a.path == b.path);
-            Box::new(all.into_iter().map(Ok))
-        }
-    };
-    // Listed one by one up to the limit, else by their first components below the
-    // shallowest start.
-    let depth = 1 + starts
-        .iter()
-        .map(|s| {
-            if s.is_empty() {
-                0
-            } else {
-                s.split('/').count()
-            }
-        })
-        .min()
-        .unwrap_or(0);
+    let mut walk = ordered_walk(root, &starts, visit)?;
+    let depth = listing_depth(&starts);
     let mut listing = Listing::new(depth, FILES_LISTED);
     let mut total = Sha256::new();
     let table = &memo.entries;
@@ -836,10 +811,66 @@ fn hash_paths(
         }
     }
     drop(walk);
-    // Files the memo knows below the paths walked that the walk did not find are gone (or
-    // ignored now): forgotten, so that the memo does not grow with every deleted file.
+    forget_gone(memo, &starts, matched, puts, unknown);
+    memo.hits += hits;
+    memo.misses += misses;
+    let digest = sha256_text(&total.finalize());
+    Ok(ContextDigest {
+        files: listing.finish(&digest),
+        digest,
+    })
+}
+
+/// The entries below `starts`, in path order: one start as it is walked; several gathered,
+/// sorted, and a path met twice (overlapping sources) counted once.
+fn ordered_walk<'a>(
+    root: &'a Path,
+    starts: &[&'a str],
+    visit: &'a (dyn Fn(&str, bool) -> Visit + Sync),
+) -> Result<Box<dyn Iterator<Item = Result<TreeEntry>> + 'a>> {
+    Ok(match starts {
+        [start] => Box::new(Walk::new(root, start, visit)?),
+        _ => {
+            let mut all = Vec::new();
+            for start in starts {
+                all.extend(walk_tree(root, start, visit)?);
+            }
+            all.par_sort_unstable_by(|a, b| path_order(&a.path, &b.path));
+            all.dedup_by(|a, b| a.path == b.path);
+            Box::new(all.into_iter().map(Ok))
+        }
+    })
+}
+
+/// How deep the listing goes: files are listed one by one up to the limit, else by their
+/// first components below the shallowest start.
+fn listing_depth(starts: &[&str]) -> usize {
+    1 + starts
+        .iter()
+        .map(|s| {
+            if s.is_empty() {
+                0
+            } else {
+                s.split('/').count()
+            }
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// Writes what a pass learnt into the memo: the files hashed (`puts`), and the files it
+/// knew below `starts` that the walk did not find (not `matched`), which are gone (or
+/// ignored now) and forgotten, so that the memo does not grow with every deleted file.
+fn forget_gone(
+    memo: &mut HashMemo,
+    starts: &[&str],
+    mut matched: Vec<bool>,
+    puts: Table,
+    unknown: usize,
+) {
+    let table = &memo.entries;
     let mut gone: Vec<String> = Vec::new();
-    for start in &starts {
+    for start in starts {
         for row in table.below(start) {
             if !matched[row] {
                 matched[row] = true;
@@ -849,8 +880,6 @@ fn hash_paths(
     }
     gone.sort_unstable_by(|a, b| path_order(a, b));
     drop(matched);
-    memo.hits += hits;
-    memo.misses += misses;
     for (path, _) in puts.iter() {
         memo.note(path, false);
     }
@@ -858,11 +887,6 @@ fn hash_paths(
         memo.note(path, true);
     }
     memo.entries.apply(puts, &gone, unknown == 0);
-    let digest = sha256_text(&total.finalize());
-    Ok(ContextDigest {
-        files: listing.finish(&digest),
-        digest,
-    })
 }
 
 /// A path's own digest: its kind, mode (and with `owners`, its owner), and a file's content
