@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Blobs already in the layout are not downloaded again; each one is verified against
     // its digest while it streams to a temporary file.
     let pulled = client.pull(&reference, &platform, &layout).await?;
-    layout.tag("latest", &pulled.descriptor()?)?;
+    layout.tag("latest", &pulled.descriptor())?;
     println!(
         "{reference} ({platform}) is {} in {dir}:latest; {} of {} blobs downloaded",
         pulled.manifest_digest,

@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 4. Push: blobs the registry has are skipped, the manifest goes last.
     let client = RegistryClient::builder().build();
     let report = client
-        .push(&layout, &manifest_blob.digest, &reference, None)
+        .push(&layout, manifest_blob.digest.as_ref(), &reference, None)
         .await?;
     println!(
         "pushed {reference}@{} ({} files, {} blobs uploaded, {} already there)",

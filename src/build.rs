@@ -909,7 +909,7 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
         }
     }
     config.created = Some(stage.clock.clone());
-    config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.clone()).collect();
+    config.rootfs.diff_ids = stage.layers.iter().map(|l| l.diff_id.to_string()).collect();
     let config_bytes =
         serde_json::to_vec(&config).map_err(|e| Error::Invalid(format!("image config: {e}")))?;
     let config_blob = engine.state.layout.write_blob_bytes(&config_bytes)?;
@@ -930,13 +930,13 @@ fn assemble(engine: &Engine, stage: crate::engine::StageImage) -> Result<Image> 
         .map_err(|e| Error::Invalid(format!("image manifest: {e}")))?;
     let manifest_blob = engine.state.layout.write_blob_bytes(&manifest_bytes)?;
     engine.emit(Event::Built {
-        digest: manifest_blob.digest.clone(),
+        digest: manifest_blob.digest.to_string(),
     });
     Ok(Image::new(
         engine.state.clone(),
         engine.registry.clone(),
         manifest_blob,
-        config_blob.digest,
+        config_blob.digest.to_string(),
         config,
         layers,
         stage.base_reference,

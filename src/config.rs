@@ -199,11 +199,11 @@ pub fn manifest(
     let layers = layers
         .iter()
         .map(|l| l.descriptor(&oci_layer_media_type(&l.media_type)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(config.descriptor(OCI_CONFIG)?)
+        .config(config.descriptor(OCI_CONFIG))
         .layers(layers);
     if !annotations.is_empty() {
         manifest = manifest.annotations(

@@ -64,7 +64,7 @@ impl Image {
             // Where the build saw the layer first, then every repository it came from.
             let known: Vec<Reference> = self
                 .blob_sources
-                .get(&layer.digest)
+                .get(layer.digest.as_ref() as &str)
                 .into_iter()
                 .flatten()
                 .filter_map(|r| Reference::parse(r).ok())
@@ -139,7 +139,7 @@ impl Image {
 
     /// The manifest digest: the image's identity.
     pub fn digest(&self) -> &str {
-        &self.manifest.digest
+        self.manifest.digest.as_ref()
     }
 
     /// The config blob's digest (Docker's "image id").
@@ -172,7 +172,7 @@ impl Image {
         let sources = self.sources();
         let sources: Vec<&Reference> = sources.iter().collect();
         // Per blob: where this build found it, and where earlier pushes put it.
-        let mut blobs: Vec<String> = self.layers.iter().map(|l| l.digest.clone()).collect();
+        let mut blobs: Vec<String> = self.layers.iter().map(|l| l.digest.to_string()).collect();
         blobs.push(self.config_digest.clone());
         let mut known: std::collections::HashMap<String, Vec<Reference>> = Default::default();
         for digest in &blobs {
@@ -192,7 +192,7 @@ impl Image {
             .registry
             .push_with_sources(
                 &self.state.layout,
-                &self.manifest.digest,
+                self.manifest.digest.as_ref(),
                 &to,
                 &sources,
                 &known,
@@ -204,13 +204,13 @@ impl Image {
         if let Some(sink) = &self.events {
             sink(&Event::Pushed {
                 reference: to.to_string(),
-                digest: report.manifest_digest.clone(),
+                digest: report.manifest_digest.to_string(),
                 uploaded: report.uploaded,
                 mounted: report.mounted,
                 skipped: report.skipped,
             });
         }
-        Ok(report.manifest_digest)
+        Ok(report.manifest_digest.to_string())
     }
 
     /// Writes the image into the OCI image layout at `dir` (created when missing) under the
@@ -222,7 +222,7 @@ impl Image {
         self.fetch_missing_blocking()?;
         self.state
             .layout
-            .copy_image(&self.manifest.digest, &Layout::open(dir)?, tag)?;
+            .copy_image(self.manifest.digest.as_ref(), &Layout::open(dir)?, tag)?;
         Ok(())
     }
 
@@ -237,7 +237,12 @@ impl Image {
                 self.fetch_missing().await?;
                 Ok(self
                     .registry
-                    .put(&self.state.layout, &self.manifest.digest, &other, &[])
+                    .put(
+                        &self.state.layout,
+                        self.manifest.digest.as_ref(),
+                        &other,
+                        &[],
+                    )
                     .await?)
             }
         }
@@ -256,7 +261,7 @@ impl Image {
         self.fetch_missing_blocking()?;
         strata_registry::write_docker_archive(
             &self.state.layout,
-            &self.manifest.digest,
+            self.manifest.digest.as_ref(),
             &tags,
             path,
         )
@@ -282,6 +287,6 @@ pub(crate) async fn fetch_layer(
         )));
     }
     Ok(registry
-        .fetch_blob_from(sources, &layer.digest, layer.size, layout)
+        .fetch_blob_from(sources, layer.digest.as_ref(), layer.size, layout)
         .await?)
 }

@@ -200,7 +200,7 @@ impl CacheStore for RegistryStore {
                     error: e,
                 })?;
                 self.layout
-                    .write_blob(std::io::BufReader::new(file), Some(&layer.digest))
+                    .write_blob(std::io::BufReader::new(file), Some(layer.digest.as_ref()))
                     .map_err(|e| self.remote(e.to_string()))?;
             }
             layers.push(json!({
@@ -233,7 +233,7 @@ impl CacheStore for RegistryStore {
         self.runtime
             .block_on(
                 self.client
-                    .push(&self.layout, &manifest.digest, &reference, None),
+                    .push(&self.layout, manifest.digest.as_ref(), &reference, None),
             )
             .map_err(|e| self.remote(e.to_string()))?;
         Ok(())
@@ -246,7 +246,7 @@ impl CacheStore for RegistryStore {
             self.runtime
                 .block_on(self.client.fetch_blob(
                     &self.repository,
-                    &layer.digest,
+                    layer.digest.as_ref(),
                     layer.size,
                     &self.layout,
                 ))

@@ -670,7 +670,7 @@ RUN --network=none sh -c 'wget -q -T 1 http://127.0.0.1:1/ 2>&1; echo exit=$?' >
             .state
             .path()
             .join("blobs/sha256")
-            .join(&layer.digest[7..]);
+            .join(layer.digest.digest());
         let mut text = Vec::new();
         let mut decoder = flate2_read(&blob);
         std::io::Read::read_to_end(&mut decoder, &mut text).unwrap();
@@ -1339,7 +1339,7 @@ async fn pulls_and_pushes_report_byte_progress() {
     let base_layer = &image.layers()[0];
     let of: Vec<_> = pulled
         .iter()
-        .filter(|(d, ..)| *d == base_layer.digest)
+        .filter(|(d, ..)| *d == base_layer.digest.as_ref())
         .collect();
     assert_eq!(of.first().map(|t| t.1), Some(0), "{pulled:?}");
     assert_eq!(
@@ -1350,10 +1350,17 @@ async fn pulls_and_pushes_report_byte_progress() {
     // the base's repository, not uploaded.
     let pushed = transfers(true);
     let layer = &image.layers()[1];
-    let of: Vec<_> = pushed.iter().filter(|(d, ..)| *d == layer.digest).collect();
+    let of: Vec<_> = pushed
+        .iter()
+        .filter(|(d, ..)| *d == layer.digest.as_ref())
+        .collect();
     assert!(of.len() >= 2, "{pushed:?}");
     assert_eq!(of.last().unwrap().1, layer.size);
-    assert!(!pushed.iter().any(|(d, ..)| *d == image.layers()[0].digest));
+    assert!(
+        !pushed
+            .iter()
+            .any(|(d, ..)| *d == image.layers()[0].digest.as_ref())
+    );
     assert!(
         events.iter().any(
             |e| matches!(e, Event::Pushed { reference, uploaded: 2, mounted: 1, .. }
@@ -1531,7 +1538,7 @@ async fn a_directory_written_as_it_is_walked_makes_the_layer_a_gathered_copy_mak
             .unwrap()
             .layers()
             .iter()
-            .map(|l| l.diff_id.clone())
+            .map(|l| l.diff_id.to_string())
             .collect()
     }
     let last = |layers: Vec<String>| layers.last().cloned().unwrap();

@@ -51,17 +51,17 @@ async fn the_state_check_finds_damage_and_repair_lets_the_next_build_heal() {
 
     // The image's last layer loses a byte; a cache entry and a copy digest turn to garbage.
     let layer = &first.layers().last().unwrap().digest;
-    let blob = fx
-        .state
-        .path()
-        .join("blobs/sha256")
-        .join(layer.trim_start_matches("sha256:"));
+    let blob = fx.state.path().join("blobs/sha256").join(layer.digest());
     flip(&blob);
     let entry = fs::read_dir(fx.state.path().join("cache/entries"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| !fs::read_to_string(p).unwrap().contains(layer.as_str()))
+        .find(|p| {
+            !fs::read_to_string(p)
+                .unwrap()
+                .contains(layer.as_ref() as &str)
+        })
         .unwrap();
     fs::write(&entry, "{not json").unwrap();
     let check = check_state(fx.state.path(), false).unwrap();

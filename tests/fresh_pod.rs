@@ -122,7 +122,11 @@ async fn a_fully_cached_build_in_a_fresh_pod_downloads_and_uploads_no_layer() {
         .push(&format!("{}/app/one:1", fx.registry.host()))
         .await
         .unwrap();
-    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+    let layers: Vec<String> = first
+        .layers()
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect();
     assert_eq!(layers.len(), 4);
 
     // A new pod: empty state directory, the same cache repository and registry.
@@ -188,7 +192,7 @@ async fn a_changed_step_fetches_the_layers_below_it_and_pushes_mount_the_rest() 
     let first = first.unwrap();
     let below: Vec<String> = first.layers()[..3]
         .iter()
-        .map(|l| l.digest.clone())
+        .map(|l| l.digest.to_string())
         .collect();
 
     let mark = log_len(&fx.registry);
@@ -323,7 +327,7 @@ async fn an_authenticated_registry_mounts_across_repositories() {
         .unwrap()
         .layers()
         .iter()
-        .map(|l| l.digest.clone())
+        .map(|l| l.digest.to_string())
         .collect();
     let pod = tempfile::tempdir().unwrap();
     let mark = log_len(&guarded);
@@ -354,7 +358,11 @@ async fn cache_from_an_image_built_earlier_hits_without_a_cache_repository() {
     let first = first.unwrap();
     let pushed = format!("{}/app/main:1", fx.registry.host());
     first.push(&pushed).await.unwrap();
-    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+    let layers: Vec<String> = first
+        .layers()
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect();
 
     let pod = tempfile::tempdir().unwrap();
     let mark = log_len(&fx.registry);
@@ -521,7 +529,11 @@ async fn a_cached_run_with_a_stage_mount_needs_no_filesystem() {
     let dockerfile = "FROM {base} AS tools\nCOPY a /tools/a\n\nFROM {base}\nRUN --mount=type=bind,from=tools,source=/tools,target=/mnt cat /mnt/a > /copied\n";
     let (first, _) = run(fx.build(context.path(), dockerfile).cache_repo(&cache)).await;
     let first = first.unwrap();
-    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+    let layers: Vec<String> = first
+        .layers()
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect();
 
     let mark = log_len(&fx.registry);
     let (second, events, pod) = fresh_pod_events(&fx, context.path(), dockerfile, &cache).await;
@@ -545,6 +557,10 @@ async fn a_cached_copy_from_another_stage_needs_no_layer_in_a_fresh_pod() {
     let (second, events, pod) = fresh_pod_events(&fx, context.path(), dockerfile, &cache).await;
     assert_eq!(second.digest(), first.digest());
     assert_eq!(second.cache_hits(), (3, 3));
-    let layers: Vec<String> = first.layers().iter().map(|l| l.digest.clone()).collect();
+    let layers: Vec<String> = first
+        .layers()
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect();
     no_layer_moved(&events, &fx.registry, mark, &layers, pod.path());
 }

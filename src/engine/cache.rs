@@ -158,7 +158,9 @@ impl Engine {
             && !self.state.layout.has_blob(&layer.digest)
         {
             let blob = store.open_layer(layer)?;
-            self.state.layout.write_blob(blob, Some(&layer.digest))?;
+            self.state
+                .layout
+                .write_blob(blob, Some(layer.digest.as_ref()))?;
         }
         if found.is_none()
             && let Some(remote) = &self.remote
@@ -171,7 +173,7 @@ impl Engine {
                 // A hit leaves the layer in the cache repository: fetched only if a later
                 // step or an output needs its bytes, mounted by a push to that registry.
                 Some(layer) if !self.state.layout.has_blob(&layer.digest) => {
-                    self.note_source(&layer.digest, &remote.repository())?;
+                    self.note_source(layer.digest.as_ref(), &remote.repository())?;
                 }
                 // Kept locally too: the next build answers without the registry.
                 Some(layer) => {
@@ -187,7 +189,7 @@ impl Engine {
         {
             // An image built earlier answers: its layer stays in its repository until needed.
             if !self.state.layout.has_blob(&layer.digest) {
-                self.note_source(&layer.digest, source)?;
+                self.note_source(layer.digest.as_ref(), source)?;
             }
             found = Some(CacheEntry {
                 key: key.clone(),
@@ -382,7 +384,7 @@ impl Engine {
         };
         let keys: Vec<Option<(String, String)>> = serde_json::from_str(keys)
             .map_err(|e| Error::Invalid(format!("annotation {CACHE_KEYS_ANNOTATION}: {e}")))?;
-        let image = self.image_in_state(&pulled.manifest_digest, &self.opts.platform)?;
+        let image = self.image_in_state(pulled.manifest_digest.as_ref(), &self.opts.platform)?;
         if keys.len() != image.layers.len() {
             return Err(Error::Invalid(format!(
                 "annotation {CACHE_KEYS_ANNOTATION} names {} layers, the image has {}",

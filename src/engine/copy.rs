@@ -71,7 +71,7 @@ impl Engine {
                 let name = {
                     let mut h = Sha256::new();
                     for layer in &stage.image.layers {
-                        h.update(layer.diff_id.as_bytes());
+                        h.update(AsRef::<str>::as_ref(&layer.diff_id).as_bytes());
                         h.update(b"\n");
                     }
                     h.update(key_text(&(&copy.sources, &copy.exclude))?.as_bytes());

@@ -13,7 +13,7 @@ impl Engine {
             .slash
             .lock()
             .map_err(|_| Error::Task("root filesystem state poisoned".to_owned()))?;
-        let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+        let digests: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
         let reuse = slash.as_ref().is_some_and(|held| digests.starts_with(held));
         if !reuse {
             // Forget what `/` held before touching it: a failure half-way leaves it unknown.
@@ -30,7 +30,7 @@ impl Engine {
             let report = Extractor::new()
                 .allow_devices(true)
                 .protect(&mode.ignore)
-                .expect_diff_id(Some(layer.diff_id.clone()))
+                .expect_diff_id(Some(layer.diff_id.to_string()))
                 .media_type(Some(layer.media_type.clone()))
                 .apply(BufReader::with_capacity(1 << 20, file), Path::new("/"))?;
             if !report.skipped.is_empty() {
@@ -41,7 +41,7 @@ impl Engine {
                 );
             }
             if let Some(held) = slash.as_mut() {
-                held.push(layer.digest.clone());
+                held.push(layer.digest.to_string());
             }
         }
         Ok(())
@@ -54,7 +54,7 @@ impl Engine {
             .lock()
             .map_err(|_| Error::Task("root filesystem state poisoned".to_owned()))?;
         if let (Some(held), Some(layer)) = (slash.as_mut(), layer) {
-            held.push(layer.digest.clone());
+            held.push(layer.digest.to_string());
         }
         Ok(())
     }
@@ -83,7 +83,7 @@ impl Engine {
     /// A read-only overlay of the layer store's directories of `layers` in `rootfs` (kept
     /// while the layers are the same).
     fn store_view(&self, rootfs: &mut Option<Rootfs>, layers: &[LayerRef]) -> Result<PathBuf> {
-        let wanted: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let wanted: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
         if let Some(Rootfs::View { merged, layers, .. }) = rootfs.as_ref()
             && *layers == wanted
         {
@@ -283,7 +283,7 @@ impl Engine {
     /// entries in without listing it is made with the metadata the layers below give it, as
     /// an overlay's copy-up would, so the same layer on another base is another entry.
     pub(crate) fn layer_dirs(&self, layers: &[LayerRef]) -> Result<Vec<PathBuf>> {
-        let chains = crate::layers::chain_ids(layers.iter().map(|l| l.diff_id.as_str()));
+        let chains = crate::layers::chain_ids(layers.iter().map(|l| l.diff_id.as_ref()));
         let mut dirs: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for (layer, chain) in layers.iter().zip(&chains) {
             // Each entry is looked up (and its use recorded) once per build: every RUN and
@@ -335,7 +335,7 @@ impl Engine {
             let mut extractor = Extractor::new()
                 .whiteouts(self.overlay_whiteouts())
                 .allow_devices(true)
-                .expect_diff_id(Some(layer.diff_id.clone()))
+                .expect_diff_id(Some(layer.diff_id.to_string()))
                 .media_type(Some(layer.media_type.clone()));
             if let Some(lower) = lower {
                 extractor = extractor.parents_like(lower);
@@ -351,7 +351,7 @@ impl Engine {
         })?;
         if extracted {
             self.emit(Event::LayerExtracted {
-                diff_id: layer.diff_id.clone(),
+                diff_id: layer.diff_id.to_string(),
                 duration: started.elapsed(),
             });
         }
@@ -368,7 +368,7 @@ impl Engine {
             .sources
             .lock()
             .map_err(|_| Error::Task("blob sources poisoned".to_owned()))?
-            .get(&layer.digest)
+            .get(layer.digest.as_ref() as &str)
             .into_iter()
             .flatten()
             .map(|r| Reference::parse(r))
@@ -387,7 +387,7 @@ impl Engine {
         let file = self.state.layout.open_blob(&layer.digest)?;
         let report = Extractor::new()
             .allow_devices(true)
-            .expect_diff_id(Some(layer.diff_id.clone()))
+            .expect_diff_id(Some(layer.diff_id.to_string()))
             .media_type(Some(layer.media_type.clone()))
             .apply(
                 crate::failpoint::Halfway::new(BufReader::with_capacity(1 << 20, file), layer.size),
@@ -478,8 +478,10 @@ impl Engine {
         let Some(info) = info else {
             return Ok(None);
         };
-        let digest = info.descriptor.digest().to_string();
-        self.state.layout.commit_staged(staged, &digest, &digest)?;
+        let digest = info.descriptor.digest().clone();
+        self.state
+            .layout
+            .commit_staged(staged, digest.as_ref(), digest.as_ref())?;
         Ok(Some(LayerRef {
             digest,
             diff_id: info.diff_id,

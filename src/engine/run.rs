@@ -213,8 +213,8 @@ impl Engine {
         // depend on the clock, so the layer is extracted from its blob when needed.
         if exact && self.opts.reproducible.is_none() && store {
             // No second extraction for the next step or the next build.
-            let mut ids: Vec<&str> = image.layers.iter().map(|l| l.diff_id.as_str()).collect();
-            ids.push(&layer.diff_id);
+            let mut ids: Vec<&str> = image.layers.iter().map(|l| l.diff_id.as_ref()).collect();
+            ids.push(layer.diff_id.as_ref());
             if let Some(chain) = crate::layers::chain_ids(ids).pop()
                 && let Err(error) = self.layers.adopt(&chain, &upper, &self.work)
             {
@@ -613,7 +613,7 @@ impl Engine {
                 Some(from) => {
                     let stage = self.source_stage(from, at)?;
                     for layer in &stage.image.layers {
-                        key = key.file(&format!("mount {target} layer"), &layer.diff_id);
+                        key = key.file(&format!("mount {target} layer"), layer.diff_id.as_ref());
                     }
                 }
             }

@@ -295,14 +295,14 @@ impl Engine {
                         platform,
                         &self.state.layout,
                     ))?;
-                    (pulled.manifest_digest, pulled.downloaded)
+                    (pulled.manifest_digest.to_string(), pulled.downloaded)
                 }
             },
         };
         let mut image = self.image_in_state(&digest, platform)?;
         if matches!(source, ImageSource::Image(_)) {
             for layer in &image.layers {
-                self.note_source(&layer.digest, &reference)?;
+                self.note_source(layer.digest.as_ref(), &reference)?;
             }
         }
         image.base_reference = Some(reference.clone());
@@ -409,16 +409,21 @@ impl Engine {
         let layers = descriptors
             .iter()
             .zip(&config.rootfs.diff_ids)
-            .map(|(d, diff_id)| LayerRef {
-                digest: d.digest().to_string(),
-                diff_id: diff_id.clone(),
-                size: d.size(),
-                media_type: match d.media_type().to_string() {
-                    t if t.is_empty() => "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
-                    t => t,
-                },
+            .map(|(d, diff_id)| {
+                Ok(LayerRef {
+                    digest: d.digest().clone(),
+                    // The config is untrusted: a diff_id that is no digest is an error here.
+                    diff_id: strata_oci::digest::parse(diff_id)?,
+                    size: d.size(),
+                    media_type: match d.media_type().to_string() {
+                        t if t.is_empty() => {
+                            "application/vnd.oci.image.layer.v1.tar+gzip".to_owned()
+                        }
+                        t => t,
+                    },
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let clock = config.created.clone().unwrap_or_else(|| rfc3339(0));
         Ok(StageImage {
             config,

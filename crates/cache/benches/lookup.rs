@@ -20,8 +20,8 @@ fn bench(c: &mut Criterion) {
         let entry = CacheEntry {
             key: key.clone(),
             layer: Some(CachedLayer {
-                digest: format!("sha256:{:064x}", n),
-                diff_id: format!("sha256:{:064x}", n),
+                digest: format!("sha256:{:064x}", n).parse().unwrap(),
+                diff_id: format!("sha256:{:064x}", n).parse().unwrap(),
                 size: 5,
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             }),

@@ -174,13 +174,13 @@ impl LocalStore {
         let kept: std::collections::HashSet<&str> = entries[evicted..]
             .iter()
             .filter_map(|e| e.2.as_ref())
-            .map(|l| l.digest.as_str())
+            .map(|l| l.digest.as_ref())
             .collect();
         for (_, _, layer) in &entries[..evicted] {
             if let Some(layer) = layer
-                && !kept.contains(layer.digest.as_str())
+                && !kept.contains(layer.digest.as_ref())
             {
-                let _ = fs::remove_file(self.blob_path(&layer.digest));
+                let _ = fs::remove_file(self.blob_path(layer.digest.as_ref()));
             }
         }
         Ok(())
@@ -204,7 +204,7 @@ impl CacheStore for LocalStore {
             return Ok(None);
         }
         if let Some(layer) = &entry.layer
-            && !self.blob_path(&layer.digest).is_file()
+            && !self.blob_path(layer.digest.as_ref()).is_file()
         {
             // The layer was evicted by another build: the entry is useless.
             let _ = fs::remove_file(&path);
@@ -219,7 +219,7 @@ impl CacheStore for LocalStore {
 
     fn record(&self, entry: &CacheEntry, layer_blob: Option<&Path>) -> Result<()> {
         if let (Some(layer), Some(source)) = (&entry.layer, layer_blob) {
-            let target = self.blob_path(&layer.digest);
+            let target = self.blob_path(layer.digest.as_ref());
             if !target.is_file() {
                 // A hard link costs nothing on the same filesystem; otherwise copy through tmp.
                 if fs::hard_link(source, &target).is_err() && !target.is_file() {
@@ -255,7 +255,7 @@ impl CacheStore for LocalStore {
     }
 
     fn open_layer(&self, layer: &CachedLayer) -> Result<File> {
-        let path = self.blob_path(&layer.digest);
+        let path = self.blob_path(layer.digest.as_ref());
         File::open(&path).map_err(Error::io(path))
     }
 
@@ -366,7 +366,7 @@ impl LocalStore {
                 continue;
             }
             if let Some(layer) = &entry.layer
-                && !good_blobs.contains(&layer.digest)
+                && !good_blobs.contains(layer.digest.as_ref() as &str)
             {
                 let message = format!("its layer {} is missing or damaged", layer.digest);
                 report.faults.push(fault(path, message));

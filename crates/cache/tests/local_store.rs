@@ -13,8 +13,8 @@ fn entry(n: usize, layer_size: Option<u64>) -> CacheEntry {
     CacheEntry {
         key,
         layer: layer_size.map(|size| CachedLayer {
-            digest: format!("sha256:{:064x}", n),
-            diff_id: format!("sha256:{:064x}", n + 1000),
+            digest: format!("sha256:{:064x}", n).parse().unwrap(),
+            diff_id: format!("sha256:{:064x}", n + 1000).parse().unwrap(),
             size,
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
         }),

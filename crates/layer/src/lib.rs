@@ -27,7 +27,7 @@
 //! let report = Extractor::new()
 //!     .expect_digest(Some(layer.descriptor.digest().to_string()))
 //!     .apply(blob.as_slice(), target.path())?;
-//! assert_eq!(report.diff_id, layer.diff_id);
+//! assert_eq!(report.diff_id, layer.diff_id.to_string());
 //! assert_eq!(std::fs::read(target.path().join("hello.txt")).unwrap(), b"hi\n");
 //! # Ok::<(), strata_layer::Error>(())
 //! ```

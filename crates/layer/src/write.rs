@@ -24,7 +24,7 @@ pub struct LayerInfo {
     /// The descriptor for the image manifest.
     pub descriptor: Descriptor,
     /// `sha256:<hex>` of the uncompressed tar, for the image config's `rootfs.diff_ids`.
-    pub diff_id: String,
+    pub diff_id: strata_oci::Digest,
     /// Size of the uncompressed tar in bytes.
     pub uncompressed_size: u64,
     /// Number of entries written.
@@ -44,7 +44,7 @@ pub struct LayerInfo {
 /// let mut out = Vec::new();
 /// let layer = LayerWriter::new().write(entries, &mut out)?;
 /// assert_eq!(layer.descriptor.size(), out.len() as u64);
-/// assert!(layer.diff_id.starts_with("sha256:"));
+/// assert_eq!(layer.diff_id.algorithm().to_string(), "sha256");
 /// # Ok::<(), strata_layer::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -254,7 +254,7 @@ impl LayerWriter {
                 }
             };
         let uncompressed_size = tar.count();
-        let diff_id = tar.finish();
+        let diff_id = typed(&tar.finish())?;
         let mut compressed = compressed;
         compressed.flush().map_err(Error::io("<output>"))?;
         let size = compressed.hasher.count();
@@ -452,6 +452,11 @@ fn copy_exact(
     Ok(())
 }
 
+/// A digest this crate computed, as the typed digest descriptors carry.
+fn typed(digest: &str) -> Result<strata_oci::Digest> {
+    strata_oci::digest::parse(digest).map_err(|e| Error::Descriptor(e.to_string()))
+}
+
 /// gzip of an empty tar (two zero blocks) with no name and no time, as Go's `compress/gzip`
 /// writes it: the layer BuildKit records for a step that changes nothing.
 const EMPTY_GZIP_LAYER: [u8; 32] = [
@@ -479,7 +484,7 @@ fn write_empty_gzip<W: Write>(out: W, media_type: oci_spec::image::MediaType) ->
     Ok(LayerInfo {
         descriptor,
         uncompressed_size: tar.hasher.count(),
-        diff_id: tar.hasher.finish(),
+        diff_id: typed(&tar.hasher.finish())?,
         entries: 0,
     })
 }

@@ -103,7 +103,7 @@ fn umoci_bundle(
         &layout,
         &blob,
         layer.descriptor.media_type().as_ref(),
-        &layer.diff_id,
+        layer.diff_id.as_ref(),
     );
     let bundle = work.path().join("bundle");
     umoci_run(
@@ -207,7 +207,10 @@ fn the_zstd_cli_and_gnu_tar_read_our_zstd_layer() {
         "zstd: {}",
         String::from_utf8_lossy(&plain.stderr)
     );
-    assert_eq!(format!("sha256:{}", sha256(&plain.stdout)), layer.diff_id);
+    assert_eq!(
+        format!("sha256:{}", sha256(&plain.stdout)),
+        layer.diff_id.to_string()
+    );
     let target = work.path().join("rootfs");
     fs::create_dir(&target).unwrap();
     let output = Command::new("tar")

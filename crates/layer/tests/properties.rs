@@ -73,7 +73,7 @@ proptest! {
         let layer = LayerWriter::new().compression(compression).write(tree_entries(source.path()), &mut blob).unwrap();
         let target = tempfile::tempdir().unwrap();
         let report = Extractor::new().apply(blob.as_slice(), target.path()).unwrap();
-        prop_assert_eq!(report.diff_id, layer.diff_id);
+        prop_assert_eq!(report.diff_id, layer.diff_id.to_string());
         prop_assert_eq!(describe(source.path()), describe(target.path()));
     }
 

@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndex, MediaType};
+use oci_spec::image::{Descriptor, Digest, ImageIndex, MediaType};
 use serde_json::{Value, json};
 
 use crate::digest::{Hasher, validate_digest};
@@ -24,7 +24,7 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobInfo {
     /// `sha256:<hex>`.
-    pub digest: String,
+    pub digest: Digest,
     /// Size in bytes.
     pub size: u64,
 }
@@ -35,9 +35,9 @@ pub struct BlobInfo {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerBlob {
     /// Digest of the (compressed) blob.
-    pub digest: String,
+    pub digest: Digest,
     /// Digest of the uncompressed tar, for the image config's `rootfs.diff_ids`.
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Size of the blob in bytes.
     pub size: u64,
     /// Media type of the blob.
@@ -47,24 +47,15 @@ pub struct LayerBlob {
 impl LayerBlob {
     /// The blob's descriptor, with its media type as `media_type` (a manifest may spell a
     /// layer's type its own way).
-    pub fn descriptor(&self, media_type: &str) -> Result<Descriptor> {
-        let blob = BlobInfo {
-            digest: self.digest.clone(),
-            size: self.size,
-        };
-        blob.descriptor(media_type)
+    pub fn descriptor(&self, media_type: &str) -> Descriptor {
+        Descriptor::new(MediaType::from(media_type), self.size, self.digest.clone())
     }
 }
 
 impl BlobInfo {
     /// The descriptor of this blob as `media_type`, for a manifest or [`Layout::tag`].
-    pub fn descriptor(&self, media_type: &str) -> Result<Descriptor> {
-        let digest = crate::digest::parse(&self.digest)?;
-        Ok(Descriptor::new(
-            MediaType::from(media_type),
-            self.size,
-            digest,
-        ))
+    pub fn descriptor(&self, media_type: &str) -> Descriptor {
+        Descriptor::new(MediaType::from(media_type), self.size, self.digest.clone())
     }
 }
 
@@ -115,7 +106,8 @@ impl Layout {
     }
 
     /// Where the blob with `digest` lives (whether or not it is there).
-    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+    pub fn blob_path(&self, digest: impl AsRef<str>) -> Result<PathBuf> {
+        let digest = digest.as_ref();
         validate_digest(digest).map_err(|message| Error::InvalidDigest {
             digest: digest.to_owned(),
             message,
@@ -125,18 +117,18 @@ impl Layout {
     }
 
     /// Whether the layout has the blob.
-    pub fn has_blob(&self, digest: &str) -> bool {
+    pub fn has_blob(&self, digest: impl AsRef<str>) -> bool {
         self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
     /// Opens a blob for reading.
-    pub fn open_blob(&self, digest: &str) -> Result<File> {
+    pub fn open_blob(&self, digest: impl AsRef<str>) -> Result<File> {
         let path = self.blob_path(digest)?;
         File::open(&path).map_err(Error::io(path))
     }
 
     /// Reads a (small) blob whole: manifests and configs.
-    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+    pub fn read_blob(&self, digest: impl AsRef<str>) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
         fs::read(&path).map_err(Error::io(path))
     }
@@ -152,7 +144,7 @@ impl Layout {
                 .len();
             // Drain nothing: the caller's bytes are not needed when the blob is already here.
             return Ok(BlobInfo {
-                digest: expected.to_owned(),
+                digest: crate::digest::parse(expected)?,
                 size,
             });
         }
@@ -183,6 +175,7 @@ impl Layout {
             });
         }
         let path = self.blob_path(&digest)?;
+        let digest = crate::digest::parse(&digest)?;
         tmp.persist(&path).map_err(|e| Error::io(&path)(e.error))?;
         Ok(BlobInfo { digest, size })
     }
@@ -371,7 +364,8 @@ impl Layout {
     }
 
     /// One blob into `to`: a hard link when possible, else a verified copy.
-    pub fn copy_blob(&self, digest: &str, to: &Layout) -> Result<()> {
+    pub fn copy_blob(&self, digest: impl AsRef<str>, to: &Layout) -> Result<()> {
+        let digest = digest.as_ref();
         if to.has_blob(digest) {
             return Ok(());
         }

@@ -18,7 +18,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let layout = Layout::open(dir.path())?;
 //! let blob = layout.write_blob_bytes(b"hello")?;
-//! assert_eq!(blob.digest, strata_oci::digest::sha256(b"hello"));
+//! assert_eq!(blob.digest.to_string(), strata_oci::digest::sha256(b"hello"));
 //! assert!(layout.has_blob(&blob.digest));
 //!
 //! let arm: Platform = "linux/aarch64".parse()?;

@@ -60,12 +60,9 @@ fn image() -> (PathBuf, String) {
     .unwrap();
     let manifest = layout.write_blob_bytes(&manifest).unwrap();
     layout
-        .tag(
-            "bench",
-            &manifest.descriptor(strata_registry::OCI_MANIFEST).unwrap(),
-        )
+        .tag("bench", &manifest.descriptor(strata_registry::OCI_MANIFEST))
         .unwrap();
-    (root, manifest.digest)
+    (root, manifest.digest.to_string())
 }
 
 fn skopeo(args: &[String]) {

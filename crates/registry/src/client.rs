@@ -24,7 +24,7 @@ use crate::http::{HttpError, Session, SessionOptions, Timeouts, read_limited, st
 use crate::progress::{Direction, Meter, ProgressSink};
 use crate::reference::{Reference, is_loopback_host};
 use strata_oci::{
-    DOCKER_LIST, DOCKER_MANIFEST, ImageManifest, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX,
+    DOCKER_LIST, DOCKER_MANIFEST, Digest, ImageManifest, MAX_MANIFEST_SIZE, Manifest, OCI_INDEX,
     OCI_MANIFEST,
 };
 use strata_oci::{Layout, Platform};
@@ -36,27 +36,27 @@ const PARALLEL_BLOBS: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PulledImage {
     /// The digest of the image manifest (the platform's, when the reference named an index).
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     /// The manifest's media type.
     pub media_type: String,
     /// The manifest's size in bytes.
     pub manifest_size: u64,
     /// The config blob's digest.
-    pub config_digest: String,
+    pub config_digest: Digest,
     /// The layers' digests, bottom first.
-    pub layer_digests: Vec<String>,
+    pub layer_digests: Vec<Digest>,
     /// Blobs that were downloaded (the others were in the layout already).
     pub downloaded: usize,
 }
 
 impl PulledImage {
     /// The manifest's descriptor, to record it in a layout with [`Layout::tag`].
-    pub fn descriptor(&self) -> Result<strata_oci::Descriptor> {
+    pub fn descriptor(&self) -> strata_oci::Descriptor {
         let blob = strata_oci::BlobInfo {
             digest: self.manifest_digest.clone(),
             size: self.manifest_size,
         };
-        Ok(blob.descriptor(&self.media_type)?)
+        blob.descriptor(&self.media_type)
     }
 }
 
@@ -521,12 +521,9 @@ impl RegistryClient {
         let Manifest::Image(image) = manifest else {
             return Err(malformed(reference, "an index names another index"));
         };
-        let config_digest = image.config().digest().to_string();
-        let layer_digests: Vec<String> = image
-            .layers()
-            .iter()
-            .map(|l| l.digest().to_string())
-            .collect();
+        let config_digest = image.config().digest().clone();
+        let layer_digests: Vec<Digest> =
+            image.layers().iter().map(|l| l.digest().clone()).collect();
         let mut wanted: Vec<(String, u64)> = Vec::new();
         let layers: &[_] = if with_layers { image.layers() } else { &[] };
         for descriptor in std::iter::once(image.config()).chain(layers) {
@@ -685,7 +682,7 @@ impl RegistryClient {
         };
         // An index: each of its images by digest, then the index under the tag.
         let mut report = PushReport {
-            manifest_digest: sha256(&bytes),
+            manifest_digest: strata_oci::digest::parse(&sha256(&bytes))?,
             uploaded: 0,
             mounted: 0,
             skipped: 0,
@@ -773,7 +770,7 @@ impl RegistryClient {
         self.put_manifest(to, bytes, media_type).await?;
         let count = |kind: BlobOutcome| outcomes.iter().filter(|o| **o == kind).count();
         Ok(PushReport {
-            manifest_digest: sha256(bytes),
+            manifest_digest: strata_oci::digest::parse(&sha256(bytes))?,
             uploaded: count(BlobOutcome::Uploaded),
             mounted: count(BlobOutcome::Mounted),
             skipped: count(BlobOutcome::Skipped),
@@ -1167,7 +1164,7 @@ enum BlobOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushReport {
     /// The digest of the pushed manifest.
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     /// Blobs uploaded.
     pub uploaded: usize,
     /// Blobs mounted from another repository of the same registry.

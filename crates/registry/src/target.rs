@@ -112,7 +112,8 @@ impl RegistryClient {
             return Ok(self
                 .push_mounting(layout, manifest_digest, reference, mount_from)
                 .await?
-                .manifest_digest);
+                .manifest_digest
+                .to_string());
         }
         let (layout, digest, target) = (layout.clone(), manifest_digest.to_owned(), target.clone());
         tokio::task::spawn_blocking(move || write_local(&layout, &digest, &target))

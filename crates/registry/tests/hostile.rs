@@ -440,7 +440,7 @@ async fn a_broken_chunked_upload_resumes_at_the_registrys_offset() {
         .build();
     let to: Reference = format!("{}/team/app:1", server.host()).parse().unwrap();
     let report = client
-        .push(&layout, &manifest.digest, &to, None)
+        .push(&layout, manifest.digest.as_ref(), &to, None)
         .await
         .unwrap();
     assert_eq!(report.uploaded, 2);
@@ -461,7 +461,7 @@ async fn a_broken_chunked_upload_resumes_at_the_registrys_offset() {
         upload
             .finished
             .iter()
-            .any(|p| p.contains(&layer.digest.replace(':', "%3A")))
+            .any(|p| p.contains(&layer.digest.to_string().replace(':', "%3A")))
     );
     let asked_offset = server
         .requests()
@@ -537,7 +537,7 @@ async fn a_refused_mount_falls_back_to_an_upload() {
         let from: Reference = format!("{}/app/one", server.host()).parse().unwrap();
         let to: Reference = format!("{}/app/two:1", server.host()).parse().unwrap();
         let report = client()
-            .push_mounting(&layout, &manifest.digest, &to, &[&from])
+            .push_mounting(&layout, manifest.digest.as_ref(), &to, &[&from])
             .await
             .unwrap_or_else(|e| panic!("refused with {refusal}: {e}"));
         assert_eq!(

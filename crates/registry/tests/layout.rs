@@ -55,17 +55,12 @@ fn tags_replace_and_resolve() {
         first.as_str()
     );
     let other = BlobInfo {
-        digest: "sha256:".to_owned() + &"1".repeat(64),
+        digest: ("sha256:".to_owned() + &"1".repeat(64)).parse().unwrap(),
         size: 1,
     };
-    layout
-        .tag("app", &other.descriptor(OCI_MANIFEST).unwrap())
-        .unwrap();
+    layout.tag("app", &other.descriptor(OCI_MANIFEST)).unwrap();
     assert_eq!(layout.index().unwrap().manifests().len(), 1);
-    assert_eq!(
-        layout.resolve("app").unwrap().digest().as_ref(),
-        other.digest
-    );
+    assert_eq!(layout.resolve("app").unwrap().digest(), &other.digest);
     assert!(matches!(
         layout.resolve("missing"),
         Err(Error::NotFound { .. })
@@ -105,12 +100,12 @@ fn concurrent_taggers_lose_nothing() {
             s.spawn(move || {
                 for j in 0..10 {
                     let digest = format!("sha256:{:064x}", i * 100 + j);
-                    let blob = BlobInfo { digest, size: 1 };
+                    let blob = BlobInfo {
+                        digest: digest.parse().unwrap(),
+                        size: 1,
+                    };
                     layout
-                        .tag(
-                            &format!("t{i}-{j}"),
-                            &blob.descriptor(OCI_MANIFEST).unwrap(),
-                        )
+                        .tag(&format!("t{i}-{j}"), &blob.descriptor(OCI_MANIFEST))
                         .unwrap();
                 }
             });
@@ -209,10 +204,7 @@ fn an_index_in_a_layout_resolves_per_platform() {
         )
         .unwrap();
     layout
-        .tag(
-            "multi",
-            &index.descriptor(strata_registry::OCI_INDEX).unwrap(),
-        )
+        .tag("multi", &index.descriptor(strata_registry::OCI_INDEX))
         .unwrap();
     let arm = strata_registry::Platform {
         os: "linux".into(),

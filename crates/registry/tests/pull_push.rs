@@ -53,7 +53,7 @@ async fn push_then_pull_back_bit_for_bit() {
     let to: Reference = format!("{}/team/app:1", registry.host()).parse().unwrap();
 
     let report = client.push(&source, &manifest, &to, None).await.unwrap();
-    assert_eq!(report.manifest_digest, manifest);
+    assert_eq!(report.manifest_digest.to_string(), manifest);
     assert_eq!(
         (report.uploaded, report.skipped, report.mounted),
         (2, 0, 0),
@@ -92,15 +92,15 @@ async fn push_then_pull_back_bit_for_bit() {
     let target_dir = tempfile::tempdir().unwrap();
     let target = Layout::open(target_dir.path()).unwrap();
     let pulled = client.pull(&to, &Platform::host(), &target).await.unwrap();
-    assert_eq!(pulled.manifest_digest, manifest);
+    assert_eq!(pulled.manifest_digest.to_string(), manifest);
     assert_eq!(pulled.downloaded, 2);
-    for digest in std::iter::once(&pulled.config_digest)
-        .chain(&pulled.layer_digests)
-        .chain([&manifest])
+    for digest in std::iter::once(pulled.config_digest.to_string())
+        .chain(pulled.layer_digests.iter().map(ToString::to_string))
+        .chain([manifest.clone()])
     {
         assert_eq!(
-            target.read_blob(digest).unwrap(),
-            source.read_blob(digest).unwrap(),
+            target.read_blob(&digest).unwrap(),
+            source.read_blob(&digest).unwrap(),
             "{digest}"
         );
     }
@@ -129,10 +129,10 @@ async fn an_image_another_client_pushed_is_pulled() {
         )
         .await
         .unwrap();
-    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert_eq!(pulled.manifest_digest.to_string(), image.manifest_digest);
     assert_eq!(
-        pulled.layer_digests,
-        std::slice::from_ref(&image.layer_digest)
+        pulled.layer_digests[..],
+        [image.layer_digest.parse().unwrap()]
     );
     assert!(layout.has_blob(&image.layer_digest));
 }
@@ -158,7 +158,7 @@ async fn basic_auth_over_tls_with_the_generated_ca() {
         .pull(&to, &Platform::host(), &Layout::open(other.path()).unwrap())
         .await
         .unwrap();
-    assert_eq!(pulled.manifest_digest, manifest);
+    assert_eq!(pulled.manifest_digest.to_string(), manifest);
 
     // A wrong password is an authentication error that names the registry, and no secret.
     let wrong = RegistryClient::builder()
@@ -216,10 +216,7 @@ async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
     .unwrap();
     let index = layout.write_blob_bytes(&index).unwrap();
     layout
-        .tag(
-            "multi",
-            &index.descriptor(strata_registry::OCI_INDEX).unwrap(),
-        )
+        .tag("multi", &index.descriptor(strata_registry::OCI_INDEX))
         .unwrap();
     // skopeo copies the whole index: an independent client writes it to the registry.
     let to = format!("{}/multi/app:1", registry.host());
@@ -263,7 +260,7 @@ async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
         .pull(&to.parse().unwrap(), &arm, &target)
         .await
         .unwrap();
-    assert_eq!(pulled.manifest_digest, arm64);
+    assert_eq!(pulled.manifest_digest.to_string(), arm64);
     let intel = Platform {
         os: "linux".into(),
         architecture: "amd64".into(),
@@ -274,7 +271,8 @@ async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
             .pull(&to.parse().unwrap(), &intel, &target)
             .await
             .unwrap()
-            .manifest_digest,
+            .manifest_digest
+            .to_string(),
         amd64
     );
     let riscv = Platform {
@@ -292,7 +290,7 @@ async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
     // strata pushes the same index itself: both images by digest, then the index.
     let ours = format!("{}/multi/ours:1", registry.host());
     let report = client
-        .push(&layout, &index.digest, &ours.parse().unwrap(), None)
+        .push(&layout, index.digest.as_ref(), &ours.parse().unwrap(), None)
         .await
         .unwrap();
     assert_eq!(report.manifest_digest, index.digest);
@@ -312,7 +310,10 @@ async fn an_index_with_two_platforms_resolves_to_the_one_asked_for() {
         .pull(&ours.parse().unwrap(), &arm, &again)
         .await
         .unwrap();
-    assert_eq!(pulled.manifest_digest, raw["manifests"][1]["digest"]);
+    assert_eq!(
+        pulled.manifest_digest.as_ref(),
+        raw["manifests"][1]["digest"]
+    );
 }
 
 #[tokio::test]
@@ -412,7 +413,7 @@ async fn a_registry_restarted_during_a_push_gets_the_whole_image_or_no_manifest(
             to.clone(),
             client.clone(),
         );
-        tokio::spawn(async move { client.push(&layout, &manifest, &to, None).await })
+        tokio::spawn(async move { client.push(&layout, manifest.as_ref(), &to, None).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     registry.stop();
@@ -431,7 +432,7 @@ async fn a_registry_restarted_during_a_push_gets_the_whole_image_or_no_manifest(
             assert_eq!(report.manifest_digest, manifest.digest);
             for layer in &layers {
                 assert!(
-                    raw.blob_exists("big/app", &layer.digest).unwrap(),
+                    raw.blob_exists("big/app", layer.digest.as_ref()).unwrap(),
                     "{} missing",
                     layer.digest
                 );
@@ -470,7 +471,7 @@ async fn docker_hub_images_come_from_the_first_mirror_that_has_them() {
         )
         .await
         .unwrap();
-    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert_eq!(pulled.manifest_digest.to_string(), image.manifest_digest);
     assert!(
         empty.log().contains("/v2/library/busybox/manifests/stable"),
         "the first mirror was asked first"
@@ -496,7 +497,8 @@ async fn tls_verification_can_be_skipped_for_one_registry_only() {
             .pull(&reference, &Platform::host(), &layout)
             .await
             .unwrap()
-            .manifest_digest,
+            .manifest_digest
+            .to_string(),
         image.manifest_digest
     );
     let other = RegistryClient::builder()
@@ -542,11 +544,11 @@ async fn insecure_pull_speaks_plain_http_for_pulls_only() {
         .pull(&reference, &Platform::host(), &layout)
         .await
         .unwrap();
-    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert_eq!(pulled.manifest_digest.to_string(), image.manifest_digest);
     // Pushes keep HTTPS: --insecure-pull says nothing about destinations.
     let to: Reference = format!("{}/team/copy:1", registry.host()).parse().unwrap();
     let pushed = insecure
-        .push(&layout, &pulled.manifest_digest, &to, None)
+        .push(&layout, pulled.manifest_digest.as_ref(), &to, None)
         .await;
     assert!(pushed.is_err());
 }
@@ -572,7 +574,7 @@ async fn any_registry_can_be_mapped_to_mirrors_tried_in_order() {
         )
         .await
         .unwrap();
-    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert_eq!(pulled.manifest_digest.to_string(), image.manifest_digest);
 }
 
 #[tokio::test]
@@ -588,7 +590,7 @@ async fn a_registry_restarted_during_a_pull_gives_the_whole_image_or_a_clean_err
         .retries(8)
         .build();
     client
-        .push(&layout, &manifest.digest, &reference, None)
+        .push(&layout, manifest.digest.as_ref(), &reference, None)
         .await
         .unwrap();
 

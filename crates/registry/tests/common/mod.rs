@@ -41,10 +41,7 @@ pub fn store_busybox_for(layout: &Layout, name: &str, arch: &str) -> String {
     .unwrap();
     let manifest = layout.write_blob_bytes(&manifest).unwrap();
     layout
-        .tag(
-            name,
-            &manifest.descriptor(strata_registry::OCI_MANIFEST).unwrap(),
-        )
+        .tag(name, &manifest.descriptor(strata_registry::OCI_MANIFEST))
         .unwrap();
-    manifest.digest
+    manifest.digest.to_string()
 }
