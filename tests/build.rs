@@ -1683,3 +1683,46 @@ async fn every_cause_is_printed_once_in_an_error_chain() {
         assert!(!error.to_string().is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_base_image_whose_config_names_no_digest_as_diff_id_is_refused() {
+    let fx = Fixture::new();
+    let context = ContextBuilder::new().build().unwrap();
+    // A base image whose one layer is real but whose config's diff_id is a path, not a
+    // digest: strata must refuse it where the config is read, naming the value.
+    let client = fx.registry.client();
+    let layer = {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &[0u8; 1024]).unwrap();
+        gz.finish().unwrap()
+    };
+    let layer_digest = client.push_blob("bad/diffid", &layer).unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": strata::Platform::host().architecture,
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:../../etc/passwd"]},
+    }))
+    .unwrap();
+    let config_digest = client.push_blob("bad/diffid", &config).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    client
+        .put_manifest(
+            "bad/diffid",
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+        .unwrap();
+    let dockerfile = format!("FROM {}/bad/diffid:v1\nLABEL a=b\n", fx.registry.host());
+    let (image, _) = run(fx.build(context.path(), &dockerfile)).await;
+    let error = image.unwrap_err();
+    assert_eq!(error.kind(), strata::ErrorKind::Invalid, "{error}");
+    let text = format!("{error:#}");
+    assert!(text.contains("sha256:../../etc/passwd"), "{text}");
+}
