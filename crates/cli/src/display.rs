@@ -164,7 +164,8 @@ impl Display {
         }
     }
 
-    /// An event as a log line; `None` for the byte progress in between.
+    /// An event as a log line; `None` for the byte progress in between. Long on purpose: one
+    /// short match arm per event kind.
     fn text(&self, event: &Event) -> Option<String> {
         // Details a terminal's live display leaves out (plain and JSON logs keep them).
         if self.mode == Mode::Tty

@@ -465,6 +465,9 @@ impl Context<'_> {
     }
 
     /// Turns one syntax node (not `FROM`) into a typed, expanded instruction.
+    ///
+    /// Long on purpose: one short match arm per instruction, the whole dispatch table in one
+    /// place (as BuildKit's is); split up, the table would be scattered.
     pub(crate) fn instruction(
         &self,
         node: &Node,

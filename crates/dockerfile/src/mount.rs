@@ -124,6 +124,8 @@ fn parse_size(value: &str) -> Result<u64, String> {
 
 /// Parses one `--mount` value; `expand` expands each value (variables in mount options are
 /// expanded, as in BuildKit). `index` numbers ssh mounts for their default target.
+///
+/// Long on purpose: one short match arm per mount option, then one check per mount type.
 pub(crate) fn parse_mount(
     spec: &str,
     index: usize,

@@ -454,6 +454,9 @@ impl<'a, E: Env + ?Sized> Scanner<'a, E> {
         result
     }
 
+    /// One `$NAME`, `${NAME}` or `${NAME<modifier>…}`. Long on purpose: the modifier grammar
+    /// (`:-`, `-`, `:+`, `+`, `:?`, `?`, `#`, `##`, `%`, `%%`, `/`, `//`) is one state
+    /// machine over one character stream, as in BuildKit's lexer.
     fn process_dollar_inner(&mut self) -> ShellResult<String> {
         self.next(); // the '$'
         if self.peek() != Some('{') {
