@@ -269,11 +269,11 @@ impl Engine {
     /// the state.
     pub(crate) fn pull(&self, name: &str, platform: &Platform) -> Result<StageImage> {
         // A named build context stands in for the image it names.
-        let source = match self.opts.named_contexts.get(name) {
-            Some(source) => source.clone(),
-            None => ImageSource::of_name(name)?,
+        // Events name the image as the Dockerfile wrote it, or the context as it was given.
+        let (source, reference) = match self.opts.named_contexts.get(name) {
+            Some(source) => (source.clone(), source.display_name()),
+            None => (ImageSource::of_name(name)?, name.to_owned()),
         };
-        let reference = source.display_name();
         self.emit(Event::Pulling {
             reference: reference.clone(),
         });

@@ -6,16 +6,15 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use oci_spec::image::{Descriptor, Sha256Digest};
+use oci_spec::image::Descriptor;
 
 use crate::compression::Compression;
 use crate::entry::{Entry, EntryKind, Mtime, compare, validate_path};
 use crate::error::{Error, Result};
 use crate::gzip::ParallelGzip;
 use crate::tar_format::{BLOCK, HeaderFields, encode_header, kind};
-use strata_oci::HashingWriter;
+use strata_oci::{Hasher, HashingWriter};
 
 /// What a written layer is: its descriptor (media type, compressed digest and size) and its
 /// `diff_id` (digest of the uncompressed tar).
@@ -254,16 +253,14 @@ impl LayerWriter {
                 }
             };
         let uncompressed_size = tar.count();
-        let diff_id = typed(&tar.finish())?;
+        let diff_id = typed(tar)?;
         let mut compressed = compressed;
         compressed.flush().map_err(Error::io("<output>"))?;
         let size = compressed.hasher.count();
-        let digest = compressed.hasher.finish();
-        let hex = digest.trim_start_matches("sha256:");
         let descriptor = Descriptor::new(
             self.compression.media_type(),
             size,
-            Sha256Digest::from_str(hex).map_err(|e| Error::Descriptor(e.to_string()))?,
+            typed(compressed.hasher)?,
         );
         Ok(LayerInfo {
             descriptor,
@@ -452,9 +449,11 @@ fn copy_exact(
     Ok(())
 }
 
-/// A digest this crate computed, as the typed digest descriptors carry.
-fn typed(digest: &str) -> Result<strata_oci::Digest> {
-    strata_oci::digest::parse(digest).map_err(|e| Error::Descriptor(e.to_string()))
+/// What `hasher` saw, as the typed digest descriptors carry.
+fn typed(hasher: Hasher) -> Result<strata_oci::Digest> {
+    hasher
+        .finish_digest()
+        .map_err(|e| Error::Descriptor(e.to_string()))
 }
 
 /// gzip of an empty tar (two zero blocks) with no name and no time, as Go's `compress/gzip`
@@ -474,17 +473,11 @@ fn write_empty_gzip<W: Write>(out: W, media_type: oci_spec::image::MediaType) ->
     tar.write_all(&[0u8; 2 * BLOCK])
         .map_err(Error::io("<output>"))?;
     let size = compressed.hasher.count();
-    let digest = compressed.hasher.finish();
-    let descriptor = Descriptor::new(
-        media_type,
-        size,
-        Sha256Digest::from_str(digest.trim_start_matches("sha256:"))
-            .map_err(|e| Error::Descriptor(e.to_string()))?,
-    );
+    let descriptor = Descriptor::new(media_type, size, typed(compressed.hasher)?);
     Ok(LayerInfo {
         descriptor,
         uncompressed_size: tar.hasher.count(),
-        diff_id: typed(&tar.hasher.finish())?,
+        diff_id: typed(tar.hasher)?,
         entries: 0,
     })
 }

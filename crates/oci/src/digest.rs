@@ -79,6 +79,12 @@ impl Hasher {
     pub fn finish(self) -> String {
         spell(&self.finish_raw())
     }
+
+    /// The digest as oci-spec's typed [`oci_spec::image::Digest`], the form descriptors
+    /// carry.
+    pub fn finish_digest(self) -> crate::Result<oci_spec::image::Digest> {
+        parse(&self.finish())
+    }
 }
 
 impl Write for Hasher {

@@ -164,18 +164,17 @@ impl Layout {
             tmp.write_all(&buffer[..n]).map_err(Error::io(tmp.path()))?;
             size += n as u64;
         }
-        let digest = hasher.finish();
+        let digest = hasher.finish_digest()?;
         if let Some(expected) = expected
-            && expected != digest
+            && expected != digest.as_ref()
         {
             return Err(Error::DigestMismatch {
                 what: format!("blob written to {}", self.root.display()),
                 expected: expected.to_owned(),
-                actual: digest,
+                actual: digest.to_string(),
             });
         }
         let path = self.blob_path(&digest)?;
-        let digest = crate::digest::parse(&digest)?;
         tmp.persist(&path).map_err(|e| Error::io(&path)(e.error))?;
         Ok(BlobInfo { digest, size })
     }
